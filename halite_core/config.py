@@ -1,0 +1,87 @@
+"""halite's settings, read from the ``halite:`` key of the master config.
+
+.. code-block:: yaml
+
+    halite:
+      db_url: sqlite:////var/cache/salt/master/halite.db  # default: halite.db in cachedir
+      max_return_bytes: 4194304      # larger returns are stored truncated, with a marker
+      spool_dir: /var/cache/salt/master/halite/spool    # default: halite/spool in cachedir
+      spool_replay_interval: 5       # seconds between attempts to replay spooled writes
+      sqlite_busy_timeout: 30        # seconds a SQLite writer waits for the write lock
+      clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "max_return_bytes": 4 * 1024 * 1024,
+    "spool_replay_interval": 5.0,
+    "sqlite_busy_timeout": 30.0,
+    "clean_batch_size": 500,
+}
+
+
+class ConfigError(ValueError):
+    """The ``halite:`` configuration is unusable; the message says which option and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str
+    spool_dir: str
+    master_id: str | None = None
+    jid_utc: bool = True
+    keep_jobs_seconds: int = 86400
+    max_return_bytes: int = DEFAULTS["max_return_bytes"]
+    spool_replay_interval: float = DEFAULTS["spool_replay_interval"]
+    sqlite_busy_timeout: float = DEFAULTS["sqlite_busy_timeout"]
+    clean_batch_size: int = DEFAULTS["clean_batch_size"]
+
+    @classmethod
+    def from_opts(cls, opts: Mapping[str, Any], jid_utc: bool = True) -> Settings:
+        """Build settings from a Salt master's options.
+
+        ``jid_utc`` says whether this Salt writes JIDs in UTC (the loader module works
+        that out from the Salt version and ``utc_jid``); otherwise they are in local time.
+        """
+        section = opts.get("halite") or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError("the 'halite' option must be a mapping")
+        cachedir = str(opts.get("cachedir") or os.getcwd())
+        db_url = section.get("db_url") or "sqlite:///" + os.path.join(cachedir, "halite.db")
+        spool_dir = section.get("spool_dir") or os.path.join(cachedir, "halite", "spool")
+        return cls(
+            db_url=str(db_url),
+            spool_dir=str(spool_dir),
+            master_id=opts.get("id"),
+            jid_utc=jid_utc,
+            keep_jobs_seconds=_keep_jobs_seconds(opts),
+            max_return_bytes=_positive(section, "max_return_bytes", int),
+            spool_replay_interval=_positive(section, "spool_replay_interval", float, zero=True),
+            sqlite_busy_timeout=_positive(section, "sqlite_busy_timeout", float),
+            clean_batch_size=_positive(section, "clean_batch_size", int),
+        )
+
+
+def _keep_jobs_seconds(opts: Mapping[str, Any]) -> int:
+    value = opts.get("keep_jobs_seconds", 86400)
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"keep_jobs_seconds must be a number of seconds, not {value!r}") from exc
+
+
+def _positive(section: Mapping[str, Any], key: str, kind: type, zero: bool = False) -> Any:
+    value = section.get(key, DEFAULTS[key])
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"halite:{key} must be a number, not {value!r}") from exc
+    if number < 0 or (number == 0 and not zero):
+        raise ConfigError(f"halite:{key} must be {'>= 0' if zero else '> 0'}, not {value!r}")
+    return number

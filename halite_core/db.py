@@ -1,0 +1,221 @@
+"""Database engines and the schema's life cycle.
+
+One :class:`Database` per process and URL (Salt forks worker processes; a connection pool
+must never cross a fork). SQLite runs in WAL mode with a busy timeout, and every write
+transaction starts with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the lock
+instead of failing with "database is locked" when a reader upgrades to a writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from halite_core import encoding
+from halite_core.models import Base
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_WRITE = "halite_write"
+
+
+class SchemaError(RuntimeError):
+    """The database's schema cannot be used by this version of halite."""
+
+
+def _json_serializer(value: Any) -> str:
+    if isinstance(value, encoding.Encoded):
+        return value.text
+    return encoding.dumps(value)[0]
+
+
+class Database:
+    """An engine plus the knowledge of how to write to it safely."""
+
+    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.dialect_name = self.url.get_backend_name()
+        kwargs: dict[str, Any] = {
+            "json_serializer": _json_serializer,
+            "json_deserializer": json.loads,
+        }
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+            if self.url.database in (None, "", ":memory:"):
+                kwargs["poolclass"] = StaticPool
+            else:
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine, busy_timeout)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a read transaction."""
+        self.ensure_schema()
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def ensure_schema(self) -> None:
+        """Create a fresh schema, upgrade an older one, refuse a newer one; once per process."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                with self._migration_lock():
+                    migrate(self)
+                self._schema_ready = True
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        # Several Salt workers start at once; only one may create or upgrade the schema.
+        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+            with open(f"{self.url.database}.lock", "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        elif self.dialect_name == "postgresql":
+            key = zlib.crc32(b"halite schema migration")
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                    conn.commit()
+        else:
+            yield
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit
+        # transactions cannot do BEGIN IMMEDIATE).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(_WRITE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def alembic_config(db: Database | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if db is not None:
+        cfg.set_main_option("sqlalchemy.url", db.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(db: Database) -> None:
+    """Bring the database to this halite's schema head."""
+    cfg = alembic_config(db)
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    with db.engine.connect() as conn:
+        conn.execution_options(**{_WRITE: True})
+        current = current_revision(conn)
+        conn.rollback()
+        if current == head:
+            return
+        if current is not None:
+            try:
+                script.get_revision(current)
+            except CommandError as exc:
+                raise SchemaError(
+                    f"the halite database at {db.url.render_as_string()} has schema revision "
+                    f"{current}, newer than this halite knows (head {head}): upgrade halite "
+                    "on this master, or point it at another database"
+                ) from exc
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            if current is None:
+                existing = set(inspect(conn).get_table_names())
+                clash = existing & set(Base.metadata.tables)
+                if clash:
+                    raise SchemaError(
+                        f"the database at {db.url.render_as_string()} already has tables "
+                        f"{sorted(clash)} but no halite schema revision: refusing to touch them"
+                    )
+                Base.metadata.create_all(conn)
+                command.stamp(cfg, "head")
+                log.info("halite: created schema %s in %s", head, db.url.render_as_string())
+            else:
+                command.upgrade(cfg, "head")
+                log.info("halite: upgraded schema %s -> %s", current, head)
+
+
+_databases: dict[tuple[int, str], Database] = {}
+_databases_lock = threading.Lock()
+
+
+def get_database(url: str, busy_timeout: float = 30.0) -> Database:
+    """The process's :class:`Database` for ``url``, created on first use."""
+    key = (os.getpid(), url)
+    db = _databases.get(key)
+    if db is None:
+        with _databases_lock:
+            db = _databases.get(key)
+            if db is None:
+                for stale in [k for k in _databases if k[0] != key[0]]:
+                    # Inherited across a fork: drop without closing the parent's sockets.
+                    _databases.pop(stale).engine.dispose(close=False)
+                db = _databases[key] = Database(url, busy_timeout)
+    return db

@@ -1,0 +1,141 @@
+"""Turning whatever a minion returns into JSON without losing it.
+
+Fast path: the C JSON encoder. When a value holds something JSON cannot carry, the value is
+walked and each such part becomes a marker object ``{"__halite_type__": kind, ...}`` that
+:func:`restore` turns back into the original Python type when Salt reads the job back:
+
+==========  ====================================================  =====================
+kind        marker                                                restored as
+==========  ====================================================  =====================
+bytes       ``{"__halite_type__": "bytes", "base64": "..."}``     ``bytes``
+set         ``{"__halite_type__": "set", "items": [...]}``        ``set``
+datetime    ``{"__halite_type__": "datetime", "iso": "..."}``     ``datetime``/``date``
+decimal     ``{"__halite_type__": "decimal", "value": "1.10"}``   ``Decimal``
+float       ``{"__halite_type__": "float", "value": "nan"}``      ``float`` (nan/inf)
+object      ``{"__halite_type__": "object", "type": ..., "repr": ...}``  the marker itself
+==========  ====================================================  =====================
+
+Tuples become lists and non-string mapping keys become strings, as with any JSON store.
+A value whose JSON is larger than the configured cap is replaced by a ``truncated`` marker
+holding its size and the first bytes of its JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MARKER = "__halite_type__"
+PREVIEW_CHARS = 4096
+MAX_DEPTH = 200
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """JSON text ready to store, and what had to be changed to produce it."""
+
+    text: str
+    converted: bool = False
+    truncated: bool = False
+    size: int | None = None
+
+
+def _marker(kind: str, **fields: Any) -> dict[str, Any]:
+    return {MARKER: kind, **fields}
+
+
+def to_jsonable(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` made only of JSON types, with markers for everything else."""
+    if _depth > MAX_DEPTH:
+        return _marker("object", type="nested", repr=f"nesting deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _marker("float", value=repr(value))
+    if isinstance(value, Mapping):
+        return {_key(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, _depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [to_jsonable(v, _depth + 1) for v in value]
+        return _marker("set", items=sorted(items, key=repr))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _marker("bytes", base64=base64.b64encode(bytes(value)).decode("ascii"))
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return _marker("datetime", iso=value.isoformat(), cls=type(value).__name__)
+    if isinstance(value, decimal.Decimal):
+        return _marker("decimal", value=str(value))
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not lose the return
+        text = f"<unrepresentable: {exc!r}>"
+    return _marker("object", type=f"{type(value).__module__}.{type(value).__qualname__}", repr=text)
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else str(key)
+
+
+def dumps(value: Any) -> tuple[str, bool]:
+    """JSON text for ``value`` and whether anything had to be converted to a marker."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")), False
+    except (TypeError, ValueError, RecursionError):
+        pass
+    return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":")), True
+
+
+def encode(value: Any, max_bytes: int | None = None) -> Encoded:
+    """Encode ``value`` for storage, truncating it to ``max_bytes`` of JSON with a marker."""
+    text, converted = dumps(value)
+    size = len(text.encode("utf-8")) if max_bytes is not None and len(text) * 4 > max_bytes else 0
+    if max_bytes is not None and size > max_bytes:
+        preview = text[:PREVIEW_CHARS]
+        marker = _marker("truncated", size=size, limit=max_bytes, preview=preview)
+        return Encoded(json.dumps(marker), converted, True, size)
+    return Encoded(text, converted, False, size or None)
+
+
+def restore(value: Any) -> Any:
+    """Undo :func:`to_jsonable`'s markers so Salt gets back the types the minion sent."""
+    if isinstance(value, list):
+        return [restore(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    kind = value.get(MARKER)
+    if kind is None:
+        return {k: restore(v) for k, v in value.items()}
+    try:
+        if kind == "bytes":
+            return base64.b64decode(value["base64"])
+        if kind == "set":
+            return {_hashable(restore(v)) for v in value["items"]}
+        if kind == "decimal":
+            return decimal.Decimal(value["value"])
+        if kind == "float":
+            return float(value["value"])
+        if kind == "datetime":
+            cls = {"date": dt.date, "time": dt.time}.get(value.get("cls", ""), dt.datetime)
+            return cls.fromisoformat(value["iso"])
+    except (KeyError, TypeError, ValueError, decimal.InvalidOperation):
+        pass
+    return value
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def has_markers(text: str) -> bool:
+    """Cheap test used to skip :func:`restore` for the common all-JSON value."""
+    return MARKER in text

@@ -1,0 +1,122 @@
+"""The tables of the job index. ``docs/schema.md`` documents each column for other tooling.
+
+Change the schema only together with a new Alembic revision in ``halite_core/migrations``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSON everywhere; native JSONB on PostgreSQL.
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in Python; ``timestamptz`` on PostgreSQL, UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: halite stores aware UTC times only")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    __tablename__ = "jobs_index"
+
+    jid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    function: Mapped[str | None] = mapped_column(String(255))
+    target: Mapped[str | None] = mapped_column(Text)
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    user: Mapped[str | None] = mapped_column(String(255))
+    arguments: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    kwargs: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    start_time: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    end_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_return_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    minions_targeted: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    minions_returned: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    minions_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    master_id: Mapped[str | None] = mapped_column(String(255))
+    load: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+
+    __table_args__ = (
+        Index(None, "start_time", "jid"),
+        Index(None, "function", "start_time", "jid"),
+        Index(None, "user", "start_time", "jid"),
+        Index(None, "target", "start_time", "jid"),
+        Index(None, "status", "start_time", "jid"),
+    )
+
+
+class JobReturn(Base):
+    __tablename__ = "job_returns"
+
+    jid: Mapped[str] = mapped_column(
+        String(64), ForeignKey("jobs_index.jid", ondelete="CASCADE"), primary_key=True
+    )
+    minion: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    expected: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    function: Mapped[str | None] = mapped_column(String(255))
+    start_time: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    returned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    return_value: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    return_truncated: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    retcode: Mapped[int | None] = mapped_column(Integer)
+    success: Mapped[bool | None] = mapped_column(Boolean)
+    out: Mapped[str | None] = mapped_column(String(64))
+    states_total: Mapped[int | None] = mapped_column(Integer)
+    states_passed: Mapped[int | None] = mapped_column(Integer)
+    states_failed: Mapped[int | None] = mapped_column(Integer)
+    states_changed: Mapped[int | None] = mapped_column(Integer)
+    states_duration_ms: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index(None, "minion", "start_time", "jid"),)
+
+
+jobs_index = Job.__table__
+job_returns = JobReturn.__table__

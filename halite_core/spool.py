@@ -1,0 +1,117 @@
+"""A durable spool for writes the database could not take.
+
+Each failed write becomes one JSON file, written atomically, in the spool directory. A later
+successful write replays the spool, oldest first. A file is claimed by renaming it, so
+several Salt worker processes never replay the same write twice at once; the writes are
+idempotent anyway. A write that fails for a reason other than the database being
+unavailable is moved to ``rejected/`` and logged, never dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from halite_core import encoding
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".json"
+CLAIMED = ".claimed"
+STALE_CLAIM_SECONDS = 300.0
+_sequence = itertools.count()
+
+
+class Spool:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.rejected = self.directory / "rejected"
+
+    def put(self, op: str, *args: Any, reason: str = "") -> Path | None:
+        """Keep one write for later. Returns its file, or None if even the spool failed."""
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            text, _ = encoding.dumps({"op": op, "args": list(args), "reason": reason})
+            tmp = self.directory / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            final = self.directory / f"{name}{SUFFIX}"
+            os.replace(tmp, final)
+            return final
+        except Exception:  # noqa: BLE001 - last line of defence, must not raise into Salt
+            log.critical(
+                "halite: could not spool %s to %s; the write is lost: %.2000r",
+                op,
+                self.directory,
+                args,
+                exc_info=True,
+            )
+            return None
+
+    def reject(self, op: str, *args: Any, reason: str) -> Path | None:
+        """Keep a write that can never succeed (malformed input) for a person to inspect."""
+        kept = Spool(self.rejected).put(op, *args, reason=reason)
+        log.error("halite: rejected %s (%s); kept in %s", op, reason, kept)
+        return kept
+
+    def pending(self) -> list[Path]:
+        """Spooled writes waiting for replay, oldest first (including stale claims)."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        files = []
+        for entry in entries:
+            if entry.name.endswith(SUFFIX):
+                files.append(Path(entry.path))
+            elif entry.name.endswith(CLAIMED):
+                try:
+                    if now - entry.stat().st_mtime > STALE_CLAIM_SECONDS:
+                        files.append(Path(entry.path))
+                except FileNotFoundError:
+                    continue
+        return sorted(files, key=lambda p: p.name)
+
+    def replay(self, apply: Callable[[str, list[Any]], None], is_outage: Callable[[BaseException], bool]) -> int:
+        """Apply spooled writes oldest first; stop at the first outage. Returns how many."""
+        done = 0
+        for path in self.pending():
+            claimed = path.with_name(path.name.removesuffix(CLAIMED).removesuffix(SUFFIX) + CLAIMED)
+            try:
+                os.rename(path, claimed)
+                os.utime(claimed)
+            except FileNotFoundError:
+                continue  # another process claimed it
+            try:
+                entry = json.loads(claimed.read_text(encoding="utf-8"))
+                op, args = entry["op"], encoding.restore(entry["args"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self._move_to_rejected(claimed, f"unreadable spool file: {exc}")
+                continue
+            try:
+                apply(op, args)
+            except Exception as exc:  # noqa: BLE001
+                if is_outage(exc):
+                    os.rename(claimed, claimed.with_name(claimed.name.removesuffix(CLAIMED) + SUFFIX))
+                    log.warning("halite: database still unavailable, %s stays spooled", path.name)
+                    break
+                self._move_to_rejected(claimed, f"{type(exc).__name__}: {exc}")
+                continue
+            claimed.unlink(missing_ok=True)
+            done += 1
+        if done:
+            log.info("halite: replayed %d spooled writes from %s", done, self.directory)
+        return done
+
+    def _move_to_rejected(self, path: Path, reason: str) -> None:
+        self.rejected.mkdir(parents=True, exist_ok=True)
+        target = self.rejected / (path.name.removesuffix(CLAIMED) + SUFFIX)
+        os.replace(path, target)
+        log.error("halite: spooled write %s cannot be applied (%s); moved to %s", path.name, reason, target)

@@ -1,0 +1,268 @@
+"""
+halite: Salt's master job cache in a SQL job index (SQLite by default, or PostgreSQL).
+
+Every publish and every minion return is written as it arrives into the ``jobs_index`` and
+``job_returns`` tables (documented in halite's ``docs/schema.md``), so that listing and
+inspecting jobs is an indexed query instead of a walk over the job cache directories.
+Salt's own ``jobs`` runner keeps working on top of it.
+
+A write the database cannot take never breaks the job: it is kept in a spool under the
+master's cachedir and replayed once the database answers again.
+
+Configuration, in the master config:
+
+.. code-block:: yaml
+
+    master_job_cache: halite          # use halite as the job cache
+    # or keep Salt's default cache and index alongside it, from the event bus:
+    # event_return: halite
+
+    keep_jobs_seconds: 86400          # Salt's own retention setting, honoured by clean_old_jobs
+
+    halite:
+      db_url: sqlite:////var/cache/salt/master/halite.db  # default: halite.db in cachedir
+      # db_url: postgresql+psycopg://halite:secret@db.example.com/halite
+      max_return_bytes: 4194304       # larger returns are stored truncated, with a marker
+      spool_dir: /var/cache/salt/master/halite/spool    # default: halite/spool in cachedir
+      spool_replay_interval: 5        # seconds between attempts to replay spooled writes
+      sqlite_busy_timeout: 30         # seconds a SQLite writer waits for the write lock
+      clean_batch_size: 500           # jobs deleted per transaction by clean_old_jobs
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt '*' test.ping
+    salt-run jobs.list_jobs
+    salt-run jobs.lookup_jid 20261128115138123456
+"""
+
+import datetime
+import logging
+
+import salt.config
+import salt.utils.jid
+import salt.utils.job
+import salt.utils.minions
+
+try:
+    from halite_core import jids
+    from halite_core.config import Settings
+    from halite_core.jobcache import get_store, is_return_load
+
+    HAS_HALITE = True
+    _IMPORT_ERROR = ""
+except ImportError as exc:  # SQLAlchemy, Alembic or halite_core itself is missing
+    HAS_HALITE = False
+    _IMPORT_ERROR = str(exc)
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "halite"
+
+
+def __virtual__():
+    if not HAS_HALITE:
+        return False, f"halite returner: cannot import halite_core ({_IMPORT_ERROR})"
+    return __virtualname__
+
+
+def _jid_utc():
+    # Salt 3008 dropped utc_jid and writes every JID in UTC; older Salt writes local time
+    # unless utc_jid is set.
+    return bool(__opts__.get("utc_jid")) or "utc_jid" not in salt.config.DEFAULT_MASTER_OPTS
+
+
+def _store():
+    return get_store(Settings.from_opts(__opts__, jid_utc=_jid_utc()))
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def prep_jid(nocache=False, passed_jid=None):  # pylint: disable=unused-argument
+    """
+    Return a job id: ``passed_jid`` as given, or a new JID reserved in the index so that no
+    other worker process can hand out the same one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run jobs.list_jobs   # prep_jid runs for every publish
+    """
+    if passed_jid:
+        return passed_jid
+    try:
+        return _store().new_jid(unique=bool(__opts__.get("unique_jid")))
+    except Exception:  # pylint: disable=broad-except
+        log.error("halite: could not reserve a jid; using an unreserved one", exc_info=True)
+        return salt.utils.jid.gen_jid(__opts__)
+
+
+def save_load(jid, load, minions=None):
+    """
+    Index a job's publish load and the minions it targets. Minion returns that Salt also
+    passes here are left to :func:`returner`, so a publish load is never overwritten.
+    """
+    if isinstance(load, dict) and minions is None and load.get("tgt") and not is_return_load(load):
+        try:
+            minions = salt.utils.minions.CkMinions(__opts__).check_minions(
+                load["tgt"], load.get("tgt_type", "glob")
+            )["minions"]
+        except Exception:  # pylint: disable=broad-except
+            log.warning("halite: could not expand target of %s", jid, exc_info=True)
+    _store().record("save_load", jid, load, minions)
+
+
+def save_minions(jid, minions, syndic_id=None):
+    """
+    Add minions matched by a syndic to the job's target list.
+    """
+    _store().record("save_minions", jid, list(minions or []), syndic_id)
+
+
+def returner(load):
+    """
+    Index one minion return. The first return for a job and minion wins; a repeat (a
+    minion retrying, or two syndics forwarding it) is logged and ignored, as Salt's
+    local_cache does.
+    """
+    arrived = _now()
+    if isinstance(load, dict) and load.get("jid") == "req":
+        # A standalone job from a minion: give it a jid and a load, as Salt's store_job does.
+        load = dict(load, jid=prep_jid(nocache=load.get("nocache", False)))
+        load.setdefault("arg", load.get("fun_args", []))
+        load.update(tgt_type="glob", tgt=load.get("id"))
+        save_load(load["jid"], {k: v for k, v in load.items() if k != "return"})
+    _store().record("save_return", load, arrived)
+
+
+def event_return(events):
+    """
+    Index a batch of ``salt/job/<jid>/new`` and ``salt/job/<jid>/ret/<minion>`` events,
+    for masters that keep another job cache (``event_return: halite``).
+    """
+    _store().record("save_events", list(events))
+
+
+def get_load(jid):
+    """
+    Return the load of a job, with ``Minions`` (its target list), or ``{}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run jobs.list_job 20261128115138123456
+    """
+    try:
+        return _store().get_load(jid)
+    except Exception:  # pylint: disable=broad-except
+        log.error("halite: cannot read the load of %s", jid, exc_info=True)
+        return {}
+
+
+def get_jid(jid):
+    """
+    Return ``{minion: {"return": ..., "retcode": ..., "success": ..., "out": ...}}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run jobs.lookup_jid 20261128115138123456
+    """
+    try:
+        return _store().get_jid(jid)
+    except Exception:  # pylint: disable=broad-except
+        log.error("halite: cannot read the returns of %s", jid, exc_info=True)
+        return {}
+
+
+def _with_endtime(job, last_return_at):
+    if __opts__.get("job_cache_store_endtime") and last_return_at is not None:
+        job["EndTime"] = jids.salt_time_text(last_return_at, _jid_utc())
+    return job
+
+
+def get_jids():
+    """
+    Return every job in the index as ``{jid: job}``, formatted as Salt's jobs runner expects.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run jobs.list_jobs
+    """
+    return {
+        jid: _with_endtime(salt.utils.jid.format_jid_instance(jid, load), last)
+        for jid, load, last in _store().iter_loads()
+    }
+
+
+def get_jids_filter(count, filter_find_job=True):
+    """
+    Return the ``count`` most recent jobs, oldest first, leaving out ``saltutil.find_job``
+    unless ``filter_find_job`` is False. The limit and the filter run in SQL.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run jobs.list_jobs_filter 50
+    """
+    return [
+        salt.utils.jid.format_jid_instance_ext(jid, load)
+        for jid, load in _store().newest_loads(count, filter_find_job)
+    ]
+
+
+def get_fun(fun):
+    """
+    Return ``{minion: jid}``: the newest job of each minion that ran ``fun``.
+    """
+    return _store().last_jid_per_minion(fun)
+
+
+def get_minions():
+    """
+    Return every minion that has a return in the index.
+    """
+    return _store().minions_seen()
+
+
+def clean_old_jobs():
+    """
+    Delete jobs started more than ``keep_jobs_seconds`` ago, with their returns, in batches.
+    """
+    try:
+        _store().clean_old_jobs(salt.utils.job.get_keep_jobs_seconds(__opts__))
+    except Exception:  # pylint: disable=broad-except
+        log.error("halite: clean_old_jobs failed; will retry next time", exc_info=True)
+
+
+def update_endtime(jid, time):
+    """
+    Record the time of a job's latest return (``job_cache_store_endtime: True``).
+    """
+    try:
+        when = jids.parse_salt_time_text(str(time), _jid_utc())
+    except ValueError:
+        log.warning("halite: update_endtime got an unreadable time %r for %s", time, jid)
+        return
+    _store().record("update_endtime", jid, when)
+
+
+def get_endtime(jid):
+    """
+    Return the time of the job's latest return in Salt's format, or False.
+    """
+    try:
+        last = _store().last_return_at(jid)
+    except Exception:  # pylint: disable=broad-except
+        log.error("halite: cannot read the end time of %s", jid, exc_info=True)
+        return False
+    return jids.salt_time_text(last, _jid_utc()) if last else False
