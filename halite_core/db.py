@@ -202,13 +202,13 @@ def migrate(db: Database) -> None:
                 log.info("halite: upgraded schema %s -> %s", current, head)
 
 
-_databases: dict[tuple[int, str], Database] = {}
+_databases: dict[tuple[int, str, float], Database] = {}
 _databases_lock = threading.Lock()
 
 
 def get_database(url: str, busy_timeout: float = 30.0) -> Database:
     """The process's :class:`Database` for ``url``, created on first use."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, busy_timeout)
     db = _databases.get(key)
     if db is None:
         with _databases_lock:

@@ -121,7 +121,7 @@ def restore(value: Any) -> Any:
         if kind == "float":
             return float(value["value"])
         if kind == "datetime":
-            cls = {"date": dt.date, "time": dt.time}.get(value.get("cls", ""), dt.datetime)
+            cls: Any = {"date": dt.date, "time": dt.time}.get(value.get("cls", ""), dt.datetime)
             return cls.fromisoformat(value["iso"])
     except (KeyError, TypeError, ValueError, decimal.InvalidOperation):
         pass

@@ -179,12 +179,16 @@ class JobStore:
             jid = jids.next_jid(jid)
         raise RuntimeError(f"could not reserve a unique jid after {tries} tries")
 
-    def save_load(self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None) -> None:
+    def save_load(
+        self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None
+    ) -> None:
         """Index a job's publish load and the minions it targeted."""
         if not jids.is_jid(jid):
             raise InvalidLoad(f"save_load: {jid!r} is not a Salt job id")
         if not isinstance(load, Mapping):
-            raise InvalidLoad(f"save_load: the load for {jid} is a {type(load).__name__}, not a dict")
+            raise InvalidLoad(
+                f"save_load: the load for {jid} is a {type(load).__name__}, not a dict"
+            )
         if is_return_load(load):
             return  # the returner call that follows indexes it
         if minions is None:
@@ -192,7 +196,9 @@ class JobStore:
         with self.db.write() as conn:
             self._save_load(conn, jid, load, minions)
 
-    def _save_load(self, conn: Connection, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None) -> None:
+    def _save_load(
+        self, conn: Connection, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None
+    ) -> None:
         args, kwargs = split_arguments(load.get("arg", load.get("fun_args")))
         start = self.start_time(jid)
         values = {
@@ -206,17 +212,30 @@ class JobStore:
             "load": encoding.encode(dict(load)),
         }
         stmt = self._insert(jobs_index).values(
-            jid=jid, start_time=start, status=RUNNING, minions_targeted=0,
-            minions_returned=0, minions_failed=0, **values,
+            jid=jid,
+            start_time=start,
+            status=RUNNING,
+            minions_targeted=0,
+            minions_returned=0,
+            minions_failed=0,
+            **values,
         )
         conn.execute(stmt.on_conflict_do_update(index_elements=["jid"], set_=values))  # type: ignore[attr-defined]
         self._add_minions(conn, jid, start, minions or [])
         self._recount(conn, jid)
 
-    def _add_minions(self, conn: Connection, jid: str, start: dt.datetime, minions: Iterable[str]) -> None:
+    def _add_minions(
+        self, conn: Connection, jid: str, start: dt.datetime, minions: Iterable[str]
+    ) -> None:
         rows = [
-            {"jid": jid, "minion": str(m), "state": PENDING, "expected": True, "start_time": start,
-             "return_truncated": False}
+            {
+                "jid": jid,
+                "minion": str(m),
+                "state": PENDING,
+                "expected": True,
+                "start_time": start,
+                "return_truncated": False,
+            }
             for m in sorted(set(map(str, minions)))
         ]
         if not rows:
@@ -230,7 +249,9 @@ class JobStore:
     def _recount(self, conn: Connection, jid: str) -> None:
         """Set a job's counters and status from its job_returns rows (once per publish)."""
         r = job_returns.c
-        failed = or_(r.success.is_(False), and_(r.retcode.is_not(None), r.retcode != 0), r.states_failed > 0)
+        failed = or_(
+            r.success.is_(False), and_(r.retcode.is_not(None), r.retcode != 0), r.states_failed > 0
+        )
         targeted, returned, nfailed, last = conn.execute(
             select(
                 func.count(),
@@ -285,7 +306,9 @@ class JobStore:
         )
         return conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1  # type: ignore[attr-defined]
 
-    def prepare_return(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> ReturnRow:
+    def prepare_return(
+        self, load: Mapping[str, Any], returned_at: dt.datetime | None = None
+    ) -> ReturnRow:
         if not isinstance(load, Mapping):
             raise InvalidLoad(f"a return must be a dict, not {type(load).__name__}")
         jid, minion = load.get("jid"), load.get("id")
@@ -300,11 +323,18 @@ class JobStore:
         encoded = encoding.encode(value, self.settings.max_return_bytes)
         if encoded.truncated:
             log.warning(
-                "halite: return of %s for %s is %d bytes, over max_return_bytes=%d: stored truncated",
-                minion, jid, encoded.size, self.settings.max_return_bytes,
+                "halite: return of %s for %s is %d bytes, over max_return_bytes=%d: truncated",
+                minion,
+                jid,
+                encoded.size,
+                self.settings.max_return_bytes,
             )
         elif encoded.converted:
-            log.info("halite: return of %s for %s held non-JSON values, stored with type markers", minion, jid)
+            log.info(
+                "halite: return of %s for %s held non-JSON values, stored with type markers",
+                minion,
+                jid,
+            )
         success = load.get("success")
         out = load.get("out")
         return ReturnRow(
@@ -321,7 +351,7 @@ class JobStore:
         )
 
     def save_return(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> bool:
-        """Index one minion return. The first return for a (jid, minion) wins; False if a duplicate."""
+        """Index one minion return; the first for a (jid, minion) wins. False for a duplicate."""
         row = self.prepare_return(load, returned_at)
         with self.db.write() as conn:
             return self._save_return(conn, row, load)
@@ -337,11 +367,19 @@ class JobStore:
         if not filled:
             self._ensure_job(conn, row.jid, load)
             stmt = self._insert(job_returns).values(
-                jid=row.jid, minion=row.minion, expected=False, start_time=row.start_time, **row.columns()
+                jid=row.jid,
+                minion=row.minion,
+                expected=False,
+                start_time=row.start_time,
+                **row.columns(),
             )
             added = conn.execute(stmt.on_conflict_do_nothing()).rowcount  # type: ignore[attr-defined]
             if not added:
-                log.info("halite: duplicate return from %s for %s ignored (first wins)", row.minion, row.jid)
+                log.info(
+                    "halite: duplicate return from %s for %s ignored (first wins)",
+                    row.minion,
+                    row.jid,
+                )
                 return False
         j = jobs_index.c
         done = (j.minions_returned + 1) >= (j.minions_targeted + added)
@@ -353,13 +391,21 @@ class JobStore:
                 minions_targeted=j.minions_targeted + added,
                 minions_failed=j.minions_failed + int(row.failed),
                 last_return_at=case(
-                    (or_(j.last_return_at.is_(None), j.last_return_at < row.returned_at), row.returned_at),
+                    (
+                        or_(j.last_return_at.is_(None), j.last_return_at < row.returned_at),
+                        row.returned_at,
+                    ),
                     else_=j.last_return_at,
                 ),
                 status=case((done, COMPLETE), else_=RUNNING),
                 end_time=case(
-                    (and_(done, or_(j.last_return_at.is_(None), j.last_return_at < row.returned_at)),
-                     row.returned_at),
+                    (
+                        and_(
+                            done,
+                            or_(j.last_return_at.is_(None), j.last_return_at < row.returned_at),
+                        ),
+                        row.returned_at,
+                    ),
                     (done, j.last_return_at),
                     else_=None,
                 ),
@@ -378,7 +424,7 @@ class JobStore:
             )
 
     def save_events(self, events: Sequence[Mapping[str, Any]]) -> int:
-        """Index a batch of ``salt/job/<jid>/new`` and ``.../ret/<minion>`` events in one transaction."""
+        """Index ``salt/job/<jid>/new`` and ``.../ret/<minion>`` events in one transaction."""
         work: list[tuple[str, Any]] = []
         for event in events:
             tag, data = event.get("tag"), event.get("data")
@@ -404,7 +450,9 @@ class JobStore:
                     self._save_return(conn, *item)
         return len(work)
 
-    def clean_old_jobs(self, keep_seconds: int | None = None, now: dt.datetime | None = None) -> int:
+    def clean_old_jobs(
+        self, keep_seconds: int | None = None, now: dt.datetime | None = None
+    ) -> int:
         """Delete jobs (with their returns) started more than ``keep_seconds`` ago; 0 keeps all."""
         keep = self.settings.keep_jobs_seconds if keep_seconds is None else keep_seconds
         if keep <= 0:
@@ -451,8 +499,9 @@ class JobStore:
         r = job_returns.c
         with self.db.read() as conn:
             rows = conn.execute(
-                select(r.minion, r.return_value, r.retcode, r.success, r.out)
-                .where(r.jid == jid, r.state == RETURNED)
+                select(r.minion, r.return_value, r.retcode, r.success, r.out).where(
+                    r.jid == jid, r.state == RETURNED
+                )
             ).all()
         ret: dict[str, dict[str, Any]] = {}
         for minion, value, retcode, success, out in rows:
@@ -476,7 +525,9 @@ class JobStore:
             for jid, load, last in result:
                 yield jid, encoding.restore(load), last
 
-    def newest_loads(self, count: int, filter_find_job: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    def newest_loads(
+        self, count: int, filter_find_job: bool = True
+    ) -> list[tuple[str, dict[str, Any]]]:
         """The ``count`` newest jobs by JID, oldest first, as Salt's get_jids_filter orders them."""
         j = jobs_index.c
         query = select(j.jid, j.load).where(j.load.is_not(None))

@@ -6,7 +6,7 @@ Change the schema only together with a new Alembic revision in ``halite_core/mig
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -118,5 +119,5 @@ class JobReturn(Base):
     __table_args__ = (Index(None, "minion", "start_time", "jid"),)
 
 
-jobs_index = Job.__table__
-job_returns = JobReturn.__table__
+jobs_index = cast(Table, Job.__table__)
+job_returns = cast(Table, JobReturn.__table__)

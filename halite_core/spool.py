@@ -79,7 +79,9 @@ class Spool:
                     continue
         return sorted(files, key=lambda p: p.name)
 
-    def replay(self, apply: Callable[[str, list[Any]], None], is_outage: Callable[[BaseException], bool]) -> int:
+    def replay(
+        self, apply: Callable[[str, list[Any]], None], is_outage: Callable[[BaseException], bool]
+    ) -> int:
         """Apply spooled writes oldest first; stop at the first outage. Returns how many."""
         done = 0
         for path in self.pending():
@@ -99,7 +101,9 @@ class Spool:
                 apply(op, args)
             except Exception as exc:  # noqa: BLE001
                 if is_outage(exc):
-                    os.rename(claimed, claimed.with_name(claimed.name.removesuffix(CLAIMED) + SUFFIX))
+                    os.rename(
+                        claimed, claimed.with_name(claimed.name.removesuffix(CLAIMED) + SUFFIX)
+                    )
                     log.warning("halite: database still unavailable, %s stays spooled", path.name)
                     break
                 self._move_to_rejected(claimed, f"{type(exc).__name__}: {exc}")
@@ -114,4 +118,9 @@ class Spool:
         self.rejected.mkdir(parents=True, exist_ok=True)
         target = self.rejected / (path.name.removesuffix(CLAIMED) + SUFFIX)
         os.replace(path, target)
-        log.error("halite: spooled write %s cannot be applied (%s); moved to %s", path.name, reason, target)
+        log.error(
+            "halite: spooled write %s cannot be applied (%s); moved to %s",
+            path.name,
+            reason,
+            target,
+        )

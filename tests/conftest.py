@@ -1,0 +1,21 @@
+import pytest
+
+from halite_core.config import Settings
+from halite_core.jobcache import JobStore
+
+
+@pytest.fixture
+def opts(tmp_path):
+    return {"cachedir": str(tmp_path / "cache"), "id": "master1_master", "keep_jobs_seconds": 3600}
+
+
+@pytest.fixture
+def settings(opts):
+    return Settings.from_opts(opts)
+
+
+@pytest.fixture
+def store(settings):
+    store = JobStore(settings)
+    yield store
+    store.db.dispose()

@@ -1,0 +1,28 @@
+"""Builders for the loads and returns Salt hands a job cache."""
+
+
+def publish(store, jid, fun="test.arg", minions=("m1", "m2"), arg=(), user="root", **extra):
+    load = {
+        "jid": jid,
+        "fun": fun,
+        "arg": list(arg),
+        "tgt": list(minions),
+        "tgt_type": "list",
+        "user": user,
+        **extra,
+    }
+    store.save_load(jid, load, list(minions))
+    return load
+
+
+def ret(jid, minion, value=True, fun="test.arg", retcode=0, success=True, **extra):
+    return {
+        "jid": jid,
+        "id": minion,
+        "fun": fun,
+        "fun_args": [],
+        "return": value,
+        "retcode": retcode,
+        "success": success,
+        **extra,
+    }

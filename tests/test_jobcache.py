@@ -1,0 +1,271 @@
+import dataclasses
+import datetime as dt
+import json
+import multiprocessing
+import sqlite3
+
+from sqlalchemy import func, select
+
+from halite_core.jobcache import JobStore, split_arguments
+from halite_core.models import job_returns, jobs_index
+from tests.helpers import publish, ret
+
+UTC = dt.timezone.utc
+JID = "20261128120000000001"
+
+
+def job_row(store, jid):
+    with store.db.read() as conn:
+        return conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).one()._asdict()
+
+
+def return_rows(store, jid):
+    with store.db.read() as conn:
+        rows = conn.execute(select(job_returns).where(job_returns.c.jid == jid)).all()
+    return {row.minion: row._asdict() for row in rows}
+
+
+def test_publish_then_returns_keeps_counts_and_status_exact(store):
+    publish(store, JID, arg=["a", {"__kwarg__": True, "x": 1}], minions=("m1", "m2", "m3"))
+    job = job_row(store, JID)
+    assert job["status"] == "running" and job["end_time"] is None
+    assert (job["minions_targeted"], job["minions_returned"], job["minions_failed"]) == (3, 0, 0)
+    assert job["arguments"] == ["a"] and job["kwargs"] == {"x": 1}
+    assert job["target"] == "m1,m2,m3" and job["target_type"] == "list"
+    assert job["start_time"] == dt.datetime(2026, 11, 28, 12, 0, 0, 1, tzinfo=UTC)
+    assert job["master_id"] == "master1_master"
+
+    t1 = dt.datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
+    t2 = t1 + dt.timedelta(seconds=3)
+    store.save_return(ret(JID, "m1"), t1)
+    store.save_return(ret(JID, "m2", False, retcode=1, success=False), t2)
+    job = job_row(store, JID)
+    assert job["status"] == "running"
+    assert (job["minions_returned"], job["minions_failed"]) == (2, 1)
+    store.save_return(ret(JID, "m3"), t1)  # arrives last but stamped earlier
+    job = job_row(store, JID)
+    assert job["status"] == "complete"
+    assert job["end_time"] == t2 and job["last_return_at"] == t2
+    rows = return_rows(store, JID)
+    assert rows["m2"]["retcode"] == 1 and rows["m2"]["success"] is False
+    assert rows["m1"]["returned_at"] == t1
+
+
+def test_repeated_return_keeps_the_first(store):
+    publish(store, JID, minions=("m1",))
+    assert store.save_return(ret(JID, "m1", "first"))
+    assert not store.save_return(ret(JID, "m1", "second"))
+    assert store.get_jid(JID)["m1"]["return"] == "first"
+    assert job_row(store, JID)["minions_returned"] == 1
+
+
+def test_return_before_publish_then_publish_reconciles(store):
+    store.save_return(ret(JID, "m1", fun="test.ping"))
+    job = job_row(store, JID)
+    assert job["function"] == "test.ping" and job["minions_returned"] == 1
+    publish(store, JID, fun="test.ping", minions=("m1", "m2"))
+    job = job_row(store, JID)
+    assert (job["minions_targeted"], job["minions_returned"], job["status"]) == (2, 1, "running")
+    assert job["target"] == "m1,m2"
+    assert store.get_load(JID)["Minions"] == ["m1", "m2"]
+
+
+def test_unexpected_minion_counts_as_targeted(store):
+    publish(store, JID, minions=("m1",))
+    store.save_return(ret(JID, "m1"))
+    store.save_return(ret(JID, "surprise"))
+    job = job_row(store, JID)
+    assert (job["minions_targeted"], job["minions_returned"]) == (2, 2)
+    assert store.get_load(JID)["Minions"] == ["m1"]  # the target list Salt computed
+
+
+def test_job_with_no_minions_is_complete(store):
+    publish(store, JID, minions=())
+    assert job_row(store, JID)["status"] == "complete"
+
+
+def test_state_run_summary_is_stored(store):
+    states = {
+        "file_|-a_|-/a_|-managed": {
+            "result": True,
+            "comment": "",
+            "changes": {"x": 1},
+            "duration": 2,
+        },
+        "cmd_|-b_|-false_|-run": {"result": False, "comment": "boom", "changes": {}, "duration": 3},
+    }
+    publish(store, JID, fun="state.apply", minions=("m1",))
+    store.save_return(ret(JID, "m1", states, fun="state.apply", retcode=2, success=False))
+    row = return_rows(store, JID)["m1"]
+    assert (row["states_total"], row["states_passed"], row["states_failed"]) == (2, 1, 1)
+    assert (row["states_changed"], row["states_duration_ms"]) == (1, 5.0)
+    assert job_row(store, JID)["minions_failed"] == 1
+
+
+def test_non_dict_and_odd_returns_are_stored_faithfully(store):
+    publish(store, JID, minions=("a", "b", "c", "d"))
+    store.save_return(ret(JID, "a", ["Rendering SLS 'base:web' failed: boom"], fun="state.apply"))
+    store.save_return(ret(JID, "b", None))
+    store.save_return(ret(JID, "c", {b"k": {1, 2}}))
+    store.save_return({"jid": JID, "id": "d", "return": 5})  # no retcode, success, fun
+    got = store.get_jid(JID)
+    assert got["a"]["return"] == ["Rendering SLS 'base:web' failed: boom"]
+    assert got["b"]["return"] is None
+    assert got["c"]["return"] == {"b'k'": {1, 2}}
+    assert got["d"] == {"return": 5}
+    assert return_rows(store, JID)["a"]["states_total"] is None
+
+
+def test_oversized_return_is_truncated_with_a_marker(store):
+    small = JobStore(dataclasses.replace(store.settings, max_return_bytes=1024), store.db)
+    publish(small, JID, minions=("m1",))
+    small.save_return(ret(JID, "m1", "x" * 5000))
+    row = return_rows(small, JID)["m1"]
+    assert row["return_truncated"] is True
+    assert row["return_value"]["__halite_type__"] == "truncated"
+    assert row["return_value"]["limit"] == 1024
+
+
+def test_bad_input_is_rejected_to_the_spool_not_raised(store):
+    assert store.record("save_return", {"jid": "nonsense", "id": "m1", "return": 1}) is None
+    assert store.record("save_return", "not a dict") is None
+    rejected = sorted(store.spool.rejected.iterdir())
+    assert len(rejected) == 2
+    assert "no valid jid" in json.loads(rejected[0].read_text())["reason"]
+
+
+def test_split_arguments():
+    assert split_arguments(["a", 1, {"__kwarg__": True, "k": "v"}, {"plain": "dict"}]) == (
+        ["a", 1, {"plain": "dict"}],
+        {"k": "v"},
+    )
+    assert split_arguments(None) == ([], {})
+    assert split_arguments("x") == (["x"], {})
+
+
+def test_newest_loads_orders_limits_and_hides_find_job(store):
+    for n in range(1, 6):
+        publish(store, f"2026112812000000000{n}", minions=("m1",))
+    publish(store, "20261128120000000009", fun="saltutil.find_job", minions=("m1",))
+    newest = [jid for jid, _ in store.newest_loads(3)]
+    assert newest == ["20261128120000000003", "20261128120000000004", "20261128120000000005"]
+    with_find = [jid for jid, _ in store.newest_loads(2, filter_find_job=False)]
+    assert with_find == ["20261128120000000005", "20261128120000000009"]
+
+
+def test_clean_old_jobs_deletes_jobs_and_returns_together(store):
+    old, new = "20261101000000000000", "20261128110000000000"
+    for jid in (old, new):
+        publish(store, jid, minions=("m1", "m2"))
+        store.save_return(ret(jid, "m1"))
+    store.reserve_jid("20261101000000000007")  # reserved but never published
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    assert store.clean_old_jobs(keep_seconds=86400, now=now) == 2
+    with store.db.read() as conn:
+        assert conn.scalars(select(jobs_index.c.jid)).all() == [new]
+        assert set(conn.scalars(select(job_returns.c.jid))) == {new}
+        orphans = conn.scalar(
+            select(func.count())
+            .select_from(job_returns)
+            .where(job_returns.c.jid.not_in(select(jobs_index.c.jid)))
+        )
+        assert orphans == 0
+    assert store.clean_old_jobs(keep_seconds=0, now=now + dt.timedelta(days=9)) == 0
+
+
+def test_reserved_jids_never_collide(store):
+    jid = store.new_jid()
+    assert not store.reserve_jid(jid)
+    assert store.new_jid() != jid
+    assert job_row(store, jid)["status"] == "new"
+    assert store.newest_loads(10) == []  # a reservation is not a job yet
+
+
+def test_event_batch_indexes_publish_and_returns(store):
+    events = [
+        {"tag": "salt/auth", "data": {"id": "m1"}},
+        {
+            "tag": f"salt/job/{JID}/new",
+            "data": {
+                "jid": JID,
+                "fun": "test.ping",
+                "arg": [],
+                "tgt": "*",
+                "tgt_type": "glob",
+                "user": "sudo_alice",
+                "minions": ["m1", "m2"],
+                "missing": [],
+            },
+        },
+        {
+            "tag": f"salt/job/{JID}/ret/m1",
+            "data": {
+                "fun": "test.ping",
+                "fun_args": [],
+                "return": True,
+                "retcode": 0,
+                "success": True,
+                "_stamp": "2026-11-28T12:00:01.500000",
+            },
+        },
+        {"tag": f"salt/job/{JID}/ret/m2", "data": {"return": True, "retcode": 0, "success": True}},
+    ]
+    assert store.save_events(events) == 3
+    job = job_row(store, JID)
+    assert (job["user"], job["target"], job["status"], job["minions_returned"]) == (
+        "sudo_alice",
+        "*",
+        "complete",
+        2,
+    )
+    stamp = return_rows(store, JID)["m1"]["returned_at"]
+    assert stamp == dt.datetime(2026, 11, 28, 12, 0, 1, 500000, tzinfo=UTC)
+
+
+def _write_returns(settings, jid, minions):
+    store = JobStore(settings)
+    for minion in minions:
+        assert store.record("save_return", ret(jid, minion)) is True
+    store.db.dispose()
+
+
+def test_concurrent_writer_processes_lose_nothing(store):
+    minions = [f"m{i:03d}" for i in range(240)]
+    publish(store, JID, minions=minions)
+    chunks = [minions[i::4] for i in range(4)]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_returns, args=(store.settings, JID, c)) for c in chunks]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    job = job_row(store, JID)
+    assert (job["minions_targeted"], job["minions_returned"], job["status"]) == (
+        240,
+        240,
+        "complete",
+    )
+    assert len(store.get_jid(JID)) == 240
+    assert store.spool.pending() == []
+
+
+def test_database_outage_spools_and_replays(store, settings):
+    publish(store, JID, minions=("m1", "m2"))
+    impatient = JobStore(
+        dataclasses.replace(settings, sqlite_busy_timeout=0.05, spool_replay_interval=0)
+    )
+    impatient.db.ensure_schema()
+    blocker = sqlite3.connect(store.db.url.database)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    try:
+        assert impatient.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is None
+        assert len(impatient.spool.pending()) == 1
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert return_rows(store, JID)["m1"]["state"] == "pending"
+    impatient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))  # replays the spool
+    assert impatient.spool.pending() == []
+    assert job_row(store, JID)["minions_returned"] == 2
+    assert set(store.get_jid(JID)) == {"m1", "m2"}

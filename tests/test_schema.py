@@ -1,0 +1,99 @@
+import shutil
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from halite_core import db as dbmod
+from halite_core.models import Base
+
+
+def test_fresh_database_is_created_and_stamped(tmp_path):
+    database = dbmod.Database(f"sqlite:///{tmp_path}/fresh.db")
+    database.ensure_schema()
+    with database.engine.connect() as conn:
+        assert dbmod.current_revision(conn) == dbmod.head_revision()
+        assert {"jobs_index", "job_returns"} <= set(inspect(conn).get_table_names())
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_migrations_build_exactly_the_models(tmp_path):
+    database = dbmod.Database(f"sqlite:///{tmp_path}/migrated.db")
+    command.upgrade(dbmod.alembic_config(database), "head")
+    with database.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+NEXT_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_test"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("jobs_index", sa.Column("upgraded_by_test", sa.Integer(), nullable=True))
+
+
+def downgrade():
+    op.drop_column("jobs_index", "upgraded_by_test")
+"""
+
+
+def test_older_schema_is_upgraded(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/old.db"
+    dbmod.Database(url).ensure_schema()  # a database made by this release, at 0001
+    newer = tmp_path / "migrations"
+    shutil.copytree(dbmod.MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    (newer / "versions" / "0002_test.py").write_text(NEXT_REVISION)
+    monkeypatch.setattr(dbmod, "MIGRATIONS", newer)  # the next release's migrations
+    database = dbmod.Database(url)
+    database.ensure_schema()
+    with database.engine.connect() as conn:
+        assert dbmod.current_revision(conn) == "0002_test"
+        columns = {c["name"] for c in inspect(conn).get_columns("jobs_index")}
+        assert "upgraded_by_test" in columns
+
+
+def test_newer_schema_is_refused_with_a_clear_message(tmp_path):
+    database = dbmod.Database(f"sqlite:///{tmp_path}/newer.db")
+    database.ensure_schema()
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+    again = dbmod.Database(f"sqlite:///{tmp_path}/newer.db")
+    with pytest.raises(dbmod.SchemaError, match="ffff_future, newer than this halite knows"):
+        again.ensure_schema()
+
+
+def test_foreign_tables_without_a_revision_are_left_alone(tmp_path):
+    database = dbmod.Database(f"sqlite:///{tmp_path}/foreign.db")
+    with database.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE jobs_index (jid TEXT PRIMARY KEY)"))
+    with pytest.raises(dbmod.SchemaError, match="refusing to touch them"):
+        database.ensure_schema()
+
+
+def test_listing_queries_use_indexes(store):
+    store.db.ensure_schema()
+    plans = {
+        "newest": "SELECT jid FROM jobs_index ORDER BY start_time DESC, jid DESC LIMIT 50",
+        "function": "SELECT jid FROM jobs_index WHERE function = 'test.ping' "
+        "ORDER BY start_time DESC, jid DESC LIMIT 50",
+        "user": "SELECT jid FROM jobs_index WHERE user = 'root' ORDER BY start_time DESC LIMIT 50",
+        "target": "SELECT jid FROM jobs_index WHERE target = 'web1' "
+        "ORDER BY start_time DESC LIMIT 50",
+        "status": "SELECT jid FROM jobs_index WHERE status = 'running' "
+        "ORDER BY start_time DESC LIMIT 50",
+        "minion": "SELECT jid FROM job_returns WHERE minion = 'web1' "
+        "ORDER BY start_time DESC LIMIT 50",
+    }
+    with store.db.engine.connect() as conn:
+        for name, sql in plans.items():
+            plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "USING" in plan and "INDEX" in plan, (name, plan)
+            assert "TEMP B-TREE" not in plan, (name, plan)
