@@ -62,8 +62,6 @@ class Database:
             kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
             if self.url.database in (None, "", ":memory:"):
                 kwargs["poolclass"] = StaticPool
-            else:
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **kwargs)
@@ -94,6 +92,8 @@ class Database:
             return
         with self._schema_lock:
             if not self._schema_ready:
+                if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+                    Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
                 with self._migration_lock():
                     migrate(self)
                 self._schema_ready = True

@@ -39,6 +39,7 @@ CLI Example:
 
 import datetime
 import logging
+import os
 
 import salt.config
 import salt.utils.jid
@@ -49,6 +50,7 @@ try:
     from halite_core import jids
     from halite_core.config import Settings
     from halite_core.jobcache import get_store, is_return_load
+    from halite_core.spool import Spool
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -75,6 +77,17 @@ def _jid_utc():
 
 def _store():
     return get_store(Settings.from_opts(__opts__, jid_utc=_jid_utc()))
+
+
+def _record(op, *args):
+    """Hand a write to the job index; whatever goes wrong, the data lands in the spool."""
+    try:
+        store = _store()
+    except Exception as exc:  # pylint: disable=broad-except
+        log.critical("halite: cannot open the job index (%s); %s spooled", exc, op)
+        Spool(os.path.join(__opts__["cachedir"], "halite", "spool")).put(op, *args, reason=str(exc))
+        return None
+    return store.record(op, *args)
 
 
 def _now():
@@ -113,14 +126,14 @@ def save_load(jid, load, minions=None):
             )["minions"]
         except Exception:  # pylint: disable=broad-except
             log.warning("halite: could not expand target of %s", jid, exc_info=True)
-    _store().record("save_load", jid, load, minions)
+    _record("save_load", jid, load, minions)
 
 
 def save_minions(jid, minions, syndic_id=None):
     """
     Add minions matched by a syndic to the job's target list.
     """
-    _store().record("save_minions", jid, list(minions or []), syndic_id)
+    _record("save_minions", jid, list(minions or []), syndic_id)
 
 
 def returner(load):
@@ -136,7 +149,7 @@ def returner(load):
         load.setdefault("arg", load.get("fun_args", []))
         load.update(tgt_type="glob", tgt=load.get("id"))
         save_load(load["jid"], {k: v for k, v in load.items() if k != "return"})
-    _store().record("save_return", load, arrived)
+    _record("save_return", load, arrived)
 
 
 def event_return(events):
@@ -144,7 +157,7 @@ def event_return(events):
     Index a batch of ``salt/job/<jid>/new`` and ``salt/job/<jid>/ret/<minion>`` events,
     for masters that keep another job cache (``event_return: halite``).
     """
-    _store().record("save_events", list(events))
+    _record("save_events", list(events))
 
 
 def get_load(jid):
@@ -253,7 +266,7 @@ def update_endtime(jid, time):
     except ValueError:
         log.warning("halite: update_endtime got an unreadable time %r for %s", time, jid)
         return
-    _store().record("update_endtime", jid, when)
+    _record("update_endtime", jid, when)
 
 
 def get_endtime(jid):

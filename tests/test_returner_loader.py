@@ -1,0 +1,251 @@
+"""The returner as Salt loads and calls it, side by side with Salt's own local_cache."""
+
+import copy
+import gc
+import datetime as dt
+import types
+
+import pytest
+import salt.config
+import salt.loader
+import salt.utils.job
+from sqlalchemy import select
+
+from halite_core.models import jobs_index
+
+STATES = {
+    "file_|-motd_|-/etc/motd_|-managed": {
+        "result": True,
+        "comment": "File updated",
+        "changes": {"diff": "New file"},
+        "duration": 4.2,
+        "__run_num__": 0,
+        "__sls__": "motd",
+    },
+    "cmd_|-broken_|-false_|-run": {
+        "result": False,
+        "comment": "Command false run",
+        "changes": {},
+        "duration": 8.1,
+        "__run_num__": 1,
+        "__sls__": "broken",
+    },
+}
+
+
+def master_opts(root, job_cache):
+    opts = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
+    opts.update(
+        root_dir=str(root),
+        cachedir=str(root / "cache"),
+        pki_dir=str(root / "pki"),
+        sock_dir=str(root / "sock"),
+        extension_modules=str(root / "extmods"),
+        master_job_cache=job_cache,
+        id="loadertest_master",
+        job_cache_store_endtime=True,
+    )
+    (root / "pki" / "minions").mkdir(parents=True)
+    return opts
+
+
+class Master:
+    """Just enough of a master to drive Salt's job-cache code paths the way the master does."""
+
+    def __init__(self, root, job_cache):
+        self.opts = master_opts(root, job_cache)
+        self.returners = salt.loader.returners(self.opts, {})
+        self.mminion = types.SimpleNamespace(returners=self.returners)
+        self.cache = job_cache
+
+    def call(self, name, *args, **kwargs):
+        return self.returners[f"{self.cache}.{name}"](*args, **kwargs)
+
+    def publish(self, jid, fun, arg, minions, user="root"):
+        load = {
+            "jid": jid,
+            "fun": fun,
+            "arg": arg,
+            "tgt": minions if len(minions) > 1 else minions[0],
+            "tgt_type": "list" if len(minions) > 1 else "glob",
+            "user": user,
+            "ret": "",
+            "kwargs": {"show_jid": False, "delimiter": ":"},
+        }
+        assert self.call("prep_jid", nocache=False, passed_jid=jid) == jid
+        self.call("save_load", jid, load, minions)
+
+    def minion_return(self, jid, minion, value, fun, retcode=0, **extra):
+        load = {
+            "cmd": "_return",
+            "id": minion,
+            "jid": jid,
+            "fun": fun,
+            "fun_args": [],
+            "return": value,
+            "retcode": retcode,
+            "success": retcode == 0,
+            **extra,
+        }
+        salt.utils.job.store_job(self.opts, load, mminion=self.mminion)
+
+
+def run_jobs(master):
+    base = "202611281200000000"
+    master.publish(f"{base}01", "test.ping", [], ["m1", "m2"])
+    master.minion_return(f"{base}01", "m1", True, "test.ping")
+    master.minion_return(f"{base}01", "m2", True, "test.ping")
+    master.publish(f"{base}02", "test.arg", ["a", {"__kwarg__": True, "k": "v"}], ["m1"])
+    master.minion_return(f"{base}02", "m1", {"args": ["a"], "raw": b"\x00\x01"}, "test.arg")
+    master.publish(f"{base}03", "state.apply", ["motd,broken"], ["m1", "m2"], user="sudo_alice")
+    master.minion_return(f"{base}03", "m1", STATES, "state.apply", retcode=2, out="highstate")
+    master.publish(f"{base}04", "saltutil.find_job", [f"{base}03"], ["m2"])
+    master.minion_return(f"{base}04", "m2", {}, "saltutil.find_job")
+    master.minion_return(f"{base}04", "m2", {"again": 1}, "saltutil.find_job")  # duplicate
+    return [f"{base}0{n}" for n in range(1, 5)]
+
+
+def without_endtime(jobs):
+    return {jid: {k: v for k, v in job.items() if k != "EndTime"} for jid, job in jobs.items()}
+
+
+@pytest.fixture
+def masters(tmp_path):
+    halite = Master(tmp_path / "halite", "halite")
+    local = Master(tmp_path / "local", "local_cache")
+    yield halite, local
+    # Salt's jobs runner leaves MasterMinions behind; collected during a later test they
+    # reset the shared loader context under that test's feet.
+    gc.collect()
+
+
+def test_salt_loads_the_returner_from_the_entry_point(masters):
+    halite, _ = masters
+    assert "halite.returner" in halite.returners
+    assert "halite.event_return" in halite.returners
+
+
+def test_same_answers_as_local_cache(masters):
+    halite, local = masters
+    jids = run_jobs(halite)
+    assert run_jobs(local) == jids
+    ours, theirs = halite.call("get_jids"), local.call("get_jids")
+    # EndTime is when the last return was stored: the two caches ran moments apart.
+    assert {jid: "EndTime" in job for jid, job in ours.items()} == {
+        jid: "EndTime" in job for jid, job in theirs.items()
+    }
+    assert without_endtime(ours) == without_endtime(theirs)
+    for count in (1, 2, 10):
+        assert halite.call("get_jids_filter", count) == local.call("get_jids_filter", count)
+    assert halite.call("get_jids_filter", 10, False) == local.call("get_jids_filter", 10, False)
+    for jid in jids:
+        assert halite.call("get_load", jid) == local.call("get_load", jid), jid
+        assert halite.call("get_jid", jid) == local.call("get_jid", jid), jid
+    assert halite.call("get_load", "20000101000000000000") == {}
+    assert halite.call("get_jid", "20000101000000000000") == {}
+
+
+def test_salt_jobs_runner_agrees(masters):
+    halite, local = masters
+    jids = run_jobs(halite)
+    run_jobs(local)
+    answers = {}
+    for master in masters:
+        runner = salt.loader.runner(master.opts)
+        answers[master.cache] = {
+            "list_jobs": runner["jobs.list_jobs"](),
+            "list_jobs_user": runner["jobs.list_jobs"](search_function="state.*"),
+            "list_jobs_filter": runner["jobs.list_jobs_filter"](count=2),
+            "lookups": [runner["jobs.lookup_jid"](jid, missing=True) for jid in jids],
+            "list_job": [runner["jobs.list_job"](jid) for jid in jids],
+        }
+    halite_answers, local_answers = answers["halite"], answers["local_cache"]
+    for key in ("list_jobs", "list_jobs_user"):
+        assert without_endtime(halite_answers[key]) == without_endtime(local_answers[key]), key
+    for key in ("list_jobs_filter", "lookups"):
+        assert halite_answers[key] == local_answers[key], key
+    for ours, theirs in zip(halite_answers["list_job"], local_answers["list_job"], strict=True):
+        assert set(ours) == set(theirs)
+        assert without_endtime({0: ours}) == without_endtime({0: theirs})
+    assert halite_answers["lookups"][2]["data"]["m2"] == "Minion did not return"
+
+
+def test_endtime_and_retention(masters):
+    halite, _ = masters
+    jids = run_jobs(halite)
+    assert halite.call("get_endtime", jids[0]).startswith("2026, ")
+    assert halite.call("get_endtime", "20000101000000000000") is False
+    halite.opts["keep_jobs_seconds"] = 1
+    halite.call("clean_old_jobs")
+    assert halite.call("get_jids") == {}
+
+
+def test_standalone_return_with_jid_req_gets_a_job(masters):
+    halite, _ = masters
+    halite.call(
+        "returner",
+        {"id": "m9", "jid": "req", "fun": "test.echo", "fun_args": ["hi"], "return": "hi"},
+    )
+    jobs = halite.call("get_jids")
+    assert len(jobs) == 1
+    ((jid, job),) = jobs.items()
+    assert job["Function"] == "test.echo" and job["Target"] == "m9"
+    assert halite.call("get_jid", jid) == {"m9": {"return": "hi"}}
+
+
+def test_event_return_indexes_a_batch(masters):
+    halite, _ = masters
+    jid = "20261128120000000042"
+    halite.call(
+        "event_return",
+        [
+            {
+                "tag": f"salt/job/{jid}/new",
+                "data": {
+                    "jid": jid,
+                    "fun": "test.ping",
+                    "arg": [],
+                    "tgt": "*",
+                    "tgt_type": "glob",
+                    "user": "root",
+                    "minions": ["m1"],
+                },
+            },
+            {
+                "tag": f"salt/job/{jid}/ret/m1",
+                "data": {
+                    "jid": jid,
+                    "id": "m1",
+                    "return": True,
+                    "retcode": 0,
+                    "success": True,
+                    "fun": "test.ping",
+                    "fun_args": [],
+                    "_stamp": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
+                },
+            },
+        ],
+    )
+    assert halite.call("get_jid", jid) == {"m1": {"return": True, "retcode": 0, "success": True}}
+    assert halite.call("get_load", jid)["Minions"] == ["m1"]
+
+
+def test_returner_never_raises_when_the_database_is_unusable(tmp_path):
+    master = Master(tmp_path / "broken", "halite")
+    (tmp_path / "blocker").write_text("a file where the database directory should be")
+    master.opts["halite"] = {"db_url": f"sqlite:///{tmp_path}/blocker/halite.db"}
+    master.publish("20261128120000000077", "test.ping", [], ["m1"])
+    master.minion_return("20261128120000000077", "m1", True, "test.ping")
+    spool = tmp_path / "broken" / "cache" / "halite" / "spool"
+    assert len(list(spool.glob("*.json"))) == 3  # load, return, end time
+    # The database comes back (here: configured where it can live); the spool replays.
+    master.opts["halite"] = {"db_url": f"sqlite:///{tmp_path}/good/halite.db"}
+    master.publish("20261128120000000078", "test.ping", [], ["m1"])
+    assert list(spool.glob("*.json")) == []
+    assert master.call("get_jid", "20261128120000000077") == {
+        "m1": {"return": True, "retcode": 0, "success": True}
+    }
+    from halite_core.db import get_database
+
+    with get_database(f"sqlite:///{tmp_path}/good/halite.db").read() as conn:
+        assert len(conn.execute(select(jobs_index.c.jid)).all()) == 2
