@@ -1,8 +1,8 @@
 """The returner as Salt loads and calls it, side by side with Salt's own local_cache."""
 
 import copy
-import gc
 import datetime as dt
+import gc
 import types
 
 import pytest
