@@ -1,0 +1,120 @@
+"""halite as the master job cache of a real master, checked against what Salt itself reports."""
+
+import re
+
+from sqlalchemy import select
+
+from halite_core.models import job_returns, jobs_index
+from tests.integration.conftest import store_for, wait_for
+
+
+def run_job(master, minion, *args):
+    """Publish a job with the salt CLI and return its jid."""
+    ret = master.salt_cli().run("--async", *args, minion_tgt=minion.id, _timeout=120)
+    assert ret.returncode == 0, ret
+    match = re.search(r"job ID: (\d{20})", ret.stdout)
+    assert match, ret.stdout
+    return match.group(1)
+
+
+def finished_job(index, jid):
+    def check():
+        """the job is indexed as complete"""
+        with index.db.read() as conn:
+            row = conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).first()
+        return row if row is not None and row.status == "complete" else None
+
+    return wait_for(check)._asdict()
+
+
+def returns_of(index, jid):
+    with index.db.read() as conn:
+        rows = conn.execute(select(job_returns).where(job_returns.c.jid == jid)).all()
+    return {row.minion: row._asdict() for row in rows}
+
+
+def test_ping_is_indexed_and_salt_runner_agrees(master, minion, index):
+    jid = run_job(master, minion, "test.ping")
+    job = finished_job(index, jid)
+    assert job["function"] == "test.ping"
+    assert job["target"] == minion.id and job["target_type"] == "glob"
+    assert (job["minions_targeted"], job["minions_returned"], job["minions_failed"]) == (1, 1, 0)
+    assert job["start_time"].tzinfo is not None and job["end_time"] >= job["start_time"]
+    assert job["master_id"] == master.config["id"]
+    assert returns_of(index, jid)[minion.id]["return_value"] is True
+
+    run = master.salt_run_cli()
+    listed = run.run("jobs.list_jobs", "search_function=test.ping")
+    assert listed.returncode == 0
+    assert listed.data[jid]["Function"] == "test.ping"
+    assert listed.data[jid]["Target"] == minion.id
+    assert listed.data[jid]["User"] == job["user"]
+    looked_up = run.run("jobs.lookup_jid", jid)
+    assert looked_up.returncode == 0 and looked_up.data == {minion.id: True}
+
+
+def test_arguments_and_keyword_arguments_are_separated(master, minion, index):
+    jid = run_job(master, minion, "test.arg", "one", "2", "colour=blue")
+    job = finished_job(index, jid)
+    assert job["arguments"] == ["one", 2]
+    assert job["kwargs"] == {"colour": "blue"}
+    listed = master.salt_run_cli().run("jobs.list_job", jid)
+    assert listed.returncode == 0
+    assert listed.data["Arguments"][:2] == ["one", 2]
+    assert listed.data["Result"][minion.id]["return"]["args"] == ["one", 2]
+    assert listed.data["Minions"] == [minion.id]
+
+
+def test_failing_state_run_is_summarised(master, minion, index):
+    jid = run_job(master, minion, "state.apply", "halite_demo")
+    job = finished_job(index, jid)
+    assert job["function"] == "state.apply" and job["minions_failed"] == 1
+    row = returns_of(index, jid)[minion.id]
+    assert row["retcode"] == 2 and row["out"] == "highstate"
+    assert (row["states_total"], row["states_passed"], row["states_failed"]) == (3, 1, 2)
+    assert row["states_changed"] == 2  # the file, and cmd.run reports its pid as a change
+    looked_up = master.salt_run_cli().run("jobs.lookup_jid", jid)
+    assert looked_up.returncode == 0
+    states = looked_up.data[minion.id]
+    assert any(key.startswith("cmd_|-always-fails") for key in states)
+
+
+def test_list_jobs_filter_matches_the_index(master, minion, index):
+    for _ in range(3):
+        finished_job(index, run_job(master, minion, "test.echo", "hello"))
+    ret = master.salt_run_cli().run("jobs.list_jobs_filter", "count=2")
+    assert ret.returncode == 0
+    # Salt stores runner calls in the job cache too, this one only after it answered.
+    newest = [jid for jid, load in index.newest_loads(10) if not load["fun"].startswith("runner.")]
+    assert [job["JID"] for job in ret.data] == newest[-2:]
+
+
+def test_standalone_salt_call_return_gets_a_job(master, minion, index):
+    ret = minion.salt_call_cli().run("test.echo", "standalone", "--return", "halite")
+    # salt-call --return sends the return to the master as a jid "req" job.
+    assert ret.returncode == 0
+
+    def check():
+        """a test.echo job for the standalone call is indexed"""
+        with index.db.read() as conn:
+            return conn.execute(
+                select(job_returns.c.jid).where(
+                    job_returns.c.function == "test.echo",
+                    job_returns.c.return_value.is_not(None),
+                )
+            ).all()
+
+    assert wait_for(check)
+
+
+def test_event_return_indexes_beside_the_default_cache(event_master, event_minion):
+    jid = run_job(event_master, event_minion, "test.ping")
+    store = store_for(event_master)
+    try:
+        job = finished_job(store, jid)
+        assert job["function"] == "test.ping" and job["minions_returned"] == 1
+        # Salt's own cache still answers for the same job.
+        looked_up = event_master.salt_run_cli().run("jobs.lookup_jid", jid)
+        assert looked_up.data == {event_minion.id: True}
+    finally:
+        store.db.dispose()
