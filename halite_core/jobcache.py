@@ -17,7 +17,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.dml import Insert
@@ -92,6 +103,30 @@ def _retcode(value: object) -> int | None:
         return None
 
 
+RETURN_COLUMNS = (
+    "state",
+    "function",
+    "returned_at",
+    "return_value",
+    "return_truncated",
+    "retcode",
+    "success",
+    "out",
+    "states_total",
+    "states_passed",
+    "states_failed",
+    "states_changed",
+    "states_duration_ms",
+)
+
+
+@dataclass(frozen=True)
+class _ReturnStatements:
+    fill: Any
+    add: Any
+    count: Any
+
+
 @dataclass(frozen=True)
 class ReturnRow:
     """One minion return, prepared for the database."""
@@ -142,6 +177,7 @@ class JobStore:
         self.db = db or get_database(settings.db_url, settings.sqlite_busy_timeout)
         self.spool = Spool(settings.spool_dir)
         self._next_spool_check = 0.0
+        self._stmts: _ReturnStatements | None = None
         self._replay_lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
@@ -357,23 +393,13 @@ class JobStore:
             return self._save_return(conn, row, load)
 
     def _save_return(self, conn: Connection, row: ReturnRow, load: Mapping[str, Any]) -> bool:
-        r = job_returns.c
-        filled = conn.execute(
-            update(job_returns)
-            .where(r.jid == row.jid, r.minion == row.minion, r.state != RETURNED)
-            .values(**row.columns())
-        ).rowcount
+        stmts = self._return_statements()
+        params = {"k_jid": row.jid, "k_minion": row.minion, **row.columns()}
         added = 0
-        if not filled:
+        if not conn.execute(stmts.fill, params).rowcount:
             self._ensure_job(conn, row.jid, load)
-            stmt = self._insert(job_returns).values(
-                jid=row.jid,
-                minion=row.minion,
-                expected=False,
-                start_time=row.start_time,
-                **row.columns(),
-            )
-            added = conn.execute(stmt.on_conflict_do_nothing()).rowcount  # type: ignore[attr-defined]
+            params.update(jid=row.jid, minion=row.minion, expected=False, start_time=row.start_time)
+            added = conn.execute(stmts.add, params).rowcount
             if not added:
                 log.info(
                     "halite: duplicate return from %s for %s ignored (first wins)",
@@ -381,37 +407,48 @@ class JobStore:
                     row.jid,
                 )
                 return False
-        j = jobs_index.c
-        done = (j.minions_returned + 1) >= (j.minions_targeted + added)
         conn.execute(
-            update(jobs_index)
-            .where(j.jid == row.jid)
-            .values(
-                minions_returned=j.minions_returned + 1,
-                minions_targeted=j.minions_targeted + added,
-                minions_failed=j.minions_failed + int(row.failed),
-                last_return_at=case(
-                    (
-                        or_(j.last_return_at.is_(None), j.last_return_at < row.returned_at),
-                        row.returned_at,
-                    ),
-                    else_=j.last_return_at,
-                ),
-                status=case((done, COMPLETE), else_=RUNNING),
-                end_time=case(
-                    (
-                        and_(
-                            done,
-                            or_(j.last_return_at.is_(None), j.last_return_at < row.returned_at),
-                        ),
-                        row.returned_at,
-                    ),
-                    (done, j.last_return_at),
-                    else_=None,
-                ),
-            )
+            stmts.count,
+            {"k_jid": row.jid, "added": added, "failed": int(row.failed), "at": row.returned_at},
         )
         return True
+
+    def _return_statements(self) -> _ReturnStatements:
+        # Built once: a statement object reused with new parameters skips SQLAlchemy's
+        # per-call construction and cache-key work, which dominates the hot path otherwise.
+        if self._stmts is None:
+            r, j = job_returns.c, jobs_index.c
+            columns = {name: bindparam(name, type_=r[name].type) for name in RETURN_COLUMNS}
+            fill = (
+                update(job_returns)
+                .where(r.jid == bindparam("k_jid"), r.minion == bindparam("k_minion"))
+                .where(r.state != RETURNED)
+                .values(columns)
+            )
+            add = self._insert(job_returns).values(
+                jid=bindparam("jid"),
+                minion=bindparam("minion"),
+                expected=bindparam("expected"),
+                start_time=bindparam("start_time", type_=r.start_time.type),
+                **columns,
+            )
+            at = bindparam("at", type_=j.last_return_at.type)
+            later = or_(j.last_return_at.is_(None), j.last_return_at < at)
+            done = (j.minions_returned + 1) >= (j.minions_targeted + bindparam("added"))
+            count = (
+                update(jobs_index)
+                .where(j.jid == bindparam("k_jid"))
+                .values(
+                    minions_returned=j.minions_returned + 1,
+                    minions_targeted=j.minions_targeted + bindparam("added"),
+                    minions_failed=j.minions_failed + bindparam("failed"),
+                    last_return_at=case((later, at), else_=j.last_return_at),
+                    status=case((done, COMPLETE), else_=RUNNING),
+                    end_time=case((and_(done, later), at), (done, j.last_return_at), else_=None),
+                )
+            )
+            self._stmts = _ReturnStatements(fill, add.on_conflict_do_nothing(), count)  # type: ignore[attr-defined]
+        return self._stmts
 
     def update_endtime(self, jid: str, when: dt.datetime) -> None:
         """Salt's job_cache_store_endtime hook: the latest time a return was stored."""
