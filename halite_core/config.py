@@ -4,6 +4,9 @@
 
     halite:
       db_url: sqlite:////var/cache/salt/master/halite.db  # default: halite.db in cachedir
+      flush_interval: 0.1            # seconds writes wait to be committed together; 0: at once
+      batch_size: 1000               # commit sooner once this many writes are waiting
+      journal_dir: /var/cache/salt/master/halite/journal  # default: halite/journal in cachedir
       max_return_bytes: 4194304      # larger returns are stored truncated, with a marker
       spool_dir: /var/cache/salt/master/halite/spool    # default: halite/spool in cachedir
       spool_replay_interval: 5       # seconds between attempts to replay spooled writes
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
+    "flush_interval": 0.1,
+    "batch_size": 1000,
     "max_return_bytes": 4 * 1024 * 1024,
     "spool_replay_interval": 5.0,
     "sqlite_busy_timeout": 30.0,
@@ -37,6 +42,9 @@ class Settings:
     master_id: str | None = None
     jid_utc: bool = True
     keep_jobs_seconds: int = 86400
+    journal_dir: str = ""
+    flush_interval: float = DEFAULTS["flush_interval"]
+    batch_size: int = DEFAULTS["batch_size"]
     max_return_bytes: int = DEFAULTS["max_return_bytes"]
     spool_replay_interval: float = DEFAULTS["spool_replay_interval"]
     sqlite_busy_timeout: float = DEFAULTS["sqlite_busy_timeout"]
@@ -55,12 +63,16 @@ class Settings:
         cachedir = str(opts.get("cachedir") or os.getcwd())
         db_url = section.get("db_url") or "sqlite:///" + os.path.join(cachedir, "halite.db")
         spool_dir = section.get("spool_dir") or os.path.join(cachedir, "halite", "spool")
+        journal_dir = section.get("journal_dir") or os.path.join(cachedir, "halite", "journal")
         return cls(
             db_url=str(db_url),
             spool_dir=str(spool_dir),
+            journal_dir=str(journal_dir),
             master_id=opts.get("id"),
             jid_utc=jid_utc,
             keep_jobs_seconds=_keep_jobs_seconds(opts),
+            flush_interval=_positive(section, "flush_interval", float, zero=True),
+            batch_size=_positive(section, "batch_size", int),
             max_return_bytes=_positive(section, "max_return_bytes", int),
             spool_replay_interval=_positive(section, "spool_replay_interval", float, zero=True),
             sqlite_busy_timeout=_positive(section, "sqlite_busy_timeout", float),

@@ -7,7 +7,9 @@ calls: they never raise; a write the database cannot take goes to the :class:`Sp
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -38,6 +40,7 @@ from halite_core.config import Settings
 from halite_core.db import Database, SchemaError, get_database
 from halite_core.models import job_returns, jobs_index
 from halite_core.spool import Spool
+from halite_core.writer import SPOOL_OP, WriteBehind, recover_journals
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +123,26 @@ RETURN_COLUMNS = (
 )
 
 
+STUB_COLUMNS = (
+    "jid",
+    "function",
+    "target",
+    "target_type",
+    "user",
+    "arguments",
+    "kwargs",
+    "start_time",
+    "status",
+    "master_id",
+    "load",
+)
+
+
 @dataclass(frozen=True)
 class _ReturnStatements:
     fill: Any
     add: Any
+    stub: Any
     count: Any
 
 
@@ -169,6 +188,93 @@ class ReturnRow:
         }
 
 
+@dataclass(frozen=True)
+class LoadItem:
+    jid: str
+    load: dict[str, Any]
+    minions: list[str] | None
+
+
+@dataclass(frozen=True)
+class MinionsItem:
+    jid: str
+    minions: list[str]
+
+
+@dataclass(frozen=True)
+class ReturnItem:
+    row: ReturnRow
+    stub: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EndtimeItem:
+    jid: str
+    at: dt.datetime
+
+
+Item = LoadItem | MinionsItem | ReturnItem | EndtimeItem
+
+
+def item_to_line(item: Item) -> str:
+    """One JSON line for the journal and the spool."""
+    if isinstance(item, ReturnItem):
+        row = item.row
+        head = encoding.dumps(
+            {
+                "op": "ret",
+                "jid": row.jid,
+                "minion": row.minion,
+                "function": row.function,
+                "start_time": row.start_time.isoformat(),
+                "returned_at": row.returned_at.isoformat(),
+                "truncated": row.value.truncated,
+                "retcode": row.retcode,
+                "success": row.success,
+                "out": row.out,
+                "summary": dataclasses.astuple(row.summary) if row.summary else None,
+                "stub": item.stub,
+            }
+        )[0]
+        # The return is already JSON: splice it in rather than encode it twice.
+        return f'{head[:-1]},"value":{row.value.text}}}'
+    if isinstance(item, LoadItem):
+        fields = {"op": "load", "jid": item.jid, "load": item.load, "minions": item.minions}
+    elif isinstance(item, MinionsItem):
+        fields = {"op": "minions", "jid": item.jid, "minions": item.minions}
+    else:
+        fields = {"op": "endtime", "jid": item.jid, "at": item.at.isoformat()}
+    return encoding.dumps(fields)[0]
+
+
+def item_from_line(line: str) -> Item:
+    data = json.loads(line)
+    op = data["op"]
+    if op == "ret":
+        summary = data["summary"]
+        text = json.dumps(data["value"], separators=(",", ":"))
+        row = ReturnRow(
+            jid=data["jid"],
+            minion=data["minion"],
+            function=data["function"],
+            start_time=dt.datetime.fromisoformat(data["start_time"]),
+            returned_at=dt.datetime.fromisoformat(data["returned_at"]),
+            value=encoding.Encoded(text, truncated=bool(data["truncated"])),
+            retcode=data["retcode"],
+            success=data["success"],
+            out=data["out"],
+            summary=highstate.StateSummary(*summary) if summary else None,
+        )
+        return ReturnItem(row, data["stub"])
+    if op == "load":
+        return LoadItem(data["jid"], data["load"], data["minions"])
+    if op == "minions":
+        return MinionsItem(data["jid"], data["minions"])
+    if op == "endtime":
+        return EndtimeItem(data["jid"], dt.datetime.fromisoformat(data["at"]))
+    raise ValueError(f"unknown journal entry {op!r}")
+
+
 class JobStore:
     """The job index for one database, as Salt's job cache sees it."""
 
@@ -178,6 +284,8 @@ class JobStore:
         self.spool = Spool(settings.spool_dir)
         self._next_spool_check = 0.0
         self._stmts: _ReturnStatements | None = None
+        self._writer: WriteBehind | None = None
+        self._writer_lock = threading.Lock()
         self._replay_lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
@@ -215,10 +323,30 @@ class JobStore:
             jid = jids.next_jid(jid)
         raise RuntimeError(f"could not reserve a unique jid after {tries} tries")
 
-    def save_load(
+    # ------------------------------------------------------------------ writes
+    def items_for(self, op: str, *args: Any) -> list[Item]:
+        """Check and prepare one of Salt's job cache writes; raises :class:`InvalidLoad`."""
+        if op == "save_load":
+            return self._load_items(*args)
+        if op == "save_return":
+            return [self._return_item(*args)]
+        if op == "save_minions":
+            jid, minions = args[0], args[1]
+            if not jids.is_jid(jid):
+                raise InvalidLoad(f"save_minions: {jid!r} is not a Salt job id")
+            return [MinionsItem(jid, sorted({str(m) for m in minions or []}))]
+        if op == "save_events":
+            return self._event_items(*args)
+        if op == "update_endtime":
+            jid, when = args
+            if not jids.is_jid(jid):
+                raise InvalidLoad(f"update_endtime: {jid!r} is not a Salt job id")
+            return [EndtimeItem(jid, when)]
+        raise InvalidLoad(f"unknown write {op!r}")
+
+    def _load_items(
         self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None
-    ) -> None:
-        """Index a job's publish load and the minions it targeted."""
+    ) -> list[Item]:
         if not jids.is_jid(jid):
             raise InvalidLoad(f"save_load: {jid!r} is not a Salt job id")
         if not isinstance(load, Mapping):
@@ -226,14 +354,98 @@ class JobStore:
                 f"save_load: the load for {jid} is a {type(load).__name__}, not a dict"
             )
         if is_return_load(load):
-            return  # the returner call that follows indexes it
+            return []  # Salt's store_job passes every return here too; the returner indexes it
         if minions is None:
             minions = load.get("minions")
+        listed = None if minions is None else sorted({str(m) for m in minions})
+        return [LoadItem(jid, dict(load), listed)]
+
+    def _return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:
+        row = self.prepare_return(load, returned_at)
+        stub = {k: load.get(k) for k in ("fun", "fun_args", "arg", "user") if k in load}
+        stub["id"] = row.minion
+        return ReturnItem(row, stub)
+
+    def _event_items(self, events: Sequence[Mapping[str, Any]]) -> list[Item]:
+        items: list[Item] = []
+        for event in events:
+            tag = event.get("tag") if isinstance(event, Mapping) else None
+            data = event.get("data") if isinstance(event, Mapping) else None
+            match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
+            if match is None or not isinstance(data, Mapping) or not jids.is_jid(match["jid"]):
+                continue
+            if match["minion"] is None:
+                items.extend(self._load_items(match["jid"], data))
+            else:
+                data = {**data, "jid": match["jid"], "id": match["minion"]}
+                items.append(self._return_item(data, _stamp(data.get("_stamp"))))
+        return items
+
+    def apply_items(self, items: Sequence[Item]) -> list[bool]:
+        """Apply prepared writes in one transaction; one bool per return (False: duplicate)."""
+        if not items:
+            return []
         with self.db.write() as conn:
-            self._save_load(conn, jid, load, minions)
+            return self._apply_items(conn, items)
+
+    def _apply_items(self, conn: Connection, items: Sequence[Item]) -> list[bool]:
+        returns: list[ReturnItem] = []
+        endtimes: dict[str, dt.datetime] = {}
+        for item in items:
+            if isinstance(item, LoadItem):
+                self._save_load(conn, item.jid, item.load, item.minions)
+            elif isinstance(item, MinionsItem):
+                self._ensure_job(conn, item.jid, {})
+                self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
+                self._recount(conn, item.jid)
+            elif isinstance(item, ReturnItem):
+                returns.append(item)
+            elif isinstance(item, EndtimeItem):
+                endtimes[item.jid] = max(item.at, endtimes.get(item.jid, item.at))
+        stored = self._save_returns(conn, returns)
+        if endtimes:
+            j = jobs_index.c
+            at = bindparam("at", type_=j.last_return_at.type)
+            conn.execute(
+                update(jobs_index)
+                .where(j.jid == bindparam("k_jid"))
+                .where(or_(j.last_return_at.is_(None), j.last_return_at < at))
+                .values(last_return_at=at),
+                [{"k_jid": jid, "at": when} for jid, when in endtimes.items()],
+            )
+        return stored
+
+    # The synchronous forms, for callers outside Salt's job path and for tests.
+    def save_load(
+        self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None
+    ) -> None:
+        """Index a job's publish load and the minions it targeted."""
+        self.apply_items(self.items_for("save_load", jid, load, minions))
+
+    def save_minions(self, jid: str, minions: Iterable[str], syndic_id: str | None = None) -> None:
+        """Add minions a syndic matched to a job's target list."""
+        self.apply_items(self.items_for("save_minions", jid, minions, syndic_id))
+
+    def save_return(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> bool:
+        """Index one minion return; the first for a (jid, minion) wins. False for a duplicate."""
+        return self.apply_items(self.items_for("save_return", load, returned_at))[0]
+
+    def save_events(self, events: Sequence[Mapping[str, Any]]) -> int:
+        """Index ``salt/job/<jid>/new`` and ``.../ret/<minion>`` events in one transaction."""
+        items = self.items_for("save_events", events)
+        self.apply_items(items)
+        return len(items)
+
+    def update_endtime(self, jid: str, when: dt.datetime) -> None:
+        """Salt's job_cache_store_endtime hook: the latest time a return was stored."""
+        self.apply_items(self.items_for("update_endtime", jid, when))
 
     def _save_load(
-        self, conn: Connection, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None
+        self,
+        conn: Connection,
+        jid: str,
+        load: Mapping[str, Any],
+        minions: Iterable[str] | None,
     ) -> None:
         args, kwargs = split_arguments(load.get("arg", load.get("fun_args")))
         start = self.start_time(jid)
@@ -266,13 +478,13 @@ class JobStore:
         rows = [
             {
                 "jid": jid,
-                "minion": str(m),
+                "minion": m,
                 "state": PENDING,
                 "expected": True,
                 "start_time": start,
                 "return_truncated": False,
             }
-            for m in sorted(set(map(str, minions)))
+            for m in minions
         ]
         if not rows:
             return
@@ -310,37 +522,25 @@ class JobStore:
             )
         )
 
-    def save_minions(self, jid: str, minions: Iterable[str], syndic_id: str | None = None) -> None:
-        """Add minions a syndic matched to a job's target list."""
-        if not jids.is_jid(jid):
-            raise InvalidLoad(f"save_minions: {jid!r} is not a Salt job id")
-        minions = list(minions)
-        with self.db.write() as conn:
-            self._ensure_job(conn, jid, {"fun": None})
-            self._add_minions(conn, jid, self.start_time(jid), minions)
-            self._recount(conn, jid)
+    def _ensure_job(self, conn: Connection, jid: str, stub: Mapping[str, Any]) -> None:
+        """Create a job row for a JID seen before its publish load."""
+        conn.execute(self._return_statements().stub, [self._stub_params(jid, stub)])
 
-    def _ensure_job(self, conn: Connection, jid: str, load: Mapping[str, Any]) -> bool:
-        """Create a job row for a JID seen before its publish load; True if created."""
-        args, kwargs = split_arguments(load.get("fun_args", load.get("arg")))
-        stub = {k: v for k, v in load.items() if k not in ("return", "retcode", "success", "out")}
-        stmt = self._insert(jobs_index).values(
-            jid=jid,
-            function=_text(load.get("fun"), 255),
-            target=target_text(load.get("id")),
-            target_type="list" if load.get("id") else None,
-            user=_text(load.get("user"), 255),
-            arguments=encoding.encode(args),
-            kwargs=encoding.encode(kwargs),
-            start_time=self.start_time(jid),
-            status=RUNNING,
-            minions_targeted=0,
-            minions_returned=0,
-            minions_failed=0,
-            master_id=self.settings.master_id,
-            load=encoding.encode(stub) if load.get("fun") else None,
-        )
-        return conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1  # type: ignore[attr-defined]
+    def _stub_params(self, jid: str, stub: Mapping[str, Any]) -> dict[str, Any]:
+        args, kwargs = split_arguments(stub.get("fun_args", stub.get("arg")))
+        return {
+            "jid": jid,
+            "function": _text(stub.get("fun"), 255),
+            "target": target_text(stub.get("id")),
+            "target_type": "list" if stub.get("id") else None,
+            "user": _text(stub.get("user"), 255),
+            "arguments": encoding.encode(args),
+            "kwargs": encoding.encode(kwargs),
+            "start_time": self.start_time(jid),
+            "status": RUNNING,
+            "master_id": self.settings.master_id,
+            "load": encoding.encode(dict(stub)) if stub.get("fun") else None,
+        }
 
     def prepare_return(
         self, load: Mapping[str, Any], returned_at: dt.datetime | None = None
@@ -386,32 +586,89 @@ class JobStore:
             summary=summary,
         )
 
-    def save_return(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> bool:
-        """Index one minion return; the first for a (jid, minion) wins. False for a duplicate."""
-        row = self.prepare_return(load, returned_at)
-        with self.db.write() as conn:
-            return self._save_return(conn, row, load)
-
-    def _save_return(self, conn: Connection, row: ReturnRow, load: Mapping[str, Any]) -> bool:
+    def _save_returns(self, conn: Connection, items: Sequence[ReturnItem]) -> list[bool]:
+        """Store a batch of returns in a handful of statements; first return per minion wins."""
+        stored = [False] * len(items)
+        if not items:
+            return stored
         stmts = self._return_statements()
-        params = {"k_jid": row.jid, "k_minion": row.minion, **row.columns()}
-        added = 0
-        if not conn.execute(stmts.fill, params).rowcount:
-            self._ensure_job(conn, row.jid, load)
-            params.update(jid=row.jid, minion=row.minion, expected=False, start_time=row.start_time)
-            added = conn.execute(stmts.add, params).rowcount
-            if not added:
+        first: dict[tuple[str, str], int] = {}
+        for i, item in enumerate(items):
+            first.setdefault((item.row.jid, item.row.minion), i)
+        job_ids = sorted({jid for jid, _ in first})
+        # A job seen first through a return gets a row now; its publish load fills it later.
+        stubs: dict[str, dict[str, Any]] = {}
+        for i in first.values():
+            stubs.setdefault(items[i].row.jid, self._stub_params(items[i].row.jid, items[i].stub))
+        known = self._select_in(conn, select(jobs_index.c.jid), jobs_index.c.jid, job_ids)
+        missing = [stubs[jid] for jid in job_ids if (jid,) not in known]
+        if missing:
+            conn.execute(stmts.stub, missing)
+        if self.db.dialect_name == "postgresql":
+            # Serialise concurrent batches (other processes, other masters) per job.
+            self._select_in(
+                conn,
+                select(jobs_index.c.jid).order_by(jobs_index.c.jid).with_for_update(),
+                jobs_index.c.jid,
+                job_ids,
+            )
+        r = job_returns.c
+        states = {
+            (jid, minion): state
+            for jid, minion, state in self._select_in(
+                conn,
+                select(r.jid, r.minion, r.state).where(r.minion.in_({m for _, m in first})),
+                r.jid,
+                job_ids,
+            )
+        }
+        fills: list[dict[str, Any]] = []
+        adds: list[dict[str, Any]] = []
+        counts: dict[str, dict[str, Any]] = {}
+        for (jid, minion), i in first.items():
+            row = items[i].row
+            state = states.get((jid, minion))
+            if state == RETURNED:
+                continue
+            params = row.columns()
+            if state is None:
+                params.update(jid=jid, minion=minion, expected=False, start_time=row.start_time)
+                adds.append(params)
+            else:
+                params.update(k_jid=jid, k_minion=minion)
+                fills.append(params)
+            count = counts.setdefault(
+                jid, {"k_jid": jid, "returned": 0, "added": 0, "failed": 0, "at": row.returned_at}
+            )
+            count["returned"] += 1
+            count["added"] += state is None
+            count["failed"] += row.failed
+            count["at"] = max(count["at"], row.returned_at)
+            stored[i] = True
+        for i, item in enumerate(items):
+            if not stored[i]:
                 log.info(
                     "halite: duplicate return from %s for %s ignored (first wins)",
-                    row.minion,
-                    row.jid,
+                    item.row.minion,
+                    item.row.jid,
                 )
-                return False
-        conn.execute(
-            stmts.count,
-            {"k_jid": row.jid, "added": added, "failed": int(row.failed), "at": row.returned_at},
-        )
-        return True
+        if fills:
+            conn.execute(stmts.fill, fills)
+        if adds:
+            conn.execute(stmts.add, adds)
+        if counts:
+            conn.execute(stmts.count, list(counts.values()))
+        return stored
+
+    @staticmethod
+    def _select_in(
+        conn: Connection, query: Any, column: Any, values: Sequence[Any], chunk: int = 400
+    ) -> set[tuple[Any, ...]]:
+        found: set[tuple[Any, ...]] = set()
+        for start in range(0, len(values), chunk):
+            part = values[start : start + chunk]
+            found.update(tuple(row) for row in conn.execute(query.where(column.in_(part))))
+        return found
 
     def _return_statements(self) -> _ReturnStatements:
         # Built once: a statement object reused with new parameters skips SQLAlchemy's
@@ -432,14 +689,23 @@ class JobStore:
                 start_time=bindparam("start_time", type_=r.start_time.type),
                 **columns,
             )
+            stub = self._insert(jobs_index).values(
+                {
+                    **{name: bindparam(name, type_=j[name].type) for name in STUB_COLUMNS},
+                    "minions_targeted": 0,
+                    "minions_returned": 0,
+                    "minions_failed": 0,
+                }
+            )
             at = bindparam("at", type_=j.last_return_at.type)
             later = or_(j.last_return_at.is_(None), j.last_return_at < at)
-            done = (j.minions_returned + 1) >= (j.minions_targeted + bindparam("added"))
+            returned = j.minions_returned + bindparam("returned")
+            done = returned >= (j.minions_targeted + bindparam("added"))
             count = (
                 update(jobs_index)
                 .where(j.jid == bindparam("k_jid"))
                 .values(
-                    minions_returned=j.minions_returned + 1,
+                    minions_returned=returned,
                     minions_targeted=j.minions_targeted + bindparam("added"),
                     minions_failed=j.minions_failed + bindparam("failed"),
                     last_return_at=case((later, at), else_=j.last_return_at),
@@ -447,50 +713,19 @@ class JobStore:
                     end_time=case((and_(done, later), at), (done, j.last_return_at), else_=None),
                 )
             )
-            self._stmts = _ReturnStatements(fill, add.on_conflict_do_nothing(), count)  # type: ignore[attr-defined]
-        return self._stmts
-
-    def update_endtime(self, jid: str, when: dt.datetime) -> None:
-        """Salt's job_cache_store_endtime hook: the latest time a return was stored."""
-        j = jobs_index.c
-        with self.db.write() as conn:
-            conn.execute(
-                update(jobs_index)
-                .where(j.jid == jid, or_(j.last_return_at.is_(None), j.last_return_at < when))
-                .values(last_return_at=when)
+            self._stmts = _ReturnStatements(
+                fill=fill,
+                add=add.on_conflict_do_nothing(),  # type: ignore[attr-defined]
+                stub=stub.on_conflict_do_nothing(),  # type: ignore[attr-defined]
+                count=count,
             )
-
-    def save_events(self, events: Sequence[Mapping[str, Any]]) -> int:
-        """Index ``salt/job/<jid>/new`` and ``.../ret/<minion>`` events in one transaction."""
-        work: list[tuple[str, Any]] = []
-        for event in events:
-            tag, data = event.get("tag"), event.get("data")
-            match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
-            if match is None or not isinstance(data, Mapping):
-                continue
-            if not jids.is_jid(match["jid"]):
-                continue
-            if match["minion"] is None:
-                work.append(("load", (match["jid"], data)))
-            else:
-                data = {"jid": match["jid"], "id": match["minion"], **data}
-                row = self.prepare_return(data, _stamp(data.get("_stamp")))
-                work.append(("ret", (row, data)))
-        if not work:
-            return 0
-        with self.db.write() as conn:
-            for kind, item in work:
-                if kind == "load":
-                    jid, data = item
-                    self._save_load(conn, jid, data, data.get("minions"))
-                else:
-                    self._save_return(conn, *item)
-        return len(work)
+        return self._stmts
 
     def clean_old_jobs(
         self, keep_seconds: int | None = None, now: dt.datetime | None = None
     ) -> int:
         """Delete jobs (with their returns) started more than ``keep_seconds`` ago; 0 keeps all."""
+        self.flush()
         keep = self.settings.keep_jobs_seconds if keep_seconds is None else keep_seconds
         if keep <= 0:
             return 0
@@ -517,6 +752,7 @@ class JobStore:
     # ------------------------------------------------------------------ reads
     def get_load(self, jid: str) -> dict[str, Any]:
         """The job's load as Salt saved it, plus ``Minions`` (its target list) when known."""
+        self.flush()
         with self.db.read() as conn:
             load = conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == jid))
             if not load:
@@ -533,6 +769,7 @@ class JobStore:
 
     def get_jid(self, jid: str) -> dict[str, dict[str, Any]]:
         """``{minion: {"return": ..., "retcode": ..., "success": ..., "out": ...}}`` for a job."""
+        self.flush()
         r = job_returns.c
         with self.db.read() as conn:
             rows = conn.execute(
@@ -554,6 +791,7 @@ class JobStore:
 
     def iter_loads(self) -> Iterator[tuple[str, dict[str, Any], dt.datetime | None]]:
         """Every job that has a load, as ``(jid, load, last_return_at)``: Salt's get_jids."""
+        self.flush()
         j = jobs_index.c
         with self.db.read() as conn:
             result = conn.execution_options(yield_per=1000).execute(
@@ -566,6 +804,7 @@ class JobStore:
         self, count: int, filter_find_job: bool = True
     ) -> list[tuple[str, dict[str, Any]]]:
         """The ``count`` newest jobs by JID, oldest first, as Salt's get_jids_filter orders them."""
+        self.flush()
         j = jobs_index.c
         query = select(j.jid, j.load).where(j.load.is_not(None))
         if filter_find_job:
@@ -576,12 +815,14 @@ class JobStore:
 
     def minions_seen(self) -> list[str]:
         """Every minion that has returned a job still in the index: Salt's get_minions."""
+        self.flush()
         r = job_returns.c
         with self.db.read() as conn:
             return list(conn.scalars(select(r.minion).where(r.state == RETURNED).distinct()))
 
     def last_jid_per_minion(self, fun: str) -> dict[str, str]:
         """``{minion: newest jid}`` of the jobs running ``fun``: Salt's get_fun."""
+        self.flush()
         r = job_returns.c
         with self.db.read() as conn:
             rows = conn.execute(
@@ -592,28 +833,68 @@ class JobStore:
         return {minion: jid for minion, jid in rows}
 
     def last_return_at(self, jid: str) -> dt.datetime | None:
+        self.flush()
         with self.db.read() as conn:
             return conn.scalar(select(jobs_index.c.last_return_at).where(jobs_index.c.jid == jid))
 
     # ------------------------------------------------------------------ Salt's job path
-    def record(self, op: str, *args: Any) -> Any:
-        """Run a write for Salt's job path: never raises; spools what the database refuses."""
-        method = getattr(self, op)
+    def record(self, op: str, *args: Any) -> bool | None:
+        """A write from Salt's job path: checked at once, then journalled and committed in
+        the next batch. Never raises: bad input goes to the spool's ``rejected/``, a write
+        the database refuses to the spool. True when queued, None when set aside."""
         try:
-            result = method(*args)
+            items = self.items_for(op, *args)
         except InvalidLoad as exc:
             self.spool.reject(op, *args, reason=str(exc))
             return None
         except Exception as exc:  # noqa: BLE001 - the returner must never break a job
-            if is_outage(exc):
-                log.error("halite: database unavailable (%s); %s spooled for replay", exc, op)
-            else:
-                log.error("halite: %s failed; spooled for replay", op, exc_info=True)
+            log.error("halite: cannot prepare %s; spooled", op, exc_info=True)
             self.spool.put(op, *args, reason=f"{type(exc).__name__}: {exc}")
+            return None
+        if not items:
+            return True
+        entries = [(item_to_line(item), item) for item in items]
+        if self.settings.flush_interval > 0:
+            self.writer().submit(entries)
+            return True
+        try:
+            self.apply_items(items)
+        except Exception as exc:  # noqa: BLE001
+            log.error("halite: %s failed (%s); spooled for replay", op, exc)
+            self.spool.put(SPOOL_OP, [line for line, _ in entries], reason=str(exc))
             self._next_spool_check = time.monotonic() + self.settings.spool_replay_interval
             return None
         self.maybe_replay()
-        return result
+        return True
+
+    def writer(self) -> WriteBehind:
+        """This process's write-behind queue, started (and dead journals recovered) on first use."""
+        writer = self._writer
+        if writer is None or writer.pid != os.getpid():
+            with self._writer_lock:
+                writer = self._writer
+                if writer is None or writer.pid != os.getpid():
+                    recover_journals(self.settings.journal_dir, self.spool)
+                    writer = self._writer = WriteBehind(
+                        apply=self._flush_batch,
+                        spool=self.spool,
+                        journal_dir=self.settings.journal_dir,
+                        interval=self.settings.flush_interval,
+                        batch_size=self.settings.batch_size,
+                        is_outage=is_outage,
+                    )
+        return writer
+
+    def _flush_batch(self, items: list[Item]) -> None:
+        self.apply_items(items)
+        self.maybe_replay()
+
+    def flush(self) -> int:
+        """Commit what this process has queued; readers call it to see their own writes."""
+        writer = self._writer
+        if writer is None or writer.pid != os.getpid():
+            return 0
+        return writer.flush()
 
     def maybe_replay(self) -> int:
         """Replay the spool if the replay interval has passed and something is waiting."""
@@ -630,9 +911,18 @@ class JobStore:
         return self.spool.replay(self._apply_spooled, is_outage)
 
     def _apply_spooled(self, op: str, args: list[Any]) -> None:
-        if op not in _SPOOLABLE:
+        if op == SPOOL_OP:
+            items = []
+            for line in args[0]:
+                try:
+                    items.append(item_from_line(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("halite: unreadable journal line skipped (%s): %.200s", exc, line)
+            self.apply_items(items)
+        elif op in _SPOOLABLE:
+            getattr(self, op)(*args)
+        else:
             raise InvalidLoad(f"unknown spooled operation {op!r}")
-        getattr(self, op)(*args)
 
 
 _SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update_endtime"}
@@ -671,3 +961,8 @@ def get_store(settings: Settings) -> JobStore:
                     del _stores[stale]
                 store = _stores[key] = JobStore(settings)
     return store
+
+
+def flush_all() -> int:
+    """Commit every write this process has queued, for every database."""
+    return sum(store.flush() for (pid, _), store in list(_stores.items()) if pid == os.getpid())

@@ -2,7 +2,9 @@ import dataclasses
 import datetime as dt
 import json
 import multiprocessing
+import os
 import sqlite3
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -226,6 +228,7 @@ def _write_returns(settings, jid, minions):
     store = JobStore(settings)
     for minion in minions:
         assert store.record("save_return", ret(jid, minion)) is True
+    store.flush()  # forked workers end without atexit; Salt's end through multiprocessing
     store.db.dispose()
 
 
@@ -259,13 +262,50 @@ def test_database_outage_spools_and_replays(store, settings):
     blocker = sqlite3.connect(store.db.url.database)
     blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
     try:
-        assert impatient.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is None
+        assert impatient.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
+        impatient.flush()  # the batch meets the locked database
         assert len(impatient.spool.pending()) == 1
     finally:
         blocker.rollback()
         blocker.close()
     assert return_rows(store, JID)["m1"]["state"] == "pending"
-    impatient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))  # replays the spool
+    assert list(Path(settings.journal_dir).glob("*.jsonl")) == []
+    impatient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
+    impatient.flush()  # commits m2, then replays the spool
     assert impatient.spool.pending() == []
     assert job_row(store, JID)["minions_returned"] == 2
     assert set(store.get_jid(JID)) == {"m1", "m2"}
+
+
+def _crash_after_recording(settings, jid):
+    store = JobStore(dataclasses.replace(settings, flush_interval=3600))
+    store.record("save_return", ret(jid, "m1"), dt.datetime.now(UTC))
+    os._exit(0)  # dies before its batch is committed: no flush, no atexit
+
+
+def test_journal_of_a_dead_process_is_recovered(store, settings):
+    publish(store, JID, minions=("m1", "m2"))
+    child = multiprocessing.get_context("fork").Process(
+        target=_crash_after_recording, args=(settings, JID)
+    )
+    child.start()
+    child.join(60)
+    assert return_rows(store, JID)["m1"]["state"] == "pending"
+    assert len(list(Path(settings.journal_dir).glob("*.jsonl"))) == 1
+    survivor = JobStore(dataclasses.replace(settings, spool_replay_interval=0))
+    survivor.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
+    survivor.flush()
+    assert list(Path(settings.journal_dir).glob("*.jsonl")) == []
+    assert set(store.get_jid(JID)) == {"m1", "m2"}
+    assert job_row(store, JID)["status"] == "complete"
+
+
+def test_write_behind_batches_and_reads_see_own_writes(store):
+    publish(store, JID, minions=[f"m{i}" for i in range(50)])
+    for i in range(50):
+        assert store.record("save_return", ret(JID, f"m{i}"), dt.datetime.now(UTC)) is True
+    assert store.record("save_return", ret(JID, "m0", "again"), dt.datetime.now(UTC)) is True
+    got = store.get_jid(JID)  # flushes this process's queue first
+    assert len(got) == 50 and got["m0"]["return"] is True
+    job = job_row(store, JID)
+    assert (job["minions_returned"], job["status"]) == (50, "complete")

@@ -1,0 +1,195 @@
+"""Write-behind for Salt's job path: journal each write at once, commit them in batches.
+
+Salt calls the job cache once per minion return, from several worker processes. One SQL
+transaction per call costs more than everything else Salt does for a return, so a
+:class:`WriteBehind` keeps each write in memory and in an append-only journal file of its
+process, and a background thread commits what has gathered in one transaction every
+``flush_interval`` seconds (sooner when ``batch_size`` writes are waiting).
+
+Durability is that of Salt's own local_cache (a file write, no fsync): when a process dies
+before its batch was committed, the next process to start finds the dead process's journal
+and hands it to the spool, which replays it. Every write is idempotent, so replaying a
+journal whose batch was in fact committed changes nothing. A batch the database refuses is
+spooled the same way.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import multiprocessing.util
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from halite_core.spool import Spool
+
+log = logging.getLogger(__name__)
+
+JOURNAL_SUFFIX = ".jsonl"
+SPOOL_OP = "journal"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriteBehind:
+    """One per process and database: queue + journal + flusher thread."""
+
+    def __init__(
+        self,
+        apply: Callable[[list[Any]], None],
+        spool: Spool,
+        journal_dir: str | os.PathLike[str],
+        interval: float,
+        batch_size: int,
+        is_outage: Callable[[BaseException], bool],
+    ) -> None:
+        self._apply = apply
+        self._spool = spool
+        self._dir = Path(journal_dir)
+        self._interval = interval
+        self._batch_size = batch_size
+        self._is_outage = is_outage
+        self._pid = os.getpid()
+        self._seq = itertools.count()
+        self._lock = threading.Lock()  # guards the queue and the current journal
+        self._flush_lock = threading.Lock()  # one batch at a time
+        self._wake = threading.Event()
+        self._pending: list[tuple[str, Any]] = []
+        self._journal: Path | None = None
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    # ------------------------------------------------------------------ producer side
+    def submit(self, entries: list[tuple[str, Any]]) -> None:
+        """Journal and queue writes, each a JSON line and its parsed item; returns at once."""
+        data = "".join(line + "\n" for line, _ in entries).encode("utf-8")
+        with self._lock:
+            if self._fd is None:
+                self._open_journal()
+            assert self._fd is not None
+            os.write(self._fd, data)
+            self._pending.extend(entries)
+            full = len(self._pending) >= self._batch_size
+        if self._thread is None:
+            self._start()
+        if full:
+            self._wake.set()
+
+    def _open_journal(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._journal = self._dir / f"{self._pid}-{next(self._seq):08d}{JOURNAL_SUFFIX}"
+        self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="halite-writer", daemon=True)
+            self._thread.start()
+        # A clean exit flushes; Salt's worker processes end through multiprocessing, which
+        # runs its finalizers but not atexit.
+        atexit.register(self.close)
+        multiprocessing.util.Finalize(self, self.close, exitpriority=100)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the writer thread must survive anything
+                log.exception("halite: background flush failed")
+
+    # ------------------------------------------------------------------ consumer side
+    def flush(self) -> int:
+        """Commit everything queued so far in one transaction; returns how many writes."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                journal, fd = self._journal, self._fd
+                self._journal = self._fd = None
+            if fd is not None:
+                os.close(fd)
+            if not batch:
+                if journal is not None:
+                    journal.unlink(missing_ok=True)
+                return 0
+            try:
+                self._apply([item for _, item in batch])
+            except Exception as exc:  # noqa: BLE001
+                reason = f"{type(exc).__name__}: {exc}"
+                if self._is_outage(exc):
+                    log.error(
+                        "halite: database unavailable (%s); %d writes spooled", exc, len(batch)
+                    )
+                else:
+                    log.error(
+                        "halite: batch of %d writes failed; spooled", len(batch), exc_info=True
+                    )
+                lines = [line for line, _ in batch]
+                if self._spool.put(SPOOL_OP, lines, reason=reason) is None:
+                    return 0  # the journal stays for recovery
+            if journal is not None:
+                journal.unlink(missing_ok=True)
+            return len(batch)
+
+    def close(self) -> None:
+        if self._closed or os.getpid() != self._pid:
+            return
+        self._closed = True
+        self._wake.set()
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            log.exception("halite: final flush failed; the journal keeps the writes")
+
+
+def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
+    """Hand the journals of dead processes to the spool; returns how many."""
+    directory = Path(journal_dir)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    recovered = 0
+    for name in sorted(names):
+        if not name.endswith(JOURNAL_SUFFIX):
+            continue
+        try:
+            pid = int(name.split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        path = directory / name
+        claimed = path.with_name(f".{name}.recovering-{os.getpid()}")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            continue  # another process recovers it
+        text = claimed.read_text(encoding="utf-8", errors="replace")
+        lines = [line for line in text.split("\n") if line.strip()]
+        if lines and spool.put(SPOOL_OP, lines, reason=f"journal of process {pid}") is None:
+            os.rename(claimed, path)
+            continue
+        claimed.unlink(missing_ok=True)
+        recovered += 1
+        log.warning("halite: recovered %d unflushed writes of process %d", len(lines), pid)
+    return recovered
