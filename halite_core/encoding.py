@@ -28,16 +28,14 @@ import decimal
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MARKER = "__halite_type__"
 PREVIEW_CHARS = 4096
 MAX_DEPTH = 200
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     """JSON text ready to store, and what had to be changed to produce it."""
 
     text: str

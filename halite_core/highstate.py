@@ -7,14 +7,12 @@ and whose values are mappings with ``result`` and ``comment``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 SEPARATOR = "_|-"
 
 
-@dataclass(frozen=True)
-class StateSummary:
+class StateSummary(NamedTuple):
     total: int
     passed: int
     failed: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import os
 import re
 import threading
@@ -31,8 +32,12 @@ def _naive(jid: str) -> dt.datetime:
     match = _JID_RE.match(jid) if isinstance(jid, str) else None
     if match is None:
         raise InvalidJid(f"{jid!r} is not a Salt job id (expected 20 digits, optional _pid)")
+    d = match.group(1)
     try:
-        return dt.datetime.strptime(match.group(1), "%Y%m%d%H%M%S%f")
+        return dt.datetime(
+            int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]), int(d[12:14]),
+            int(d[14:20]),
+        )  # fmt: skip
     except ValueError as exc:
         raise InvalidJid(f"{jid!r} is not a Salt job id: {exc}") from exc
 
@@ -53,8 +58,10 @@ def from_utc(moment: dt.datetime, utc: bool) -> dt.datetime:
     return moment.astimezone().replace(tzinfo=None)
 
 
+@functools.lru_cache(maxsize=4096)
 def start_time(jid: str, utc: bool) -> dt.datetime:
     """The timezone-aware UTC time at which the job with this JID was published."""
+    # Cached: every return of a job asks again for the same JID.
     return to_utc(_naive(jid), utc)
 
 

@@ -7,7 +7,6 @@ calls: they never raise; a write the database cannot take goes to the :class:`Sp
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -15,9 +14,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -123,6 +122,7 @@ RETURN_COLUMNS = (
 )
 
 
+ZERO_COUNTS = {"minions_targeted": 0, "minions_returned": 0, "minions_failed": 0}
 STUB_COLUMNS = (
     "jid",
     "function",
@@ -138,16 +138,102 @@ STUB_COLUMNS = (
 )
 
 
+LOAD_COLUMNS = (
+    "function",
+    "target",
+    "target_type",
+    "user",
+    "arguments",
+    "kwargs",
+    "master_id",
+    "load",
+)
+
+
 @dataclass(frozen=True)
-class _ReturnStatements:
-    fill: Any
-    add: Any
+class _Statements:
+    """The write statements of the ingest path, built once with bind parameters."""
+
+    upsert_load: Any
+    target: Any
     stub: Any
-    count: Any
+    upsert_return: Any
+    recount: Any
+    settle: Any
+    endtime: Any
+
+    @classmethod
+    def build(cls, insert_: Callable[[Any], Any]) -> _Statements:
+        j, r = jobs_index.c, job_returns.c
+
+        def binds(table: Any, names: Iterable[str]) -> dict[str, Any]:
+            return {name: bindparam(name, type_=table.c[name].type) for name in names}
+
+        load_insert = insert_(jobs_index).values({**binds(jobs_index, STUB_COLUMNS), **ZERO_COUNTS})
+        upsert_load = load_insert.on_conflict_do_update(
+            index_elements=["jid"],
+            set_={name: load_insert.excluded[name] for name in LOAD_COLUMNS},
+        )
+        placeholder = insert_(job_returns).values(
+            binds(job_returns, ("jid", "minion", "state", "expected", "start_time",
+                                "return_truncated"))
+        )  # fmt: skip
+        target = placeholder.on_conflict_do_update(
+            index_elements=["jid", "minion"], set_={"expected": True}
+        )
+        stub = insert_(jobs_index).values({**binds(jobs_index, STUB_COLUMNS), **ZERO_COUNTS})
+        return_insert = insert_(job_returns).values(
+            binds(job_returns, ("jid", "minion", "expected", "start_time", *RETURN_COLUMNS))
+        )
+        # A placeholder is filled; a row that already holds a return is left alone.
+        upsert_return = return_insert.on_conflict_do_update(
+            index_elements=["jid", "minion"],
+            set_={name: return_insert.excluded[name] for name in RETURN_COLUMNS},
+            where=r.state != RETURNED,
+        )
+        rows = job_returns.alias("rows")
+        of_job = rows.c.jid == j.jid
+        returned = rows.c.state == RETURNED
+        failed = or_(
+            rows.c.success.is_(False),
+            and_(rows.c.retcode.is_not(None), rows.c.retcode != 0),
+            rows.c.states_failed > 0,
+        )
+        this_job = j.jid == bindparam("k_jid")
+        recount = (
+            update(jobs_index)
+            .where(this_job)
+            .values(
+                minions_targeted=select(func.count()).where(of_job).scalar_subquery(),
+                minions_returned=select(func.count()).where(of_job, returned).scalar_subquery(),
+                minions_failed=select(func.count())
+                .where(of_job, returned, failed)
+                .scalar_subquery(),
+                last_return_at=select(func.max(rows.c.returned_at)).where(of_job).scalar_subquery(),
+            )
+        )
+        done = j.minions_returned >= j.minions_targeted
+        settle = (
+            update(jobs_index)
+            .where(this_job)
+            .values(
+                status=case((done, COMPLETE), else_=RUNNING),
+                end_time=case((done, func.coalesce(j.last_return_at, j.start_time)), else_=None),
+            )
+        )
+        at = bindparam("at", type_=j.last_return_at.type)
+        endtime = (
+            update(jobs_index)
+            .where(this_job, or_(j.last_return_at.is_(None), j.last_return_at < at))
+            .values(last_return_at=at)
+        )
+        return cls(
+            upsert_load, target, stub.on_conflict_do_nothing(), upsert_return, recount, settle,
+            endtime,
+        )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ReturnRow:
+class ReturnRow(NamedTuple):
     """One minion return, prepared for the database."""
 
     jid: str
@@ -160,14 +246,6 @@ class ReturnRow:
     success: bool | None
     out: str | None
     summary: highstate.StateSummary | None
-
-    @property
-    def failed(self) -> bool:
-        return (
-            self.success is False
-            or (self.retcode is not None and self.retcode != 0)
-            or (self.summary is not None and self.summary.failed > 0)
-        )
 
     def columns(self) -> dict[str, Any]:
         summary = self.summary
@@ -201,8 +279,7 @@ class MinionsItem:
     minions: list[str]
 
 
-@dataclass(frozen=True)
-class ReturnItem:
+class ReturnItem(NamedTuple):
     row: ReturnRow
     stub: dict[str, Any]
 
@@ -232,7 +309,7 @@ def item_to_line(item: Item) -> str:
                 "retcode": row.retcode,
                 "success": row.success,
                 "out": row.out,
-                "summary": dataclasses.astuple(row.summary) if row.summary else None,
+                "summary": list(row.summary) if row.summary else None,
                 "stub": item.stub,
             }
         )[0]
@@ -283,7 +360,7 @@ class JobStore:
         self.db = db or get_database(settings.db_url, settings.sqlite_busy_timeout)
         self.spool = Spool(settings.spool_dir)
         self._next_spool_check = 0.0
-        self._stmts: _ReturnStatements | None = None
+        self._stmts: _Statements | None = None
         self._writer: WriteBehind | None = None
         self._writer_lock = threading.Lock()
         self._replay_lock = threading.Lock()
@@ -381,38 +458,33 @@ class JobStore:
                 items.append(self._return_item(data, _stamp(data.get("_stamp"))))
         return items
 
-    def apply_items(self, items: Sequence[Item]) -> list[bool]:
-        """Apply prepared writes in one transaction; one bool per return (False: duplicate)."""
+    def apply_items(self, items: Sequence[Item]) -> int:
+        """Apply prepared writes in one transaction; returns how many returns were stored."""
         if not items:
-            return []
+            return 0
         with self.db.write() as conn:
             return self._apply_items(conn, items)
 
-    def _apply_items(self, conn: Connection, items: Sequence[Item]) -> list[bool]:
-        returns: list[ReturnItem] = []
+    def _apply_items(self, conn: Connection, items: Sequence[Item]) -> int:
+        stmts = self._statements()
+        loads = [item for item in items if isinstance(item, LoadItem)]
+        returns = [item for item in items if isinstance(item, ReturnItem)]
+        touched: set[str] = set()
+        self._save_loads(conn, loads, touched)
+        for item in items:
+            if isinstance(item, MinionsItem):
+                self._ensure_jobs(conn, {item.jid: {}})
+                self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
+                touched.add(item.jid)
+        stored = self._save_returns(conn, returns, touched)
+        self._recount(conn, touched)
         endtimes: dict[str, dt.datetime] = {}
         for item in items:
-            if isinstance(item, LoadItem):
-                self._save_load(conn, item.jid, item.load, item.minions)
-            elif isinstance(item, MinionsItem):
-                self._ensure_job(conn, item.jid, {})
-                self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
-                self._recount(conn, item.jid)
-            elif isinstance(item, ReturnItem):
-                returns.append(item)
-            elif isinstance(item, EndtimeItem):
+            if isinstance(item, EndtimeItem):
                 endtimes[item.jid] = max(item.at, endtimes.get(item.jid, item.at))
-        stored = self._save_returns(conn, returns)
-        if endtimes:
-            j = jobs_index.c
-            at = bindparam("at", type_=j.last_return_at.type)
-            conn.execute(
-                update(jobs_index)
-                .where(j.jid == bindparam("k_jid"))
-                .where(or_(j.last_return_at.is_(None), j.last_return_at < at))
-                .values(last_return_at=at),
-                [{"k_jid": jid, "at": when} for jid, when in endtimes.items()],
-            )
+        self.db.executemany(
+            conn, stmts.endtime, [{"k_jid": jid, "at": at} for jid, at in endtimes.items()]
+        )
         return stored
 
     # The synchronous forms, for callers outside Salt's job path and for tests.
@@ -428,7 +500,7 @@ class JobStore:
 
     def save_return(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> bool:
         """Index one minion return; the first for a (jid, minion) wins. False for a duplicate."""
-        return self.apply_items(self.items_for("save_return", load, returned_at))[0]
+        return self.apply_items(self.items_for("save_return", load, returned_at)) == 1
 
     def save_events(self, events: Sequence[Mapping[str, Any]]) -> int:
         """Index ``salt/job/<jid>/new`` and ``.../ret/<minion>`` events in one transaction."""
@@ -440,91 +512,67 @@ class JobStore:
         """Salt's job_cache_store_endtime hook: the latest time a return was stored."""
         self.apply_items(self.items_for("update_endtime", jid, when))
 
-    def _save_load(
-        self,
-        conn: Connection,
-        jid: str,
-        load: Mapping[str, Any],
-        minions: Iterable[str] | None,
-    ) -> None:
-        args, kwargs = split_arguments(load.get("arg", load.get("fun_args")))
-        start = self.start_time(jid)
-        values = {
-            "function": _text(load.get("fun"), 255),
-            "target": target_text(load.get("tgt")),
-            "target_type": _text(load.get("tgt_type", "glob"), 32),
-            "user": _text(load.get("user"), 255),
-            "arguments": encoding.encode(args),
-            "kwargs": encoding.encode(kwargs),
-            "master_id": self.settings.master_id,
-            "load": encoding.encode(dict(load)),
-        }
-        stmt = self._insert(jobs_index).values(
-            jid=jid,
-            start_time=start,
-            status=RUNNING,
-            minions_targeted=0,
-            minions_returned=0,
-            minions_failed=0,
-            **values,
-        )
-        conn.execute(stmt.on_conflict_do_update(index_elements=["jid"], set_=values))  # type: ignore[attr-defined]
-        self._add_minions(conn, jid, start, minions or [])
-        self._recount(conn, jid)
+    def _save_loads(self, conn: Connection, items: Sequence[LoadItem], touched: set[str]) -> None:
+        """Index publish loads and their target lists; counters follow in :meth:`_recount`."""
+        if not items:
+            return
+        loads = {item.jid: item for item in items}  # a repeated publish: the last one wins
+        rows = []
+        placeholders: list[dict[str, Any]] = []
+        for jid, item in loads.items():
+            start = self.start_time(jid)
+            args, kwargs = split_arguments(item.load.get("arg", item.load.get("fun_args")))
+            rows.append(
+                {
+                    "jid": jid,
+                    "function": _text(item.load.get("fun"), 255),
+                    "target": target_text(item.load.get("tgt")),
+                    "target_type": _text(item.load.get("tgt_type", "glob"), 32),
+                    "user": _text(item.load.get("user"), 255),
+                    "arguments": encoding.encode(args),
+                    "kwargs": encoding.encode(kwargs),
+                    "master_id": self.settings.master_id,
+                    "load": encoding.encode(item.load),
+                    "start_time": start,
+                    "status": RUNNING,
+                }
+            )
+            placeholders.extend(self._placeholders(jid, start, item.minions or []))
+        stmts = self._statements()
+        self.db.executemany(conn, stmts.upsert_load, rows)
+        self.db.executemany(conn, stmts.target, placeholders)
+        touched.update(loads)
+
+    @staticmethod
+    def _placeholders(jid: str, start: dt.datetime, minions: Iterable[str]) -> list[dict[str, Any]]:
+        return [
+            {"jid": jid, "minion": m, "state": PENDING, "expected": True, "start_time": start,
+             "return_truncated": False}
+            for m in minions
+        ]  # fmt: skip
 
     def _add_minions(
         self, conn: Connection, jid: str, start: dt.datetime, minions: Iterable[str]
     ) -> None:
-        rows = [
-            {
-                "jid": jid,
-                "minion": m,
-                "state": PENDING,
-                "expected": True,
-                "start_time": start,
-                "return_truncated": False,
-            }
-            for m in minions
-        ]
-        if not rows:
-            return
-        stmt = self._insert(job_returns)
-        stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
-            index_elements=["jid", "minion"], set_={"expected": True}
-        )
-        conn.execute(stmt, rows)
-
-    def _recount(self, conn: Connection, jid: str) -> None:
-        """Set a job's counters and status from its job_returns rows (once per publish)."""
-        r = job_returns.c
-        failed = or_(
-            r.success.is_(False), and_(r.retcode.is_not(None), r.retcode != 0), r.states_failed > 0
-        )
-        targeted, returned, nfailed, last = conn.execute(
-            select(
-                func.count(),
-                func.count().filter(r.state == RETURNED),
-                func.count().filter(and_(r.state == RETURNED, failed)),
-                func.max(r.returned_at),
-            ).where(r.jid == jid)
-        ).one()
-        complete = returned >= targeted
-        conn.execute(
-            update(jobs_index)
-            .where(jobs_index.c.jid == jid)
-            .values(
-                minions_targeted=targeted,
-                minions_returned=returned,
-                minions_failed=nfailed,
-                last_return_at=last,
-                status=COMPLETE if complete else RUNNING,
-                end_time=(last or jobs_index.c.start_time) if complete else None,
-            )
+        self.db.executemany(
+            conn, self._statements().target, self._placeholders(jid, start, minions)
         )
 
-    def _ensure_job(self, conn: Connection, jid: str, stub: Mapping[str, Any]) -> None:
-        """Create a job row for a JID seen before its publish load."""
-        conn.execute(self._return_statements().stub, [self._stub_params(jid, stub)])
+    def _recount(self, conn: Connection, job_ids: Iterable[str]) -> None:
+        """Set the counters, status and end time of jobs from their job_returns rows.
+
+        Recounting (an indexed range scan of the job's rows) rather than incrementing keeps
+        the counters exact whatever order and however often writes arrive.
+        """
+        params = [{"k_jid": jid} for jid in sorted(job_ids)]
+        stmts = self._statements()
+        self.db.executemany(conn, stmts.recount, params)
+        self.db.executemany(conn, stmts.settle, params)
+
+    def _ensure_jobs(self, conn: Connection, stubs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Create job rows for JIDs seen before their publish load (which fills them later)."""
+        rows = [self._stub_params(jid, stub) for jid, stub in stubs.items()]
+        self.db.executemany(conn, self._statements().stub, rows)
 
     def _stub_params(self, jid: str, stub: Mapping[str, Any]) -> dict[str, Any]:
         args, kwargs = split_arguments(stub.get("fun_args", stub.get("arg")))
@@ -586,78 +634,48 @@ class JobStore:
             summary=summary,
         )
 
-    def _save_returns(self, conn: Connection, items: Sequence[ReturnItem]) -> list[bool]:
-        """Store a batch of returns in a handful of statements; first return per minion wins."""
-        stored = [False] * len(items)
+    def _save_returns(
+        self, conn: Connection, items: Sequence[ReturnItem], touched: set[str]
+    ) -> int:
+        """Store a batch of returns; the first return of a minion for a job wins.
+        Returns how many were stored (the others were duplicates)."""
         if not items:
-            return stored
-        stmts = self._return_statements()
+            return 0
         first: dict[tuple[str, str], int] = {}
-        for i, item in enumerate(items):
-            first.setdefault((item.row.jid, item.row.minion), i)
-        job_ids = sorted({jid for jid, _ in first})
-        # A job seen first through a return gets a row now; its publish load fills it later.
         stubs: dict[str, dict[str, Any]] = {}
-        for i in first.values():
-            stubs.setdefault(items[i].row.jid, self._stub_params(items[i].row.jid, items[i].stub))
-        known = self._select_in(conn, select(jobs_index.c.jid), jobs_index.c.jid, job_ids)
-        missing = [stubs[jid] for jid in job_ids if (jid,) not in known]
-        if missing:
-            conn.execute(stmts.stub, missing)
+        for i, item in enumerate(items):
+            key = (item.row.jid, item.row.minion)
+            if key in first:
+                continue
+            first[key] = i
+            stubs.setdefault(item.row.jid, item.stub)
+        known = {
+            jid
+            for (jid,) in self._select_in(
+                conn, select(jobs_index.c.jid), jobs_index.c.jid, sorted(stubs)
+            )
+        }
+        self._ensure_jobs(conn, {jid: stub for jid, stub in stubs.items() if jid not in known})
         if self.db.dialect_name == "postgresql":
-            # Serialise concurrent batches (other processes, other masters) per job.
+            # Serialise concurrent batches (other processes, other masters) per job, so that
+            # each recount sees every return committed before it.
             self._select_in(
                 conn,
                 select(jobs_index.c.jid).order_by(jobs_index.c.jid).with_for_update(),
                 jobs_index.c.jid,
-                job_ids,
+                sorted(stubs),
             )
-        r = job_returns.c
-        states = {
-            (jid, minion): state
-            for jid, minion, state in self._select_in(
-                conn,
-                select(r.jid, r.minion, r.state).where(r.minion.in_({m for _, m in first})),
-                r.jid,
-                job_ids,
-            )
-        }
-        fills: list[dict[str, Any]] = []
-        adds: list[dict[str, Any]] = []
-        counts: dict[str, dict[str, Any]] = {}
+        rows = []
         for (jid, minion), i in first.items():
             row = items[i].row
-            state = states.get((jid, minion))
-            if state == RETURNED:
-                continue
-            params = row.columns()
-            if state is None:
-                params.update(jid=jid, minion=minion, expected=False, start_time=row.start_time)
-                adds.append(params)
-            else:
-                params.update(k_jid=jid, k_minion=minion)
-                fills.append(params)
-            count = counts.setdefault(
-                jid, {"k_jid": jid, "returned": 0, "added": 0, "failed": 0, "at": row.returned_at}
-            )
-            count["returned"] += 1
-            count["added"] += state is None
-            count["failed"] += row.failed
-            count["at"] = max(count["at"], row.returned_at)
-            stored[i] = True
-        for i, item in enumerate(items):
-            if not stored[i]:
-                log.info(
-                    "halite: duplicate return from %s for %s ignored (first wins)",
-                    item.row.minion,
-                    item.row.jid,
-                )
-        if fills:
-            conn.execute(stmts.fill, fills)
-        if adds:
-            conn.execute(stmts.add, adds)
-        if counts:
-            conn.execute(stmts.count, list(counts.values()))
+            rows.append(
+                {"jid": jid, "minion": minion, "expected": False, "start_time": row.start_time,
+                 **row.columns()}
+            )  # fmt: skip
+        stored = self.db.executemany(conn, self._statements().upsert_return, rows)
+        if stored < len(items):
+            log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
+        touched.update(stubs)
         return stored
 
     @staticmethod
@@ -670,55 +688,11 @@ class JobStore:
             found.update(tuple(row) for row in conn.execute(query.where(column.in_(part))))
         return found
 
-    def _return_statements(self) -> _ReturnStatements:
-        # Built once: a statement object reused with new parameters skips SQLAlchemy's
-        # per-call construction and cache-key work, which dominates the hot path otherwise.
+    def _statements(self) -> _Statements:
+        # Built once per store: a statement object reused with new parameters skips
+        # SQLAlchemy's construction and compilation, which dominate the ingest path otherwise.
         if self._stmts is None:
-            r, j = job_returns.c, jobs_index.c
-            columns = {name: bindparam(name, type_=r[name].type) for name in RETURN_COLUMNS}
-            fill = (
-                update(job_returns)
-                .where(r.jid == bindparam("k_jid"), r.minion == bindparam("k_minion"))
-                .where(r.state != RETURNED)
-                .values(columns)
-            )
-            add = self._insert(job_returns).values(
-                jid=bindparam("jid"),
-                minion=bindparam("minion"),
-                expected=bindparam("expected"),
-                start_time=bindparam("start_time", type_=r.start_time.type),
-                **columns,
-            )
-            stub = self._insert(jobs_index).values(
-                {
-                    **{name: bindparam(name, type_=j[name].type) for name in STUB_COLUMNS},
-                    "minions_targeted": 0,
-                    "minions_returned": 0,
-                    "minions_failed": 0,
-                }
-            )
-            at = bindparam("at", type_=j.last_return_at.type)
-            later = or_(j.last_return_at.is_(None), j.last_return_at < at)
-            returned = j.minions_returned + bindparam("returned")
-            done = returned >= (j.minions_targeted + bindparam("added"))
-            count = (
-                update(jobs_index)
-                .where(j.jid == bindparam("k_jid"))
-                .values(
-                    minions_returned=returned,
-                    minions_targeted=j.minions_targeted + bindparam("added"),
-                    minions_failed=j.minions_failed + bindparam("failed"),
-                    last_return_at=case((later, at), else_=j.last_return_at),
-                    status=case((done, COMPLETE), else_=RUNNING),
-                    end_time=case((and_(done, later), at), (done, j.last_return_at), else_=None),
-                )
-            )
-            self._stmts = _ReturnStatements(
-                fill=fill,
-                add=add.on_conflict_do_nothing(),  # type: ignore[attr-defined]
-                stub=stub.on_conflict_do_nothing(),  # type: ignore[attr-defined]
-                count=count,
-            )
+            self._stmts = _Statements.build(self._insert)
         return self._stmts
 
     def clean_old_jobs(
@@ -839,9 +813,10 @@ class JobStore:
 
     # ------------------------------------------------------------------ Salt's job path
     def record(self, op: str, *args: Any) -> bool | None:
-        """A write from Salt's job path: checked at once, then journalled and committed in
-        the next batch. Never raises: bad input goes to the spool's ``rejected/``, a write
-        the database refuses to the spool. True when queued, None when set aside."""
+        """A write from Salt's job path. Checked at once; a publish is committed at once, a
+        return journalled and committed with the next batch. Never raises: bad input goes to
+        the spool's ``rejected/``, a write the database refuses to the spool. True when
+        written or queued, None when set aside."""
         try:
             items = self.items_for(op, *args)
         except InvalidLoad as exc:
@@ -854,7 +829,11 @@ class JobStore:
         if not items:
             return True
         entries = [(item_to_line(item), item) for item in items]
-        if self.settings.flush_interval > 0:
+        # A publish is committed before the call returns: Salt's CLI asks the job cache
+        # for the load right after publishing and gives up on a job it cannot find.
+        # Returns, by far the most numerous writes, are committed in the next batch.
+        deferrable = all(isinstance(item, (ReturnItem, EndtimeItem)) for item in items)
+        if deferrable and self.settings.flush_interval > 0:
             self.writer().submit(entries)
             return True
         try:

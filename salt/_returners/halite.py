@@ -75,8 +75,19 @@ def _jid_utc():
     return bool(__opts__.get("utc_jid")) or "utc_jid" not in salt.config.DEFAULT_MASTER_OPTS
 
 
+_STORES = {}
+
+
 def _store():
-    return get_store(Settings.from_opts(__opts__, jid_utc=_jid_utc()))
+    # Reading a dozen options through the loader's opts proxy on every return costs more
+    # than the write itself: keep this process's store while the options are the same.
+    opts = __opts__.value() if hasattr(__opts__, "value") else __opts__
+    key = (os.getpid(), id(opts), repr(opts.get("halite")), opts.get("cachedir"))
+    store = _STORES.get(key)
+    if store is None:
+        _STORES.clear()
+        store = _STORES[key] = get_store(Settings.from_opts(opts, jid_utc=_jid_utc()))
+    return store
 
 
 def _record(op, *args):

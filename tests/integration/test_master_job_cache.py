@@ -33,6 +33,15 @@ def returns_of(index, jid):
     return {row.minion: row._asdict() for row in rows}
 
 
+def test_salt_cli_waits_for_returns_as_usual(master, minion, index):
+    # The salt CLI checks the job cache for the load right after publishing: a publish
+    # that was not yet committed would make it give up on the job.
+    ret = master.salt_cli().run("test.ping", minion_tgt=minion.id, _timeout=120)
+    assert ret.returncode == 0 and ret.data is True
+    ret = master.salt_cli().run("test.echo", "cli", minion_tgt=minion.id, _timeout=120)
+    assert ret.returncode == 0 and ret.data == "cli"
+
+
 def test_ping_is_indexed_and_salt_runner_agrees(master, minion, index):
     jid = run_job(master, minion, "test.ping")
     job = finished_job(index, jid)
