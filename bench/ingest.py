@@ -30,7 +30,7 @@ from halite_core.jobcache import flush_all
 STATE_RETURN = {
     f"file_|-conf{i}_|-/etc/app/conf{i}_|-managed": {
         "result": i != 2,
-        "comment": "File /etc/app/conf%d is in the correct state" % i,
+        "comment": f"File /etc/app/conf{i} is in the correct state",
         "changes": {"diff": "+line"} if i == 1 else {},
         "duration": 3.5 + i,
         "__run_num__": i,
@@ -57,7 +57,10 @@ def make_master(root: Path, cache: str) -> types.SimpleNamespace:
     (root / "pki" / "minions").mkdir(parents=True)
     returners = salt.loader.returners(opts, {})
     return types.SimpleNamespace(
-        opts=opts, cache=cache, returners=returners, mminion=types.SimpleNamespace(returners=returners)
+        opts=opts,
+        cache=cache,
+        returners=returners,
+        mminion=types.SimpleNamespace(returners=returners),
     )
 
 
@@ -68,13 +71,28 @@ def workload(jobs: int, minions: int):
         jid = str(base + n * 1000)
         state = n % 5 == 0
         fun = "state.apply" if state else "test.ping"
-        load = {"jid": jid, "fun": fun, "arg": ["app"] if state else [], "tgt": "*",
-                "tgt_type": "glob", "user": "root", "ret": "", "kwargs": {}}
+        load = {
+            "jid": jid,
+            "fun": fun,
+            "arg": ["app"] if state else [],
+            "tgt": "*",
+            "tgt_type": "glob",
+            "user": "root",
+            "ret": "",
+            "kwargs": {},
+        }
         returns = [
-            {"cmd": "_return", "id": name, "jid": jid, "fun": fun,
-             "fun_args": load["arg"], "return": STATE_RETURN if state else True,
-             "retcode": 2 if state else 0, "success": not state,
-             **({"out": "highstate"} if state else {})}
+            {
+                "cmd": "_return",
+                "id": name,
+                "jid": jid,
+                "fun": fun,
+                "fun_args": load["arg"],
+                "return": STATE_RETURN if state else True,
+                "retcode": 2 if state else 0,
+                "success": not state,
+                **({"out": "highstate"} if state else {}),
+            }
             for name in names
         ]
         yield jid, load, names, returns
