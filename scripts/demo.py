@@ -1,0 +1,224 @@
+"""make demo: a real salt-master and salt-minion with halite as the master job cache.
+
+Starts both daemons on loopback in a temporary directory (SQLite index in the master's
+cachedir), runs a few jobs (including a state.apply with one failing state), then prints
+what the job index holds and what Salt's own jobs runner says about the same jobs.
+"""
+
+import argparse
+import getpass
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import salt.config
+from sqlalchemy import select
+
+from halite_core.config import Settings
+from halite_core.jobcache import JobStore
+from halite_core.models import job_returns, jobs_index
+
+BIN = Path(sys.executable).parent
+MASTER_ID = "halite-demo-master"
+MINION_ID = "halite-demo-minion"
+
+DEMO_STATE = """
+motd:
+  file.managed:
+    - name: {root}/motd
+    - contents: Managed by Salt; jobs indexed by halite.
+
+broken-command:
+  cmd.run:
+    - name: exit 3
+
+after-the-broken-one:
+  test.succeed_without_changes:
+    - require:
+      - cmd: broken-command
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_configs(root: Path) -> tuple[Path, Path]:
+    user = getpass.getuser()
+    publish_port, ret_port = free_port(), free_port()
+    (root / "states").mkdir(parents=True)
+    (root / "states" / "halite_demo.sls").write_text(DEMO_STATE.format(root=root))
+    common = f"user: {user}\nroot_dir: {root}\nlog_level_logfile: info\n"
+    master_dir, minion_dir = root / "etc" / "master.d", root / "etc" / "minion.d"
+    master_dir.mkdir(parents=True)
+    minion_dir.mkdir(parents=True)
+    (master_dir / "master").write_text(
+        common
+        + textwrap.dedent(f"""\
+            id: {MASTER_ID}
+            interface: 127.0.0.1
+            publish_port: {publish_port}
+            ret_port: {ret_port}
+            pki_dir: {root}/pki/master
+            cachedir: {root}/cache/master
+            sock_dir: {root}/run/master
+            pidfile: {root}/run/master.pid
+            log_file: {root}/log/master
+            auto_accept: True
+            file_roots:
+              base: [{root}/states]
+            master_job_cache: halite
+            job_cache_store_endtime: True
+            """)
+    )
+    (minion_dir / "minion").write_text(
+        common
+        + textwrap.dedent(f"""\
+            id: {MINION_ID}
+            master: 127.0.0.1
+            master_port: {ret_port}
+            publish_port: {publish_port}
+            pki_dir: {root}/pki/minion
+            cachedir: {root}/cache/minion
+            sock_dir: {root}/run/minion
+            pidfile: {root}/run/minion.pid
+            log_file: {root}/log/minion
+            """)
+    )
+    return master_dir, minion_dir
+
+
+def run_salt(master_dir: Path, *args: str, timeout: int = 120) -> object:
+    out = subprocess.run(
+        [str(BIN / "salt"), "-c", str(master_dir), "--out=json", "--static", MINION_ID, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    try:
+        return json.loads(out.stdout or "{}").get(MINION_ID)
+    except json.JSONDecodeError:
+        return out.stdout.strip() or out.stderr.strip()
+
+
+def salt_run(master_dir: Path, *args: str) -> object:
+    out = subprocess.run(
+        [str(BIN / "salt-run"), "-c", str(master_dir), "--out=json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout or "null")
+
+
+def wait_for_minion(master_dir: Path, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if run_salt(master_dir, "test.ping", "-t", "5") is True:
+            return
+        time.sleep(1)
+    raise SystemExit("the demo minion did not answer within the time limit; see the logs above")
+
+
+def show_index(master_dir: Path) -> None:
+    opts = salt.config.master_config(str(master_dir / "master"))
+    store = JobStore(Settings.from_opts(opts))
+    print(f"\nhalite job index: {store.settings.db_url}\n")
+    with store.db.read() as conn:
+        jobs = conn.execute(select(jobs_index).order_by(jobs_index.c.start_time)).all()
+        rets = conn.execute(select(job_returns)).all()
+    header = f"{'jid':<21} {'function':<15} {'user':<6} {'status':<9} tgt ret fail  start (UTC)"
+    print(header)
+    print("-" * len(header))
+    for job in jobs:
+        print(
+            f"{job.jid:<21} {job.function or '':<15} {job.user or '':<6} {job.status:<9} "
+            f"{job.minions_targeted:>3} {job.minions_returned:>3} {job.minions_failed:>4}  "
+            f"{job.start_time:%H:%M:%S.%f}"
+        )
+    print("\nreturns:")
+    for row in rets:
+        summary = ""
+        if row.states_total is not None:
+            summary = (
+                f"  states {row.states_total}: {row.states_passed} passed, "
+                f"{row.states_failed} failed, {row.states_changed} changed, "
+                f"{row.states_duration_ms:.1f} ms"
+            )
+        value = json.dumps(row.return_value)
+        value = value if len(value) <= 60 else value[:57] + "..."
+        print(
+            f"  {row.jid} {row.minion}: retcode={row.retcode} success={row.success}"
+            f"{summary or '  return=' + value}"
+        )
+    listed = salt_run(master_dir, "jobs.list_jobs")
+    ours = {job.jid for job in jobs if job.function and not job.function.startswith("runner.")}
+    theirs = {
+        jid for jid, job in (listed or {}).items() if not job["Function"].startswith("runner.")
+    }
+    agree = "agree" if ours == theirs else "DISAGREE"
+    print(
+        f"\nsalt-run jobs.list_jobs lists {len(theirs)} minion jobs; the index {len(ours)}: {agree}"
+    )
+    store.db.dispose()
+    if ours != theirs:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="halite-demo-"))
+    master_dir, minion_dir = write_configs(root)
+    daemons = []
+    try:
+        print(f"starting salt-master and salt-minion on 127.0.0.1 under {root} ...")
+        for name, conf in (("salt-master", master_dir), ("salt-minion", minion_dir)):
+            daemons.append(
+                subprocess.Popen(
+                    [str(BIN / name), "-c", str(conf), "-l", "quiet"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        wait_for_minion(master_dir, time.monotonic() + 120)
+        print("minion connected; running jobs:")
+        jobs = [
+            ("test.ping",),
+            ("test.arg", "alpha", "42", "colour=blue"),
+            ("cmd.run", "uname -sr"),
+            ("grains.item", "os", "kernel"),
+            ("state.apply", "halite_demo"),
+        ]
+        for job in jobs:
+            result = run_salt(master_dir, *job)
+            shown = json.dumps(result)
+            shown = shown if len(shown) <= 70 else shown[:67] + "..."
+            print(f"  salt {MINION_ID} {' '.join(job)} -> {shown}")
+        time.sleep(0.5)  # returns are committed in batches, at most flush_interval apart
+        show_index(master_dir)
+    finally:
+        for proc in reversed(daemons):
+            proc.send_signal(signal.SIGTERM)
+        for proc in daemons:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if args.keep:
+            print(f"\nkept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
