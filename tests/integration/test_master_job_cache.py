@@ -1,6 +1,8 @@
 """halite as the master job cache of a real master, checked against what Salt itself reports."""
 
 import re
+import shutil
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -127,3 +129,15 @@ def test_event_return_indexes_beside_the_default_cache(event_master, event_minio
         assert looked_up.data == {event_minion.id: True}
     finally:
         store.db.dispose()
+
+
+def test_sync_all_from_file_roots_installs_the_loader_modules(master, state_tree):
+    # The other way to install: copy salt/_* into the master's file_roots and sync.
+    source = Path(__file__).resolve().parents[2] / "salt"
+    for kind in source.glob("_*"):
+        shutil.copytree(kind, state_tree / kind.name, dirs_exist_ok=True)
+    ret = master.salt_run_cli().run("saltutil.sync_all")
+    assert ret.returncode == 0, ret
+    assert "returners.halite" in ret.data["returners"]
+    synced = Path(master.config["extension_modules"]) / "returners" / "halite.py"
+    assert synced.read_text() == (source / "_returners" / "halite.py").read_text()
