@@ -34,6 +34,7 @@ from halite_core.models import Base
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SUPPORTED = ("sqlite", "postgresql")
 _WRITE = "halite_write"
 
 
@@ -52,8 +53,13 @@ class Database:
 
     def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
         self.url = make_url(url)
-        self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.dialect_name = self.url.get_backend_name()
+        self.is_sqlite = self.dialect_name == "sqlite"
+        if self.dialect_name not in SUPPORTED:
+            raise SchemaError(
+                f"halite:db_url {self.url.render_as_string()} uses {self.dialect_name}; "
+                f"halite supports {' and '.join(SUPPORTED)}"
+            )
         kwargs: dict[str, Any] = {
             "json_serializer": _json_serializer,
             "json_deserializer": json.loads,

@@ -132,8 +132,3 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return value
-
-
-def has_markers(text: str) -> bool:
-    """Cheap test used to skip :func:`restore` for the common all-JSON value."""
-    return MARKER in text

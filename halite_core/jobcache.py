@@ -25,7 +25,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    insert,
     or_,
     select,
     update,
@@ -367,11 +366,10 @@ class JobStore:
 
     # ------------------------------------------------------------------ helpers
     def _insert(self, table: Any) -> Insert:
+        # ON CONFLICT upserts are dialect constructs; Database admits only these two.
         if self.db.dialect_name == "postgresql":
             return postgresql.insert(table)
-        if self.db.dialect_name == "sqlite":
-            return sqlite.insert(table)
-        return insert(table)
+        return sqlite.insert(table)
 
     def start_time(self, jid: str) -> dt.datetime:
         return jids.start_time(jid, self.settings.jid_utc)

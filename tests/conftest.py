@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from halite_core.config import Settings
@@ -19,3 +21,10 @@ def store(settings):
     store = JobStore(settings)
     yield store
     store.db.dispose()
+
+
+def pytest_unconfigure(config):
+    # Salt queues early log records in a handler bound to the stderr of import time (here,
+    # pytest's capture) and flushes it at exit, after pytest closed that stream: without
+    # this, every run ends with pages of "--- Logging error ---".
+    logging.raiseExceptions = False

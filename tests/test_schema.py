@@ -97,3 +97,8 @@ def test_listing_queries_use_indexes(store):
             plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
             assert "USING" in plan and "INDEX" in plan, (name, plan)
             assert "TEMP B-TREE" not in plan, (name, plan)
+
+
+def test_unsupported_database_is_a_clear_error():
+    with pytest.raises(dbmod.SchemaError, match="supports sqlite and postgresql"):
+        dbmod.Database("mysql://salt@localhost/salt")
