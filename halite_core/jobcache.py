@@ -351,6 +351,33 @@ def item_from_line(line: str) -> Item:
     raise ValueError(f"unknown journal entry {op!r}")
 
 
+def find_journalled_load(journal_dir: str, jid: str) -> LoadItem | None:
+    """The newest journalled publish load of ``jid``, if any worker still holds one."""
+    needle = f'{{"op":"load","jid":"{jid}"'.encode()
+    found = None
+    try:
+        names = sorted(os.listdir(journal_dir))
+    except FileNotFoundError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(journal_dir, name), "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue  # committed and removed while we looked
+        start = data.find(needle)
+        while start != -1:
+            end = data.find(b"\n", start)
+            try:
+                item = item_from_line(data[start : end if end != -1 else None].decode())
+            except (ValueError, KeyError, TypeError):
+                item = None  # a line still being written
+            if isinstance(item, LoadItem):
+                found = item
+            start = data.find(needle, start + 1)
+    return found
+
+
 class JobStore:
     """The job index for one database, as Salt's job cache sees it."""
 
@@ -728,7 +755,9 @@ class JobStore:
         with self.db.read() as conn:
             load = conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == jid))
             if not load:
-                return {}
+                # Salt's CLI asks for the load right after publishing, possibly before the
+                # master's worker committed it: look in the workers' journals.
+                return self._journalled_load(jid) or {}
             minions = conn.scalars(
                 select(job_returns.c.minion)
                 .where(job_returns.c.jid == jid, job_returns.c.expected.is_(True))
@@ -737,6 +766,20 @@ class JobStore:
         ret = dict(encoding.restore(load))
         if minions:
             ret["Minions"] = list(minions)
+        return ret
+
+    def _journalled_load(self, jid: str) -> dict[str, Any] | None:
+        """A publish load still waiting in a journal for its batch, with ``Minions``."""
+        item = find_journalled_load(self.settings.journal_dir, jid)
+        if item is None:
+            # Its batch may have been committed (and its journal removed) meanwhile.
+            with self.db.read() as conn:
+                if conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == jid)):
+                    return self.get_load(jid)
+            return None
+        ret = dict(encoding.restore(item.load))
+        if item.minions:
+            ret["Minions"] = sorted(item.minions)
         return ret
 
     def get_jid(self, jid: str) -> dict[str, dict[str, Any]]:
@@ -811,10 +854,9 @@ class JobStore:
 
     # ------------------------------------------------------------------ Salt's job path
     def record(self, op: str, *args: Any) -> bool | None:
-        """A write from Salt's job path. Checked at once; a publish is committed at once, a
-        return journalled and committed with the next batch. Never raises: bad input goes to
-        the spool's ``rejected/``, a write the database refuses to the spool. True when
-        written or queued, None when set aside."""
+        """A write from Salt's job path: checked at once, journalled, and committed with the
+        next batch. Never raises: bad input goes to the spool's ``rejected/``, a write the
+        database refuses to the spool. True when queued, None when set aside."""
         try:
             items = self.items_for(op, *args)
         except InvalidLoad as exc:
@@ -827,11 +869,7 @@ class JobStore:
         if not items:
             return True
         entries = [(item_to_line(item), item) for item in items]
-        # A publish is committed before the call returns: Salt's CLI asks the job cache
-        # for the load right after publishing and gives up on a job it cannot find.
-        # Returns, by far the most numerous writes, are committed in the next batch.
-        deferrable = all(isinstance(item, (ReturnItem, EndtimeItem)) for item in items)
-        if deferrable and self.settings.flush_interval > 0:
+        if self.settings.flush_interval > 0:
             self.writer().submit(entries)
             return True
         try:

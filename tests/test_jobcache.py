@@ -309,3 +309,17 @@ def test_write_behind_batches_and_reads_see_own_writes(store):
     assert len(got) == 50 and got["m0"]["return"] is True
     job = job_row(store, JID)
     assert (job["minions_returned"], job["status"]) == (50, "complete")
+
+
+def test_load_not_yet_committed_is_found_in_the_journal(store, settings):
+    # A master worker has queued a publish; Salt's CLI, another process, asks for it at once.
+    worker = JobStore(dataclasses.replace(settings, flush_interval=3600))
+    load = {"jid": JID, "fun": "test.ping", "arg": [], "tgt": "*", "tgt_type": "glob"}
+    assert worker.record("save_load", JID, load, ["m2", "m1"]) is True
+    with store.db.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(jobs_index)) == 0
+    assert store.get_load(JID) == {**load, "Minions": ["m1", "m2"]}
+    worker.flush()
+    assert list(Path(settings.journal_dir).glob("*.jsonl")) == []
+    assert store.get_load(JID) == {**load, "Minions": ["m1", "m2"]}
+    assert store.get_load("20261128120000000999") == {}
