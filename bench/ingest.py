@@ -202,8 +202,6 @@ def main() -> None:
             f" incl. final commit {res['final_commit_s']:.2f}s)"
         )
     print(f"   RATIO halite / local_cache: {rate('halite') / rate('local_cache'):.1f}x")
-    returns_only = (results["local_cache"]["returns_s"]) / (results["halite"]["returns_s"])
-    print(f"   RATIO for the return calls alone (publishes excluded): {returns_only:.1f}x")
     print("2) the same through salt.utils.job.store_job (Salt's whole per-return path, whose own")
     print("   cost is the same for both caches):")
     for cache in ("local_cache", "halite"):
