@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from sqlalchemy.pool import StaticPool
 
 from halite_core import encoding
 from halite_core.models import Base
+from halite_core.perprocess import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -266,20 +266,16 @@ def migrate(db: Database) -> None:
                 log.info("halite: upgraded schema %s -> %s", current, head)
 
 
-_databases: dict[tuple[int, str, float], Database] = {}
-_databases_lock = threading.Lock()
+def _inherited(db: Database) -> None:
+    # Inherited across a fork: drop the pool without closing the parent's connections.
+    db.engine.dispose(close=False)
+
+
+_databases: PerProcess[tuple[str, float], Database] = PerProcess(
+    lambda key: Database(key[0], key[1]), _inherited
+)
 
 
 def get_database(url: str, busy_timeout: float = 30.0) -> Database:
     """The process's :class:`Database` for ``url``, created on first use."""
-    key = (os.getpid(), url, busy_timeout)
-    db = _databases.get(key)
-    if db is None:
-        with _databases_lock:
-            db = _databases.get(key)
-            if db is None:
-                for stale in [k for k in _databases if k[0] != key[0]]:
-                    # Inherited across a fork: drop without closing the parent's sockets.
-                    _databases.pop(stale).engine.dispose(close=False)
-                db = _databases[key] = Database(url, busy_timeout)
-    return db
+    return _databases.get((url, busy_timeout))

@@ -37,6 +37,7 @@ from halite_core import encoding, highstate, jids
 from halite_core.config import Settings
 from halite_core.db import Database, SchemaError, get_database
 from halite_core.models import job_returns, jobs_index
+from halite_core.perprocess import PerProcess
 from halite_core.spool import Spool
 from halite_core.writer import SPOOL_OP, WriteBehind, recover_journals
 
@@ -960,24 +961,14 @@ def _stamp(value: object) -> dt.datetime | None:
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
 
 
-_stores: dict[tuple[int, Settings], JobStore] = {}
-_stores_lock = threading.Lock()
+_stores: PerProcess[Settings, JobStore] = PerProcess(JobStore, lambda store: None)
 
 
 def get_store(settings: Settings) -> JobStore:
     """This process's :class:`JobStore` for these settings."""
-    key = (os.getpid(), settings)
-    store = _stores.get(key)
-    if store is None:
-        with _stores_lock:
-            store = _stores.get(key)
-            if store is None:
-                for stale in [k for k in _stores if k[0] != key[0]]:
-                    del _stores[stale]
-                store = _stores[key] = JobStore(settings)
-    return store
+    return _stores.get(settings)
 
 
 def flush_all() -> int:
     """Commit every write this process has queued, for every database."""
-    return sum(store.flush() for (pid, _), store in list(_stores.items()) if pid == os.getpid())
+    return sum(store.flush() for store in _stores.mine())

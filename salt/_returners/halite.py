@@ -101,6 +101,16 @@ def _record(op, *args):
     return store.record(op, *args)
 
 
+def _read(what, jid, read, default):
+    """A read for Salt's CLI and runners: an unreachable index answers like an unknown job
+    (``{}``), as Salt's own cache does for a job it cannot read, and the cause is logged."""
+    try:
+        return read(_store())
+    except Exception:  # pylint: disable=broad-except
+        log.error("halite: cannot read %s of %s", what, jid, exc_info=True)
+        return default
+
+
 def _now():
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -181,11 +191,7 @@ def get_load(jid):
 
         salt-run jobs.list_job 20261128115138123456
     """
-    try:
-        return _store().get_load(jid)
-    except Exception:  # pylint: disable=broad-except
-        log.error("halite: cannot read the load of %s", jid, exc_info=True)
-        return {}
+    return _read("the load", jid, lambda store: store.get_load(jid), {})
 
 
 def get_jid(jid):
@@ -198,11 +204,7 @@ def get_jid(jid):
 
         salt-run jobs.lookup_jid 20261128115138123456
     """
-    try:
-        return _store().get_jid(jid)
-    except Exception:  # pylint: disable=broad-except
-        log.error("halite: cannot read the returns of %s", jid, exc_info=True)
-        return {}
+    return _read("the returns", jid, lambda store: store.get_jid(jid), {})
 
 
 def _with_endtime(job, last_return_at):
@@ -284,9 +286,5 @@ def get_endtime(jid):
     """
     Return the time of the job's latest return in Salt's format, or False.
     """
-    try:
-        last = _store().last_return_at(jid)
-    except Exception:  # pylint: disable=broad-except
-        log.error("halite: cannot read the end time of %s", jid, exc_info=True)
-        return False
+    last = _read("the end time", jid, lambda store: store.last_return_at(jid), None)
     return jids.salt_time_text(last, _jid_utc()) if last else False
