@@ -1,8 +1,10 @@
 """Salt's master job cache interface on the SQL job index.
 
 :class:`JobStore` holds the writes (publish loads, minion returns, event batches) and the
-reads Salt's ``jobs`` runner and CLI make. Its ``record_*`` methods are what Salt's job path
-calls: they never raise; a write the database cannot take goes to the :class:`Spool`.
+reads Salt's ``jobs`` runner and CLI make. :meth:`JobStore.record` is what Salt's job path
+calls: it never raises; writes are journalled and committed in batches by the process's
+:class:`~halite_core.writer.WriteBehind`, and a write the database cannot take goes to the
+:class:`~halite_core.spool.Spool`.
 """
 
 from __future__ import annotations
@@ -892,25 +894,25 @@ class JobStore:
                 if writer is None or writer.pid != os.getpid():
                     recover_journals(self.settings.journal_dir, self.spool)
                     writer = self._writer = WriteBehind(
-                        apply=self._flush_batch,
+                        apply=self.apply_items,
                         spool=self.spool,
                         journal_dir=self.settings.journal_dir,
                         interval=self.settings.flush_interval,
                         batch_size=self.settings.batch_size,
                         is_outage=is_outage,
+                        tick=self.maybe_replay,
                     )
         return writer
 
-    def _flush_batch(self, items: list[Item]) -> None:
-        self.apply_items(items)
-        self.maybe_replay()
-
     def flush(self) -> int:
-        """Commit what this process has queued; readers call it to see their own writes."""
+        """Commit what this process has queued (readers call it to see their own writes),
+        then replay the spool if it is due."""
         writer = self._writer
         if writer is None or writer.pid != os.getpid():
             return 0
-        return writer.flush()
+        done = writer.flush()
+        self.maybe_replay()
+        return done
 
     def maybe_replay(self) -> int:
         """Replay the spool if the replay interval has passed and something is waiting."""

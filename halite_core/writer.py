@@ -48,12 +48,13 @@ class WriteBehind:
 
     def __init__(
         self,
-        apply: Callable[[list[Any]], None],
+        apply: Callable[[list[Any]], object],
         spool: Spool,
         journal_dir: str | os.PathLike[str],
         interval: float,
         batch_size: int,
         is_outage: Callable[[BaseException], bool],
+        tick: Callable[[], object] | None = None,
     ) -> None:
         self._apply = apply
         self._spool = spool
@@ -61,6 +62,7 @@ class WriteBehind:
         self._interval = interval
         self._batch_size = batch_size
         self._is_outage = is_outage
+        self._tick = tick  # run after every flush, e.g. to replay the spool
         self._pid = os.getpid()
         self._seq = itertools.count()
         self._lock = threading.Lock()  # guards the queue and the current journal
@@ -114,6 +116,8 @@ class WriteBehind:
             self._wake.clear()
             try:
                 self.flush()
+                if self._tick is not None:
+                    self._tick()
             except Exception:  # noqa: BLE001 - the writer thread must survive anything
                 log.exception("halite: background flush failed")
 
