@@ -6,6 +6,7 @@ Every publish and every minion return is written as it arrives into the ``jobs_i
 inspecting jobs is an indexed query instead of a walk over the job cache directories.
 Salt's own ``jobs`` runner keeps working on top of it.
 
+Writes are journalled at once and committed in batches (at most ``flush_interval`` later).
 A write the database cannot take never breaks the job: it is kept in a spool under the
 master's cachedir and replayed once the database answers again.
 
@@ -22,8 +23,11 @@ Configuration, in the master config:
     halite:
       db_url: sqlite:////var/cache/salt/master/halite.db  # default: halite.db in cachedir
       # db_url: postgresql+psycopg://halite:secret@db.example.com/halite
+      flush_interval: 0.1             # seconds writes wait to be committed together; 0: at once
+      batch_size: 1000                # commit sooner once this many writes are waiting
       max_return_bytes: 4194304       # larger returns are stored truncated, with a marker
-      spool_dir: /var/cache/salt/master/halite/spool    # default: halite/spool in cachedir
+      journal_dir: /var/cache/salt/master/halite/journal  # default: halite/journal in cachedir
+      spool_dir: /var/cache/salt/master/halite/spool      # default: halite/spool in cachedir
       spool_replay_interval: 5        # seconds between attempts to replay spooled writes
       sqlite_busy_timeout: 30         # seconds a SQLite writer waits for the write lock
       clean_batch_size: 500           # jobs deleted per transaction by clean_old_jobs
