@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".jsonl"
 SPOOL_OP = "journal"
+_journal_seq = itertools.count()  # one sequence per process: several writers may share a dir
+_open_journals: set[Path] = set()  # journals this process is still writing
 
 
 def _alive(pid: int) -> bool:
@@ -64,7 +66,6 @@ class WriteBehind:
         self._is_outage = is_outage
         self._tick = tick  # run after every flush, e.g. to replay the spool
         self._pid = os.getpid()
-        self._seq = itertools.count()
         self._lock = threading.Lock()  # guards the queue and the current journal
         self._flush_lock = threading.Lock()  # one batch at a time
         self._wake = threading.Event()
@@ -96,7 +97,8 @@ class WriteBehind:
 
     def _open_journal(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._journal = self._dir / f"{self._pid}-{next(self._seq):08d}{JOURNAL_SUFFIX}"
+        self._journal = self._dir / f"{self._pid}-{next(_journal_seq):08d}{JOURNAL_SUFFIX}"
+        _open_journals.add(self._journal)
         self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _start(self) -> None:
@@ -132,8 +134,7 @@ class WriteBehind:
             if fd is not None:
                 os.close(fd)
             if not batch:
-                if journal is not None:
-                    journal.unlink(missing_ok=True)
+                self._drop(journal)
                 return 0
             try:
                 self._apply([item for _, item in batch])
@@ -149,10 +150,17 @@ class WriteBehind:
                     )
                 lines = [line for line, _ in batch]
                 if self._spool.put(SPOOL_OP, lines, reason=reason) is None:
-                    return 0  # the journal stays for recovery
-            if journal is not None:
-                journal.unlink(missing_ok=True)
+                    if journal is not None:
+                        _open_journals.discard(journal)  # left for recovery
+                    return 0
+            self._drop(journal)
             return len(batch)
+
+    @staticmethod
+    def _drop(journal: Path | None) -> None:
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+            _open_journals.discard(journal)
 
     def close(self) -> None:
         if self._closed or os.getpid() != self._pid:
@@ -166,7 +174,8 @@ class WriteBehind:
 
 
 def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
-    """Hand the journals of dead processes to the spool; returns how many."""
+    """Hand the journals nobody writes any more (their process died, or an earlier process
+    with this pid did) to the spool; returns how many."""
     directory = Path(journal_dir)
     try:
         names = os.listdir(directory)
@@ -180,9 +189,9 @@ def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
             pid = int(name.split("-", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and _alive(pid):
-            continue
         path = directory / name
+        if path in _open_journals or (pid != os.getpid() and _alive(pid)):
+            continue  # still being written
         claimed = path.with_name(f".{name}.recovering-{os.getpid()}")
         try:
             os.rename(path, claimed)

@@ -323,3 +323,17 @@ def test_load_not_yet_committed_is_found_in_the_journal(store, settings):
     assert list(Path(settings.journal_dir).glob("*.jsonl")) == []
     assert store.get_load(JID) == {**load, "Minions": ["m1", "m2"]}
     assert store.get_load("20261128120000000999") == {}
+
+
+def test_a_live_writers_journal_is_not_recovered_from_under_it(store, settings):
+    patient = dataclasses.replace(settings, flush_interval=3600)
+    first = JobStore(patient)
+    first.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC))
+    second = JobStore(dataclasses.replace(patient, max_return_bytes=1 << 20))
+    second.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))  # starts its writer
+    assert second.spool.pending() == []
+    assert len(list(Path(settings.journal_dir).glob(f"{os.getpid()}-*.jsonl"))) == 2
+    first.flush()
+    second.flush()
+    assert set(store.get_jid(JID)) == {"m1", "m2"}
+    assert list(Path(settings.journal_dir).glob("*.jsonl")) == []

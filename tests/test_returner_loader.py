@@ -4,6 +4,7 @@ import copy
 import datetime as dt
 import gc
 import json
+import time
 import types
 
 import pytest
@@ -12,6 +13,8 @@ import salt.loader
 import salt.utils.job
 from sqlalchemy import select
 
+from halite_core.config import Settings
+from halite_core.jobcache import flush_all, get_store
 from halite_core.models import jobs_index
 
 STATES = {
@@ -253,3 +256,28 @@ def test_returner_never_raises_when_the_database_is_unusable(tmp_path):
 
     with get_database(f"sqlite:///{tmp_path}/good/halite.db").read() as conn:
         assert len(conn.execute(select(jobs_index.c.jid)).all()) == 2
+
+
+def test_local_time_jids_of_older_salt_are_read_in_the_masters_zone(masters, monkeypatch):
+    # Salt before 3008 knows utc_jid and writes JIDs in the master's local time unless it is
+    # set; this Salt is newer, so stand in for the older one through its defaults.
+    halite, _ = masters
+    older_defaults = {**salt.config.DEFAULT_MASTER_OPTS, "utc_jid": False}
+    monkeypatch.setattr(salt.config, "DEFAULT_MASTER_OPTS", older_defaults)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        halite.publish("20260115120000000000", "test.ping", [], ["m1"])  # winter: UTC-5
+        halite.opts["utc_jid"] = True
+        halite.publish("20260115120000000001", "test.ping", [], ["m1"])
+        flush_all()
+        store = get_store(Settings.from_opts(halite.opts))
+        with store.db.read() as conn:
+            starts = dict(conn.execute(select(jobs_index.c.jid, jobs_index.c.start_time)).all())
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert starts["20260115120000000000"] == dt.datetime(2026, 1, 15, 17, 0, tzinfo=dt.timezone.utc)
+    assert starts["20260115120000000001"] == dt.datetime(
+        2026, 1, 15, 12, 0, 0, 1, tzinfo=dt.timezone.utc
+    )

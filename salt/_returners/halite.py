@@ -86,11 +86,12 @@ def _store():
     # Reading a dozen options through the loader's opts proxy on every return costs more
     # than the write itself: keep this process's store while the options are the same.
     opts = __opts__.value() if hasattr(__opts__, "value") else __opts__
-    key = (os.getpid(), id(opts), repr(opts.get("halite")), opts.get("cachedir"))
+    jid_utc = _jid_utc()
+    key = (os.getpid(), id(opts), repr(opts.get("halite")), opts.get("cachedir"), jid_utc)
     store = _STORES.get(key)
     if store is None:
         _STORES.clear()
-        store = _STORES[key] = get_store(Settings.from_opts(opts, jid_utc=_jid_utc()))
+        store = _STORES[key] = get_store(Settings.from_opts(opts, jid_utc=jid_utc))
     return store
 
 
