@@ -885,6 +885,28 @@ class JobStore:
         self.maybe_replay()
         return True
 
+    def apply_entries(self, entries: Sequence[tuple[str, Item]]) -> None:
+        """Commit journalled writes in one transaction. If the batch fails for a reason other
+        than an outage, each write is tried alone: one bad write (a value the database
+        refuses, say) is set aside in ``rejected/`` and does not take its batch with it.
+        Raises only for an outage, so that the caller spools what is left."""
+        try:
+            self.apply_items([item for _, item in entries])
+            return
+        except Exception as exc:  # noqa: BLE001
+            if is_outage(exc):
+                raise
+            log.warning(
+                "halite: a batch of %d writes failed (%s); retrying one by one", len(entries), exc
+            )
+        for line, item in entries:
+            try:
+                self.apply_items([item])
+            except Exception as exc:  # noqa: BLE001
+                if is_outage(exc):
+                    raise
+                self.spool.reject(SPOOL_OP, [line], reason=f"{type(exc).__name__}: {exc}")
+
     def writer(self) -> WriteBehind:
         """This process's write-behind queue, started (and dead journals recovered) on first use."""
         writer = self._writer
@@ -894,7 +916,7 @@ class JobStore:
                 if writer is None or writer.pid != os.getpid():
                     recover_journals(self.settings.journal_dir, self.spool)
                     writer = self._writer = WriteBehind(
-                        apply=self.apply_items,
+                        apply=self.apply_entries,
                         spool=self.spool,
                         journal_dir=self.settings.journal_dir,
                         interval=self.settings.flush_interval,
@@ -930,13 +952,13 @@ class JobStore:
 
     def _apply_spooled(self, op: str, args: list[Any]) -> None:
         if op == SPOOL_OP:
-            items = []
+            entries = []
             for line in args[0]:
                 try:
-                    items.append(item_from_line(line))
+                    entries.append((line, item_from_line(line)))
                 except (ValueError, KeyError, TypeError) as exc:
-                    log.error("halite: unreadable journal line skipped (%s): %.200s", exc, line)
-            self.apply_items(items)
+                    self.spool.reject(SPOOL_OP, [line], reason=f"unreadable journal line: {exc}")
+            self.apply_entries(entries)
         elif op in _SPOOLABLE:
             getattr(self, op)(*args)
         else:

@@ -50,7 +50,7 @@ class WriteBehind:
 
     def __init__(
         self,
-        apply: Callable[[list[Any]], object],
+        apply: Callable[[list[tuple[str, Any]]], object],
         spool: Spool,
         journal_dir: str | os.PathLike[str],
         interval: float,
@@ -137,7 +137,7 @@ class WriteBehind:
                 self._drop(journal)
                 return 0
             try:
-                self._apply([item for _, item in batch])
+                self._apply(batch)
             except Exception as exc:  # noqa: BLE001
                 reason = f"{type(exc).__name__}: {exc}"
                 if self._is_outage(exc):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from halite_core.jobcache import JobStore, split_arguments
+from halite_core.jobcache import JobStore, item_to_line, split_arguments
 from halite_core.models import job_returns, jobs_index
 from tests.helpers import publish, ret
 
@@ -337,3 +337,19 @@ def test_a_live_writers_journal_is_not_recovered_from_under_it(store, settings):
     second.flush()
     assert set(store.get_jid(JID)) == {"m1", "m2"}
     assert list(Path(settings.journal_dir).glob("*.jsonl")) == []
+
+
+def test_a_write_the_database_refuses_does_not_take_its_batch_along(store):
+    publish(store, JID, minions=("m1", "m2", "m3"))
+    items = [store.items_for("save_return", ret(JID, m))[0] for m in ("m1", "m2", "m3")]
+    # A write SQLite refuses with an integrity error (no start time for the job it creates).
+    broken = items[1]._replace(
+        row=items[1].row._replace(jid="20261128120000000666", start_time=None)
+    )
+    entries = [
+        (item_to_line(i) if i is not broken else "{}", i) for i in (items[0], broken, items[2])
+    ]
+    store.apply_entries(entries)
+    assert set(store.get_jid(JID)) == {"m1", "m3"}
+    (rejected,) = store.spool.rejected.iterdir()
+    assert "IntegrityError" in json.loads(rejected.read_text())["reason"]
