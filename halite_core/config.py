@@ -12,10 +12,15 @@
       spool_replay_interval: 5       # seconds between attempts to replay spooled writes
       sqlite_busy_timeout: 30        # seconds a SQLite writer waits for the write lock
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
+      system_functions:              # Salt's own bookkeeping jobs, hidden from listings
+        - saltutil.find_job
+        - saltutil.running
+        - saltutil.is_running
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "sqlite_busy_timeout": 30.0,
     "clean_batch_size": 500,
 }
+SYSTEM_FUNCTIONS = ("saltutil.find_job", "saltutil.running", "saltutil.is_running")
 
 
 class ConfigError(ValueError):
@@ -49,6 +55,7 @@ class Settings:
     spool_replay_interval: float = DEFAULTS["spool_replay_interval"]
     sqlite_busy_timeout: float = DEFAULTS["sqlite_busy_timeout"]
     clean_batch_size: int = DEFAULTS["clean_batch_size"]
+    system_functions: tuple[str, ...] = SYSTEM_FUNCTIONS
 
     @classmethod
     def from_opts(cls, opts: Mapping[str, Any], jid_utc: bool = True) -> Settings:
@@ -77,6 +84,13 @@ class Settings:
             spool_replay_interval=_positive(section, "spool_replay_interval", float, zero=True),
             sqlite_busy_timeout=_positive(section, "sqlite_busy_timeout", float),
             clean_batch_size=_positive(section, "clean_batch_size", int),
+            system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
+        )
+
+    def is_system(self, function: object) -> bool:
+        """Whether a job running ``function`` is Salt's own bookkeeping, hidden by default."""
+        return isinstance(function, str) and any(
+            fnmatch.fnmatchcase(function, pattern) for pattern in self.system_functions
         )
 
 
@@ -86,6 +100,13 @@ def _keep_jobs_seconds(opts: Mapping[str, Any]) -> int:
         return int(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"keep_jobs_seconds must be a number of seconds, not {value!r}") from exc
+
+
+def _patterns(section: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = section.get(key, default)
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"halite:{key} must be a list of function names or globs")
+    return tuple(value)
 
 
 def _positive(section: Mapping[str, Any], key: str, kind: type, zero: bool = False) -> Any:

@@ -46,7 +46,7 @@ from halite_core.writer import SPOOL_OP, WriteBehind, recover_journals
 log = logging.getLogger(__name__)
 
 NEW, RUNNING, COMPLETE = "new", "running", "complete"
-PENDING, RETURNED = "pending", "returned"
+PENDING, RETURNED, NO_RETURN = "pending", "returned", "no_return"
 FIND_JOB = "saltutil.find_job"
 JOB_EVENT = re.compile(r"^salt/job/(?P<jid>[^/]+)/(?:new|ret/(?P<minion>.+))$")
 
@@ -137,6 +137,7 @@ STUB_COLUMNS = (
     "status",
     "master_id",
     "load",
+    "system",
 )
 
 
@@ -149,6 +150,7 @@ LOAD_COLUMNS = (
     "kwargs",
     "master_id",
     "load",
+    "system",
 )
 
 
@@ -163,6 +165,7 @@ class _Statements:
     recount: Any
     settle: Any
     endtime: Any
+    no_return: Any
 
     @classmethod
     def build(cls, insert_: Callable[[Any], Any]) -> _Statements:
@@ -208,13 +211,14 @@ class _Statements:
             .values(
                 minions_targeted=select(func.count()).where(of_job).scalar_subquery(),
                 minions_returned=select(func.count()).where(of_job, returned).scalar_subquery(),
+                # A minion that never answered failed the job, as Salt's CLI reports it.
                 minions_failed=select(func.count())
-                .where(of_job, returned, failed)
+                .where(of_job, or_(and_(returned, failed), rows.c.state == NO_RETURN))
                 .scalar_subquery(),
                 last_return_at=select(func.max(rows.c.returned_at)).where(of_job).scalar_subquery(),
             )
         )
-        done = j.minions_returned >= j.minions_targeted
+        done = ~select(rows.c.minion).where(of_job, rows.c.state == PENDING).exists()
         settle = (
             update(jobs_index)
             .where(this_job)
@@ -229,9 +233,15 @@ class _Statements:
             .where(this_job, or_(j.last_return_at.is_(None), j.last_return_at < at))
             .values(last_return_at=at)
         )
+        no_return = (
+            update(job_returns)
+            .where(r.jid == bindparam("k_jid"), r.minion == bindparam("k_minion"))
+            .where(r.state == PENDING)
+            .values(state=NO_RETURN, returned_at=bindparam("at", type_=r.returned_at.type))
+        )
         return cls(
             upsert_load, target, stub.on_conflict_do_nothing(), upsert_return, recount, settle,
-            endtime,
+            endtime, no_return,
         )  # fmt: skip
 
 
@@ -273,6 +283,18 @@ class LoadItem:
     jid: str
     load: dict[str, Any]
     minions: list[str] | None
+    # From the event bus (the engine): fills in a job nobody indexed, never overwrites the
+    # publish load the job cache stored.
+    only_new: bool = False
+
+
+@dataclass(frozen=True)
+class NoReturnItem:
+    """Minions the engine settled as not returning for a job."""
+
+    jid: str
+    minions: list[str]
+    at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -292,7 +314,7 @@ class EndtimeItem:
     at: dt.datetime
 
 
-Item = LoadItem | MinionsItem | ReturnItem | EndtimeItem
+Item = LoadItem | MinionsItem | ReturnItem | EndtimeItem | NoReturnItem
 
 
 def item_to_line(item: Item) -> str:
@@ -317,10 +339,16 @@ def item_to_line(item: Item) -> str:
         )[0]
         # The return is already JSON: splice it in rather than encode it twice.
         return f'{head[:-1]},"value":{row.value.text}}}'
+    fields: dict[str, Any]
     if isinstance(item, LoadItem):
         fields = {"op": "load", "jid": item.jid, "load": item.load, "minions": item.minions}
+        if item.only_new:
+            fields["only_new"] = True
     elif isinstance(item, MinionsItem):
         fields = {"op": "minions", "jid": item.jid, "minions": item.minions}
+    elif isinstance(item, NoReturnItem):
+        fields = {"op": "no_return", "jid": item.jid, "minions": item.minions,
+                  "at": item.at.isoformat()}  # fmt: skip
     else:
         fields = {"op": "endtime", "jid": item.jid, "at": item.at.isoformat()}
     return encoding.dumps(fields)[0]
@@ -346,7 +374,9 @@ def item_from_line(line: str) -> Item:
         )
         return ReturnItem(row, data["stub"])
     if op == "load":
-        return LoadItem(data["jid"], data["load"], data["minions"])
+        return LoadItem(data["jid"], data["load"], data["minions"], bool(data.get("only_new")))
+    if op == "no_return":
+        return NoReturnItem(data["jid"], data["minions"], dt.datetime.fromisoformat(data["at"]))
     if op == "minions":
         return MinionsItem(data["jid"], data["minions"])
     if op == "endtime":
@@ -505,6 +535,16 @@ class JobStore:
                 self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
                 touched.add(item.jid)
         stored = self._save_returns(conn, returns, touched)
+        settled = [
+            {"k_jid": item.jid, "k_minion": minion, "at": item.at}
+            for item in items
+            if isinstance(item, NoReturnItem)
+            for minion in item.minions
+        ]
+        if settled:
+            # After the returns of the same batch: a minion that did return stays returned.
+            self.db.executemany(conn, stmts.no_return, settled)
+            touched.update(item.jid for item in items if isinstance(item, NoReturnItem))
         self._recount(conn, touched)
         endtimes: dict[str, dt.datetime] = {}
         for item in items:
@@ -545,12 +585,13 @@ class JobStore:
         if not items:
             return
         loads = {item.jid: item for item in items}  # a repeated publish: the last one wins
-        rows = []
+        rows: list[dict[str, Any]] = []
+        fill_only: list[dict[str, Any]] = []
         placeholders: list[dict[str, Any]] = []
         for jid, item in loads.items():
             start = self.start_time(jid)
             args, kwargs = split_arguments(item.load.get("arg", item.load.get("fun_args")))
-            rows.append(
+            (fill_only if item.only_new else rows).append(
                 {
                     "jid": jid,
                     "function": _text(item.load.get("fun"), 255),
@@ -563,11 +604,13 @@ class JobStore:
                     "load": encoding.encode(item.load),
                     "start_time": start,
                     "status": RUNNING,
+                    "system": self.settings.is_system(item.load.get("fun")),
                 }
             )
             placeholders.extend(self._placeholders(jid, start, item.minions or []))
         stmts = self._statements()
         self.db.executemany(conn, stmts.upsert_load, rows)
+        self.db.executemany(conn, stmts.stub, fill_only)
         self.db.executemany(conn, stmts.target, placeholders)
         touched.update(loads)
 
@@ -616,6 +659,7 @@ class JobStore:
             "status": RUNNING,
             "master_id": self.settings.master_id,
             "load": encoding.encode(dict(stub)) if stub.get("fun") else None,
+            "system": self.settings.is_system(stub.get("fun")),
         }
 
     def prepare_return(

@@ -108,6 +108,7 @@ class Job(Base):
     minions_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     master_id: Mapped[str | None] = mapped_column(String(255))
     load: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    system: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
     __table_args__ = (
         Index(None, "start_time", "jid"),
@@ -144,5 +145,18 @@ class JobReturn(Base):
     __table_args__ = (Index(None, "minion", "start_time", "jid"),)
 
 
+class EngineState(Base):
+    """One row per master running the halite engine: whether its view of running jobs
+    is complete (it has reconciled the jobs it found running when it started) and alive."""
+
+    __tablename__ = "engine_state"
+
+    master_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    reconciled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 jobs_index = cast(Table, Job.__table__)
 job_returns = cast(Table, JobReturn.__table__)
+engine_state = cast(Table, EngineState.__table__)

@@ -30,8 +30,8 @@ NEXT_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_test"
-down_revision = "0001"
+revision = "9999_test"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -47,15 +47,17 @@ def downgrade():
 
 def test_older_schema_is_upgraded(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/old.db"
-    dbmod.Database(url).ensure_schema()  # a database made by this release, at 0001
+    dbmod.Database(url).ensure_schema()  # a database made by this release
     newer = tmp_path / "migrations"
     shutil.copytree(dbmod.MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0002_test.py").write_text(NEXT_REVISION)
+    (newer / "versions" / "9999_test.py").write_text(
+        NEXT_REVISION.format(head=dbmod.head_revision())
+    )
     monkeypatch.setattr(dbmod, "MIGRATIONS", newer)  # the next release's migrations
     database = dbmod.Database(url)
     database.ensure_schema()
     with database.engine.connect() as conn:
-        assert dbmod.current_revision(conn) == "0002_test"
+        assert dbmod.current_revision(conn) == "9999_test"
         columns = {c["name"] for c in inspect(conn).get_columns("jobs_index")}
         assert "upgraded_by_test" in columns
 
