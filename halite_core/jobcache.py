@@ -38,7 +38,7 @@ from sqlalchemy.sql.dml import Insert
 from halite_core import encoding, highstate, jids
 from halite_core.config import Settings
 from halite_core.db import Database, SchemaError, get_database
-from halite_core.models import job_returns, jobs_index
+from halite_core.models import engine_state, job_returns, jobs_index
 from halite_core.perprocess import PerProcess
 from halite_core.spool import Spool
 from halite_core.writer import SPOOL_OP, WriteBehind, recover_journals
@@ -794,6 +794,21 @@ class JobStore:
         if removed:
             log.info("halite: removed %d jobs older than %ss", removed, keep)
         return removed
+
+    def save_engine_state(self, master_id: str, values: Mapping[str, Any]) -> None:
+        """Create or update the ``engine_state`` row of a master's engine."""
+        row = {"master_id": master_id, "started_at": values.get("heartbeat_at"), **values}
+        stmt = self._insert(engine_state).values(row)
+        update_ = dict(values)
+        with self.db.write() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["master_id"], set_=update_))  # type: ignore[attr-defined]
+
+    def engine_state(self, master_id: str) -> dict[str, Any] | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(engine_state).where(engine_state.c.master_id == master_id)
+            ).first()
+        return None if row is None else dict(row._mapping)
 
     # ------------------------------------------------------------------ reads
     def get_load(self, jid: str) -> dict[str, Any]:

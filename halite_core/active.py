@@ -1,0 +1,384 @@
+"""The active-job engine: which jobs are running, kept exact from the master's event bus.
+
+:class:`ActiveJobs` follows ``salt/job/<jid>/new``, ``salt/job/<jid>/ret/<minion>``,
+``salt/run/<jid>/new`` and ``salt/run/<jid>/ret`` events. A job is running from its ``new``
+event until every targeted minion has returned or has been settled as not returning.
+
+Minions that do not answer are handled the way Salt's CLI does, in the background: once a
+job has run ``timeout`` seconds, only its still-pending minions are asked
+(``saltutil.find_job`` with a list target) whether they still run it; those that do not
+answer within ``timeout_grace`` seconds, or no longer run it, are settled ``no_return``.
+Minions that still run it are asked again ``timeout_grace`` seconds later.
+
+Every change is written to the job index in batches (at most ``flush_interval`` seconds
+or ``batch_size`` changes apart), so runners in other processes read the same truth. On
+start the engine rebuilds its view from the index and asks the minions of every job that
+was running; until that is done its ``engine_state`` row says it has not reconciled, and
+readers report such jobs as ``unknown`` rather than as running or complete.
+
+Nothing here knows Salt: the event source and the ``find_job`` sender are handed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from halite_core.jobcache import (
+    PENDING,
+    RUNNING,
+    Item,
+    JobStore,
+    LoadItem,
+    NoReturnItem,
+    is_outage,
+    item_to_line,
+)
+from halite_core.models import job_returns, jobs_index
+from halite_core.writer import SPOOL_OP
+
+log = logging.getLogger(__name__)
+
+JOB_EVENT = re.compile(
+    r"^salt/(?P<kind>job|run)/(?P<jid>[^/]+)/(?P<what>new|ret)(?:/(?P<minion>.+))?$"
+)
+FIND_JOB = "saltutil.find_job"
+EARLY_RETURNS_KEPT = 10_000
+HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's options (``engines: [{halite: {...}}]``), with their defaults."""
+
+    timeout: float = 5.0  # seconds a job runs before its pending minions are asked
+    timeout_grace: float = 10.0  # seconds to wait for saltutil.find_job answers
+    flush_interval: float = 0.25  # longest delay before a change is in the database
+    batch_size: int = 1000  # write sooner once this many changes are waiting
+    write_returns: bool = False  # also index returns (when halite is not the job cache)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> EngineOptions:
+        """``config`` from the engine's entry, ``defaults`` for keys it leaves out."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            default: Any = spec.default
+            raw = config.get(spec.name, defaults.get(spec.name, default))
+            kind = bool if spec.name == "write_returns" else type(default)
+            try:
+                value = kind(raw)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"halite engine option {spec.name}: {raw!r} is not valid") from exc
+            if kind is not bool and value <= 0:
+                raise ValueError(f"halite engine option {spec.name} must be > 0, not {raw!r}")
+            values[spec.name] = value
+        return cls(**values)
+
+
+@dataclass
+class Active:
+    jid: str
+    function: str | None
+    pending: set[str]
+    probe_at: float  # when to ask the pending minions
+    runner: bool = False
+    probe: str | None = None  # jid of the find_job asked and not yet settled
+
+
+@dataclass
+class Probe:
+    jid: str  # the job asked about
+    asked: set[str]
+    deadline: float
+    running: set[str] = field(default_factory=set)
+
+
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+
+
+class ActiveJobs:
+    """The engine's state and its writes; drive it with :meth:`handle` and :meth:`tick`."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        options: EngineOptions,
+        send_find_job: Callable[[str, list[str]], str | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.master_id = store.settings.master_id or "master"
+        self._send_find_job = send_find_job
+        self._clock = clock
+        self.jobs: dict[str, Active] = {}
+        self.probes: dict[str, Probe] = {}
+        self._early: OrderedDict[str, set[str]] = OrderedDict()  # returns before their `new`
+        self._unreconciled: set[str] = set()
+        self._reconciled = False
+        self._queue: list[Item] = []
+        self._oldest: float | None = None
+        self._next_heartbeat = 0.0
+        self.max_delay = 0.0  # longest event-to-database delay seen, in seconds
+        self.events = 0
+
+    # ------------------------------------------------------------------ start
+    def recover(self) -> int:
+        """Rebuild the running set from the index and schedule a check of each such job."""
+        now = self._clock()
+        j, r = jobs_index.c, job_returns.c
+        with self.store.db.read() as conn:
+            rows = conn.execute(
+                select(j.jid, j.function, r.minion)
+                .join(job_returns, r.jid == j.jid)
+                .where(j.status == RUNNING, r.state == PENDING)
+                .where((j.master_id == self.master_id) | j.master_id.is_(None))
+            ).all()
+        runner_settled: dict[str, list[str]] = {}
+        for jid, function, minion in rows:
+            if function and function.startswith("runner.") and minion == self.master_id:
+                # A runner runs inside the master: it did not survive the restart.
+                runner_settled.setdefault(jid, []).append(minion)
+                continue
+            job = self.jobs.setdefault(jid, Active(jid, function, set(), probe_at=now))
+            job.pending.add(minion)
+        for jid, minions in runner_settled.items():
+            self._queue_item(NoReturnItem(jid, minions, _utc(now)), now)
+        self._unreconciled = set(self.jobs)
+        self._write_state(now, started=True)
+        log.info("halite engine: recovered %d running jobs from the index", len(self.jobs))
+        return len(self.jobs)
+
+    # ------------------------------------------------------------------ events
+    def handle(self, tag: str, data: Mapping[str, Any]) -> None:
+        match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
+        if match is None or not isinstance(data, Mapping):
+            return
+        self.events += 1
+        now = self._clock()
+        jid = match["jid"]
+        if match["kind"] == "run":
+            self._on_runner(jid, match["what"], data, now)
+        elif match["what"] == "new" and match["minion"] is None:
+            self._on_new(jid, data, now)
+        elif match["what"] == "ret" and match["minion"]:
+            self._on_return(jid, match["minion"], data, now)
+
+    def _on_new(self, jid: str, data: Mapping[str, Any], now: float) -> None:
+        minions = sorted({str(m) for m in data.get("minions") or []})
+        load = {k: v for k, v in data.items() if k not in ("minions", "missing", "_stamp")}
+        self._queue_item(LoadItem(jid, load, minions, only_new=True), now)
+        pending = set(minions) - self._early.pop(jid, set())
+        if pending:
+            self.jobs[jid] = Active(
+                jid, data.get("fun"), pending, probe_at=now + self.options.timeout
+            )
+
+    def _on_return(self, jid: str, minion: str, data: Mapping[str, Any], now: float) -> None:
+        probe = self.probes.get(jid)
+        if probe is not None:
+            self._on_probe_answer(probe, minion, data.get("return"))
+        if self.options.write_returns:
+            self._queue_return({**data, "jid": jid, "id": minion}, now)
+        job = self.jobs.get(jid)
+        if job is None:
+            self._remember_early(jid, minion)
+            return
+        job.pending.discard(minion)
+        if not job.pending:
+            self._finish(jid)
+
+    def _on_runner(self, jid: str, what: str, data: Mapping[str, Any], now: float) -> None:
+        if what == "new":
+            load = {
+                "fun": data.get("fun"),
+                "arg": data.get("fun_args", []),
+                "user": data.get("user"),
+                "tgt": self.master_id,
+                "tgt_type": "list",
+            }
+            self._queue_item(LoadItem(jid, load, [self.master_id], only_new=True), now)
+            self.jobs[jid] = Active(
+                jid, data.get("fun"), {self.master_id}, probe_at=float("inf"), runner=True
+            )
+        else:
+            if self.options.write_returns:
+                self._queue_return({**data, "jid": jid, "id": self.master_id}, now)
+            self.jobs.pop(jid, None)
+
+    def _remember_early(self, jid: str, minion: str) -> None:
+        self._early.setdefault(jid, set()).add(minion)
+        self._early.move_to_end(jid)
+        while len(self._early) > EARLY_RETURNS_KEPT:
+            self._early.popitem(last=False)
+
+    def _finish(self, jid: str) -> None:
+        job = self.jobs.pop(jid, None)
+        if job is not None and job.probe:
+            self.probes.pop(job.probe, None)
+        self._unreconciled.discard(jid)
+
+    # ------------------------------------------------------------------ minions that never answer
+    def _on_probe_answer(self, probe: Probe, minion: str, answer: Any) -> None:
+        if minion not in probe.asked:
+            return
+        probe.asked.discard(minion)
+        if isinstance(answer, Mapping) and answer:
+            probe.running.add(minion)  # still running the job: ask again later
+
+    def _send_probes(self, now: float) -> None:
+        for job in list(self.jobs.values()):
+            if job.probe is not None or job.probe_at > now or not job.pending:
+                continue
+            if job.function == FIND_JOB:
+                # Never ask about a question: settle the minions that did not answer it.
+                self._settle(job, set(job.pending), now)
+                continue
+            minions = sorted(job.pending)
+            try:
+                probe_jid = self._send_find_job(job.jid, minions)
+            except Exception:  # noqa: BLE001 - the master may be busy; try again later
+                log.warning("halite engine: could not ask about %s", job.jid, exc_info=True)
+                probe_jid = None
+            if not probe_jid:
+                job.probe_at = now + self.options.timeout_grace
+                continue
+            job.probe = str(probe_jid)
+            self.probes[job.probe] = Probe(
+                job.jid, set(minions), deadline=now + self.options.timeout_grace
+            )
+
+    def _settle_probes(self, now: float) -> None:
+        for probe_jid, probe in list(self.probes.items()):
+            job = self.jobs.get(probe.jid)
+            if job is None:
+                del self.probes[probe_jid]
+                continue
+            if probe.asked and now < probe.deadline:
+                continue  # answers still awaited
+            del self.probes[probe_jid]
+            job.probe = None
+            gone = job.pending - probe.running  # silent, or no longer running it
+            self._settle(job, gone, now)
+            if job.pending:
+                job.probe_at = now + self.options.timeout_grace
+            self._unreconciled.discard(job.jid)
+
+    def _settle(self, job: Active, minions: set[str], now: float) -> None:
+        minions &= job.pending
+        if minions:
+            log.info(
+                "halite engine: %s did not return %s; settled as no_return",
+                ", ".join(sorted(minions)),
+                job.jid,
+            )
+            self._queue_item(NoReturnItem(job.jid, sorted(minions), _utc(now)), now)
+            job.pending -= minions
+        if not job.pending:
+            self._finish(job.jid)
+
+    # ------------------------------------------------------------------ writing
+    def _queue_return(self, load: Mapping[str, Any], now: float) -> None:
+        stamp = load.get("_stamp")
+        when = None
+        if isinstance(stamp, str):
+            try:
+                when = dt.datetime.fromisoformat(stamp)
+                when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+            except ValueError:
+                when = None
+        try:
+            items = self.store.items_for("save_return", load, when or _utc(now))
+        except ValueError as exc:
+            self.store.spool.reject("save_return", load, reason=str(exc))
+            return
+        for item in items:
+            self._queue_item(item, now)
+
+    def _queue_item(self, item: Item, now: float) -> None:
+        self._queue.append(item)
+        if self._oldest is None:
+            self._oldest = now
+
+    def tick(self) -> None:
+        """Ask, settle and write what is due; call it often (every event and when idle)."""
+        now = self._clock()
+        self._send_probes(now)
+        self._settle_probes(now)
+        if self._queue and (
+            len(self._queue) >= self.options.batch_size
+            or now - (self._oldest or now) >= self.options.flush_interval
+        ):
+            self.flush()
+        if not self._reconciled and not self._unreconciled and not self._queue:
+            self._reconciled = True
+            self._write_state(now, reconciled=True)
+            log.info("halite engine: reconciled the jobs that were running")
+        elif now >= self._next_heartbeat:
+            self._write_state(now)
+
+    def flush(self) -> int:
+        """Write the queued changes in one transaction; returns how many."""
+        items, self._queue = self._queue, []
+        oldest, self._oldest = self._oldest, None
+        if not items:
+            return 0
+        try:
+            self.store.apply_items(items)
+        except Exception as exc:  # noqa: BLE001 - the engine must keep following the bus
+            lines = [item_to_line(item) for item in items]
+            if is_outage(exc):
+                log.error(
+                    "halite engine: database unavailable (%s); %d changes spooled", exc, len(items)
+                )
+                self.store.spool.put(SPOOL_OP, lines, reason=str(exc))
+            else:
+                self.store.apply_entries(list(zip(lines, items, strict=True)))
+        if oldest is not None:
+            self.max_delay = max(self.max_delay, self._clock() - oldest)
+        self.store.maybe_replay()
+        return len(items)
+
+    def _write_state(self, now: float, started: bool = False, reconciled: bool = False) -> None:
+        self._next_heartbeat = now + HEARTBEAT_SECONDS
+        values: dict[str, Any] = {"heartbeat_at": _utc(now)}
+        if started:
+            values.update(started_at=_utc(now), reconciled_at=None)
+        if reconciled:
+            values["reconciled_at"] = _utc(now)
+        try:
+            self.store.save_engine_state(self.master_id, values)
+        except Exception:  # noqa: BLE001
+            log.warning("halite engine: could not write its state", exc_info=True)
+
+    @property
+    def reconciled(self) -> bool:
+        return self._reconciled
+
+    def running(self) -> Iterable[str]:
+        return list(self.jobs)
+
+
+def effective_status(
+    status: str, engine: Mapping[str, Any] | None, now: dt.datetime, stale_after: float = 30.0
+) -> str:
+    """The status to report for a job, given its stored ``status`` and its master's
+    ``engine_state`` row (None where no engine runs): a running job is ``unknown`` while
+    the engine has not reconciled since it started, or has stopped beating."""
+    if status != RUNNING or engine is None:
+        return status
+    if engine.get("reconciled_at") is None:
+        return "unknown"
+    if (now - engine["heartbeat_at"]).total_seconds() > stale_after:
+        return "unknown"
+    return status
