@@ -136,6 +136,8 @@ class ActiveJobs:
     def recover(self) -> int:
         """Rebuild the running set from the index and schedule a check of each such job."""
         now = self._clock()
+        # Writes the master's workers journalled but did not commit before it stopped.
+        self.store.recover()
         j, r = jobs_index.c, job_returns.c
         with self.store.db.read() as conn:
             rows = conn.execute(

@@ -94,6 +94,12 @@ class Settings:
         )
 
 
+def jid_utc_for(opts: Mapping[str, Any], salt_defaults: Mapping[str, Any]) -> bool:
+    """Whether this Salt writes JIDs in UTC: Salt 3008 dropped ``utc_jid`` (and so from its
+    default options) and always does; older Salt does only when ``utc_jid`` is set."""
+    return bool(opts.get("utc_jid")) or "utc_jid" not in salt_defaults
+
+
 def _keep_jobs_seconds(opts: Mapping[str, Any]) -> int:
     value = opts.get("keep_jobs_seconds", 86400)
     try:

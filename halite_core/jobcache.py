@@ -995,6 +995,11 @@ class JobStore:
         self.maybe_replay()
         return done
 
+    def recover(self) -> int:
+        """Take over the journals of dead processes and replay the spool now (on start)."""
+        recover_journals(self.settings.journal_dir, self.spool)
+        return self.replay_spool()
+
     def maybe_replay(self) -> int:
         """Replay the spool if the replay interval has passed and something is waiting."""
         now = time.monotonic()

@@ -52,7 +52,7 @@ import salt.utils.minions
 
 try:
     from halite_core import jids
-    from halite_core.config import Settings
+    from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import get_store, is_return_load
     from halite_core.spool import Spool
 
@@ -74,9 +74,7 @@ def __virtual__():
 
 
 def _jid_utc():
-    # Salt 3008 dropped utc_jid and writes every JID in UTC; older Salt writes local time
-    # unless utc_jid is set.
-    return bool(__opts__.get("utc_jid")) or "utc_jid" not in salt.config.DEFAULT_MASTER_OPTS
+    return jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
 
 
 _STORES = {}

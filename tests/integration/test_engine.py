@@ -1,0 +1,179 @@
+"""The halite engine in a real master: running status from the event bus, minions that
+never answer, runner jobs, and a master restart in the middle of a job."""
+
+import re
+import threading
+import time
+
+import pytest
+from saltfactories.utils import random_string
+from sqlalchemy import select
+
+from halite_core.models import job_returns, jobs_index
+from tests.integration.conftest import store_for, wait_for
+
+ENGINE = {"timeout": 2, "timeout_grace": 3, "flush_interval": 0.2}
+
+
+@pytest.fixture(scope="module")
+def engine_master(salt_factories, state_tree):
+    factory = salt_factories.salt_master_daemon(
+        random_string("halite-engine-master-"),
+        overrides={
+            "master_job_cache": "halite",
+            "engines": [{"halite": ENGINE}],
+            "file_roots": {"base": [str(state_tree)]},
+        },
+    )
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def busy_minion(engine_master):
+    factory = engine_master.salt_minion_daemon(random_string("halite-busy-"))
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def silent_minion(engine_master):
+    """A minion whose key the master accepted, and that is down."""
+    factory = engine_master.salt_minion_daemon(random_string("halite-silent-"))
+    with factory.started():
+        pass
+    return factory
+
+
+@pytest.fixture(scope="module")
+def index(engine_master):
+    store = store_for(engine_master)
+    yield store
+    store.db.dispose()
+
+
+def publish(master, target, *args, list_target=False):
+    cli_args = ["--async", *(["-L"] if list_target else []), *args]
+    ret = master.salt_cli().run(*cli_args, minion_tgt=target, _timeout=60)
+    assert ret.returncode == 0, ret
+    match = re.search(r"job ID: (\d{20})", ret.stdout)
+    assert match, ret.stdout
+    return match.group(1)
+
+
+def job(index, jid):
+    with index.db.read() as conn:
+        row = conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).first()
+    return None if row is None else row._asdict()
+
+
+def minion_states(index, jid):
+    with index.db.read() as conn:
+        rows = conn.execute(
+            select(job_returns.c.minion, job_returns.c.state).where(job_returns.c.jid == jid)
+        ).all()
+    return dict(rows)
+
+
+def test_job_shows_running_while_it_runs_and_complete_after(engine_master, busy_minion, index):
+    jid = publish(engine_master, busy_minion.id, "test.sleep", "4")
+
+    def running():
+        """the sleep job is indexed as running"""
+        row = job(index, jid)
+        return row if row and row["status"] == "running" else None
+
+    wait_for(running, timeout=10)
+    assert minion_states(index, jid) == {busy_minion.id: "pending"}
+
+    def complete():
+        """the sleep job is complete"""
+        row = job(index, jid)
+        return row if row and row["status"] == "complete" else None
+
+    row = wait_for(complete, timeout=60)
+    assert (row["end_time"] - row["start_time"]).total_seconds() >= 4
+    assert minion_states(index, jid) == {busy_minion.id: "returned"}
+
+
+def test_minion_that_is_down_is_settled_no_return(engine_master, silent_minion, index):
+    started = time.monotonic()
+    jid = publish(engine_master, silent_minion.id, "test.ping", list_target=True)
+
+    def settled():
+        """the silent minion is settled and the job complete"""
+        row = job(index, jid)
+        return row if row and row["status"] == "complete" else None
+
+    row = wait_for(settled, timeout=60)
+    assert time.monotonic() - started < 60
+    assert minion_states(index, jid) == {silent_minion.id: "no_return"}
+    assert row["minions_failed"] == 1 and row["end_time"] is not None
+    # Only the pending minion was asked, with a list target: no broadcast.
+    with index.db.read() as conn:
+        probes = conn.execute(
+            select(jobs_index.c.target, jobs_index.c.target_type, jobs_index.c.system)
+            .where(jobs_index.c.function == "saltutil.find_job")
+            .where(jobs_index.c.jid > jid)
+        ).all()
+    assert probes and all(p == (silent_minion.id, "list", True) for p in probes)
+
+
+def test_runner_job_is_running_until_it_returns(engine_master, index):
+    results = []
+    runner = threading.Thread(
+        target=lambda: results.append(
+            engine_master.salt_run_cli().run("test.sleep", "4", _timeout=60)
+        )
+    )
+    runner.start()
+
+    def running():
+        """a runner.test.sleep job is indexed as running"""
+        with index.db.read() as conn:
+            return conn.execute(
+                select(jobs_index.c.jid)
+                .where(jobs_index.c.function == "runner.test.sleep")
+                .where(jobs_index.c.status == "running")
+            ).scalar()
+
+    jid = wait_for(running, timeout=20)
+    runner.join(60)
+    assert results and results[0].returncode == 0
+
+    def complete():
+        """the runner job is complete"""
+        row = job(index, jid)
+        return row if row and row["status"] == "complete" else None
+
+    wait_for(complete, timeout=30)
+
+
+def test_restart_in_the_middle_of_a_job_recovers(engine_master, silent_minion, index):
+    before = index.engine_state(engine_master.config["id"])
+    jid = publish(engine_master, silent_minion.id, "test.ping", list_target=True)
+    engine_master.terminate()  # before the engine could settle the silent minion
+    engine_master.start()
+
+    def restarted():
+        """the engine of the restarted master wrote its state"""
+        state = index.engine_state(engine_master.config["id"])
+        return state if state and state["started_at"] > before["started_at"] else None
+
+    wait_for(restarted, timeout=60)
+
+    def settled():
+        """the job that was running is settled after the restart"""
+        row = job(index, jid)
+        return row if row and row["status"] == "complete" else None
+
+    wait_for(settled, timeout=60)
+    assert minion_states(index, jid) == {silent_minion.id: "no_return"}
+
+    def reconciled():
+        """the engine has reconciled"""
+        state = index.engine_state(engine_master.config["id"])
+        return state if state["reconciled_at"] is not None else None
+
+    state = wait_for(reconciled, timeout=30)
+    assert state["reconciled_at"] >= state["started_at"]
