@@ -104,3 +104,22 @@ def test_listing_queries_use_indexes(store):
 def test_unsupported_database_is_a_clear_error():
     with pytest.raises(dbmod.SchemaError, match="supports sqlite and postgresql"):
         dbmod.Database("mysql://salt@localhost/salt")
+
+
+def test_a_0001_database_with_jobs_is_upgraded_in_place(tmp_path):
+    database = dbmod.Database(f"sqlite:///{tmp_path}/v1.db")
+    command.upgrade(dbmod.alembic_config(database), "0001")
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs_index (jid, function, start_time, status, minions_targeted,"
+                " minions_returned, minions_failed) VALUES ('20261128120000000001', 'test.ping',"
+                " '2026-11-28 12:00:00.000001', 'complete', 1, 1, 0)"
+            )
+        )
+    database.ensure_schema()
+    with database.engine.connect() as conn:
+        assert dbmod.current_revision(conn) == dbmod.head_revision()
+        row = conn.execute(text("SELECT function, system FROM jobs_index")).one()
+        assert tuple(row) == ("test.ping", 0)
+        assert "engine_state" in inspect(conn).get_table_names()
