@@ -98,14 +98,22 @@ def run_once(engine, bus, wait=0.05, max_events=10000):
     taking what is already there, up to ``max_events``), then do what is due."""
     event = bus.get_event(wait=wait, full=True, auto_reconnect=True)
     handled = 0
-    while event and handled < max_events:
-        engine.handle(event.get("tag"), event.get("data"))
+    while event:
+        _safely(engine.handle, event.get("tag"), event.get("data"))
         handled += 1
+        if handled >= max_events:
+            break
         # no_block: Salt's get_event blocks forever when wait is 0.
         event = bus.get_event(full=True, no_block=True, auto_reconnect=True)
-    if event:
-        engine.handle(event.get("tag"), event.get("data"))
-    engine.tick()
+    _safely(engine.tick)
+
+
+def _safely(call, *args):
+    # One malformed event or a failed write must not stop the engine following the bus.
+    try:
+        call(*args)
+    except Exception:  # pylint: disable=broad-except
+        log.exception("halite engine: %s failed; carrying on", getattr(call, "__name__", call))
 
 
 def start(**options):
