@@ -124,6 +124,7 @@ class ActiveJobs:
         self.jobs: dict[str, Active] = {}
         self.probes: dict[str, Probe] = {}
         self._early: OrderedDict[str, set[str]] = OrderedDict()  # returns before their `new`
+        self._finished: OrderedDict[str, None] = OrderedDict()  # recently completed jobs
         self._unreconciled: set[str] = set()
         self._reconciled = False
         self._queue: list[Item] = []
@@ -177,6 +178,8 @@ class ActiveJobs:
             self._on_return(jid, match["minion"], data, now)
 
     def _on_new(self, jid: str, data: Mapping[str, Any], now: float) -> None:
+        if jid in self.jobs or jid in self._finished:
+            return  # a repeated announcement of a job already followed
         minions = sorted({str(m) for m in data.get("minions") or []})
         load = {k: v for k, v in data.items() if k not in ("minions", "missing", "_stamp")}
         self._queue_item(LoadItem(jid, load, minions, only_new=True), now)
@@ -229,6 +232,9 @@ class ActiveJobs:
         if job is not None and job.probe:
             self.probes.pop(job.probe, None)
         self._unreconciled.discard(jid)
+        self._finished[jid] = None
+        while len(self._finished) > EARLY_RETURNS_KEPT:
+            self._finished.popitem(last=False)
 
     # ------------------------------------------------------------------ minions that never answer
     def _on_probe_answer(self, probe: Probe, minion: str, answer: Any) -> None:

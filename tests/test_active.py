@@ -105,6 +105,13 @@ def test_return_before_new_and_duplicates(engine, store):
     assert store.get_jid(JID)["m2"]["return"] is True  # the first return stays
 
 
+def test_repeated_announcement_changes_nothing(engine, store):
+    feed(engine, new(JID, ["m1", "m2"]), ret(JID, "m1"), new(JID, ["m1", "m2"]))
+    assert engine.jobs[JID].pending == {"m2"}
+    feed(engine, ret(JID, "m2"), new(JID, ["m1", "m2"]))
+    assert list(engine.running()) == [] and job(store)["status"] == "complete"
+
+
 def test_return_for_a_job_never_announced_is_indexed(engine, store):
     feed(engine, ret(JID, "m7", fun="test.ping"))
     row = job(store)
