@@ -24,26 +24,19 @@ def is_state_function(fun: object) -> bool:
     return isinstance(fun, str) and fun.startswith("state.")
 
 
-def is_state_return(ret: object) -> bool:
-    if not isinstance(ret, Mapping) or not ret:
-        return False
-    for key, value in ret.items():
-        if not isinstance(key, str) or key.count(SEPARATOR) != 3:
-            return False
-        if not isinstance(value, Mapping) or "result" not in value or "comment" not in value:
-            return False
-    return True
-
-
 def summarize(ret: object) -> StateSummary | None:
     """Counts for a state return, or ``None`` when the return is not a state run."""
-    if not is_state_return(ret):
+    if not isinstance(ret, Mapping) or not ret:
         return None
-    assert isinstance(ret, Mapping)
     passed = failed = changed = 0
     duration = 0.0
-    for state in ret.values():
-        result = state.get("result")
+    # One pass that checks the shape and counts: this runs for every state return ingested.
+    for key, state in ret.items():
+        if not isinstance(key, str) or key.count(SEPARATOR) != 3:
+            return None
+        if not isinstance(state, Mapping) or "result" not in state or "comment" not in state:
+            return None
+        result = state["result"]
         if result is True:
             passed += 1
         elif result is False:
