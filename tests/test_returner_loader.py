@@ -258,22 +258,25 @@ def test_returner_never_raises_when_the_database_is_unusable(tmp_path):
         assert len(conn.execute(select(jobs_index.c.jid)).all()) == 2
 
 
-def test_local_time_jids_of_older_salt_are_read_in_the_masters_zone(masters, monkeypatch):
+def test_local_time_jids_of_older_salt_are_read_in_the_masters_zone(tmp_path, monkeypatch):
     # Salt before 3008 knows utc_jid and writes JIDs in the master's local time unless it is
     # set; this Salt is newer, so stand in for the older one through its defaults.
-    halite, _ = masters
     older_defaults = {**salt.config.DEFAULT_MASTER_OPTS, "utc_jid": False}
     monkeypatch.setattr(salt.config, "DEFAULT_MASTER_OPTS", older_defaults)
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:
-        halite.publish("20260115120000000000", "test.ping", [], ["m1"])  # winter: UTC-5
-        halite.opts["utc_jid"] = True
-        halite.publish("20260115120000000001", "test.ping", [], ["m1"])
+        local = Master(tmp_path / "local", "halite")
+        local.publish("20260115120000000000", "test.ping", [], ["m1"])  # winter: UTC-5
+        utc = Master(tmp_path / "utc", "halite")
+        utc.opts["utc_jid"] = True
+        utc.publish("20260115120000000001", "test.ping", [], ["m1"])
         flush_all()
-        store = get_store(Settings.from_opts(halite.opts))
-        with store.db.read() as conn:
-            starts = dict(conn.execute(select(jobs_index.c.jid, jobs_index.c.start_time)).all())
+        starts = {}
+        for master in (local, utc):
+            store = get_store(Settings.from_opts(master.opts))
+            with store.db.read() as conn:
+                starts.update(conn.execute(select(jobs_index.c.jid, jobs_index.c.start_time)).all())
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

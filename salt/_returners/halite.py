@@ -81,15 +81,17 @@ _STORES = {}
 
 
 def _store():
-    # Reading a dozen options through the loader's opts proxy on every return costs more
-    # than the write itself: keep this process's store while the options are the same.
+    # Reading options through the loader's opts proxy costs more than the write itself on
+    # the return path: keep this process's store while the opts object and its halite
+    # section are the same objects (Salt replaces, never edits, options it reloads).
     opts = __opts__.value() if hasattr(__opts__, "value") else __opts__
-    jid_utc = _jid_utc()
-    key = (os.getpid(), id(opts), repr(opts.get("halite")), opts.get("cachedir"), jid_utc)
-    store = _STORES.get(key)
-    if store is None:
-        _STORES.clear()
-        store = _STORES[key] = get_store(Settings.from_opts(opts, jid_utc=jid_utc))
+    section = opts.get("halite")
+    cached = _STORES.get((os.getpid(), id(opts)))
+    if cached is not None and cached[0] is opts and cached[1] is section:
+        return cached[2]
+    store = get_store(Settings.from_opts(opts, jid_utc=_jid_utc()))
+    _STORES.clear()
+    _STORES[(os.getpid(), id(opts))] = (opts, section, store)
     return store
 
 
