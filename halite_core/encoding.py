@@ -126,6 +126,17 @@ def restore(value: Any) -> Any:
     return value
 
 
+def loads(value: Any) -> Any:
+    """A stored JSON value as Salt should get it back: ``value`` is the column's raw text
+    (SQLite) or the driver's already-parsed object (PostgreSQL's jsonb). The walk that
+    restores markers only runs when there can be one."""
+    if isinstance(value, (str, bytes)):
+        text = value.decode() if isinstance(value, bytes) else value
+        parsed = json.loads(text)
+        return restore(parsed) if MARKER in text else parsed
+    return restore(value)
+
+
 def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
+    Text,
     and_,
     bindparam,
     case,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -815,8 +817,8 @@ class JobStore:
         """The job's load as Salt saved it, plus ``Minions`` (its target list) when known."""
         self.flush()
         with self.db.read() as conn:
-            load = conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == jid))
-            if not load:
+            load = conn.scalar(select(_raw(jobs_index.c.load)).where(jobs_index.c.jid == jid))
+            if load is None:
                 # Salt's CLI asks for the load right after publishing, possibly before the
                 # master's worker committed it: look in the workers' journals.
                 return self._journalled_load(jid) or {}
@@ -825,7 +827,7 @@ class JobStore:
                 .where(job_returns.c.jid == jid, job_returns.c.expected.is_(True))
                 .order_by(job_returns.c.minion)
             ).all()
-        ret = dict(encoding.restore(load))
+        ret = dict(encoding.loads(load) or {})
         if minions:
             ret["Minions"] = list(minions)
         return ret
@@ -850,13 +852,13 @@ class JobStore:
         r = job_returns.c
         with self.db.read() as conn:
             rows = conn.execute(
-                select(r.minion, r.return_value, r.retcode, r.success, r.out).where(
+                select(r.minion, _raw(r.return_value), r.retcode, r.success, r.out).where(
                     r.jid == jid, r.state == RETURNED
                 )
             ).all()
         ret: dict[str, dict[str, Any]] = {}
         for minion, value, retcode, success, out in rows:
-            entry: dict[str, Any] = {"return": encoding.restore(value)}
+            entry: dict[str, Any] = {"return": encoding.loads(value)}
             if retcode is not None:
                 entry["retcode"] = retcode
             if success is not None:
@@ -872,10 +874,10 @@ class JobStore:
         j = jobs_index.c
         with self.db.read() as conn:
             result = conn.execution_options(yield_per=1000).execute(
-                select(j.jid, j.load, j.last_return_at).where(j.load.is_not(None))
+                select(j.jid, _raw(j.load), j.last_return_at).where(j.load.is_not(None))
             )
             for jid, load, last in result:
-                yield jid, encoding.restore(load), last
+                yield jid, encoding.loads(load), last
 
     def newest_loads(
         self, count: int, filter_find_job: bool = True
@@ -883,12 +885,12 @@ class JobStore:
         """The ``count`` newest jobs by JID, oldest first, as Salt's get_jids_filter orders them."""
         self.flush()
         j = jobs_index.c
-        query = select(j.jid, j.load).where(j.load.is_not(None))
+        query = select(j.jid, _raw(j.load)).where(j.load.is_not(None))
         if filter_find_job:
             query = query.where(or_(j.function.is_(None), j.function != FIND_JOB))
         with self.db.read() as conn:
             rows = conn.execute(query.order_by(j.jid.desc()).limit(max(int(count), 0))).all()
-        return [(jid, encoding.restore(load)) for jid, load in reversed(rows)]
+        return [(jid, encoding.loads(load)) for jid, load in reversed(rows)]
 
     def minions_seen(self) -> list[str]:
         """Every minion that has returned a job still in the index: Salt's get_minions."""
@@ -1030,6 +1032,11 @@ class JobStore:
 
 
 _SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update_endtime"}
+
+
+def _raw(column: Any) -> Any:
+    """A JSON column read as the database holds it, for :func:`encoding.loads`."""
+    return type_coerce(column, Text).label(column.key)
 
 
 def _text(value: object, limit: int) -> str | None:
