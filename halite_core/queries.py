@@ -1,0 +1,182 @@
+"""Listing jobs from the index: filters, counts and keyset pagination, all in SQL.
+
+:func:`list_jobs` is the query behind ``salt-run halite.jobs``: newest first, filtered in
+indexed SQL, one page at a time. A page ends with a cursor naming the last job shown;
+the next page starts strictly after it in (start time, jid) order, so it continues exactly
+where the last one ended even while new jobs arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from halite_core.active import effective_status
+from halite_core.models import engine_state, job_returns, jobs_index
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+STATUSES = ("running", "complete")
+
+
+class QueryError(ValueError):
+    """A listing argument that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What to list; every field optional. Globs use ``*`` and ``?``, case-sensitive."""
+
+    fun: str | None = None
+    target: str | None = None
+    user: str | None = None
+    status: str | None = None
+    minion: str | None = None
+    search: str | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    include_system: bool = False
+
+
+def encode_cursor(start_time: dt.datetime, jid: str) -> str:
+    text = f"{start_time.astimezone(dt.timezone.utc).isoformat()}|{jid}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        when, jid = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        moment = dt.datetime.fromisoformat(when)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise QueryError(f"cursor {cursor!r} is not one this listing handed out") from exc
+    if moment.tzinfo is None:
+        raise QueryError(f"cursor {cursor!r} is not one this listing handed out")
+    return moment, jid
+
+
+def _glob(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
+    """A shell glob on a column: equality when there is no wildcard (an index lookup),
+    GLOB on SQLite and an escaped LIKE elsewhere (both case-sensitive, both use an index
+    for a fixed prefix)."""
+    if "[" in pattern or "]" in pattern:
+        raise QueryError(f"{pattern!r}: only the * and ? wildcards are supported")
+    if "*" not in pattern and "?" not in pattern:
+        return column == pattern
+    if dialect == "sqlite":
+        return column.op("GLOB")(pattern)
+    like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(like.replace("*", "%").replace("?", "_"), escape="\\")
+
+
+def _limit(limit: object) -> int:
+    try:
+        value = int(limit)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}") from exc
+    if not 1 <= value <= MAX_LIMIT:
+        raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}")
+    return value
+
+
+def list_jobs(
+    conn: Connection,
+    filters: JobFilter = JobFilter(),
+    limit: object = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """``{"jobs": [...], "next": cursor or None}``: one page, newest first."""
+    size = _limit(limit)
+    rows = conn.execute(listing_query(filters, size + 1, cursor, conn.dialect.name)).all()
+    engines = {row.master_id: dict(row._mapping) for row in conn.execute(select(engine_state))}
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    jobs = [_job(dict(row._mapping), engines, moment) for row in rows[:size]]
+    last = rows[size - 1] if len(rows) > size else None
+    return {"jobs": jobs, "next": encode_cursor(last.start_time, last.jid) if last else None}
+
+
+def listing_query(
+    filters: JobFilter, limit: int, cursor: str | None = None, dialect: str = "sqlite"
+) -> Select[Any]:
+    """The SQL of a listing page (``limit`` rows after ``cursor``), newest first."""
+    if filters.status is not None and filters.status not in STATUSES:
+        raise QueryError(f"status must be one of {', '.join(STATUSES)}, not {filters.status!r}")
+    j = jobs_index.c
+    if filters.minion is not None:
+        # Newest jobs of a minion: one range of job_returns' (minion, start_time) index.
+        r = job_returns.c
+        order_start, order_jid = r.start_time, r.jid
+        query = (
+            select(jobs_index)
+            .select_from(job_returns.join(jobs_index, j.jid == r.jid))
+            .where(r.minion == filters.minion)
+        )
+    else:
+        order_start, order_jid = j.start_time, j.jid
+        query = select(jobs_index)
+    query = query.where(j.status != "new")  # a reserved jid is not a job yet
+    if not filters.include_system:
+        query = query.where(j.system.is_(False))
+    if filters.fun:
+        query = query.where(_glob(j.function, filters.fun, dialect))
+    if filters.target:
+        query = query.where(_glob(j.target, filters.target, dialect))
+    if filters.user:
+        query = query.where(j.user == filters.user)
+    if filters.status is not None:
+        query = query.where(j.status == filters.status)
+    if filters.search:
+        needle = filters.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = f"%{needle}%"
+        query = query.where(
+            or_(*(col.like(like, escape="\\") for col in (j.jid, j.function, j.target, j.user)))
+        )
+    if filters.start is not None:
+        query = query.where(order_start >= _aware(filters.start, "start"))
+    if filters.end is not None:
+        query = query.where(order_start < _aware(filters.end, "end"))
+    if cursor:
+        after_start, after_jid = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                order_start < after_start,
+                and_(order_start == after_start, order_jid < after_jid),
+            )
+        )
+    return query.order_by(order_start.desc(), order_jid.desc()).limit(limit)
+
+
+def _aware(value: dt.datetime, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise QueryError(f"{name} must be a date and time with a timezone, not {value!r}")
+    return value
+
+
+def _job(
+    row: Mapping[str, Any], engines: Mapping[str | None, Mapping[str, Any]], now: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "jid": row["jid"],
+        "function": row["function"],
+        "target": row["target"],
+        "target_type": row["target_type"],
+        "user": row["user"],
+        "start_time": row["start_time"].isoformat(),
+        "end_time": row["end_time"].isoformat() if row["end_time"] else None,
+        "status": effective_status(row["status"], engines.get(row["master_id"]), now),
+        "minions": {
+            "targeted": row["minions_targeted"],
+            "returned": row["minions_returned"],
+            "failed": row["minions_failed"],
+        },
+        "system": row["system"],
+        "master_id": row["master_id"],
+    }

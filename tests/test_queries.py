@@ -1,0 +1,155 @@
+"""Listing semantics on a synthetic index: filters, combinations, pagination, time zones."""
+
+import datetime as dt
+
+import pytest
+
+from halite_core.queries import (
+    JobFilter,
+    QueryError,
+    decode_cursor,
+    encode_cursor,
+    list_jobs,
+    listing_query,
+)
+from tests.helpers import publish, ret
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def index(store):
+    """Twelve jobs a minute apart (12:00 .. 12:11 UTC), of varied kinds."""
+    kinds = [
+        ("test.ping", ["web1", "web2"], "root"),
+        ("state.apply", ["web1"], "sudo_alice"),
+        ("cmd.run", ["db1"], "root"),
+        ("saltutil.find_job", ["web2"], "root"),
+        ("state.highstate", ["web1", "db1"], "bob"),
+        ("test.arg", ["db1"], "sudo_alice"),
+    ]
+    for minute in range(12):
+        fun, minions, user = kinds[minute % len(kinds)]
+        jid = f"2026112812{minute:02d}00000000"
+        publish(store, jid, fun=fun, minions=minions, user=user)
+        if minute % 3 != 2:  # some jobs stay running
+            for minion in minions:
+                store.save_return(ret(jid, minion, fun=fun))
+    return store
+
+
+def listing(store, **kwargs):
+    limit = kwargs.pop("limit", 50)
+    cursor = kwargs.pop("cursor", None)
+    with store.db.read() as conn:
+        return list_jobs(conn, JobFilter(**kwargs), limit=limit, cursor=cursor)
+
+
+def jids(page):
+    return [job["jid"] for job in page["jobs"]]
+
+
+def test_newest_first_and_system_jobs_hidden(index):
+    page = listing(index)
+    assert [job["start_time"][11:16] for job in page["jobs"]] == [
+        f"12:{m:02d}" for m in (11, 10, 8, 7, 6, 5, 4, 2, 1, 0)
+    ]  # 12:03 and 12:09 are saltutil.find_job
+    assert page["next"] is None
+    assert len(listing(index, include_system=True)["jobs"]) == 12
+    job = page["jobs"][0]
+    assert set(job) >= {"jid", "function", "target", "target_type", "user", "start_time",
+                        "end_time", "status", "minions"}  # fmt: skip
+    assert job["start_time"].endswith("+00:00")
+
+
+def test_each_filter(index):
+    assert {j["function"] for j in listing(index, fun="state.*")["jobs"]} == {
+        "state.apply", "state.highstate"
+    }  # fmt: skip
+    assert {j["function"] for j in listing(index, fun="test.ping")["jobs"]} == {"test.ping"}
+    assert {j["function"] for j in listing(index, fun="test.?rg")["jobs"]} == {"test.arg"}
+    assert all("db1" in j["target"] for j in listing(index, target="*db1*")["jobs"])
+    assert {j["user"] for j in listing(index, user="sudo_alice")["jobs"]} == {"sudo_alice"}
+    running = listing(index, status="running")["jobs"]
+    assert running and all(j["status"] == "running" for j in running)
+    assert all(j["status"] == "complete" for j in listing(index, status="complete")["jobs"])
+    web2 = listing(index, minion="web2", include_system=True)["jobs"]
+    assert {j["function"] for j in web2} == {"test.ping", "saltutil.find_job"}
+    assert jids(listing(index, search="highstate")) == [
+        j["jid"] for j in listing(index, fun="state.highstate")["jobs"]
+    ]
+    window = listing(
+        index,
+        start=dt.datetime(2026, 11, 28, 13, 4, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        end=dt.datetime(2026, 11, 28, 12, 7, tzinfo=UTC),
+    )["jobs"]
+    assert [j["start_time"][11:16] for j in window] == ["12:06", "12:05", "12:04"]
+
+
+def test_filters_combine(index):
+    page = listing(index, fun="state.*", user="bob", minion="db1")
+    assert [j["function"] for j in page["jobs"]] == ["state.highstate", "state.highstate"]
+    assert listing(index, fun="state.*", user="root")["jobs"] == []
+
+
+def test_pages_continue_exactly_while_jobs_arrive(index):
+    seen = []
+    page = listing(index, include_system=True, limit=5)
+    while True:
+        seen += jids(page)
+        # A job published between two page loads never shifts what the next page holds.
+        publish(index, f"2026112813{len(seen):02d}00000000", fun="test.ping", minions=["web1"])
+        if page["next"] is None:
+            break
+        page = listing(index, include_system=True, limit=5, cursor=page["next"])
+    assert len(seen) == 12 and len(set(seen)) == 12
+    assert seen == sorted(seen, reverse=True)
+
+
+def test_same_second_jobs_page_by_jid(store):
+    for n in range(7):
+        publish(store, f"20261128120000000{n:03d}_{n}", minions=["m1"])
+    first = listing(store, limit=4)
+    second = listing(store, limit=4, cursor=first["next"])
+    assert len(jids(first)) == 4 and len(jids(second)) == 3
+    assert not set(jids(first)) & set(jids(second))
+
+
+def test_bad_arguments_are_clear_errors(index):
+    for limit in (0, 501, "many"):
+        with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
+            listing(index, limit=limit)
+    with pytest.raises(QueryError, match="not one this listing handed out"):
+        listing(index, cursor="garbage!")
+    with pytest.raises(QueryError, match="status must be one of running, complete"):
+        listing(index, status="finished")
+    with pytest.raises(QueryError, match="only the \\* and \\? wildcards"):
+        listing(index, fun="test.[ab]*")
+    with pytest.raises(QueryError, match="timezone"):
+        listing(index, start=dt.datetime(2026, 11, 28, 12, 0))
+
+
+def test_cursor_round_trips():
+    moment = dt.datetime(2026, 11, 28, 12, 0, 0, 1, tzinfo=UTC)
+    assert decode_cursor(encode_cursor(moment, "20261128120000000001_7")) == (
+        moment, "20261128120000000001_7"
+    )  # fmt: skip
+
+
+def test_filtered_listings_use_indexes(index):
+    with index.db.engine.connect() as conn:
+        for filters in (
+            JobFilter(),
+            JobFilter(fun="state.*"),
+            JobFilter(fun="test.ping"),
+            JobFilter(user="root"),
+            JobFilter(status="running"),
+            JobFilter(minion="web1"),
+        ):
+            query = listing_query(filters, 51)
+            sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "INDEX" in plan, (filters, plan)
+            if filters.fun != "state.*":
+                # Exact filters read their index in order: no sort, however many jobs match.
+                assert "TEMP B-TREE" not in plan, (filters, plan)
