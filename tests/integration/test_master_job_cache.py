@@ -141,3 +141,24 @@ def test_sync_all_from_file_roots_installs_the_loader_modules(master, state_tree
     assert "returners.halite" in ret.data["returners"]
     synced = Path(master.config["extension_modules"]) / "returners" / "halite.py"
     assert synced.read_text() == (source / "_returners" / "halite.py").read_text()
+
+
+def test_halite_jobs_runner_lists_the_index(master, minion, index):
+    jid = run_job(master, minion, "test.echo", "listed")
+    finished_job(index, jid)
+    run = master.salt_run_cli()
+    ret = run.run("halite.jobs", "fun=test.echo", "limit=2")
+    assert ret.returncode == 0, ret
+    (first, *_) = ret.data["jobs"]
+    assert first["jid"] == jid and first["function"] == "test.echo"
+    assert first["target"] == minion.id and first["status"] == "complete"
+    assert first["minions"] == {"targeted": 1, "returned": 1, "failed": 0}
+    assert first["start_time"].endswith("+00:00")
+    if ret.data["next"]:
+        more = run.run("halite.jobs", "fun=test.echo", "limit=2", f"cursor={ret.data['next']}")
+        assert more.returncode == 0 and jid not in [j["jid"] for j in more.data["jobs"]]
+    bad = run.run("halite.jobs", "limit=0")
+    assert bad.returncode == 1
+    assert bad.data["error"] == "limit must be a number from 1 to 500, not 0"
+    bad = run.run("halite.jobs", "start=yesterday")
+    assert bad.returncode == 1 and "not an ISO 8601 date and time" in bad.data["error"]

@@ -1,0 +1,132 @@
+"""
+halite runners: Salt's job history from halite's index.
+
+``halite.jobs`` lists jobs newest first, filtered and paged in SQL. The index is written
+by halite's returner (``master_job_cache: halite`` or ``event_return: halite``) and kept
+exact by its engine; see the returner's and the engine's documentation.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt-run halite.jobs
+    salt-run halite.jobs fun='state.*' status=running
+    salt-run halite.jobs minion=web1 limit=20 --out=json
+"""
+
+import datetime
+
+import salt.config
+
+try:
+    from halite_core.config import Settings, jid_utc_for
+    from halite_core.jobcache import JobStore
+    from halite_core.queries import JobFilter, QueryError, list_jobs
+
+    HAS_HALITE = True
+    _IMPORT_ERROR = ""
+except ImportError as exc:
+    HAS_HALITE = False
+    _IMPORT_ERROR = str(exc)
+
+__virtualname__ = "halite"
+
+
+def __virtual__():
+    if not HAS_HALITE:
+        return False, f"halite runners: cannot import halite_core ({_IMPORT_ERROR})"
+    return __virtualname__
+
+
+def _store():
+    settings = Settings.from_opts(
+        __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
+    )
+    return JobStore(settings)
+
+
+def _failed(message):
+    """What a runner returns for a request it cannot serve. Salt treats a raised
+    SaltInvocationError (a TypeError) as a usage hint and exits 0; scripts need the error
+    and a non-zero exit, which salt-run takes from ``retcode``."""
+    __context__["retcode"] = 1
+    return {"error": message, "retcode": 1}
+
+
+def _time(name, value):
+    if value is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise QueryError(
+            f"{name}: {value!r} is not an ISO 8601 date and time (e.g. 2026-11-28T12:00:00Z)"
+        ) from exc
+    # A time without an offset is read as UTC, as the index stores times.
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+def jobs(
+    limit=50,
+    fun=None,
+    target=None,
+    user=None,
+    status=None,
+    minion=None,
+    search=None,
+    start=None,
+    end=None,
+    include_system=False,
+    cursor=None,
+):
+    """
+    List jobs, newest first: ``{"jobs": [...], "next": <cursor or None>}``. Bad arguments
+    give ``{"error": "<what is wrong>", "retcode": 1}`` and a non-zero exit.
+
+    limit
+        Jobs per page, 1 to 500 (default 50).
+    fun, target
+        Shell globs (``*``, ``?``) on the function and on the target.
+    user
+        The Salt user who published the job, exactly.
+    status
+        ``running`` or ``complete``.
+    minion
+        Jobs that targeted, or returned from, this minion.
+    search
+        Text found in the jid, function, target or user.
+    start, end
+        ISO 8601 times (UTC when no offset is given): jobs started at or after
+        ``start`` and before ``end``.
+    include_system
+        Also list Salt's own bookkeeping jobs (``saltutil.find_job``, ...).
+    cursor
+        The ``next`` value of the previous page.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.jobs fun='state.*' user=sudo_alice
+        salt-run halite.jobs cursor=MjAyNi0xMS0yOFQxMjowMDowMCswMDowMHwyMDI2MTEyODEyMDAwMDAwMDAwMA
+    """
+    try:
+        filters = JobFilter(
+            fun=fun,
+            target=target,
+            user=user,
+            status=status,
+            minion=minion,
+            search=None if search is None else str(search),
+            start=_time("start", start),
+            end=_time("end", end),
+            include_system=bool(include_system),
+        )
+        store = _store()
+        try:
+            with store.db.read() as conn:
+                return list_jobs(conn, filters, limit=limit, cursor=cursor)
+        finally:
+            store.db.dispose()
+    except QueryError as exc:
+        return _failed(str(exc))
