@@ -6,6 +6,7 @@ and whose values are mappings with ``result`` and ``comment``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -59,3 +60,57 @@ def _number(value: Any) -> float:
         except (ValueError, IndexError):
             return 0.0
     return 0.0
+
+
+ALREADY_RUNNING = re.compile(r'The function "[^"]+" is running as PID \d+')
+
+
+def parse(ret: object) -> dict[str, Any]:
+    """A minion's return of a ``state.*`` job, for people: what kind it is and, for a state
+    run, each state in run order with the counts.
+
+    ``kind`` is ``states`` (a state run), ``render_error`` (a list of error strings, e.g. a
+    failed render), ``already_running`` (Salt refused because a state run was in progress)
+    or ``other`` (any other return, kept as it is).
+    """
+    summary = summarize(ret)
+    if summary is not None:
+        assert isinstance(ret, Mapping)
+        states = sorted(
+            (_state(key, value) for key, value in ret.items()),
+            key=lambda s: (s["run_num"] is None, s["run_num"] or 0, s["id"]),
+        )
+        failing = [
+            {"id": s["id"], "comment": s["comment"]} for s in states if s["result"] == "failed"
+        ]
+        return {
+            "kind": "states",
+            "states": states,
+            "counts": summary._asdict(),
+            "failing": failing,
+        }
+    if isinstance(ret, list) and ret and all(isinstance(item, str) for item in ret):
+        if any(ALREADY_RUNNING.search(item) for item in ret):
+            return {"kind": "already_running", "messages": list(ret)}
+        return {"kind": "render_error", "errors": list(ret)}
+    return {"kind": "other"}
+
+
+RESULTS = {True: "passed", False: "failed", None: "not_run"}
+
+
+def _state(key: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    module, state_id, name, function = key.split(SEPARATOR)
+    result = value.get("result")
+    return {
+        "id": value.get("__id__", state_id),
+        "function": f"{module}.{function}",
+        "name": value.get("name", name),
+        "sls": value.get("__sls__"),
+        "result": RESULTS.get(result, "failed"),
+        "duration_ms": _number(value.get("duration")),
+        "comment": value.get("comment"),
+        "changes": value.get("changes") or {},
+        "run_num": value.get("__run_num__"),
+        "start_time": value.get("start_time"),
+    }

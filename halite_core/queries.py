@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from halite_core import highstate, jids
 from halite_core.active import effective_status
 from halite_core.models import engine_state, job_returns, jobs_index
 
@@ -180,3 +181,65 @@ def _job(
         "system": row["system"],
         "master_id": row["master_id"],
     }
+
+
+MINION_STATES = {"pending": "running", "returned": "returned", "no_return": "no_return"}
+
+
+def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """One job: its metadata and one entry per targeted minion, failures first; for
+    ``state.*`` jobs each return parsed into states (see :func:`highstate.parse`)."""
+    if not jids.is_jid(jid):
+        raise QueryError(f"{jid!r} is not a Salt job id (20 digits, optional _pid)")
+    row = conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).first()
+    if row is None or row.status == "new":
+        raise QueryError(f"no job with jid {jid} in the index")
+    engines = {r.master_id: dict(r._mapping) for r in conn.execute(select(engine_state))}
+    job = _job(dict(row._mapping), engines, now or dt.datetime.now(dt.timezone.utc))
+    job["arguments"] = row.arguments
+    job["kwargs"] = row.kwargs
+    r = job_returns.c
+    returns = conn.execute(
+        select(
+            r.minion, r.state, r.success, r.retcode, r.out, r.returned_at,
+            r.return_value, r.return_truncated,
+        ).where(r.jid == jid)
+    ).all()  # fmt: skip
+    is_state_job = highstate.is_state_function(row.function)
+    minions = []
+    totals = {"states": 0, "passed": 0, "failed": 0, "changed": 0, "duration_ms": 0.0}
+    for ret in returns:
+        entry: dict[str, Any] = {
+            "minion": ret.minion,
+            "state": MINION_STATES.get(ret.state, ret.state),
+            "success": ret.success,
+            "retcode": ret.retcode,
+            "returned_at": ret.returned_at.isoformat() if ret.returned_at else None,
+            "return": ret.return_value,
+            "truncated": ret.return_truncated,
+            "failed": bool(
+                ret.state == "no_return"
+                or ret.success is False
+                or (ret.retcode is not None and ret.retcode != 0)
+            ),
+        }
+        if is_state_job and ret.state == "returned":
+            parsed = highstate.parse(ret.return_value)
+            entry["highstate"] = parsed
+            if parsed["kind"] == "states":
+                counts = parsed["counts"]
+                for key, name in (("states", "total"), ("passed", "passed"),
+                                  ("failed", "failed"), ("changed", "changed"),
+                                  ("duration_ms", "duration_ms")):  # fmt: skip
+                    totals[key] += counts[name]
+                entry["failed"] = entry["failed"] or bool(parsed["failing"])
+            elif parsed["kind"] in ("render_error", "already_running"):
+                entry["failed"] = True
+        minions.append(entry)
+    # What a person looks at first: minions that failed, then the rest, each by name.
+    minions.sort(key=lambda m: (not m["failed"], m["minion"]))
+    job["minion_results"] = minions
+    if is_state_job:
+        totals["duration_ms"] = round(totals["duration_ms"], 3)
+        job["states"] = totals
+    return job

@@ -20,3 +20,33 @@ def test_render_errors_and_non_dicts_are_not_state_runs():
     assert highstate.summarize('The function "state.apply" is running as PID 1') is None
     assert highstate.summarize({}) is None
     assert highstate.summarize({"not a state key": state(True)}) is None
+
+
+def test_parse_lists_states_in_run_order_with_failures_ready():
+    ret = {
+        "cmd_|-broken_|-false_|-run": {**state(False), "__run_num__": 1, "comment": "boom",
+                                       "__sls__": "app", "__id__": "broken"},
+        "file_|-conf_|-/etc/app_|-managed": {**state(True, {"diff": "+x"}), "__run_num__": 0,
+                                             "__sls__": "app"},
+        "test_|-dry_|-dry_|-nop": {**state(None), "__run_num__": 2},
+    }  # fmt: skip
+    parsed = highstate.parse(ret)
+    assert parsed["kind"] == "states"
+    assert [s["id"] for s in parsed["states"]] == ["conf", "broken", "dry"]
+    assert [s["result"] for s in parsed["states"]] == ["passed", "failed", "not_run"]
+    assert parsed["states"][0]["function"] == "file.managed"
+    assert parsed["states"][0]["name"] == "/etc/app" and parsed["states"][0]["sls"] == "app"
+    assert parsed["failing"] == [{"id": "broken", "comment": "boom"}]
+    assert parsed["counts"] == {"total": 3, "passed": 1, "failed": 1, "changed": 1,
+                                "duration_ms": 4.5}  # fmt: skip
+
+
+def test_parse_recognises_render_errors_busy_minions_and_others():
+    assert highstate.parse(["Rendering SLS 'base:web' failed: mapping values"]) == {
+        "kind": "render_error", "errors": ["Rendering SLS 'base:web' failed: mapping values"],
+    }  # fmt: skip
+    busy = ['The function "state.apply" is running as PID 4242 and was started at 2026, '
+            'Nov 28 12:00:00.000000 with jid 20261128120000000000']  # fmt: skip
+    assert highstate.parse(busy)["kind"] == "already_running"
+    assert highstate.parse("just text") == {"kind": "other"}
+    assert highstate.parse({}) == {"kind": "other"}

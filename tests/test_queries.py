@@ -153,3 +153,38 @@ def test_filtered_listings_use_indexes(index):
             if filters.fun != "state.*":
                 # Exact filters read their index in order: no sort, however many jobs match.
                 assert "TEMP B-TREE" not in plan, (filters, plan)
+
+
+def test_job_detail_puts_failures_first_and_parses_states(store):
+    from halite_core.queries import job_detail
+
+    jid = "20261128120000000077"
+    states = {
+        "cmd_|-broken_|-false_|-run": {"result": False, "comment": "boom", "changes": {},
+                                       "duration": 2, "__run_num__": 1, "__id__": "broken"},
+        "file_|-conf_|-/etc/app_|-managed": {"result": True, "comment": "ok", "changes": {},
+                                             "duration": 1, "__run_num__": 0},
+    }  # fmt: skip
+    publish(store, jid, fun="state.apply", minions=["a-ok", "b-bad", "c-late", "d-busy"],
+            arg=["app", {"__kwarg__": True, "test": True}])  # fmt: skip
+    ok = {k: {**v, "result": True} for k, v in states.items()}
+    store.save_return(ret(jid, "a-ok", ok, fun="state.apply"))
+    store.save_return(ret(jid, "b-bad", states, fun="state.apply", retcode=2, success=False))
+    busy = ['The function "state.apply" is running as PID 7 and was started at x with jid y']
+    store.save_return(ret(jid, "d-busy", busy, fun="state.apply", retcode=1, success=False))
+    with store.db.read() as conn:
+        detail = job_detail(conn, jid)
+    assert detail["arguments"] == ["app"] and detail["kwargs"] == {"test": True}
+    order = [(m["minion"], m["state"], m["failed"]) for m in detail["minion_results"]]
+    assert order == [("b-bad", "returned", True), ("d-busy", "returned", True),
+                     ("a-ok", "returned", False), ("c-late", "running", False)]  # fmt: skip
+    bad = detail["minion_results"][0]
+    assert bad["highstate"]["failing"] == [{"id": "broken", "comment": "boom"}]
+    assert detail["minion_results"][1]["highstate"]["kind"] == "already_running"
+    assert detail["states"] == {"states": 4, "passed": 3, "failed": 1, "changed": 0,
+                                "duration_ms": 6.0}  # fmt: skip
+    with store.db.read() as conn:
+        with pytest.raises(QueryError, match="no job with jid 20000101000000000000"):
+            job_detail(conn, "20000101000000000000")
+        with pytest.raises(QueryError, match="is not a Salt job id"):
+            job_detail(conn, "last")

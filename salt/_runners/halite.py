@@ -1,9 +1,10 @@
 """
 halite runners: Salt's job history from halite's index.
 
-``halite.jobs`` lists jobs newest first, filtered and paged in SQL. The index is written
-by halite's returner (``master_job_cache: halite`` or ``event_return: halite``) and kept
-exact by its engine; see the returner's and the engine's documentation.
+``halite.jobs`` lists jobs newest first, filtered and paged in SQL; ``halite.job`` shows
+one job minion by minion, failures first, with ``state.*`` returns parsed into states.
+The index is written by halite's returner (``master_job_cache: halite`` or
+``event_return: halite``) and kept exact by its engine; see their documentation.
 
 CLI Example:
 
@@ -12,6 +13,7 @@ CLI Example:
     salt-run halite.jobs
     salt-run halite.jobs fun='state.*' status=running
     salt-run halite.jobs minion=web1 limit=20 --out=json
+    salt-run halite.job 20261128115138123456
 """
 
 import datetime
@@ -21,7 +23,7 @@ import salt.config
 try:
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
-    from halite_core.queries import JobFilter, QueryError, list_jobs
+    from halite_core.queries import JobFilter, QueryError, job_detail, list_jobs
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -130,3 +132,27 @@ def jobs(
             store.db.dispose()
     except QueryError as exc:
         return _failed(str(exc))
+
+
+def job(jid):
+    """
+    One job: its metadata (arguments and keyword arguments apart) and one entry per
+    targeted minion (state ``returned`` / ``running`` / ``no_return``, success, retcode,
+    raw return), minions that failed first. For ``state.*`` jobs each return is parsed
+    into its states in run order, with the failing states ready to show, and the job gets
+    state counts. An unknown or malformed jid gives an error and a non-zero exit.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.job 20261128115138123456 --out=json
+    """
+    store = _store()
+    try:
+        with store.db.read() as conn:
+            return job_detail(conn, str(jid))
+    except QueryError as exc:
+        return _failed(str(exc))
+    finally:
+        store.db.dispose()

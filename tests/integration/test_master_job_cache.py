@@ -162,3 +162,25 @@ def test_halite_jobs_runner_lists_the_index(master, minion, index):
     assert bad.data["error"] == "limit must be a number from 1 to 500, not 0"
     bad = run.run("halite.jobs", "start=yesterday")
     assert bad.returncode == 1 and "not an ISO 8601 date and time" in bad.data["error"]
+
+
+def test_halite_job_runner_reports_the_failing_highstate_first(master, minion, index):
+    jid = run_job(master, minion, "state.apply", "halite_demo")
+    finished_job(index, jid)
+    run = master.salt_run_cli()
+    ret = run.run("halite.job", jid)
+    assert ret.returncode == 0, ret
+    detail = ret.data
+    assert detail["jid"] == jid and detail["function"] == "state.apply"
+    assert detail["arguments"] == ["halite_demo"]
+    (result,) = detail["minion_results"]
+    assert (result["minion"], result["state"], result["failed"]) == (minion.id, "returned", True)
+    parsed = result["highstate"]
+    assert parsed["kind"] == "states"
+    assert [s["id"] for s in parsed["states"]] == ["motd", "always-fails", "after-failure"]
+    assert [s["result"] for s in parsed["states"]] == ["passed", "failed", "failed"]
+    assert [f["id"] for f in parsed["failing"]] == ["always-fails", "after-failure"]
+    assert detail["states"]["failed"] == 2 and detail["states"]["states"] == 3
+    missing = run.run("halite.job", "20000101000000000000")
+    assert missing.returncode == 1
+    assert missing.data["error"] == "no job with jid 20000101000000000000 in the index"
