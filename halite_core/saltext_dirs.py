@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-KINDS = ("returners", "engines", "runners")
+KINDS = ("returners", "engines", "runners", "output")
 
 
 def _ext_root() -> Path:
@@ -24,6 +24,6 @@ def _ext_root() -> Path:
 
 
 def loader_dirs() -> dict[str, list[str]]:
-    """Return ``{"returners": [dir], "engines": [dir], "runners": [dir]}`` for Salt's loader."""
+    """Return ``{"returners": [dir], "engines": [dir], "runners": [dir], "output": [dir]}``."""
     root = _ext_root()
     return {kind: [str(root / f"_{kind}")] for kind in KINDS if (root / f"_{kind}").is_dir()}

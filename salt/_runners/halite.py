@@ -127,11 +127,12 @@ def jobs(
         store = _store()
         try:
             with store.db.read() as conn:
-                return list_jobs(conn, filters, limit=limit, cursor=cursor)
+                page = list_jobs(conn, filters, limit=limit, cursor=cursor)
         finally:
             store.db.dispose()
     except QueryError as exc:
         return _failed(str(exc))
+    return {"outputter": "halite_jobs", "data": page}
 
 
 def job(jid):
@@ -151,8 +152,9 @@ def job(jid):
     store = _store()
     try:
         with store.db.read() as conn:
-            return job_detail(conn, str(jid))
+            detail = job_detail(conn, str(jid))
     except QueryError as exc:
         return _failed(str(exc))
     finally:
         store.db.dispose()
+    return {"outputter": "halite_job", "data": detail}

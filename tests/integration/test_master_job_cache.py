@@ -184,3 +184,17 @@ def test_halite_job_runner_reports_the_failing_highstate_first(master, minion, i
     missing = run.run("halite.job", "20000101000000000000")
     assert missing.returncode == 1
     assert missing.data["error"] == "no job with jid 20000101000000000000 in the index"
+
+
+def test_runners_print_readable_views_by_default(master, minion, index):
+    jid = run_job(master, minion, "state.apply", "halite_demo")
+    finished_job(index, jid)
+    run = master.salt_run_cli()
+    table = run.run("--out=halite_jobs", "halite.jobs", "fun=state.apply", "limit=1")
+    assert table.returncode == 0
+    header, row, *_ = table.stdout.strip().splitlines()
+    assert header.startswith("JID") and row.startswith(jid)
+    report = run.run("--out=halite_job", "halite.job", jid)
+    assert report.returncode == 0
+    assert f"{minion.id}: returned, FAILED" in report.stdout
+    assert "FAILED   always-fails (cmd.run)" in report.stdout
