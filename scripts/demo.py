@@ -171,6 +171,16 @@ def show_index(master_dir: Path) -> None:
     store.db.dispose()
     if ours != theirs:
         raise SystemExit(1)
+    failing = next(job.jid for job in jobs if job.function == "state.apply")
+    for args in (["halite.jobs", "limit=8"], ["halite.job", failing]):
+        print(f"\n$ salt-run {' '.join(args)}")
+        out = subprocess.run(
+            [str(BIN / "salt-run"), "-c", str(master_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        print(out.stdout.rstrip() or out.stderr.rstrip())
 
 
 def main() -> None:
