@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, or_, select
+from sqlalchemy import Connection, Select, and_, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from halite_core import highstate, jids
@@ -243,3 +243,117 @@ def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> di
         totals["duration_ms"] = round(totals["duration_ms"], 3)
         job["states"] = totals
     return job
+
+
+WINDOWS = {"1h": 1, "4h": 4, "24h": 24, "7d": 168}
+MAX_BARS = 2000
+
+
+def _hour_bucket(column: Any, dialect: str) -> Any:
+    if dialect == "postgresql":
+        return func.to_char(
+            func.date_trunc("hour", func.timezone("UTC", column)), 'YYYY-MM-DD"T"HH24'
+        )
+    return func.strftime("%Y-%m-%dT%H", column)
+
+
+def activity(
+    conn: Connection, hours: object = 24, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """Jobs started per hour over the last ``hours`` hours (the current, partial hour
+    included, oldest first, empty hours as 0), and how many jobs are running now."""
+    try:
+        span = int(hours)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}") from exc
+    if not 1 <= span <= 168:
+        raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}")
+    moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    first = moment.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=span - 1)
+    j = jobs_index.c
+    bucket = _hour_bucket(j.start_time, conn.dialect.name).label("hour")
+    counted: dict[str, int] = dict(
+        conn.execute(
+            select(bucket, func.count())
+            .where(j.start_time >= first, j.status != "new", j.system.is_(False))
+            .group_by(bucket)
+        ).all()
+    )
+    running = conn.scalar(select(func.count()).where(j.status == "running", j.system.is_(False)))
+    buckets = []
+    for n in range(span):
+        hour = first + dt.timedelta(hours=n)
+        buckets.append(
+            {"hour_start": hour.isoformat(), "count": counted.get(f"{hour:%Y-%m-%dT%H}", 0)}
+        )
+    return {"hours": buckets, "total": sum(b["count"] for b in buckets), "running": running}
+
+
+def timeline(
+    conn: Connection,
+    window: object = "24h",
+    group_by: object = "function",
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Jobs of the last ``window`` grouped by function or user, busiest row first; each
+    job a bar from its start to its end (or now) with a status a chart can colour:
+    ``running``, ``failed``, ``changed`` (a state changed something) or ``pass``."""
+    if window not in WINDOWS:
+        raise QueryError(f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
+    if group_by not in ("function", "user"):
+        raise QueryError(f"group_by must be function or user, not {group_by!r}")
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    since = moment - dt.timedelta(hours=WINDOWS[str(window)])
+    j, r = jobs_index.c, job_returns.c
+    changed = (
+        select(func.count())
+        .where(r.jid == j.jid, r.states_changed > 0)
+        .scalar_subquery()
+        .label("changed")
+    )
+    rows = conn.execute(
+        select(
+            j.jid,
+            j.function,
+            j.user,
+            j.target,
+            j.start_time,
+            j.end_time,
+            j.status,
+            j.minions_targeted,
+            j.minions_failed,
+            changed,
+        )  # fmt: skip
+        .where(j.start_time >= since, j.status != "new", j.system.is_(False))
+        .order_by(j.start_time.desc(), j.jid.desc())
+        .limit(MAX_BARS + 1)
+    ).all()
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows[:MAX_BARS]:
+        key = (row.function if group_by == "function" else row.user) or "(unknown)"
+        status = (
+            "running" if row.status == "running"
+            else "failed" if row.minions_failed
+            else "changed" if row.changed
+            else "pass"
+        )  # fmt: skip
+        groups.setdefault(key, []).append(
+            {
+                "jid": row.jid,
+                "function": row.function,
+                "user": row.user,
+                "target": row.target,
+                "start": row.start_time.isoformat(),
+                "end": (row.end_time or moment).isoformat(),
+                "status": status,
+                "minions": row.minions_targeted,
+                "failed_minions": row.minions_failed,
+            }
+        )
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    return {
+        "window": window,
+        "group_by": group_by,
+        "rows": [{"key": key, "bars": bars} for key, bars in ordered],
+        "truncated": len(rows) > MAX_BARS,
+    }

@@ -188,3 +188,39 @@ def test_job_detail_puts_failures_first_and_parses_states(store):
             job_detail(conn, "20000101000000000000")
         with pytest.raises(QueryError, match="is not a Salt job id"):
             job_detail(conn, "last")
+
+
+def test_activity_counts_jobs_per_hour_including_the_current_one(index):
+    from halite_core.queries import activity
+
+    publish(index, "20261128094500000000", minions=["web1"])  # outside a 3-hour window
+    with index.db.read() as conn:
+        result = activity(conn, hours=3, now=dt.datetime(2026, 11, 28, 12, 30, tzinfo=UTC))
+    assert [b["hour_start"] for b in result["hours"]] == [
+        "2026-11-28T10:00:00+00:00", "2026-11-28T11:00:00+00:00", "2026-11-28T12:00:00+00:00",
+    ]  # fmt: skip
+    assert [b["count"] for b in result["hours"]] == [0, 0, 10]  # the 12:xx jobs, not system
+    assert result["total"] == 10
+    assert result["running"] == len(listing(index, status="running")["jobs"]) == 5
+    with index.db.read() as conn, pytest.raises(QueryError, match="hours must be"):
+        activity(conn, hours=0)
+
+
+def test_timeline_groups_bars_busiest_first(index):
+    from halite_core.queries import timeline
+
+    now = dt.datetime(2026, 11, 28, 12, 30, tzinfo=UTC)
+    with index.db.read() as conn:
+        by_function = timeline(conn, window="4h", group_by="function", now=now)
+        by_user = timeline(conn, window="24h", group_by="user", now=now)
+    keys = [row["key"] for row in by_function["rows"]]
+    assert "saltutil.find_job" not in keys
+    counts = [len(row["bars"]) for row in by_function["rows"]]
+    assert counts == sorted(counts, reverse=True) and sum(counts) == 10
+    bars = [bar for row in by_function["rows"] for bar in row["bars"]]
+    assert {bar["status"] for bar in bars} <= {"running", "failed", "changed", "pass"}
+    assert any(bar["status"] == "running" for bar in bars)
+    assert all(bar["end"] >= bar["start"] for bar in bars)
+    assert {row["key"] for row in by_user["rows"]} == {"root", "sudo_alice", "bob"}
+    with index.db.read() as conn, pytest.raises(QueryError, match="window must be one of"):
+        timeline(conn, window="2d")

@@ -14,6 +14,8 @@ CLI Example:
     salt-run halite.jobs fun='state.*' status=running
     salt-run halite.jobs minion=web1 limit=20 --out=json
     salt-run halite.job 20261128115138123456
+    salt-run halite.activity hours=24
+    salt-run halite.timeline window=24h group_by=user
 """
 
 import datetime
@@ -23,7 +25,14 @@ import salt.config
 try:
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
-    from halite_core.queries import JobFilter, QueryError, job_detail, list_jobs
+    from halite_core.queries import (
+        JobFilter,
+        QueryError,
+        job_detail,
+        list_jobs,
+    )
+    from halite_core.queries import activity as jobs_per_hour
+    from halite_core.queries import timeline as job_bars
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -158,3 +167,45 @@ def job(jid):
     finally:
         store.db.dispose()
     return {"outputter": "halite_job", "data": detail}
+
+
+def _read(query, *args):
+    store = _store()
+    try:
+        with store.db.read() as conn:
+            return query(conn, *args)
+    except QueryError as exc:
+        return _failed(str(exc))
+    finally:
+        store.db.dispose()
+
+
+def activity(hours=24):
+    """
+    Jobs started per hour over the last ``hours`` hours (1 to 168; the current, partial
+    hour included, oldest first), and how many jobs are running now. Salt's bookkeeping
+    jobs are left out.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.activity hours=48 --out=json
+    """
+    return _read(jobs_per_hour, hours)
+
+
+def timeline(window="24h", group_by="function"):
+    """
+    The jobs of the last ``window`` (``1h``, ``4h``, ``24h`` or ``7d``) grouped into rows
+    by ``function`` or ``user``, busiest row first; each job a bar with its start and end
+    (or now) and a status: ``running``, ``failed``, ``changed`` or ``pass``. At most 2,000
+    bars (``truncated`` says when more were left out).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.timeline window=4h group_by=user --out=json
+    """
+    return _read(job_bars, window, group_by)

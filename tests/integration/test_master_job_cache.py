@@ -198,3 +198,18 @@ def test_runners_print_readable_views_by_default(master, minion, index):
     assert report.returncode == 0
     assert f"{minion.id}: returned, FAILED" in report.stdout
     assert "FAILED   always-fails (cmd.run)" in report.stdout
+
+
+def test_activity_and_timeline_runners(master, minion, index):
+    finished_job(index, run_job(master, minion, "test.echo", "busy"))
+    run = master.salt_run_cli()
+    ret = run.run("halite.activity", "hours=2")
+    assert ret.returncode == 0, ret
+    assert len(ret.data["hours"]) == 2 and ret.data["hours"][-1]["count"] >= 1
+    assert ret.data["total"] == sum(hour["count"] for hour in ret.data["hours"])
+    ret = run.run("halite.timeline", "window=1h", "group_by=function")
+    assert ret.returncode == 0, ret
+    rows = {row["key"]: row["bars"] for row in ret.data["rows"]}
+    assert any(bar["status"] == "pass" for bar in rows["test.echo"])
+    bad = run.run("halite.timeline", "window=3d")
+    assert bad.returncode == 1 and "window must be one of" in bad.data["error"]
