@@ -32,6 +32,12 @@ STATES = {
     "halite_ok.sls": """
         calm:
           test.succeed_without_changes
+
+        touch:
+          test.succeed_with_changes
+    """,
+    "halite_broken.sls": """
+        broken: [this is not
     """,
 }
 

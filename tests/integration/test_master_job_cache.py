@@ -4,6 +4,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from halite_core.models import job_returns, jobs_index
@@ -213,3 +214,27 @@ def test_activity_and_timeline_runners(master, minion, index):
     assert any(bar["status"] == "pass" for bar in rows["test.echo"])
     bad = run.run("halite.timeline", "window=3d")
     assert bad.returncode == 1 and "window must be one of" in bad.data["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "results"),
+    [
+        (("state.apply", "halite_ok", "test=True"), "states", ["passed", "not_run"]),
+        (("state.sls", "halite_ok"), "states", ["passed", "passed"]),
+        (("state.single", "test.fail_without_changes", "name=nope"), "states", ["failed"]),
+        (("state.apply", "halite_broken"), "render_error", None),
+    ],
+)
+def test_real_state_returns_are_parsed(master, minion, index, args, kind, results):
+    jid = run_job(master, minion, *args)
+    finished_job(index, jid)
+    ret = master.salt_run_cli().run("halite.job", jid)
+    assert ret.returncode == 0, ret
+    (result,) = ret.data["minion_results"]
+    parsed = result["highstate"]
+    assert parsed["kind"] == kind, parsed
+    if results is not None:
+        assert [state["result"] for state in parsed["states"]] == results
+        assert result["failed"] == ("failed" in results)
+    else:
+        assert parsed["errors"] and result["failed"] is True
