@@ -27,10 +27,13 @@ TARGET_WIDTH = 30
 def _cell(job: Mapping[str, Any], key: str) -> str:
     if key == "start_time":
         return str(job["start_time"])[:19].replace("T", " ")
+    minions = job.get("minions") or {}
     if key == "returned":
-        return f"{job['minions']['returned']}/{job['minions']['targeted']}"
+        if minions.get("targeted") is None:
+            return "-"  # live listings do not count minions
+        return f"{minions['returned']}/{minions['targeted']}"
     if key == "failed":
-        return str(job["minions"]["failed"])
+        return "-" if minions.get("failed") is None else str(minions["failed"])
     value = "" if job.get(key) is None else str(job[key])
     if key == "target" and len(value) > TARGET_WIDTH:
         value = value[: TARGET_WIDTH - 3] + "..."

@@ -20,9 +20,12 @@ CLI Example:
 
 import datetime
 
+import salt.client
 import salt.config
+import salt.minion
 
 try:
+    from halite_core import jids
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
     from halite_core.queries import (
@@ -89,6 +92,7 @@ def jobs(
     end=None,
     include_system=False,
     cursor=None,
+    live=False,
 ):
     """
     List jobs, newest first: ``{"jobs": [...], "next": <cursor or None>}``. Bad arguments
@@ -113,6 +117,10 @@ def jobs(
         Also list Salt's own bookkeeping jobs (``saltutil.find_job``, ...).
     cursor
         The ``next`` value of the previous page.
+    live
+        Bypass the index: read the newest ``limit`` jobs (at most 500) from the master's
+        job cache and ask every minion which jobs it is running (``saltutil.running``).
+        For the rare case where the index is suspect; the other filters do not apply.
 
     CLI Example:
 
@@ -121,6 +129,8 @@ def jobs(
         salt-run halite.jobs fun='state.*' user=sudo_alice
         salt-run halite.jobs cursor=MjAyNi0xMS0yOFQxMjowMDowMCswMDowMHwyMDI2MTEyODEyMDAwMDAwMDAwMA
     """
+    if live:
+        return _live_jobs(limit)
     try:
         filters = JobFilter(
             fun=fun,
@@ -209,3 +219,44 @@ def timeline(window="24h", group_by="function"):
         salt-run halite.timeline window=4h group_by=user --out=json
     """
     return _read(job_bars, window, group_by)
+
+
+def _live_jobs(limit):
+    try:
+        size = int(limit)
+    except (TypeError, ValueError):
+        size = 0
+    if not 1 <= size <= 500:
+        return _failed(f"limit must be a number from 1 to 500, not {limit!r}")
+    cache = __opts__["master_job_cache"]
+    with salt.minion.MasterMinion(__opts__) as mminion:
+        found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
+    client = salt.client.get_local_client(mopts=__opts__)
+    answers = client.cmd("*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10))
+    running = {
+        job.get("jid")
+        for jobs_of_minion in (answers or {}).values()
+        if isinstance(jobs_of_minion, list)
+        for job in jobs_of_minion
+        if isinstance(job, dict)
+    }
+    utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
+    listed = []
+    for job in sorted(found, key=lambda j: j["JID"], reverse=True):
+        target = job.get("Target")
+        listed.append(
+            {
+                "jid": job["JID"],
+                "function": job.get("Function"),
+                "target": ",".join(target) if isinstance(target, list) else target,
+                "target_type": job.get("Target-type"),
+                "user": job.get("User"),
+                "start_time": jids.start_time(job["JID"], utc).isoformat(),
+                "end_time": None,
+                "status": "running" if job["JID"] in running else "complete",
+                "minions": {"targeted": None, "returned": None, "failed": None},
+                "system": False,
+                "master_id": __opts__.get("id"),
+            }
+        )
+    return {"outputter": "halite_jobs", "data": {"jobs": listed, "next": None, "live": True}}

@@ -238,3 +238,15 @@ def test_real_state_returns_are_parsed(master, minion, index, args, kind, result
         assert result["failed"] == ("failed" in results)
     else:
         assert parsed["errors"] and result["failed"] is True
+
+
+def test_live_listing_asks_the_master_and_the_minions(master, minion, index):
+    sleeping = run_job(master, minion, "test.sleep", "8")
+    ret = master.salt_run_cli().run("halite.jobs", "live=True", "limit=5", _timeout=60)
+    assert ret.returncode == 0, ret
+    assert ret.data["live"] is True and len(ret.data["jobs"]) <= 5
+    listed = {job["jid"]: job for job in ret.data["jobs"]}
+    assert listed[sleeping]["status"] == "running"  # the minion said it runs it
+    assert listed[sleeping]["function"] == "test.sleep"
+    bad = master.salt_run_cli().run("halite.jobs", "live=True", "limit=501")
+    assert bad.returncode == 1
