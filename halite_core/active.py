@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -34,12 +33,15 @@ from typing import Any
 from sqlalchemy import select
 
 from halite_core.jobcache import (
+    FIND_JOB,
+    JOB_EVENT,
     PENDING,
     RUNNING,
     Item,
     JobStore,
     LoadItem,
     NoReturnItem,
+    event_stamp,
     is_outage,
     item_to_line,
 )
@@ -48,10 +50,6 @@ from halite_core.writer import SPOOL_OP
 
 log = logging.getLogger(__name__)
 
-JOB_EVENT = re.compile(
-    r"^salt/(?P<kind>job|run)/(?P<jid>[^/]+)/(?P<what>new|ret)(?:/(?P<minion>.+))?$"
-)
-FIND_JOB = "saltutil.find_job"
 EARLY_RETURNS_KEPT = 10_000
 HEARTBEAT_SECONDS = 5.0
 
@@ -131,7 +129,6 @@ class ActiveJobs:
         self._oldest: float | None = None
         self._next_heartbeat = 0.0
         self.max_delay = 0.0  # longest event-to-database delay seen, in seconds
-        self.events = 0
 
     # ------------------------------------------------------------------ start
     def recover(self) -> int:
@@ -167,7 +164,6 @@ class ActiveJobs:
         match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
         if match is None or not isinstance(data, Mapping):
             return
-        self.events += 1
         now = self._clock()
         jid = match["jid"]
         if match["kind"] == "run":
@@ -297,16 +293,9 @@ class ActiveJobs:
 
     # ------------------------------------------------------------------ writing
     def _queue_return(self, load: Mapping[str, Any], now: float) -> None:
-        stamp = load.get("_stamp")
-        when = None
-        if isinstance(stamp, str):
-            try:
-                when = dt.datetime.fromisoformat(stamp)
-                when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-            except ValueError:
-                when = None
+        when = event_stamp(load.get("_stamp")) or _utc(now)
         try:
-            items = self.store.items_for("save_return", load, when or _utc(now))
+            items = self.store.items_for("save_return", load, when)
         except ValueError as exc:
             self.store.spool.reject("save_return", load, reason=str(exc))
             return
@@ -368,10 +357,6 @@ class ActiveJobs:
             self.store.save_engine_state(self.master_id, values)
         except Exception:  # noqa: BLE001
             log.warning("halite engine: could not write its state", exc_info=True)
-
-    @property
-    def reconciled(self) -> bool:
-        return self._reconciled
 
     def running(self) -> Iterable[str]:
         return list(self.jobs)

@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 NEW, RUNNING, COMPLETE = "new", "running", "complete"
 PENDING, RETURNED, NO_RETURN = "pending", "returned", "no_return"
 FIND_JOB = "saltutil.find_job"
-JOB_EVENT = re.compile(r"^salt/job/(?P<jid>[^/]+)/(?:new|ret/(?P<minion>.+))$")
+# salt/job/<jid>/new, salt/job/<jid>/ret/<minion>, salt/run/<jid>/new, salt/run/<jid>/ret
+JOB_EVENT = re.compile(
+    r"^salt/(?P<kind>job|run)/(?P<jid>[^/]+)/(?P<what>new|ret)(?:/(?P<minion>.+))?$"
+)
 
 
 class InvalidLoad(ValueError):
@@ -509,13 +512,15 @@ class JobStore:
             tag = event.get("tag") if isinstance(event, Mapping) else None
             data = event.get("data") if isinstance(event, Mapping) else None
             match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
-            if match is None or not isinstance(data, Mapping) or not jids.is_jid(match["jid"]):
+            if match is None or match["kind"] != "job" or not isinstance(data, Mapping):
                 continue
-            if match["minion"] is None:
+            if not jids.is_jid(match["jid"]):
+                continue
+            if match["what"] == "new" and match["minion"] is None:
                 items.extend(self._load_items(match["jid"], data))
-            else:
+            elif match["what"] == "ret" and match["minion"]:
                 data = {**data, "jid": match["jid"], "id": match["minion"]}
-                items.append(self._return_item(data, _stamp(data.get("_stamp"))))
+                items.append(self._return_item(data, event_stamp(data.get("_stamp"))))
         return items
 
     def apply_items(self, items: Sequence[Item]) -> int:
@@ -1045,7 +1050,7 @@ def _text(value: object, limit: int) -> str | None:
     return str(value)[:limit]
 
 
-def _stamp(value: object) -> dt.datetime | None:
+def event_stamp(value: object) -> dt.datetime | None:
     """An event's ``_stamp`` (UTC, ISO 8601 without offset) as an aware datetime."""
     if not isinstance(value, str):
         return None
