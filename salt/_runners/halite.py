@@ -143,15 +143,9 @@ def jobs(
             end=_time("end", end),
             include_system=bool(include_system),
         )
-        store = _store()
-        try:
-            with store.db.read() as conn:
-                page = list_jobs(conn, filters, limit=limit, cursor=cursor)
-        finally:
-            store.db.dispose()
     except QueryError as exc:
         return _failed(str(exc))
-    return {"outputter": "halite_jobs", "data": page}
+    return _read(list_jobs, filters, limit, cursor, outputter="halite_jobs")
 
 
 def job(jid):
@@ -168,26 +162,20 @@ def job(jid):
 
         salt-run halite.job 20261128115138123456 --out=json
     """
+    return _read(job_detail, str(jid), outputter="halite_job")
+
+
+def _read(query, *args, outputter=None):
+    """Run a halite_core query on the index; its QueryError becomes the runner's error."""
     store = _store()
     try:
         with store.db.read() as conn:
-            detail = job_detail(conn, str(jid))
+            data = query(conn, *args)
     except QueryError as exc:
         return _failed(str(exc))
     finally:
         store.db.dispose()
-    return {"outputter": "halite_job", "data": detail}
-
-
-def _read(query, *args):
-    store = _store()
-    try:
-        with store.db.read() as conn:
-            return query(conn, *args)
-    except QueryError as exc:
-        return _failed(str(exc))
-    finally:
-        store.db.dispose()
+    return data if outputter is None else {"outputter": outputter, "data": data}
 
 
 def activity(hours=24):
