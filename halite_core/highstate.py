@@ -40,7 +40,7 @@ def summarize(ret: object) -> StateSummary | None:
         result = state["result"]
         if result is True:
             passed += 1
-        elif result is False:
+        elif result is not None:  # False, or anything else a state should not answer
             failed += 1
         if state.get("changes"):
             changed += 1
@@ -73,20 +73,23 @@ def parse(ret: object) -> dict[str, Any]:
     failed render), ``already_running`` (Salt refused because a state run was in progress)
     or ``other`` (any other return, kept as it is).
     """
-    summary = summarize(ret)
-    if summary is not None:
-        assert isinstance(ret, Mapping)
-        states = sorted(
-            (_state(key, value) for key, value in ret.items()),
-            key=lambda s: (s["run_num"] is None, s["run_num"] or 0, s["id"]),
-        )
+    states = _states(ret)
+    if states is not None:
+        states.sort(key=lambda s: (s["run_num"] is None, s["run_num"] or 0, s["id"]))
         failing = [
             {"id": s["id"], "comment": s["comment"]} for s in states if s["result"] == "failed"
         ]
+        changed = sum(1 for s in states if s["changes"])
         return {
             "kind": "states",
             "states": states,
-            "counts": summary._asdict(),
+            "counts": {
+                "total": len(states),
+                "passed": sum(1 for s in states if s["result"] == "passed"),
+                "failed": len(failing),
+                "changed": changed,
+                "duration_ms": round(sum(s["duration_ms"] for s in states), 3),
+            },
             "failing": failing,
         }
     if isinstance(ret, list) and ret and all(isinstance(item, str) for item in ret):
@@ -96,21 +99,38 @@ def parse(ret: object) -> dict[str, Any]:
     return {"kind": "other"}
 
 
-RESULTS = {True: "passed", False: "failed", None: "not_run"}
+def _result(result: object) -> str:
+    """``passed`` (True), ``not_run`` (None: test mode) or ``failed`` (anything else)."""
+    return "passed" if result is True else "not_run" if result is None else "failed"
 
 
-def _state(key: str, value: Mapping[str, Any]) -> dict[str, Any]:
-    module, state_id, name, function = key.split(SEPARATOR)
-    result = value.get("result")
-    return {
-        "id": value.get("__id__", state_id),
-        "function": f"{module}.{function}",
-        "name": value.get("name", name),
-        "sls": value.get("__sls__"),
-        "result": RESULTS.get(result, "failed"),
-        "duration_ms": _number(value.get("duration")),
-        "comment": value.get("comment"),
-        "changes": value.get("changes") or {},
-        "run_num": value.get("__run_num__"),
-        "start_time": value.get("start_time"),
-    }
+def _states(ret: object) -> list[dict[str, Any]] | None:
+    """Each state of a state return, in one pass that also checks the shape (the same
+    rules as :func:`summarize`); ``None`` when ``ret`` is not a state run."""
+    if not isinstance(ret, Mapping) or not ret:
+        return None
+    states = []
+    for key, value in ret.items():
+        if not isinstance(key, str) or key.count(SEPARATOR) != 3:
+            return None
+        if not isinstance(value, Mapping) or "result" not in value or "comment" not in value:
+            return None
+        module, state_id, name, function = key.split(SEPARATOR)
+        get = value.get
+        states.append(
+            {
+                "id": get("__id__", state_id),
+                "function": f"{module}.{function}",
+                "name": get("name", name),
+                "sls": get("__sls__"),
+                "result": _result(value["result"]),
+                "duration_ms": duration
+                if type(duration := get("duration")) is float
+                else _number(duration),
+                "comment": value["comment"],
+                "changes": get("changes") or {},
+                "run_num": get("__run_num__"),
+                "start_time": get("start_time"),
+            }
+        )
+    return states

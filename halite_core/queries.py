@@ -10,17 +10,37 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
+import gc
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, or_, select
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from halite_core import highstate, jids
 from halite_core.active import effective_status
-from halite_core.models import engine_state, job_returns, jobs_index
+from halite_core.models import (
+    engine_state,
+    job_returns,
+    job_search,
+    job_search_keys,
+    jobs_index,
+)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -87,6 +107,27 @@ def _limit(limit: object) -> int:
     return value
 
 
+# A glob with few matching values (``state.*``: state.apply, state.sls, ...) is listed as
+# one newest-first index range per value, merged; beyond these bounds the glob is a filter.
+GLOB_WALK = 256  # distinct values of the column looked at
+GLOB_VALUES = 32  # matching values merged
+GLOB_SMALL_RANGE = 2000  # jobs in a prefix's range few enough to read and sort
+# Text search first looks among the newest jobs (cheap when the text is common), then
+# asks the trigram index (cheap when it is rare): exact either way.
+SEARCH_SCAN = 5000
+GLOB_COLUMNS = {"fun": "function", "target": "target"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a listing reads the index: ``values`` is (column, values) a glob was expanded
+    to; ``search`` is ``like`` (a filter), ``scan`` (a filter on the newest
+    ``SEARCH_SCAN`` candidates only) or ``fts`` (candidates from the trigram index)."""
+
+    values: tuple[str, tuple[str, ...]] | None = None
+    search: str = "like"
+
+
 def list_jobs(
     conn: Connection,
     filters: JobFilter = JobFilter(),
@@ -96,7 +137,16 @@ def list_jobs(
 ) -> dict[str, Any]:
     """``{"jobs": [...], "next": cursor or None}``: one page, newest first."""
     size = _limit(limit)
-    rows = conn.execute(listing_query(filters, size + 1, cursor, conn.dialect.name)).all()
+    dialect = conn.dialect.name
+    plan = Plan(values=_expand_glob(conn, filters))
+    if filters.search and dialect == "sqlite" and len(filters.search) >= 3:
+        scan = replace(plan, search="scan")
+        rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, scan)).all()
+        if len(rows) <= size:
+            fts = replace(plan, search="fts")
+            rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, fts)).all()
+    else:
+        rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, plan)).all()
     engines = {row.master_id: dict(row._mapping) for row in conn.execute(select(engine_state))}
     moment = now or dt.datetime.now(dt.timezone.utc)
     jobs = [_job(dict(row._mapping), engines, moment) for row in rows[:size]]
@@ -104,8 +154,63 @@ def list_jobs(
     return {"jobs": jobs, "next": encode_cursor(last.start_time, last.jid) if last else None}
 
 
+def _expand_glob(conn: Connection, filters: JobFilter) -> tuple[str, tuple[str, ...]] | None:
+    """The few distinct values a ``fun`` or ``target`` glob matches, found by walking the
+    column's index one distinct value at a time (within the glob's fixed prefix on
+    SQLite); ``None`` when there is no glob to expand or it matches too many values."""
+    if filters.minion is not None:
+        return None  # the minion's own index drives that listing
+    for name, column in GLOB_COLUMNS.items():
+        pattern = getattr(filters, name)
+        if pattern and ("*" in pattern or "?" in pattern):
+            return _expand(conn, column, pattern)
+    return None
+
+
+def _expand(conn: Connection, column: str, pattern: str) -> tuple[str, tuple[str, ...]] | None:
+    _glob(jobs_index.c[column], pattern, conn.dialect.name)  # rejects unsupported patterns
+    prefix = pattern[: min(i for i in (pattern.find("*"), pattern.find("?")) if i >= 0)]
+    bounds = ""
+    params: dict[str, Any] = {"cap": GLOB_WALK, "pattern": pattern, "lo": ""}
+    if prefix and conn.dialect.name == "sqlite" and ord(prefix[-1]) not in (0xD7FF, 0x10FFFF):
+        # SQLite compares text byte-wise, so the prefix is a range of the index.
+        bounds = f" AND {column} < :hi"
+        params.update(lo=prefix, hi=prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        in_range = text(
+            f"SELECT count(*) FROM (SELECT 1 FROM jobs_index WHERE {column} >= :lo{bounds}"
+            " LIMIT :small)"
+        )
+        if conn.execute(in_range, {**params, "small": GLOB_SMALL_RANGE}).scalar_one() < (
+            GLOB_SMALL_RANGE
+        ):
+            return None  # few jobs in the prefix's range: reading and sorting them is cheaper
+    match = "v GLOB :pattern" if conn.dialect.name == "sqlite" else "v LIKE :like ESCAPE '\\'"
+    if conn.dialect.name != "sqlite":
+        like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["like"] = like.replace("*", "%").replace("?", "_")
+    walk = text(
+        "WITH RECURSIVE walk(v, n) AS ("
+        f" SELECT (SELECT min({column}) FROM jobs_index WHERE {column} >= :lo{bounds}), 1"
+        " UNION ALL"
+        f" SELECT (SELECT min({column}) FROM jobs_index WHERE {column} > walk.v{bounds}),"
+        " n + 1 FROM walk WHERE walk.v IS NOT NULL AND n < :cap)"
+        f" SELECT v, n, CASE WHEN {match} THEN 1 ELSE 0 END FROM walk WHERE v IS NOT NULL"
+    )
+    seen = conn.execute(walk, params).all()
+    if len(seen) >= GLOB_WALK:
+        return None
+    values = tuple(v for v, _, hit in seen if hit)
+    if len(values) > GLOB_VALUES:
+        return None
+    return column, values
+
+
 def listing_query(
-    filters: JobFilter, limit: int, cursor: str | None = None, dialect: str = "sqlite"
+    filters: JobFilter,
+    limit: int,
+    cursor: str | None = None,
+    dialect: str = "sqlite",
+    plan: Plan = Plan(),
 ) -> Select[Any]:
     """The SQL of a listing page (``limit`` rows after ``cursor``), newest first."""
     if filters.status is not None and filters.status not in STATUSES:
@@ -126,20 +231,19 @@ def listing_query(
     query = query.where(j.status != "new")  # a reserved jid is not a job yet
     if not filters.include_system:
         query = query.where(j.system.is_(False))
-    if filters.fun:
+    expanded = plan.values[0] if plan.values else None
+    if filters.fun and expanded != "function":
         query = query.where(_glob(j.function, filters.fun, dialect))
-    if filters.target:
+    if filters.target and expanded != "target":
         query = query.where(_glob(j.target, filters.target, dialect))
     if filters.user:
         query = query.where(j.user == filters.user)
     if filters.status is not None:
         query = query.where(j.status == filters.status)
-    if filters.search:
-        needle = filters.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        like = f"%{needle}%"
-        query = query.where(
-            or_(*(col.like(like, escape="\\") for col in (j.jid, j.function, j.target, j.user)))
-        )
+    if filters.search and plan.search != "scan":
+        query = query.where(_search(j, filters.search, dialect))
+        if plan.search == "fts":
+            query = query.where(j.jid.in_(_fts_candidates(filters.search)))
     if filters.start is not None:
         query = query.where(order_start >= _aware(filters.start, "start"))
     if filters.end is not None:
@@ -152,7 +256,54 @@ def listing_query(
                 and_(order_start == after_start, order_jid < after_jid),
             )
         )
-    return query.order_by(order_start.desc(), order_jid.desc()).limit(limit)
+    newest = (order_start.desc(), order_jid.desc())
+    inner_limit = SEARCH_SCAN if filters.search and plan.search == "scan" else limit
+    if plan.values:
+        column, values = plan.values
+        if not values:
+            query = query.where(false())
+        elif len(values) == 1:
+            query = query.where(j[column] == values[0])
+        else:
+            parts = [
+                select(query.where(j[column] == value).order_by(*newest).limit(inner_limit)
+                       .subquery())
+                for value in values
+            ]  # fmt: skip
+            merged = union_all(*parts).subquery()
+            query = select(merged)
+            newest = (merged.c.start_time.desc(), merged.c.jid.desc())
+    query = query.order_by(*newest).limit(inner_limit)
+    if filters.search and plan.search == "scan":
+        newest_jobs = query.subquery()
+        query = (
+            select(newest_jobs)
+            .where(_search(newest_jobs.c, filters.search, dialect))
+            .order_by(newest_jobs.c.start_time.desc(), newest_jobs.c.jid.desc())
+            .limit(limit)
+        )
+    return query
+
+
+def _search(columns: Any, needle: str, dialect: str) -> ColumnElement[bool]:
+    """Text anywhere in the jid, function, target or user, case-insensitive (ASCII)."""
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
+    cols = (columns.jid, columns.function, columns.target, columns.user)
+    if dialect == "sqlite":  # SQLite's LIKE already ignores ASCII case
+        return or_(*(col.like(pattern, escape="\\") for col in cols))
+    return or_(*(col.ilike(pattern, escape="\\") for col in cols))
+
+
+def _fts_candidates(needle: str) -> Select[Any]:
+    """Jobs whose search text holds ``needle`` per the trigram index: a superset of the
+    LIKE match (the index also folds non-ASCII case), which the LIKE then decides."""
+    phrase = '"' + needle.replace('"', '""') + '"'
+    return (
+        select(job_search_keys.c.jid)
+        .select_from(job_search_keys.join(job_search, job_search.c.rowid == job_search_keys.c.id))
+        .where(literal_column("job_search").op("MATCH")(phrase))
+    )
 
 
 def _aware(value: dt.datetime, name: str) -> dt.datetime:
@@ -186,9 +337,38 @@ def _job(
 MINION_STATES = {"pending": "running", "returned": "returned", "no_return": "no_return"}
 
 
+_gc_lock = threading.Lock()
+_gc_pause = {"depth": 0, "was_enabled": False}
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """Pause the cyclic garbage collector while a large acyclic answer is built: a
+    highstate on 1,000 minions is ~100,000 new dicts, and the collections they trigger
+    cost more than a third of the time (the answer holds no cycles to collect). Nested
+    and concurrent pauses restore the collector once, when the last one ends."""
+    with _gc_lock:
+        if _gc_pause["depth"] == 0:
+            _gc_pause["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _gc_pause["depth"] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pause["depth"] -= 1
+            if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
+                gc.enable()
+
+
 def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> dict[str, Any]:
     """One job: its metadata and one entry per targeted minion, failures first; for
     ``state.*`` jobs each return parsed into states (see :func:`highstate.parse`)."""
+    with _gc_paused():
+        return _job_detail(conn, jid, now)
+
+
+def _job_detail(conn: Connection, jid: str, now: dt.datetime | None) -> dict[str, Any]:
     if not jids.is_jid(jid):
         raise QueryError(f"{jid!r} is not a Salt job id (20 digits, optional _pid)")
     row = conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).first()

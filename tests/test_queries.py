@@ -224,3 +224,140 @@ def test_timeline_groups_bars_busiest_first(index):
     assert {row["key"] for row in by_user["rows"]} == {"root", "sudo_alice", "bob"}
     with index.db.read() as conn, pytest.raises(QueryError, match="window must be one of"):
         timeline(conn, window="2d")
+
+
+@pytest.fixture
+def random_index(store):
+    """240 jobs with random functions, targets and users (some sharing a start second),
+    and the same facts kept in Python to check listings against."""
+    import random
+
+    rnd = random.Random(5)
+    funs = ["test.ping", "test.arg", "state.apply", "state.sls", "state.highstate",
+            "cmd.run", "pkg.install", "saltutil.find_job", "grains.items"]  # fmt: skip
+    users = ["root", "sudo_alice", "Bob_1", "salt%api"]
+    facts = []
+    for n in range(240):
+        moment = dt.datetime(2026, 11, 28, 10, tzinfo=UTC) + dt.timedelta(seconds=n)
+        jid = moment.strftime("%Y%m%d%H%M%S%f")
+        if n % 7 == 0 and facts:  # unique_jid style: the same start time, another jid
+            jid = f"{facts[-1]['jid'][:20]}_{n}"
+        fun = rnd.choice(funs)
+        minions = rnd.sample(["web1", "web2", "db1", "db2", "mail"], rnd.randint(1, 3))
+        user = rnd.choice(users)
+        publish(store, jid, fun=fun, minions=minions, user=user)
+        target = ",".join(minions)
+        facts.append({"jid": jid, "function": fun, "target": target, "user": user,
+                      "minions": minions, "system": fun == "saltutil.find_job"})  # fmt: skip
+    return store, facts
+
+
+def expected(facts, fun=None, target=None, search=None, user=None, include_system=False,
+             minion=None):  # fmt: skip
+    import fnmatch
+
+    out = []
+    for f in facts:
+        if f["system"] and not include_system:
+            continue
+        if fun and not fnmatch.fnmatchcase(f["function"], fun):
+            continue
+        if target and not fnmatch.fnmatchcase(f["target"], target):
+            continue
+        if user and f["user"] != user:
+            continue
+        if minion and minion not in f["minions"]:
+            continue
+        if search and not any(
+            search.lower() in (f[k] or "").lower() for k in ("jid", "function", "target", "user")
+        ):
+            continue
+        out.append(f)
+    # Newest first: start time (the jid's first 20 digits here), then jid.
+    return [f["jid"] for f in sorted(out, key=lambda f: (f["jid"][:20], f["jid"]), reverse=True)]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"fun": "state.*"},
+        {"fun": "test.*"},
+        {"fun": "*.ping"},
+        {"fun": "s*"},
+        {"fun": "nosuch.*"},
+        {"fun": "state.*", "user": "root"},
+        {"target": "web*"},
+        {"target": "*db1*"},
+        {"search": "state"},
+        {"search": "STATE.AP"},
+        {"search": "1_"},
+        {"search": "%api"},
+        {"search": "ali"},
+        {"search": "2026112810"},
+        {"search": "zz"},
+        {"search": "app", "fun": "state.*"},
+        {"search": "web", "target": "web*"},
+        {"fun": "state.*", "minion": "db1"},
+        {"search": "ping", "minion": "web2"},
+        {"include_system": True, "fun": "saltutil.*"},
+    ],
+)
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        # (SEARCH_SCAN, GLOB_VALUES, GLOB_SMALL_RANGE)
+        (5000, 32, 2000),  # as shipped: this small index is one small range per prefix
+        (5000, 32, 0),  # globs merged per matching value
+        (3, 2, 0),  # the scan rarely suffices (trigram index); too many values (filter)
+    ],
+)
+def test_every_plan_pages_exactly_like_brute_force(random_index, filters, tuning, monkeypatch):
+    """Globs merged per matching value, text search through the newest-jobs scan and through
+    the trigram index: page by page, the same jobs in the same order as checking every job."""
+    import halite_core.queries as queries
+
+    for name, value in zip(("SEARCH_SCAN", "GLOB_VALUES", "GLOB_SMALL_RANGE"), tuning, strict=True):
+        monkeypatch.setattr(queries, name, value)
+    store, facts = random_index
+    seen, page = [], listing(store, limit=7, **filters)
+    while True:
+        seen += jids(page)
+        if page["next"] is None:
+            break
+        page = listing(store, limit=7, cursor=page["next"], **filters)
+    assert seen == expected(facts, **filters)
+
+
+def test_search_index_follows_updates_and_deletes(store):
+    """The trigram index is kept by triggers: a job first known from a return (no
+    function yet) is found by function once its publish arrives; deleted jobs are gone."""
+    jid = "20261128120000000001"
+    store.save_return(ret(jid, "web1", fun="pkg.refresh_db"))
+    publish(store, jid, fun="pkg.refresh_db", minions=["web1"], user="carol")
+    assert jids(listing(store, search="carol")) == [jid]
+    assert jids(listing(store, search="refresh_d")) == [jid]
+    with store.db.write() as conn:
+        conn.exec_driver_sql(f"DELETE FROM jobs_index WHERE jid = '{jid}'")
+    with store.db.read() as conn:
+        left = conn.exec_driver_sql("SELECT count(*) FROM job_search").scalar()
+        keys = conn.exec_driver_sql("SELECT count(*) FROM job_search_keys").scalar()
+    assert (left, keys) == (0, 0)
+
+
+def test_job_detail_restores_the_garbage_collector(store):
+    import gc
+
+    from halite_core.queries import job_detail
+
+    publish(store, "20261128120000000002", minions=["web1"])
+    with store.db.read() as conn:
+        assert gc.isenabled()
+        job_detail(conn, "20261128120000000002")
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            job_detail(conn, "20261128120000000002")
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
