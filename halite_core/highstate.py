@@ -22,11 +22,43 @@ class StateSummary(NamedTuple):
 
 
 def is_state_function(fun: object) -> bool:
-    return isinstance(fun, str) and fun.startswith("state.")
+    """``state.*`` on minions, and ``state.*`` runners (orchestration) on the master."""
+    return isinstance(fun, str) and (fun.startswith("state.") or fun.startswith("runner.state."))
+
+
+def runner_payload(fun: object, ret: object) -> tuple[object, bool | None, object]:
+    """A runner job's return as Salt stores it is the whole ``salt/run/<jid>/ret`` payload
+    (``{"fun", "jid", "user", "return": ..., "success": ...}``): its return value, its
+    success and its retcode (from the value, as runners such as ``state.orchestrate``
+    report it). Anything else is returned as it is, with success and retcode unknown."""
+    if (
+        isinstance(fun, str)
+        and fun.startswith("runner.")
+        and isinstance(ret, Mapping)
+        and "return" in ret
+        and "fun" in ret
+    ):
+        value = ret["return"]
+        success = ret.get("success")
+        retcode = value.get("retcode") if isinstance(value, Mapping) else None
+        return value, success if isinstance(success, bool) else None, retcode
+    return ret, None, None
+
+
+def unwrap(ret: object) -> object:
+    """The states of an orchestration: ``state.orchestrate`` answers
+    ``{"data": {master_id: {states}}, "outputter": "highstate", "retcode": n}``."""
+    if isinstance(ret, Mapping) and "outputter" in ret and isinstance(ret.get("data"), Mapping):
+        data = ret["data"]
+        if len(data) == 1:
+            (inner,) = data.values()
+            return inner
+    return ret
 
 
 def summarize(ret: object) -> StateSummary | None:
     """Counts for a state return, or ``None`` when the return is not a state run."""
+    ret = unwrap(ret)
     if not isinstance(ret, Mapping) or not ret:
         return None
     passed = failed = changed = 0
@@ -73,7 +105,7 @@ def parse(ret: object) -> dict[str, Any]:
     failed render), ``already_running`` (Salt refused because a state run was in progress)
     or ``other`` (any other return, kept as it is).
     """
-    states = _states(ret)
+    states = _states(unwrap(ret))
     if states is not None:
         states.sort(key=lambda s: (s["run_num"] is None, s["run_num"] or 0, s["id"]))
         failing = [

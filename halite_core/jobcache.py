@@ -682,7 +682,8 @@ class JobStore:
         assert isinstance(jid, str)
         fun = load.get("fun")
         value = load.get("return")
-        summary = highstate.summarize(value) if highstate.is_state_function(fun) else None
+        inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
+        summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
         encoded = encoding.encode(value, self.settings.max_return_bytes)
         if encoded.truncated:
             log.warning(
@@ -698,7 +699,9 @@ class JobStore:
                 minion,
                 jid,
             )
-        success = load.get("success")
+        success = load.get("success", runner_success)
+        if success is None:
+            success = runner_success
         out = load.get("out")
         return ReturnRow(
             jid=jid,
@@ -707,7 +710,7 @@ class JobStore:
             start_time=self.start_time(jid),
             returned_at=returned_at or utcnow(),
             value=encoded,
-            retcode=_retcode(load.get("retcode")),
+            retcode=_retcode(load.get("retcode", runner_retcode)),
             success=success if isinstance(success, bool) else None,
             out=out[:64] if isinstance(out, str) else None,
             summary=summary,

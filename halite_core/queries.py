@@ -404,7 +404,8 @@ def _job_detail(conn: Connection, jid: str, now: dt.datetime | None) -> dict[str
             ),
         }
         if is_state_job and ret.state == "returned":
-            parsed = highstate.parse(ret.return_value)
+            value, _, _ = highstate.runner_payload(row.function, ret.return_value)
+            parsed = highstate.parse(value)
             entry["highstate"] = parsed
             if parsed["kind"] == "states":
                 counts = parsed["counts"]

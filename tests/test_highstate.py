@@ -50,3 +50,29 @@ def test_parse_recognises_render_errors_busy_minions_and_others():
     assert highstate.parse(busy)["kind"] == "already_running"
     assert highstate.parse("just text") == {"kind": "other"}
     assert highstate.parse({}) == {"kind": "other"}
+
+
+def test_orchestration_payload_is_unwrapped():
+    """A runner job is stored as Salt's whole salt/run/<jid>/ret payload; an orchestration's
+    states sit under return.data.<master id>."""
+    states = {
+        "salt_|-deploy_|-deploy_|-state": {"result": False, "comment": "Run failed on minions: w1",
+                                           "changes": {}, "__run_num__": 0, "__id__": "deploy"},
+    }  # fmt: skip
+    payload = {
+        "fun": "runner.state.orchestrate",
+        "jid": "20261128120000000000",
+        "return": {"data": {"m_master": states}, "outputter": "highstate", "retcode": 1},
+        "success": False,
+    }
+    value, success, retcode = highstate.runner_payload("runner.state.orchestrate", payload)
+    assert (success, retcode) == (False, 1)
+    assert highstate.summarize(value) == highstate.StateSummary(1, 0, 1, 0, 0.0)
+    assert highstate.parse(value)["failing"] == [
+        {"id": "deploy", "comment": "Run failed on minions: w1"}
+    ]
+    # Minion returns and other runners' plain values pass through untouched.
+    assert highstate.runner_payload("state.apply", payload) == (payload, None, None)
+    assert highstate.runner_payload("runner.test.arg", [1]) == ([1], None, None)
+    assert highstate.is_state_function("runner.state.orch")
+    assert not highstate.is_state_function("runner.jobs.list_jobs")

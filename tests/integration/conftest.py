@@ -36,6 +36,19 @@ STATES = {
         touch:
           test.succeed_with_changes
     """,
+    "halite_orch.sls": """
+        apply-ok:
+          salt.state:
+            - tgt: '*'
+            - sls: halite_ok
+
+        apply-broken:
+          salt.state:
+            - tgt: '*'
+            - sls: halite_demo
+            - require:
+              - salt: apply-ok
+    """,
     "halite_broken.sls": """
         broken: [this is not
     """,

@@ -240,6 +240,30 @@ def test_real_state_returns_are_parsed(master, minion, index, args, kind, result
         assert parsed["errors"] and result["failed"] is True
 
 
+def test_orchestration_returns_are_parsed(master, minion, index):
+    run = master.salt_run_cli()
+    orch = run.run("state.orchestrate", "halite_orch", _timeout=120)
+    assert orch.returncode != 0  # halite_demo fails on the minion
+    listing = run.run("halite.jobs", "fun=runner.state.orch*", "limit=1")
+    assert listing.returncode == 0, listing
+    (job,) = listing.data["jobs"]
+    ret = run.run("halite.job", job["jid"])
+    assert ret.returncode == 0, ret
+    (result,) = ret.data["minion_results"]  # the orchestration ran on the master
+    assert result["minion"] == master.id
+    assert (result["success"], result["retcode"], result["failed"]) == (False, 1, True)
+    parsed = result["highstate"]
+    assert parsed["kind"] == "states", parsed
+    assert [(s["id"], s["function"], s["result"]) for s in parsed["states"]] == [
+        ("apply-ok", "salt.state", "passed"),
+        ("apply-broken", "salt.state", "failed"),
+    ]
+    assert parsed["failing"] == [
+        {"id": "apply-broken", "comment": f"Run failed on minions: {minion.id}"}
+    ]
+    assert ret.data["minions"]["failed"] == 1 and ret.data["states"]["failed"] == 1
+
+
 def test_live_listing_asks_the_master_and_the_minions(master, minion, index):
     sleeping = run_job(master, minion, "test.sleep", "8")
     ret = master.salt_run_cli().run("halite.jobs", "live=True", "limit=5", _timeout=60)
