@@ -48,7 +48,7 @@ from halite_core.writer import SPOOL_OP, WriteBehind, recover_journals
 log = logging.getLogger(__name__)
 
 NEW, RUNNING, COMPLETE = "new", "running", "complete"
-PENDING, RETURNED, NO_RETURN = "pending", "returned", "no_return"
+PENDING, RETURNED, NO_RETURN, KILLED = "pending", "returned", "no_return", "killed"
 FIND_JOB = "saltutil.find_job"
 # salt/job/<jid>/new, salt/job/<jid>/ret/<minion>, salt/run/<jid>/new, salt/run/<jid>/ret
 JOB_EVENT = re.compile(
@@ -218,7 +218,10 @@ class _Statements:
                 minions_returned=select(func.count()).where(of_job, returned).scalar_subquery(),
                 # A minion that never answered failed the job, as Salt's CLI reports it.
                 minions_failed=select(func.count())
-                .where(of_job, or_(and_(returned, failed), rows.c.state == NO_RETURN))
+                .where(
+                    of_job,
+                    or_(and_(returned, failed), rows.c.state == NO_RETURN, rows.c.state == KILLED),
+                )
                 .scalar_subquery(),
                 last_return_at=select(func.max(rows.c.returned_at)).where(of_job).scalar_subquery(),
             )
@@ -776,6 +779,23 @@ class JobStore:
         if self._stmts is None:
             self._stmts = _Statements.build(self._insert)
         return self._stmts
+
+    def mark_killed(self, jid: str, minions: Iterable[str], at: dt.datetime | None = None) -> int:
+        """Mark the minions still ``pending`` in ``jid`` as ``killed`` (they were sent
+        ``saltutil.kill_job`` and confirmed it) and settle the job at once; returns how many
+        were marked. A return that arrives after all the same still replaces the mark."""
+        moment = at or utcnow()
+        r = job_returns.c
+        with self.db.write() as conn:
+            marked = 0
+            for minion in sorted(set(minions)):
+                marked += conn.execute(
+                    update(job_returns)
+                    .where(r.jid == jid, r.minion == minion, r.state == PENDING)
+                    .values(state=KILLED, returned_at=moment)
+                ).rowcount
+            self._recount(conn, [jid])
+        return marked
 
     def clean_old_jobs(
         self, keep_seconds: int | None = None, now: dt.datetime | None = None

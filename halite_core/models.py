@@ -160,7 +160,33 @@ class EngineState(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+class AuditEntry(Base):
+    """One decision on a request: every kill (allowed or denied) and every denied read.
+    Written by the runners, never updated or deleted by them."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    user: Mapped[str | None] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource: Mapped[str | None] = mapped_column(String(255))
+    jid: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(8), nullable=False)
+    outcome: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    arguments: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    master_id: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (
+        Index(None, "at", "id"),
+        Index(None, "user", "at", "id"),
+        Index(None, "action", "at", "id"),
+        Index(None, "decision", "at", "id"),
+    )
+
+
 jobs_index = cast(Table, Job.__table__)
+audit_log = cast(Table, AuditEntry.__table__)
 job_returns = cast(Table, JobReturn.__table__)
 engine_state = cast(Table, EngineState.__table__)
 

@@ -43,6 +43,7 @@ from halite_core.models import (
 )
 
 DEFAULT_LIMIT = 50
+MAX_TEXT = 1024
 MAX_LIMIT = 500
 STATUSES = ("running", "complete")
 
@@ -64,6 +65,8 @@ class JobFilter:
     start: dt.datetime | None = None
     end: dt.datetime | None = None
     include_system: bool = False
+    # The function globs the asking user may view (``None``: all); see permissions.py.
+    functions: tuple[str, ...] | None = None
 
 
 def encode_cursor(start_time: dt.datetime, jid: str) -> str:
@@ -213,6 +216,12 @@ def listing_query(
     plan: Plan = Plan(),
 ) -> Select[Any]:
     """The SQL of a listing page (``limit`` rows after ``cursor``), newest first."""
+    for name in ("fun", "target", "user", "minion", "search"):
+        value = getattr(filters, name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
+            raise QueryError(
+                f"{name} must be text of at most {MAX_TEXT} characters, not {_preview(value)}"
+            )
     if filters.status is not None and filters.status not in STATUSES:
         raise QueryError(f"status must be one of {', '.join(STATUSES)}, not {filters.status!r}")
     j = jobs_index.c
@@ -238,6 +247,7 @@ def listing_query(
         query = query.where(_glob(j.target, filters.target, dialect))
     if filters.user:
         query = query.where(j.user == filters.user)
+    query = query.where(*_scope(j.function, filters.functions, dialect))
     if filters.status is not None:
         query = query.where(j.status == filters.status)
     if filters.search and plan.search != "scan":
@@ -285,6 +295,17 @@ def listing_query(
     return query
 
 
+def _scope(
+    column: Any, functions: tuple[str, ...] | None, dialect: str
+) -> tuple[ColumnElement[bool], ...]:
+    """The conditions that keep a listing to the functions a user may view."""
+    if functions is None:
+        return ()
+    if not functions:
+        return (false(),)
+    return (or_(*(_glob(column, pattern, dialect) for pattern in functions)),)
+
+
 def _search(columns: Any, needle: str, dialect: str) -> ColumnElement[bool]:
     """Text anywhere in the jid, function, target or user, case-insensitive (ASCII)."""
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -304,6 +325,11 @@ def _fts_candidates(needle: str) -> Select[Any]:
         .select_from(job_search_keys.join(job_search, job_search.c.rowid == job_search_keys.c.id))
         .where(literal_column("job_search").op("MATCH")(phrase))
     )
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _aware(value: dt.datetime, name: str) -> dt.datetime:
@@ -334,7 +360,12 @@ def _job(
     }
 
 
-MINION_STATES = {"pending": "running", "returned": "returned", "no_return": "no_return"}
+MINION_STATES = {
+    "pending": "running",
+    "returned": "returned",
+    "no_return": "no_return",
+    "killed": "killed",
+}
 
 
 _gc_lock = threading.Lock()
@@ -398,7 +429,7 @@ def _job_detail(conn: Connection, jid: str, now: dt.datetime | None) -> dict[str
             "return": ret.return_value,
             "truncated": ret.return_truncated,
             "failed": bool(
-                ret.state == "no_return"
+                ret.state in ("no_return", "killed")
                 or ret.success is False
                 or (ret.retcode is not None and ret.retcode != 0)
             ),
@@ -439,7 +470,10 @@ def _hour_bucket(column: Any, dialect: str) -> Any:
 
 
 def activity(
-    conn: Connection, hours: object = 24, now: dt.datetime | None = None
+    conn: Connection,
+    hours: object = 24,
+    now: dt.datetime | None = None,
+    functions: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Jobs started per hour over the last ``hours`` hours (the current, partial hour
     included, oldest first, empty hours as 0), and how many jobs are running now."""
@@ -457,10 +491,15 @@ def activity(
         conn.execute(
             select(bucket, func.count())
             .where(j.start_time >= first, j.status != "new", j.system.is_(False))
+            .where(*_scope(j.function, functions, conn.dialect.name))
             .group_by(bucket)
         ).all()
     )
-    running = conn.scalar(select(func.count()).where(j.status == "running", j.system.is_(False)))
+    running = conn.scalar(
+        select(func.count())
+        .where(j.status == "running", j.system.is_(False))
+        .where(*_scope(j.function, functions, conn.dialect.name))
+    )
     buckets = []
     for n in range(span):
         hour = first + dt.timedelta(hours=n)
@@ -475,6 +514,7 @@ def timeline(
     window: object = "24h",
     group_by: object = "function",
     now: dt.datetime | None = None,
+    functions: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Jobs of the last ``window`` grouped by function or user, busiest row first; each
     job a bar from its start to its end (or now) with a status a chart can colour:
@@ -506,6 +546,7 @@ def timeline(
             changed,
         )  # fmt: skip
         .where(j.start_time >= since, j.status != "new", j.system.is_(False))
+        .where(*_scope(j.function, functions, conn.dialect.name))
         .order_by(j.start_time.desc(), j.jid.desc())
         .limit(MAX_BARS + 1)
     ).all()

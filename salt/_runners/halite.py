@@ -16,18 +16,38 @@ CLI Example:
     salt-run halite.job 20261128115138123456
     salt-run halite.activity hours=24
     salt-run halite.timeline window=24h group_by=user
+    salt-run halite.kill 20261128115138123456
+    salt-run halite.audit action=kill decision=deny
+
+Every function checks the caller's permissions first (``halite:roles`` and
+``halite:users`` in the master config; see the README): ``view:job:<function>`` to read
+jobs (a scoped permission such as ``view:job:test.*`` narrows every listing),
+``kill:job:<function>`` to kill, ``view:audit:*`` for the audit log. A denial names the
+missing permission, exits non-zero and is written to the audit log, as is every kill.
+
+.. code-block:: yaml
+
+    halite:
+      roles:
+        auditor: ["view:job:*", "view:audit:*"]
+      users:
+        alice: [operator]
+        sudo_bob: [viewer]
 """
 
 import datetime
+import fnmatch
 
 import salt.client
 import salt.config
 import salt.minion
 
 try:
-    from halite_core import jids
+    from halite_core import audit, jids
+    from halite_core import kill as killing
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
+    from halite_core.permissions import ConfigError, Denied, policy_from_opts
     from halite_core.queries import (
         JobFilter,
         QueryError,
@@ -44,6 +64,7 @@ except ImportError as exc:
     _IMPORT_ERROR = str(exc)
 
 __virtualname__ = "halite"
+__func_alias__ = {"audit_log": "audit"}
 
 
 def __virtual__():
@@ -65,6 +86,49 @@ def _failed(message):
     and a non-zero exit, which salt-run takes from ``retcode``."""
     __context__["retcode"] = 1
     return {"error": message, "retcode": 1}
+
+
+def _caller():
+    """The user Salt hands to runners: the eauth name through salt-api, the local user
+    for salt-run (``sudo_<name>`` under sudo)."""
+    try:
+        return __user__  # noqa: F821 - injected by Salt's loader at call time
+    except NameError:
+        return None
+
+
+def _grants():
+    return policy_from_opts(__opts__).for_user(_caller())
+
+
+def _audit(store, action, decision, **fields):
+    with store.db.write() as conn:
+        audit.record(
+            conn,
+            user=_caller(),
+            action=action,
+            decision=decision,
+            master_id=__opts__.get("id"),
+            **fields,
+        )
+
+
+def _deny(store, action, exc, arguments, jid=None):
+    """Record a refused request and answer it: the missing permission, a non-zero exit."""
+    _audit(
+        store, action, "deny", resource=exc.needed.split(":", 1)[1], jid=jid,
+        arguments=arguments, outcome={"error": str(exc)},
+    )  # fmt: skip
+    return _failed(str(exc))
+
+
+def _view_scope(store, action, arguments):
+    """The function globs the caller may view (None: all), or a denial answer."""
+    grants = _grants()
+    scope = grants.job_scope("view")
+    if scope == ():
+        return None, _deny(store, action, Denied(grants.user, "view:job:*"), arguments)
+    return scope, None
 
 
 def _time(name, value):
@@ -129,23 +193,52 @@ def jobs(
         salt-run halite.jobs fun='state.*' user=sudo_alice
         salt-run halite.jobs cursor=MjAyNi0xMS0yOFQxMjowMDowMCswMDowMHwyMDI2MTEyODEyMDAwMDAwMDAwMA
     """
-    if live:
-        return _live_jobs(limit)
+    arguments = {k: v for k, v in locals().items() if v is not None}
+    store = _store()
     try:
+        scope, denied = _view_scope(store, "jobs", arguments)
+        if denied:
+            return denied
+        if live:
+            return _live_jobs(limit, scope)
         filters = JobFilter(
-            fun=fun,
-            target=target,
-            user=user,
-            status=status,
-            minion=minion,
-            search=None if search is None else str(search),
+            fun=_text("fun", fun),
+            target=_text("target", target),
+            user=_text("user", user),
+            status=_text("status", status),
+            minion=_text("minion", minion),
+            search=_text("search", search),
             start=_time("start", start),
             end=_time("end", end),
-            include_system=bool(include_system),
+            include_system=_flag("include_system", include_system),
+            functions=scope,
         )
-    except QueryError as exc:
+        return _read(store, list_jobs, filters, limit, _text("cursor", cursor),
+                     outputter="halite_jobs")  # fmt: skip
+    except (QueryError, ConfigError) as exc:
         return _failed(str(exc))
-    return _read(list_jobs, filters, limit, cursor, outputter="halite_jobs")
+    finally:
+        store.db.dispose()
+
+
+def _text(name, value):
+    """A text argument as Salt's CLI parsed it: numbers (``user=1001``) back to text;
+    lists, mappings and booleans are refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise QueryError(f"{name} must be text, not {type(value).__name__}")
+    return str(value)
+
+
+def _flag(name, value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise QueryError(f"{name} must be True or False, not {value!r}")
 
 
 def job(jid):
@@ -162,19 +255,33 @@ def job(jid):
 
         salt-run halite.job 20261128115138123456 --out=json
     """
-    return _read(job_detail, str(jid), outputter="halite_job")
-
-
-def _read(query, *args, outputter=None):
-    """Run a halite_core query on the index; its QueryError becomes the runner's error."""
     store = _store()
+    try:
+        grants = _grants()
+        arguments = {"jid": jid}
+        if grants.job_scope("view") == ():
+            return _deny(store, "job", Denied(grants.user, "view:job:*"), arguments)
+        answer = _read(store, job_detail, _text("jid", jid), outputter="halite_job")
+        if "error" in answer:
+            return answer
+        function = answer["data"]["function"] or ""
+        if not grants.allows("view", "job", function):
+            needed = Denied(grants.user, f"view:job:{function}")
+            return _deny(store, "job", needed, arguments, jid=answer["data"]["jid"])
+        return answer
+    except (QueryError, ConfigError) as exc:
+        return _failed(str(exc))
+    finally:
+        store.db.dispose()
+
+
+def _read(store, query, *args, outputter=None):
+    """Run a halite_core query on the index; its QueryError becomes the runner's error."""
     try:
         with store.db.read() as conn:
             data = query(conn, *args)
     except QueryError as exc:
         return _failed(str(exc))
-    finally:
-        store.db.dispose()
     return data if outputter is None else {"outputter": outputter, "data": data}
 
 
@@ -190,7 +297,7 @@ def activity(hours=24):
 
         salt-run halite.activity hours=48 --out=json
     """
-    return _read(jobs_per_hour, hours)
+    return _scoped_read("activity", {"hours": hours}, jobs_per_hour, hours)
 
 
 def timeline(window="24h", group_by="function"):
@@ -206,10 +313,125 @@ def timeline(window="24h", group_by="function"):
 
         salt-run halite.timeline window=4h group_by=user --out=json
     """
-    return _read(job_bars, window, group_by)
+    return _scoped_read(
+        "timeline", {"window": window, "group_by": group_by}, job_bars, window, group_by
+    )
 
 
-def _live_jobs(limit):
+def _scoped_read(action, arguments, query, *args):
+    store = _store()
+    try:
+        scope, denied = _view_scope(store, action, arguments)
+        if denied:
+            return denied
+        return _read(store, lambda conn, *a: query(conn, *a, functions=scope), *args)
+    except ConfigError as exc:
+        return _failed(str(exc))
+    finally:
+        store.db.dispose()
+
+
+def kill(jid):
+    """
+    Kill a running job: send ``saltutil.kill_job <jid>`` to the minions still running it
+    (a list target, never ``*``), collect each reply, mark the minions that confirmed the
+    signal ``killed`` so the job shows complete at once, and answer which minions were
+    signalled. Needs ``kill:job:<the job's function>``. Allowed or denied, every kill is
+    written to the audit log. An unknown, finished or malformed jid is a clear error.
+
+    Answer: ``{"jid", "function", "signalled": [...], "minions": {minion: {"outcome":
+    "signalled" | "not_running" | "no_answer", "reply"}}, "status"}``; the exit is
+    non-zero when no minion could be signalled.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.kill 20261128115138123456
+    """
+    store = _store()
+    arguments = {"jid": jid}
+    try:
+        grants = _grants()
+        try:
+            with store.db.read() as conn:
+                target = killing.plan(conn, jid if isinstance(jid, str) else str(jid))
+        except QueryError as exc:
+            if not grants.may_any("kill", "job"):
+                return _deny(store, "kill", Denied(grants.user, "kill:job:*"), arguments)
+            _audit(store, "kill", "allow", resource="job", jid=_text("jid", jid),
+                   arguments=arguments, outcome={"error": str(exc)})  # fmt: skip
+            return _failed(str(exc))
+        function = target["function"] or ""
+        if not grants.allows("kill", "job", function):
+            needed = Denied(grants.user, f"kill:job:{function}")
+            return _deny(store, "kill", needed, arguments, jid=target["jid"])
+        client = salt.client.get_local_client(mopts=__opts__)
+        replies = client.cmd(
+            target["minions"], "saltutil.kill_job", [target["jid"]], tgt_type="list",
+            timeout=__opts__.get("gather_job_timeout", 10),
+        )  # fmt: skip
+        results = killing.outcomes(target["minions"], replies or {})
+        signalled = [m for m, r in results.items() if r["outcome"] == killing.SIGNALLED]
+        store.mark_killed(target["jid"], signalled)
+        with store.db.read() as conn:
+            status = job_detail(conn, target["jid"])["status"]
+        answer = {
+            "jid": target["jid"],
+            "function": function,
+            "signalled": signalled,
+            "minions": results,
+            "status": status,
+        }
+        outcome = {"signalled": signalled, "minions": results}
+        _audit(store, "kill", "allow", resource=f"job:{function}", jid=target["jid"],
+               arguments=arguments, outcome=outcome)  # fmt: skip
+        if not signalled:
+            __context__["retcode"] = 1
+            answer["retcode"] = 1
+        return answer
+    except ConfigError as exc:
+        return _failed(str(exc))
+    finally:
+        store.db.dispose()
+
+
+def audit_log(
+    user=None, action=None, decision=None, start=None, end=None, limit=50, cursor=None
+):
+    """
+    The audit log, newest first: ``{"entries": [...], "next": <cursor or None>}``. Each
+    entry: ``id``, ``at``, ``user``, ``action`` (``kill``, ``jobs``, ``job``, ...),
+    ``resource``, ``jid``, ``decision`` (``allow``/``deny``), ``outcome`` and the
+    ``arguments`` with secrets redacted. Needs ``view:audit:*``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.audit user=sudo_bob decision=deny --out=json
+    """
+    arguments = {k: v for k, v in locals().items() if v is not None}
+    store = _store()
+    try:
+        grants = _grants()
+        if not grants.allows("view", "audit", "*"):
+            return _deny(store, "audit", Denied(grants.user, "view:audit:*"), arguments)
+        return _read(
+            store,
+            lambda conn: audit.list_entries(
+                conn, user=_text("user", user), action=_text("action", action),
+                decision=_text("decision", decision), start=_time("start", start),
+                end=_time("end", end), limit=limit, cursor=_text("cursor", cursor),
+            ),
+        )  # fmt: skip
+    except (QueryError, ConfigError) as exc:
+        return _failed(str(exc))
+    finally:
+        store.db.dispose()
+
+
+def _live_jobs(limit, scope):
     try:
         size = int(limit)
     except (TypeError, ValueError):
@@ -231,6 +453,10 @@ def _live_jobs(limit):
     utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
     listed = []
     for job in sorted(found, key=lambda j: j["JID"], reverse=True):
+        if scope is not None and not any(
+            fnmatch.fnmatchcase(str(job.get("Function")), pattern) for pattern in scope
+        ):
+            continue  # the caller may not view this function's jobs
         target = job.get("Target")
         listed.append(
             {

@@ -69,6 +69,24 @@ def state_tree(tmp_path_factory):
     return root
 
 
+# Who may do what on the `master` fixture. The tests run salt-run as root (the master's own
+# user: admin) or as another user through sudo's SUDO_USER (salt names them sudo_<name>).
+PERMISSIONS = {
+    "roles": {"auditor": ["view:job:*", "view:audit:*"], "tester": ["view:job:test.*"]},
+    "users": {
+        "sudo_alice": ["operator"],
+        "sudo_bob": ["viewer"],
+        "sudo_carol": ["auditor"],
+        "sudo_dave": ["tester"],
+    },
+}
+
+
+def as_user(name):
+    """The environment of a salt-run started by ``name`` through sudo."""
+    return {"SUDO_USER": name}
+
+
 def _start_master(salt_factories, state_tree, prefix, **overrides):
     config = {
         "file_roots": {"base": [str(state_tree)]},
@@ -80,7 +98,13 @@ def _start_master(salt_factories, state_tree, prefix, **overrides):
 
 @pytest.fixture(scope="package")
 def master(salt_factories, state_tree):
-    factory = _start_master(salt_factories, state_tree, "halite-master-", master_job_cache="halite")
+    factory = _start_master(
+        salt_factories,
+        state_tree,
+        "halite-master-",
+        master_job_cache="halite",
+        halite=PERMISSIONS,
+    )
     with factory.started():
         yield factory
 

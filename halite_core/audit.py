@@ -1,0 +1,162 @@
+"""The audit log: who asked for what, whether it was allowed, and what came of it.
+
+Every kill, allowed or denied, and every denied read is recorded by the runners through
+:func:`record`; nothing in halite updates or deletes a record. :func:`list_entries` is
+``salt-run halite.audit``: newest first, filtered and paged in SQL like ``halite.jobs``.
+Arguments are stored with secrets redacted (:func:`redact`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select
+
+from halite_core import encoding
+from halite_core.models import audit_log
+from halite_core.queries import QueryError, _aware, _limit
+
+SECRET_WORDS = ("password", "passwd", "token", "secret", "apikey", "api_key", "private",
+                "credential", "passphrase")  # fmt: skip
+REDACTED = "***redacted***"
+DECISIONS = ("allow", "deny")
+MAX_TEXT = 1024
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` with the value of every key that names a secret (password,
+    token, secret, ... in any case, anywhere in nested mappings and lists) replaced."""
+    if _depth > 50:
+        return REDACTED
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            lowered = str(key).lower()
+            if any(word in lowered for word in SECRET_WORDS):
+                out[str(key)] = REDACTED
+            else:
+                out[str(key)] = redact(item, _depth + 1)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [redact(item, _depth + 1) for item in value]
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[:MAX_TEXT] + f"... ({len(value)} characters)"
+    return value
+
+
+def record(
+    conn: Connection,
+    *,
+    user: str | None,
+    action: str,
+    decision: str,
+    resource: str | None = None,
+    jid: str | None = None,
+    outcome: Any = None,
+    arguments: Any = None,
+    master_id: str | None = None,
+    at: dt.datetime | None = None,
+) -> int:
+    """Append one entry; returns its id."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be allow or deny, not {decision!r}")
+    values = {
+        "at": at or dt.datetime.now(dt.timezone.utc),
+        "user": _short(user, 255),
+        "action": action[:32],
+        "resource": _short(resource, 255),
+        "jid": _short(jid, 64),
+        "decision": decision,
+        "outcome": encoding.to_jsonable(redact(outcome)) if outcome is not None else None,
+        "arguments": encoding.to_jsonable(redact(arguments)) if arguments is not None else None,
+        "master_id": _short(master_id, 255),
+    }
+    result = conn.execute(insert(audit_log).values(values).returning(audit_log.c.id))
+    return int(result.scalar_one())
+
+
+def _short(value: object, size: int) -> str | None:
+    if value is None:
+        return None
+    return str(value)[:size]
+
+
+def _cursor(at: dt.datetime, entry_id: int) -> str:
+    text = f"{at.astimezone(dt.timezone.utc).isoformat()}|{entry_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[dt.datetime, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        when, entry_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        moment = dt.datetime.fromisoformat(when)
+        number = int(entry_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise QueryError(f"cursor {cursor!r} is not one this listing handed out") from exc
+    if moment.tzinfo is None:
+        raise QueryError(f"cursor {cursor!r} is not one this listing handed out")
+    return moment, number
+
+
+def list_entries(
+    conn: Connection,
+    *,
+    user: str | None = None,
+    action: str | None = None,
+    decision: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    limit: object = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """``{"entries": [...], "next": cursor or None}``, newest first."""
+    size = _limit(limit)
+    a = audit_log.c
+    query = select(audit_log)
+    if user is not None:
+        query = query.where(a.user == _text("user", user))
+    if action is not None:
+        query = query.where(a.action == _text("action", action))
+    if decision is not None:
+        if decision not in DECISIONS:
+            raise QueryError(f"decision must be allow or deny, not {decision!r}")
+        query = query.where(a.decision == decision)
+    if start is not None:
+        query = query.where(a.at >= _aware(start, "start"))
+    if end is not None:
+        query = query.where(a.at < _aware(end, "end"))
+    if cursor:
+        after_at, after_id = _decode(cursor)
+        query = query.where(or_(a.at < after_at, and_(a.at == after_at, a.id < after_id)))
+    rows = conn.execute(query.order_by(a.at.desc(), a.id.desc()).limit(size + 1)).all()
+    entries = [
+        {
+            "id": row.id,
+            "at": row.at.isoformat(),
+            "user": row.user,
+            "action": row.action,
+            "resource": row.resource,
+            "jid": row.jid,
+            "decision": row.decision,
+            "outcome": row.outcome,
+            "arguments": row.arguments,
+            "master_id": row.master_id,
+        }
+        for row in rows[:size]
+    ]
+    last = rows[size - 1] if len(rows) > size else None
+    return {"entries": entries, "next": _cursor(last.at, last.id) if last else None}
+
+
+def _text(name: str, value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise QueryError(f"{name} must be text, not {value!r}")
+    text = str(value)
+    if len(text) > MAX_TEXT:
+        raise QueryError(f"{name} is {len(text)} characters long; at most {MAX_TEXT}")
+    return text

@@ -1,0 +1,217 @@
+"""Roles, users and the decisions of every runner function; the audit log; kill replies."""
+
+import datetime as dt
+
+import pytest
+
+from halite_core import audit, kill
+from halite_core.permissions import ConfigError, Denied, Policy, policy_from_opts
+
+CONFIG = {
+    "roles": {
+        "auditor": ["view:job:*", "view:audit:*"],
+        "tester": ["view:job:test.*"],
+        "state-killer": ["view:job:state.*", "kill:job:state.*"],
+    },
+    "users": {
+        "alice": ["operator"],
+        "sudo_alice": ["operator"],
+        "bob": ["viewer"],
+        "carol": ["auditor"],
+        "dave": ["tester"],
+        "erin": ["state-killer"],
+        "root": ["viewer"],  # the config names the master's user: it is not admin then
+        "ops": ["admin"],
+    },
+}
+
+# What each runner function needs, for a job of function `fun`.
+RUNNERS = {
+    "jobs": ("view", "job"),
+    "job": ("view", "job"),
+    "activity": ("view", "job"),
+    "timeline": ("view", "job"),
+    "kill": ("kill", "job"),
+    "audit": ("view", "audit"),
+}
+
+
+def decide(grants, runner, fun):
+    verb, kind = RUNNERS[runner]
+    return grants.allows(verb, kind, fun if kind == "job" else "*")
+
+
+EXPECTED = {
+    # user: runners allowed for a test.sleep job / for a state.apply job
+    "alice": ({"jobs", "job", "activity", "timeline", "kill"},) * 2,
+    "sudo_alice": ({"jobs", "job", "activity", "timeline", "kill"},) * 2,
+    "bob": ({"jobs", "job", "activity", "timeline"},) * 2,
+    "carol": ({"jobs", "job", "activity", "timeline", "audit"},) * 2,
+    "dave": ({"jobs", "job", "activity", "timeline"}, set()),
+    "erin": (set(), {"jobs", "job", "activity", "timeline", "kill"}),
+    "ops": (set(RUNNERS), set(RUNNERS)),
+    "salt": (set(RUNNERS), set(RUNNERS)),  # the master's own user, not in the config
+    "root": ({"jobs", "job", "activity", "timeline"},) * 2,
+    "mallory": (set(), set()),  # unknown: deny by default
+    "sudo_bob": (set(), set()),  # bob under sudo is another name, not configured
+    "Alice": (set(), set()),  # case-sensitive
+    "": (set(), set()),
+    None: (set(), set()),
+}
+
+
+@pytest.mark.parametrize("user", list(EXPECTED))
+@pytest.mark.parametrize("fun", ["test.sleep", "state.apply"])
+def test_role_matrix(user, fun):
+    policy = Policy.from_config(CONFIG["roles"], CONFIG["users"], master_user="salt")
+    grants = policy.for_user(user)
+    allowed = {runner for runner in RUNNERS if decide(grants, runner, fun)}
+    want = EXPECTED[user][0 if fun == "test.sleep" else 1]
+    assert allowed == want
+    for runner in set(RUNNERS) - want:
+        verb, kind = RUNNERS[runner]
+        with pytest.raises(Denied, match=f"lacks {verb}:{kind}:"):
+            grants.require(verb, kind, fun if kind == "job" else "*")
+
+
+def test_scopes_for_listings():
+    policy = Policy.from_config(CONFIG["roles"], CONFIG["users"], master_user="salt")
+    assert policy.for_user("bob").job_scope() is None  # everything
+    assert policy.for_user("dave").job_scope() == ("test.*",)
+    assert policy.for_user("erin").job_scope() == ("state.*",)
+    assert policy.for_user("erin").job_scope("kill") == ("state.*",)
+    assert policy.for_user("mallory").job_scope() == ()
+    assert policy.for_user("salt").job_scope() is None
+    assert policy.for_user("erin").may_any("kill", "job")
+    assert not policy.for_user("bob").may_any("kill", "job")
+
+
+def test_master_user_from_opts_and_fresh_install():
+    # A fresh install (no halite section): the master's user (root by default) is admin.
+    grants = policy_from_opts({}).for_user("root")
+    assert grants.allows("kill", "job", "state.apply") and grants.allows("view", "audit", "*")
+    assert not policy_from_opts({}).for_user("sudo_root").allows("view", "job", "test.ping")
+    assert policy_from_opts({"user": "salt"}).for_user("salt").allows("kill", "job", "x")
+    assert not policy_from_opts({"user": "salt"}).for_user("root").allows("view", "job", "x")
+
+
+@pytest.mark.parametrize(
+    ("roles", "users", "message"),
+    [
+        ({"r": "view:job:*"}, {}, "must be a list of permissions"),
+        ({"r": ["view"]}, {}, "is not verb:kind:pattern"),
+        ({"r": ["view:job:[ab]*"]}, {}, "only the \\* and \\? wildcards"),
+        ({"r": [7]}, {}, "a permission must be text"),
+        ({}, {"alice": ["superuser"]}, "unknown role 'superuser'"),
+        ({}, {"alice": {"operator": 1}}, "must be a list of roles"),
+        (["viewer"], {}, "halite:roles must map"),
+        ({}, ["alice"], "halite:users must be a mapping"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(roles, users, message):
+    with pytest.raises(ConfigError, match=message):
+        Policy.from_config(roles, users)
+
+
+def test_permission_shorthands():
+    policy = Policy.from_config({"all-views": ["view:*"], "any": ["*:job:test.*"]},
+                                {"v": ["all-views"], "a": ["any"]})  # fmt: skip
+    assert policy.for_user("v").allows("view", "audit", "*")
+    assert not policy.for_user("v").allows("kill", "job", "test.ping")
+    assert policy.for_user("a").allows("kill", "job", "test.ping")
+    assert not policy.for_user("a").allows("kill", "job", "state.apply")
+
+
+def test_redaction_reaches_everywhere():
+    args = {
+        "jid": "1",
+        "Password": "hunter2",
+        "nested": [{"api_token": "t", "ok": 1}, {"deeper": {"client_secret": "s", "n": [1]}}],
+        "long": "x" * 5000,
+    }
+    red = audit.redact(args)
+    assert red["Password"] == audit.REDACTED and red["jid"] == "1"
+    assert red["nested"][0] == {"api_token": audit.REDACTED, "ok": 1}
+    assert red["nested"][1]["deeper"] == {"client_secret": audit.REDACTED, "n": [1]}
+    assert len(red["long"]) < 1100
+    assert args["Password"] == "hunter2"  # the caller's data is not changed
+
+
+def test_audit_log_filters_and_pages(store):
+    base = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
+    with store.db.write() as conn:
+        for n in range(7):
+            audit.record(
+                conn, user="bob" if n % 2 else "alice", action="kill" if n < 5 else "jobs",
+                decision="deny" if n % 3 == 0 else "allow", resource="job:test.sleep",
+                jid=f"2026112812000000000{n}", arguments={"jid": "x", "password": "p"},
+                at=base + dt.timedelta(seconds=n // 2),  # pairs share a second
+            )  # fmt: skip
+    with store.db.read() as conn:
+        seen, cursor = [], None
+        while True:
+            page = audit.list_entries(conn, limit=2, cursor=cursor)
+            seen += [entry["id"] for entry in page["entries"]]
+            cursor = page["next"]
+            if not cursor:
+                break
+        assert seen == [7, 6, 5, 4, 3, 2, 1]
+        denied = audit.list_entries(conn, decision="deny")["entries"]
+        assert [e["id"] for e in denied] == [7, 4, 1]
+        assert denied[0]["arguments"] == {"jid": "x", "password": audit.REDACTED}
+        bobs = audit.list_entries(conn, user="bob", action="kill")["entries"]
+        assert [e["id"] for e in bobs] == [4, 2]
+        window = audit.list_entries(conn, start=base + dt.timedelta(seconds=1),
+                                    end=base + dt.timedelta(seconds=2))["entries"]  # fmt: skip
+        assert [e["id"] for e in window] == [4, 3]
+        for bad, message in (
+            ({"decision": "maybe"}, "decision must be allow or deny"),
+            ({"limit": 0}, "limit must be"),
+            ({"cursor": "junk"}, "not one this listing handed out"),
+            ({"user": ["a"]}, "user must be text"),
+        ):
+            with pytest.raises(audit.QueryError, match=message):
+                audit.list_entries(conn, **bad)
+
+
+def test_kill_replies_are_read_per_minion():
+    replies = {
+        "a": "Signal 9 sent to job 20261128120000000000 at pid 4242",
+        "b": "",
+        "c": "Job 20261128120000000000 was not running and job data has been cleaned up",
+        "d": "'saltutil.kill_job' is not available.",
+    }
+    got = kill.outcomes(["a", "b", "c", "d", "e"], replies)
+    assert {m: r["outcome"] for m, r in got.items()} == {
+        "a": "signalled", "b": "not_running", "c": "not_running", "d": "not_running",
+        "e": "no_answer",
+    }  # fmt: skip
+
+
+def test_kill_plan_and_marks(store):
+    from tests.helpers import publish, ret
+
+    jid = "20261128120000000009"
+    publish(store, jid, fun="test.sleep", minions=["done", "busy1", "busy2"])
+    store.save_return(ret(jid, "done", fun="test.sleep"))
+    with store.db.read() as conn:
+        assert kill.plan(conn, jid)["minions"] == ["busy1", "busy2"]
+        for bad, message in ((123, "is not a Salt job id"), ("2026", "is not a Salt job id"),
+                             ("20000101000000000000", "no job with jid")):  # fmt: skip
+            with pytest.raises(audit.QueryError, match=message):
+                kill.plan(conn, bad)
+    assert store.mark_killed(jid, ["busy1", "busy2", "done"]) == 2  # "done" returned already
+    with store.db.read() as conn:
+        with pytest.raises(kill.NothingToKill, match="already complete"):
+            kill.plan(conn, jid)
+        from halite_core.queries import job_detail
+
+        detail = job_detail(conn, jid)
+    assert detail["status"] == "complete" and detail["minions"]["failed"] == 2
+    assert [(m["minion"], m["state"]) for m in detail["minion_results"]] == [
+        ("busy1", "killed"), ("busy2", "killed"), ("done", "returned")
+    ]  # fmt: skip
+    # A return that arrives after the kill after all is the truth, and replaces the mark.
+    store.save_return(ret(jid, "busy1", fun="test.sleep"))
+    with store.db.read() as conn:
+        assert job_detail(conn, jid)["minions"]["failed"] == 1
