@@ -396,9 +396,7 @@ def kill(jid):
         store.db.dispose()
 
 
-def audit_log(
-    user=None, action=None, decision=None, start=None, end=None, limit=50, cursor=None
-):
+def audit_log(user=None, action=None, decision=None, start=None, end=None, limit=50, cursor=None):
     """
     The audit log, newest first: ``{"entries": [...], "next": <cursor or None>}``. Each
     entry: ``id``, ``at``, ``user``, ``action`` (``kill``, ``jobs``, ``job``, ...),
