@@ -192,26 +192,27 @@ engine_state = cast(Table, EngineState.__table__)
 
 
 # Text search (``halite.jobs search=...``) on SQLite: an FTS5 trigram index over each job's
-# jid, function, target and user, kept by triggers so that every writer keeps it exact.
+# function, target and user (jids are matched by prefix, on their own index), kept by
+# triggers so that every writer keeps it exact.
 # ``job_search_keys`` gives each job a stable integer (``jobs_index``'s own rowid may change
 # in a VACUUM) used as the FTS row id. PostgreSQL matches with ILIKE instead.
 # Revision 0003 creates the same objects in older databases and fills them.
 SQLITE_SEARCH_DDL = (
     "CREATE TABLE job_search_keys (id INTEGER PRIMARY KEY, jid VARCHAR(64) NOT NULL UNIQUE)",
-    "CREATE VIRTUAL TABLE job_search USING fts5(jid, function, target, user, tokenize='trigram')",
+    "CREATE VIRTUAL TABLE job_search USING fts5(function, target, user, tokenize='trigram')",
     "CREATE TRIGGER jobs_index_search_insert AFTER INSERT ON jobs_index BEGIN "
     "INSERT INTO job_search_keys (jid) VALUES (new.jid); "
-    "INSERT INTO job_search (rowid, jid, function, target, user) VALUES ("
+    "INSERT INTO job_search (rowid, function, target, user) VALUES ("
     "(SELECT id FROM job_search_keys WHERE jid = new.jid), "
-    "new.jid, new.function, new.target, new.user); END",
+    "new.function, new.target, new.user); END",
     "CREATE TRIGGER jobs_index_search_update AFTER UPDATE OF function, target, user "
     "ON jobs_index WHEN old.function IS NOT new.function OR old.target IS NOT new.target "
     "OR old.user IS NOT new.user BEGIN "
     "DELETE FROM job_search WHERE rowid = "
     "(SELECT id FROM job_search_keys WHERE jid = old.jid); "
-    "INSERT INTO job_search (rowid, jid, function, target, user) VALUES ("
+    "INSERT INTO job_search (rowid, function, target, user) VALUES ("
     "(SELECT id FROM job_search_keys WHERE jid = new.jid), "
-    "new.jid, new.function, new.target, new.user); END",
+    "new.function, new.target, new.user); END",
     "CREATE TRIGGER jobs_index_search_delete AFTER DELETE ON jobs_index BEGIN "
     "DELETE FROM job_search WHERE rowid = "
     "(SELECT id FROM job_search_keys WHERE jid = old.jid); "
@@ -229,4 +230,4 @@ job_search_keys = Table(
     Column("id", Integer, primary_key=True),
     Column("jid", String(64)),
 )
-job_search = Table("job_search", search_tables, Column("rowid", Integer), Column("jid", String))
+job_search = Table("job_search", search_tables, Column("rowid", Integer))

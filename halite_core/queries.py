@@ -307,24 +307,32 @@ def _scope(
 
 
 def _search(columns: Any, needle: str, dialect: str) -> ColumnElement[bool]:
-    """Text anywhere in the jid, function, target or user, case-insensitive (ASCII)."""
+    """The jid starting with the text, or the text anywhere in the function, target or
+    user, ignoring ASCII case."""
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     pattern = f"%{escaped}%"
-    cols = (columns.jid, columns.function, columns.target, columns.user)
+    cols = (columns.function, columns.target, columns.user)
     if dialect == "sqlite":  # SQLite's LIKE already ignores ASCII case
-        return or_(*(col.like(pattern, escape="\\") for col in cols))
-    return or_(*(col.ilike(pattern, escape="\\") for col in cols))
+        anywhere = [col.like(pattern, escape="\\") for col in cols]
+    else:
+        anywhere = [col.ilike(pattern, escape="\\") for col in cols]
+    return or_(columns.jid.like(f"{escaped}%", escape="\\"), *anywhere)
 
 
-def _fts_candidates(needle: str) -> Select[Any]:
-    """Jobs whose search text holds ``needle`` per the trigram index: a superset of the
-    LIKE match (the index also folds non-ASCII case), which the LIKE then decides."""
+def _fts_candidates(needle: str) -> Any:
+    """Jobs the text may match: from the trigram index of function, target and user (a
+    superset of the LIKE match: the index also folds non-ASCII case), and the jids in the
+    text's prefix range. The LIKE then decides."""
     phrase = '"' + needle.replace('"', '""') + '"'
-    return (
+    indexed = (
         select(job_search_keys.c.jid)
         .select_from(job_search_keys.join(job_search, job_search.c.rowid == job_search_keys.c.id))
         .where(literal_column("job_search").op("MATCH")(phrase))
     )
+    by_jid = select(jobs_index.c.jid).where(jobs_index.c.jid >= needle)
+    if ord(needle[-1]) not in (0xD7FF, 0x10FFFF):
+        by_jid = by_jid.where(jobs_index.c.jid < needle[:-1] + chr(ord(needle[-1]) + 1))
+    return union_all(indexed, by_jid)
 
 
 def _preview(value: object) -> str:

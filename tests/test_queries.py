@@ -268,8 +268,9 @@ def expected(facts, fun=None, target=None, search=None, user=None, include_syste
             continue
         if minion and minion not in f["minions"]:
             continue
-        if search and not any(
-            search.lower() in (f[k] or "").lower() for k in ("jid", "function", "target", "user")
+        if search and not (
+            f["jid"].startswith(search)
+            or any(search.lower() in (f[k] or "").lower() for k in ("function", "target", "user"))
         ):
             continue
         out.append(f)
@@ -295,6 +296,7 @@ def expected(facts, fun=None, target=None, search=None, user=None, include_syste
         {"search": "%api"},
         {"search": "ali"},
         {"search": "2026112810"},
+        {"search": "1128100"},  # inside jids, not at their start: no jid matches
         {"search": "zz"},
         {"search": "app", "fun": "state.*"},
         {"search": "web", "target": "web*"},

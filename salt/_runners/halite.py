@@ -173,7 +173,8 @@ def jobs(
     minion
         Jobs that targeted, or returned from, this minion.
     search
-        Text found in the jid, function, target or user.
+        Text at the start of the jid, or anywhere in the function, target or user
+        (ignoring ASCII case).
     start, end
         ISO 8601 times (UTC when no offset is given): jobs started at or after
         ``start`` and before ``end``.

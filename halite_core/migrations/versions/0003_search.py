@@ -15,20 +15,20 @@ depends_on: str | None = None
 # The same statements as halite_core.models.SQLITE_SEARCH_DDL at this revision.
 DDL = (
     "CREATE TABLE job_search_keys (id INTEGER PRIMARY KEY, jid VARCHAR(64) NOT NULL UNIQUE)",
-    "CREATE VIRTUAL TABLE job_search USING fts5(jid, function, target, user, tokenize='trigram')",
+    "CREATE VIRTUAL TABLE job_search USING fts5(function, target, user, tokenize='trigram')",
     "CREATE TRIGGER jobs_index_search_insert AFTER INSERT ON jobs_index BEGIN "
     "INSERT INTO job_search_keys (jid) VALUES (new.jid); "
-    "INSERT INTO job_search (rowid, jid, function, target, user) VALUES ("
+    "INSERT INTO job_search (rowid, function, target, user) VALUES ("
     "(SELECT id FROM job_search_keys WHERE jid = new.jid), "
-    "new.jid, new.function, new.target, new.user); END",
+    "new.function, new.target, new.user); END",
     "CREATE TRIGGER jobs_index_search_update AFTER UPDATE OF function, target, user "
     "ON jobs_index WHEN old.function IS NOT new.function OR old.target IS NOT new.target "
     "OR old.user IS NOT new.user BEGIN "
     "DELETE FROM job_search WHERE rowid = "
     "(SELECT id FROM job_search_keys WHERE jid = old.jid); "
-    "INSERT INTO job_search (rowid, jid, function, target, user) VALUES ("
+    "INSERT INTO job_search (rowid, function, target, user) VALUES ("
     "(SELECT id FROM job_search_keys WHERE jid = new.jid), "
-    "new.jid, new.function, new.target, new.user); END",
+    "new.function, new.target, new.user); END",
     "CREATE TRIGGER jobs_index_search_delete AFTER DELETE ON jobs_index BEGIN "
     "DELETE FROM job_search WHERE rowid = "
     "(SELECT id FROM job_search_keys WHERE jid = old.jid); "
@@ -43,8 +43,8 @@ def upgrade() -> None:
         op.execute(statement)
     op.execute("INSERT INTO job_search_keys (jid) SELECT jid FROM jobs_index ORDER BY start_time")
     op.execute(
-        "INSERT INTO job_search (rowid, jid, function, target, user) "
-        "SELECT k.id, j.jid, j.function, j.target, j.user "
+        "INSERT INTO job_search (rowid, function, target, user) "
+        "SELECT k.id, j.function, j.target, j.user "
         "FROM job_search_keys AS k JOIN jobs_index AS j ON j.jid = k.jid"
     )
 
