@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lint test test-core test-integration demo bench clean
+.PHONY: venv postgresql lint test test-sqlite test-postgresql test-core test-integration demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,31 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# The PostgreSQL server binaries the suite starts its throw-away server from (the
+# distribution's package; the tests never use a system-wide server).
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+		echo "PostgreSQL server binaries present"; \
+	else \
+		echo "installing the distribution's PostgreSQL server package"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends postgresql >/dev/null; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check halite_core salt tests bench scripts
 	$(VENV)/bin/ruff format --check halite_core salt tests bench scripts
 	$(VENV)/bin/mypy halite_core
 
-test: lint
+test: lint postgresql
 	$(VENV)/bin/pytest tests
+	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests
+
+test-sqlite: $(STAMP)
+	$(VENV)/bin/pytest tests
+
+test-postgresql: $(STAMP) postgresql
+	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests
 
 test-core: $(STAMP)
 	$(VENV)/bin/pytest tests -m "not integration"

@@ -23,9 +23,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, create_engine, event, inspect
+from sqlalchemy import Connection, create_engine, event, inspect, literal_column
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.dml import Insert
 
 from halite_core import encoding
 from halite_core.models import Base
@@ -139,6 +140,10 @@ class Database:
         if not rows:
             return 0
         if not self.is_sqlite:
+            if isinstance(stmt, Insert):
+                # psycopg reports no row count for SQLAlchemy's batched inserts: count the
+                # rows the insert (or its ON CONFLICT update) returns instead.
+                return len(conn.execute(stmt.returning(literal_column("1")), rows).all())
             return int(conn.execute(stmt, rows).rowcount)
         plan = self._plans.get(stmt)
         if plan is None:

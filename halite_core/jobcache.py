@@ -26,11 +26,11 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     or_,
     select,
-    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -455,7 +455,8 @@ class JobStore:
             master_id=self.settings.master_id,
         )
         with self.db.write() as conn:
-            return conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1  # type: ignore[attr-defined]
+            claimed = stmt.on_conflict_do_nothing().returning(jobs_index.c.jid)  # type: ignore[attr-defined]
+            return conn.execute(claimed).first() is not None
 
     def new_jid(self, unique: bool = False, tries: int = 5) -> str:
         """A JID no other process has: generated like Salt's own, then reserved in the index."""
@@ -809,16 +810,21 @@ class JobStore:
         removed = 0
         while True:
             with self.db.write() as conn:
-                batch = conn.scalars(
+                oldest = (
                     select(jobs_index.c.jid)
                     .where(jobs_index.c.start_time < cutoff)
                     .order_by(jobs_index.c.start_time)
                     .limit(self.settings.clean_batch_size)
-                ).all()
+                )
+                if not self.db.is_sqlite:
+                    # Several masters on one database clean at once: each takes batches
+                    # the others have not locked, so every old job is deleted exactly once.
+                    oldest = oldest.with_for_update(skip_locked=True)
+                batch = conn.scalars(oldest).all()
                 if batch:
                     conn.execute(delete(job_returns).where(job_returns.c.jid.in_(batch)))
-                    conn.execute(delete(jobs_index).where(jobs_index.c.jid.in_(batch)))
-            removed += len(batch)
+                    deleted = conn.execute(delete(jobs_index).where(jobs_index.c.jid.in_(batch)))
+                    removed += deleted.rowcount
             if len(batch) < self.settings.clean_batch_size:
                 break
         if removed:
@@ -1063,8 +1069,10 @@ _SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update
 
 
 def _raw(column: Any) -> Any:
-    """A JSON column read as the database holds it, for :func:`encoding.loads`."""
-    return type_coerce(column, Text).label(column.key)
+    """A JSON column read as its JSON text, for :func:`encoding.loads` (a cast in SQL:
+    PostgreSQL's driver would otherwise parse jsonb itself, and a JSON string value would
+    come back as a Python string indistinguishable from JSON text)."""
+    return cast(column, Text).label(column.key)
 
 
 def _text(value: object, limit: int) -> str | None:

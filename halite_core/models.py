@@ -119,6 +119,7 @@ class Job(Base):
         Index(None, "user", "start_time", "jid"),
         Index(None, "target", "start_time", "jid"),
         Index(None, "status", "start_time", "jid"),
+        Index(None, "master_id", "start_time", "jid"),
     )
 
 

@@ -65,6 +65,7 @@ class JobFilter:
     start: dt.datetime | None = None
     end: dt.datetime | None = None
     include_system: bool = False
+    master: str | None = None
     # The function globs the asking user may view (``None``: all); see permissions.py.
     functions: tuple[str, ...] | None = None
 
@@ -216,7 +217,7 @@ def listing_query(
     plan: Plan = Plan(),
 ) -> Select[Any]:
     """The SQL of a listing page (``limit`` rows after ``cursor``), newest first."""
-    for name in ("fun", "target", "user", "minion", "search"):
+    for name in ("fun", "target", "user", "minion", "search", "master"):
         value = getattr(filters, name)
         if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
             raise QueryError(
@@ -247,6 +248,8 @@ def listing_query(
         query = query.where(_glob(j.target, filters.target, dialect))
     if filters.user:
         query = query.where(j.user == filters.user)
+    if filters.master:
+        query = query.where(j.master_id == filters.master)
     query = query.where(*_scope(j.function, filters.functions, dialect))
     if filters.status is not None:
         query = query.where(j.status == filters.status)

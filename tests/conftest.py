@@ -1,14 +1,59 @@
 import logging
+import os
 
 import pytest
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
 
+# `make test` runs the suite twice: on SQLite (the default) and with HALITE_TEST_DB=postgresql
+# on a PostgreSQL server the session starts on loopback.
+BACKEND = os.environ.get("HALITE_TEST_DB", "sqlite")
+
+
+def sqlite_only(why):
+    """For what only SQLite has (a file another program locks, FTS5, its query planner);
+    the PostgreSQL run covers the same behaviour in its own tests where it applies."""
+    return pytest.mark.skipif(BACKEND != "sqlite", reason=f"SQLite only: {why}")
+
+
+def postgresql_only(why):
+    return pytest.mark.skipif(BACKEND != "postgresql", reason=f"PostgreSQL only: {why}")
+
+
+def pytest_report_header(config):
+    return f"halite database backend: {BACKEND}"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests.pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    server.wait_ready()
+    yield server
+    server.destroy()
+
 
 @pytest.fixture
-def opts(tmp_path):
-    return {"cachedir": str(tmp_path / "cache"), "id": "master1_master", "keep_jobs_seconds": 3600}
+def db_url(request):
+    """A fresh, empty database for one test: None (SQLite in the cachedir) or a new
+    PostgreSQL database."""
+    if BACKEND != "postgresql":
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def opts(tmp_path, db_url):
+    opts = {"cachedir": str(tmp_path / "cache"), "id": "master1_master", "keep_jobs_seconds": 3600}
+    if db_url:
+        opts["halite"] = {"db_url": db_url}
+    return opts
 
 
 @pytest.fixture

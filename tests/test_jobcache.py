@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from halite_core.jobcache import JobStore, item_to_line, split_arguments
 from halite_core.models import job_returns, jobs_index
+from tests.conftest import postgresql_only, sqlite_only
 from tests.helpers import publish, ret
 
 UTC = dt.timezone.utc
@@ -253,6 +254,7 @@ def test_concurrent_writer_processes_lose_nothing(store):
     assert store.spool.pending() == []
 
 
+@sqlite_only("a SQLite file locked by another program; PostgreSQL's outage is the next test")
 def test_database_outage_spools_and_replays(store, settings):
     publish(store, JID, minions=("m1", "m2"))
     impatient = JobStore(
@@ -275,6 +277,33 @@ def test_database_outage_spools_and_replays(store, settings):
     assert impatient.spool.pending() == []
     assert job_row(store, JID)["minions_returned"] == 2
     assert set(store.get_jid(JID)) == {"m1", "m2"}
+
+
+@postgresql_only("stops the PostgreSQL server")
+def test_postgresql_stopped_and_restarted_loses_nothing(store, settings, pg_server):
+    publish(store, JID, minions=("m1", "m2", "m3"))
+    patient = JobStore(dataclasses.replace(settings, spool_replay_interval=0))
+    patient.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC))
+    patient.flush()
+    pg_server.stop()
+    try:
+        # Salt's job path goes on: the returner neither raises nor blocks for long.
+        assert patient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC)) is True
+        patient.flush()  # the batch meets the stopped server: spooled, in order
+        assert len(patient.spool.pending()) == 1
+        assert patient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC)) is True
+        patient.flush()
+        assert len(patient.spool.pending()) == 2
+    finally:
+        pg_server.start()
+        pg_server.wait_ready()
+    patient.record("save_return", ret(JID, "m3"), dt.datetime.now(UTC))
+    patient.flush()  # commits m3, then replays the spool (m2 twice: the first one wins)
+    assert patient.spool.pending() == []
+    rows = return_rows(store, JID)
+    assert {m: r["state"] for m, r in rows.items()} == dict.fromkeys(("m1", "m2", "m3"), "returned")
+    assert job_row(store, JID)["minions_returned"] == 3
+    assert job_row(store, JID)["status"] == "complete"
 
 
 def _crash_after_recording(settings, jid):

@@ -12,6 +12,7 @@ from halite_core.queries import (
     list_jobs,
     listing_query,
 )
+from tests.conftest import sqlite_only
 from tests.helpers import publish, ret
 
 UTC = dt.timezone.utc
@@ -136,6 +137,7 @@ def test_cursor_round_trips():
     )  # fmt: skip
 
 
+@sqlite_only("reads SQLite's EXPLAIN QUERY PLAN")
 def test_filtered_listings_use_indexes(index):
     with index.db.engine.connect() as conn:
         for filters in (
@@ -331,6 +333,7 @@ def test_every_plan_pages_exactly_like_brute_force(random_index, filters, tuning
     assert seen == expected(facts, **filters)
 
 
+@sqlite_only("the FTS5 search index and its triggers")
 def test_search_index_follows_updates_and_deletes(store):
     """The trigram index is kept by triggers: a job first known from a return (no
     function yet) is found by function once its publish arrives; deleted jobs are gone."""
@@ -363,3 +366,18 @@ def test_job_detail_restores_the_garbage_collector(store):
             assert not gc.isenabled()
         finally:
             gc.enable()
+
+
+def test_master_filter_on_a_shared_database(store, settings):
+    import dataclasses
+
+    from halite_core.jobcache import JobStore
+
+    other = JobStore(dataclasses.replace(settings, master_id="master2"))
+    publish(store, "20261128120000000001", minions=["web1"])
+    publish(other, "20261128120000000002", minions=["web9"])
+    assert jids(listing(store)) == ["20261128120000000002", "20261128120000000001"]
+    assert jids(listing(store, master="master2")) == ["20261128120000000002"]
+    assert jids(listing(store, master=settings.master_id)) == ["20261128120000000001"]
+    assert listing(store, master="master2")["jobs"][0]["master_id"] == "master2"
+    other.db.dispose()

@@ -8,6 +8,7 @@ from sqlalchemy import inspect, text
 
 from halite_core import db as dbmod
 from halite_core.models import Base
+from tests.conftest import sqlite_only
 
 
 def test_fresh_database_is_created_and_stamped(tmp_path):
@@ -93,6 +94,7 @@ def test_foreign_tables_without_a_revision_are_left_alone(tmp_path):
         database.ensure_schema()
 
 
+@sqlite_only("reads SQLite's EXPLAIN QUERY PLAN")
 def test_listing_queries_use_indexes(store):
     store.db.ensure_schema()
     plans = {

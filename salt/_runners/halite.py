@@ -157,6 +157,7 @@ def jobs(
     include_system=False,
     cursor=None,
     live=False,
+    master=None,
 ):
     """
     List jobs, newest first: ``{"jobs": [...], "next": <cursor or None>}``. Bad arguments
@@ -182,6 +183,9 @@ def jobs(
         Also list Salt's own bookkeeping jobs (``saltutil.find_job``, ...).
     cursor
         The ``next`` value of the previous page.
+    master
+        Jobs published by this master (its ``id``), where several masters share one
+        database.
     live
         Bypass the index: read the newest ``limit`` jobs (at most 500) from the master's
         job cache and ask every minion which jobs it is running (``saltutil.running``).
@@ -213,6 +217,7 @@ def jobs(
             end=_time("end", end),
             include_system=_flag("include_system", include_system),
             functions=scope,
+            master=_text("master", master),
         )
         return _read(store, list_jobs, filters, limit, _text("cursor", cursor),
                      outputter="halite_jobs")  # fmt: skip

@@ -12,6 +12,7 @@ from saltfactories.utils import random_string
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
+from tests.conftest import BACKEND
 
 STATES = {
     "halite_demo.sls": """
@@ -87,21 +88,34 @@ def as_user(name):
     return {"SUDO_USER": name}
 
 
-def _start_master(salt_factories, state_tree, prefix, **overrides):
+@pytest.fixture(scope="session")
+def new_database(request):
+    """Makes a database for one master: {} (SQLite in its cachedir, the default) or, in the
+    PostgreSQL run, ``{"db_url": <a new database on the session's server>}``."""
+    if BACKEND != "postgresql":
+        return dict
+    server = request.getfixturevalue("pg_server")
+    return lambda: {"db_url": server.create_database()}
+
+
+def _start_master(salt_factories, state_tree, prefix, database=None, **overrides):
+    halite = {**(overrides.pop("halite", None) or {}), **(database or {})}
     config = {
         "file_roots": {"base": [str(state_tree)]},
         "job_cache_store_endtime": True,
+        **({"halite": halite} if halite else {}),
         **overrides,
     }
     return salt_factories.salt_master_daemon(random_string(prefix), overrides=config)
 
 
 @pytest.fixture(scope="package")
-def master(salt_factories, state_tree):
+def master(salt_factories, state_tree, new_database):
     factory = _start_master(
         salt_factories,
         state_tree,
         "halite-master-",
+        new_database(),
         master_job_cache="halite",
         halite=PERMISSIONS,
     )
@@ -117,8 +131,10 @@ def minion(master):
 
 
 @pytest.fixture(scope="package")
-def event_master(salt_factories, state_tree):
-    factory = _start_master(salt_factories, state_tree, "halite-evmaster-", event_return="halite")
+def event_master(salt_factories, state_tree, new_database):
+    factory = _start_master(
+        salt_factories, state_tree, "halite-evmaster-", new_database(), event_return="halite"
+    )
     with factory.started():
         yield factory
 

@@ -16,11 +16,13 @@ ENGINE = {"timeout": 2, "timeout_grace": 3, "flush_interval": 0.2}
 
 
 @pytest.fixture(scope="module")
-def engine_master(salt_factories, state_tree):
+def engine_master(salt_factories, state_tree, new_database):
+    database = new_database()
     factory = salt_factories.salt_master_daemon(
         random_string("halite-engine-master-"),
         overrides={
             "master_job_cache": "halite",
+            **({"halite": database} if database else {}),
             "engines": [{"halite": ENGINE}],
             "file_roots": {"base": [str(state_tree)]},
         },

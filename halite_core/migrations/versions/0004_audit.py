@@ -1,4 +1,4 @@
-"""audit: the audit_log table
+"""audit: the audit_log table; jobs_index listed by master
 
 Revision ID: 0004
 Revises: 0003
@@ -18,6 +18,11 @@ JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def upgrade() -> None:
+    op.create_index(
+        op.f("ix_jobs_index_master_id_start_time_jid"),
+        "jobs_index",
+        ["master_id", "start_time", "jid"],
+    )
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -39,3 +44,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_log")
+    op.drop_index(op.f("ix_jobs_index_master_id_start_time_jid"), table_name="jobs_index")

@@ -1,0 +1,117 @@
+"""A throw-away PostgreSQL server on loopback, for the tests and benchmarks.
+
+The server binaries come from the distribution's packages (``make test`` installs them
+when missing). The cluster lives in a temporary directory and listens on 127.0.0.1 on a
+free port; as root it runs as the ``postgres`` user (PostgreSQL refuses root).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+
+def binaries() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        bindir = binaries()
+        if bindir is None:
+            raise RuntimeError(
+                "PostgreSQL server binaries not found: `make test` installs the distribution's"
+                " postgresql package"
+            )
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="halite-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.user = "halite"
+        self._as = []
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as, *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            self._run(
+                str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
+                "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
+            )  # fmt: skip
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
+            "-l", str(self.root / "server.log"),
+            "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "start",
+        )  # fmt: skip
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database; returns its URL."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        engine.dispose()
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = sa.make_url(url).database
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                engine = sa.create_engine(self.url())
+                with engine.connect():
+                    pass
+                engine.dispose()
+                return
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
