@@ -10,6 +10,7 @@
       max_return_bytes: 4194304      # larger returns are stored truncated, with a marker
       spool_dir: /var/cache/salt/master/halite/spool    # default: halite/spool in cachedir
       spool_replay_interval: 5       # seconds between attempts to replay spooled writes
+      spool_max_bytes: 1073741824    # the spool's bound; beyond it new writes are dropped, logged
       sqlite_busy_timeout: 30        # seconds a SQLite writer waits for the write lock
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
       system_functions:              # Salt's own bookkeeping jobs, hidden from listings
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "spool_replay_interval": 5.0,
     "sqlite_busy_timeout": 30.0,
     "clean_batch_size": 500,
+    "spool_max_bytes": 1024 * 1024 * 1024,
 }
 SYSTEM_FUNCTIONS = ("saltutil.find_job", "saltutil.running", "saltutil.is_running")
 
@@ -55,6 +57,7 @@ class Settings:
     spool_replay_interval: float = DEFAULTS["spool_replay_interval"]
     sqlite_busy_timeout: float = DEFAULTS["sqlite_busy_timeout"]
     clean_batch_size: int = DEFAULTS["clean_batch_size"]
+    spool_max_bytes: int = DEFAULTS["spool_max_bytes"]
     system_functions: tuple[str, ...] = SYSTEM_FUNCTIONS
 
     @classmethod
@@ -84,6 +87,7 @@ class Settings:
             spool_replay_interval=_positive(section, "spool_replay_interval", float, zero=True),
             sqlite_busy_timeout=_positive(section, "sqlite_busy_timeout", float),
             clean_batch_size=_positive(section, "clean_batch_size", int),
+            spool_max_bytes=_positive(section, "spool_max_bytes", int),
             system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
         )
 

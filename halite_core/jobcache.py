@@ -419,13 +419,43 @@ def find_journalled_load(journal_dir: str, jid: str) -> LoadItem | None:
     return found
 
 
+def find_spooled_load(spool_dir: str, jid: str) -> LoadItem | None:
+    """The publish load of ``jid`` if it waits in the spool for the database."""
+    needle = json.dumps(f'{{"op":"load","jid":"{jid}"')[1:-1].encode()
+    found = None
+    try:
+        names = sorted(n for n in os.listdir(spool_dir) if not n.startswith("."))
+    except FileNotFoundError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(spool_dir, name), "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue  # replayed and removed while we looked
+        if needle not in data:
+            continue
+        try:
+            lines = json.loads(data)["args"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        for line in lines if isinstance(lines, list) else []:
+            try:
+                item = item_from_line(line)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if isinstance(item, LoadItem) and item.jid == jid:
+                found = item
+    return found
+
+
 class JobStore:
     """The job index for one database, as Salt's job cache sees it."""
 
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
         self.db = db or get_database(settings.db_url, settings.sqlite_busy_timeout)
-        self.spool = Spool(settings.spool_dir)
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self._next_spool_check = 0.0
         self._stmts: _Statements | None = None
         self._writer: WriteBehind | None = None
@@ -848,37 +878,51 @@ class JobStore:
 
     # ------------------------------------------------------------------ reads
     def get_load(self, jid: str) -> dict[str, Any]:
-        """The job's load as Salt saved it, plus ``Minions`` (its target list) when known."""
+        """The job's load as Salt saved it, plus ``Minions`` (its target list) when known.
+        Salt's CLI asks for it right after publishing, possibly before the master's worker
+        committed it, or while the database is unreachable: then it comes from the
+        workers' journals or the spool."""
         self.flush()
-        with self.db.read() as conn:
-            load = conn.scalar(select(_raw(jobs_index.c.load)).where(jobs_index.c.jid == jid))
-            if load is None:
-                # Salt's CLI asks for the load right after publishing, possibly before the
-                # master's worker committed it: look in the workers' journals.
-                return self._journalled_load(jid) or {}
-            minions = conn.scalars(
-                select(job_returns.c.minion)
-                .where(job_returns.c.jid == jid, job_returns.c.expected.is_(True))
-                .order_by(job_returns.c.minion)
-            ).all()
+        try:
+            with self.db.read() as conn:
+                load = conn.scalar(select(_raw(jobs_index.c.load)).where(jobs_index.c.jid == jid))
+                if load is None:
+                    return self._journalled_load(conn, jid) or {}
+                minions = conn.scalars(
+                    select(job_returns.c.minion)
+                    .where(job_returns.c.jid == jid, job_returns.c.expected.is_(True))
+                    .order_by(job_returns.c.minion)
+                ).all()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return self._pending_load(jid) or {}
         ret = dict(encoding.loads(load) or {})
         if minions:
             ret["Minions"] = list(minions)
         return ret
 
-    def _journalled_load(self, jid: str) -> dict[str, Any] | None:
-        """A publish load still waiting in a journal for its batch, with ``Minions``."""
-        item = find_journalled_load(self.settings.journal_dir, jid)
+    def _pending_load(self, jid: str) -> dict[str, Any] | None:
+        """A publish load not yet in the database: in a journal, waiting for its batch, or
+        in the spool, waiting for the database."""
+        item = find_journalled_load(self.settings.journal_dir, jid) or find_spooled_load(
+            self.settings.spool_dir, jid
+        )
         if item is None:
-            # Its batch may have been committed (and its journal removed) meanwhile.
-            with self.db.read() as conn:
-                if conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == jid)):
-                    return self.get_load(jid)
             return None
         ret = dict(encoding.restore(item.load))
         if item.minions:
             ret["Minions"] = sorted(item.minions)
         return ret
+
+    def _journalled_load(self, conn: Connection, jid: str) -> dict[str, Any] | None:
+        pending = self._pending_load(jid)
+        if pending is None and conn.scalar(
+            select(jobs_index.c.load).where(jobs_index.c.jid == jid)
+        ):
+            # Its batch was committed (and its journal removed) while we looked.
+            return self.get_load(jid)
+        return pending
 
     def get_jid(self, jid: str) -> dict[str, dict[str, Any]]:
         """``{minion: {"return": ..., "retcode": ..., "success": ..., "out": ...}}`` for a job."""

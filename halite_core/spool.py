@@ -28,17 +28,69 @@ STALE_CLAIM_SECONDS = 300.0
 _sequence = itertools.count()
 
 
+GROWTH_LOG_FROM = 1024 * 1024  # log when the spool first holds 1 MiB, then at each doubling
+RESCAN_EVERY = 200  # puts between two measurements of the spool on disk
+
+
 class Spool:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    """``max_bytes`` bounds the spool on disk (all processes together, measured every
+    ``RESCAN_EVERY`` writes and counted in between): beyond it a new write is dropped with
+    an error in the log, rather than filling the master's disk."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int | None = None) -> None:
         self.directory = Path(directory)
         self.rejected = self.directory / "rejected"
+        self.max_bytes = max_bytes
+        self._size: int | None = None
+        self._puts = 0
+        self._logged_at = GROWTH_LOG_FROM // 2
+        self.dropped = 0
+
+    def size(self) -> int:
+        """Bytes of spooled writes waiting on disk (``rejected/`` not counted)."""
+        total = 0
+        try:
+            for entry in os.scandir(self.directory):
+                if entry.is_file() and not entry.name.startswith("."):
+                    try:
+                        total += entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            return 0
+        return total
+
+    def _room_for(self, op: str, size: int) -> bool:
+        if self._size is None or self._puts % RESCAN_EVERY == 0:
+            self._size = self.size()
+        self._puts += 1
+        if self.max_bytes is not None and self._size + size > self.max_bytes:
+            self.dropped += 1
+            log.error(
+                "halite: the spool %s is full (%d bytes, spool_max_bytes=%d): %s dropped "
+                "(%d dropped by this process); the database has been unreachable for long",
+                self.directory, self._size, self.max_bytes, op, self.dropped,
+            )  # fmt: skip
+            return False
+        self._size += size
+        if self._size >= self._logged_at * 2:
+            while self._size >= self._logged_at * 2:
+                self._logged_at *= 2
+            log.warning(
+                "halite: the spool %s holds %.1f MB of writes waiting for the database",
+                self.directory, self._size / 1e6,
+            )  # fmt: skip
+        return True
 
     def put(self, op: str, *args: Any, reason: str = "") -> Path | None:
-        """Keep one write for later. Returns its file, or None if even the spool failed."""
+        """Keep one write for later. Returns its file, or None if it could not be kept
+        (the spool is full, or even the spool failed)."""
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             text, _ = encoding.dumps({"op": op, "args": list(args), "reason": reason})
+            if not self._room_for(op, len(text.encode())):
+                return None
             tmp = self.directory / f".{name}.tmp"
             tmp.write_text(text, encoding="utf-8")
             final = self.directory / f"{name}{SUFFIX}"

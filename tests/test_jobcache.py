@@ -297,9 +297,11 @@ def test_postgresql_stopped_and_restarted_loses_nothing(store, settings, pg_serv
     finally:
         pg_server.start()
         pg_server.wait_ready()
-    patient.record("save_return", ret(JID, "m3"), dt.datetime.now(UTC))
-    patient.flush()  # commits m3, then replays the spool (m2 twice: the first one wins)
-    assert patient.spool.pending() == []
+    # The master restarted meanwhile: a new process finds the spool on disk and replays it.
+    restarted = JobStore(dataclasses.replace(settings, spool_replay_interval=0))
+    restarted.record("save_return", ret(JID, "m3"), dt.datetime.now(UTC))
+    restarted.flush()  # commits m3, then replays the spool (m2 twice: the first one wins)
+    assert restarted.spool.pending() == []
     rows = return_rows(store, JID)
     assert {m: r["state"] for m, r in rows.items()} == dict.fromkeys(("m1", "m2", "m3"), "returned")
     assert job_row(store, JID)["minions_returned"] == 3

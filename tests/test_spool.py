@@ -1,0 +1,32 @@
+"""The spool's bound: it grows with a log line, and past its bound drops with an error."""
+
+import logging
+
+from halite_core import spool as spoolmod
+from halite_core.spool import Spool
+
+
+def test_spool_is_bounded_and_says_so(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(spoolmod, "GROWTH_LOG_FROM", 2000)
+    spool = Spool(tmp_path / "spool", max_bytes=10_000)
+    spool._logged_at = 1000
+    caplog.set_level(logging.WARNING, logger="halite_core.spool")
+    kept = [spool.put("save_return", {"jid": str(n), "return": "x" * 900}) for n in range(15)]
+    stored = [path for path in kept if path is not None]
+    assert 8 <= len(stored) <= 10 and spool.dropped == 15 - len(stored)
+    assert spool.size() <= 10_000
+    assert [p.name for p in spool.pending()] == sorted(p.name for p in stored)  # in order
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("MB of writes waiting for the database" in m for m in messages)
+    assert sum("is full" in m for m in messages) == spool.dropped
+    # Replaying makes room again.
+    for path in spool.pending()[:5]:
+        path.unlink()
+    spool._size = None  # as the next measurement does
+    assert spool.put("save_return", {"jid": "late"}) is not None
+
+
+def test_a_spool_without_bound_keeps_everything(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    assert all(spool.put("save_load", "x" * 5000) for _ in range(20))
+    assert len(spool.pending()) == 20
