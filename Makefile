@@ -49,10 +49,11 @@ test-integration: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) postgresql
 	$(PY) bench/ingest.py
 	$(PY) bench/engine.py
 	$(PY) bench/listing.py
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -52,7 +52,11 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     """A copy of ``value`` made only of JSON types, with markers for everything else."""
     if _depth > MAX_DEPTH:
         return _marker("object", type="nested", repr=f"nesting deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        if "\x00" in value:  # PostgreSQL's jsonb cannot hold NUL characters
+            return _marker("text", base64=base64.b64encode(value.encode("utf-8")).decode("ascii"))
+        return value
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else _marker("float", value=repr(value))
@@ -77,13 +81,16 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
 
 
 def _key(key: Any) -> str:
-    return key if isinstance(key, str) else str(key)
+    key = key if isinstance(key, str) else str(key)
+    return key.replace("\x00", "\\x00") if "\x00" in key else key
 
 
 def dumps(value: Any) -> tuple[str, bool]:
     """JSON text for ``value`` and whether anything had to be converted to a marker."""
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":")), False
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        if "\\u0000" not in text:
+            return text, False
     except (TypeError, ValueError, RecursionError):
         pass
     return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":")), True
@@ -112,6 +119,8 @@ def restore(value: Any) -> Any:
     try:
         if kind == "bytes":
             return base64.b64decode(value["base64"])
+        if kind == "text":
+            return base64.b64decode(value["base64"]).decode("utf-8")
         if kind == "set":
             return {_hashable(restore(v)) for v in value["items"]}
         if kind == "decimal":

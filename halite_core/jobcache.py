@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -515,6 +516,8 @@ class JobStore:
             jid, when = args
             if not jids.is_jid(jid):
                 raise InvalidLoad(f"update_endtime: {jid!r} is not a Salt job id")
+            if not isinstance(when, dt.datetime) or when.tzinfo is None:
+                raise InvalidLoad(f"update_endtime: {when!r} is not a time with a timezone")
             return [EndtimeItem(jid, when)]
         raise InvalidLoad(f"unknown write {op!r}")
 
@@ -885,7 +888,11 @@ class JobStore:
         self.flush()
         try:
             with self.db.read() as conn:
-                load = conn.scalar(select(_raw(jobs_index.c.load)).where(jobs_index.c.jid == jid))
+                load = conn.scalar(
+                    select(_raw(jobs_index.c.load, self.db.is_sqlite)).where(
+                        jobs_index.c.jid == jid
+                    )
+                )
                 if load is None:
                     return self._journalled_load(conn, jid) or {}
                 minions = conn.scalars(
@@ -930,9 +937,9 @@ class JobStore:
         r = job_returns.c
         with self.db.read() as conn:
             rows = conn.execute(
-                select(r.minion, _raw(r.return_value), r.retcode, r.success, r.out).where(
-                    r.jid == jid, r.state == RETURNED
-                )
+                select(
+                    r.minion, _raw(r.return_value, self.db.is_sqlite), r.retcode, r.success, r.out
+                ).where(r.jid == jid, r.state == RETURNED)
             ).all()
         ret: dict[str, dict[str, Any]] = {}
         for minion, value, retcode, success, out in rows:
@@ -952,7 +959,9 @@ class JobStore:
         j = jobs_index.c
         with self.db.read() as conn:
             result = conn.execution_options(yield_per=1000).execute(
-                select(j.jid, _raw(j.load), j.last_return_at).where(j.load.is_not(None))
+                select(j.jid, _raw(j.load, self.db.is_sqlite), j.last_return_at).where(
+                    j.load.is_not(None)
+                )
             )
             for jid, load, last in result:
                 yield jid, encoding.loads(load), last
@@ -963,7 +972,7 @@ class JobStore:
         """The ``count`` newest jobs by JID, oldest first, as Salt's get_jids_filter orders them."""
         self.flush()
         j = jobs_index.c
-        query = select(j.jid, _raw(j.load)).where(j.load.is_not(None))
+        query = select(j.jid, _raw(j.load, self.db.is_sqlite)).where(j.load.is_not(None))
         if filter_find_job:
             query = query.where(or_(j.function.is_(None), j.function != FIND_JOB))
         with self.db.read() as conn:
@@ -1001,6 +1010,7 @@ class JobStore:
         database refuses to the spool. True when queued, None when set aside."""
         try:
             items = self.items_for(op, *args)
+            entries = [(item_to_line(item), item) for item in items]
         except InvalidLoad as exc:
             self.spool.reject(op, *args, reason=str(exc))
             return None
@@ -1010,7 +1020,6 @@ class JobStore:
             return None
         if not items:
             return True
-        entries = [(item_to_line(item), item) for item in items]
         if self.settings.flush_interval > 0:
             self.writer().submit(entries)
             return True
@@ -1112,10 +1121,14 @@ class JobStore:
 _SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update_endtime"}
 
 
-def _raw(column: Any) -> Any:
-    """A JSON column read as its JSON text, for :func:`encoding.loads` (a cast in SQL:
-    PostgreSQL's driver would otherwise parse jsonb itself, and a JSON string value would
-    come back as a Python string indistinguishable from JSON text)."""
+def _raw(column: Any, sqlite: bool) -> Any:
+    """A JSON column as the database holds it, for :func:`encoding.loads`. PostgreSQL: its
+    JSON text (a cast in SQL, else the driver parses jsonb itself and a JSON string value
+    would come back as a Python string indistinguishable from JSON text). SQLite: the
+    stored value untouched (a top-level number is stored as a number by the column's
+    numeric affinity, and casting it to text would round it to 15 digits)."""
+    if sqlite:
+        return type_coerce(column, Text).label(column.key)
     return cast(column, Text).label(column.key)
 
 

@@ -1,0 +1,178 @@
+"""Load test: 8 master worker processes writing returns at once, on SQLite and PostgreSQL.
+
+Each worker process is what a Salt master's MWorker is to halite: it has its own job store
+and calls the returner for the publishes and returns it receives. The mix: for every job a
+publish, then five returns; most are small (``test.ping``), one return in 200 is a 1 MB
+highstate. The run is bounded by a fixed count of returns (``--returns``). Reported per
+backend: returns per second (clock to the last commit of every worker), p50/p99 latency of
+the returner call (the time the master's worker spends in halite), errors (calls that
+raised or writes set aside; must be 0) and rows lost (returns not in the database
+afterwards; must be 0). PostgreSQL is a throw-away server on loopback, as in the tests.
+
+Usage: python bench/load.py [--returns 20000] [--workers 8] [--backend sqlite,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from halite_core.config import Settings  # noqa: E402
+from halite_core.jobcache import JobStore, flush_all  # noqa: E402
+from halite_core.models import job_returns  # noqa: E402
+
+MINIONS_PER_JOB = 5
+BIG_EVERY = 200
+
+
+def big_highstate() -> dict:
+    """About 1 MB: 400 states with a 2.5 kB diff each."""
+    diff = "".join(f"+line {n} of the new configuration\n" for n in range(80))
+    return {
+        f"file_|-conf{i}_|-/etc/app/conf{i}_|-managed": {
+            "result": i % 50 != 7,
+            "comment": f"File /etc/app/conf{i} updated",
+            "changes": {"diff": diff},
+            "duration": 3.5,
+            "__run_num__": i,
+            "__sls__": "app",
+            "__id__": f"conf{i}",
+            "name": f"/etc/app/conf{i}",
+            "start_time": "12:00:00.000000",
+        }
+        for i in range(400)
+    }
+
+
+def worker(settings: Settings, index: int, jobs: int, start_gate, results) -> None:
+    store = JobStore(settings)
+    big = big_highstate()
+    base = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc) + dt.timedelta(hours=index)
+    latencies = []
+    errors = 0
+    count = 0
+    start_gate.wait(60)
+    t0 = time.perf_counter()
+    for n in range(jobs):
+        jid = (base + dt.timedelta(milliseconds=n)).strftime("%Y%m%d%H%M%S%f")
+        minions = [f"w{index}-m{m}" for m in range(MINIONS_PER_JOB)]
+        big_job = n % (BIG_EVERY // MINIONS_PER_JOB) == 0
+        fun = "state.apply" if big_job else "test.ping"
+        load = {"jid": jid, "fun": fun, "arg": [], "tgt": minions, "tgt_type": "list",
+                "user": "root"}  # fmt: skip
+        calls = [("save_load", jid, load, minions)]
+        for m, minion in enumerate(minions):
+            value = big if big_job and m == 0 else True
+            calls.append(("save_return", {"jid": jid, "id": minion, "fun": fun, "return": value,
+                                          "retcode": 0, "success": True}))  # fmt: skip
+        for op, *args in calls:
+            c0 = time.perf_counter()
+            try:
+                if store.record(op, *args) is not True:
+                    errors += 1
+            except Exception:  # noqa: BLE001 - counted: the returner must never raise
+                errors += 1
+            latencies.append(time.perf_counter() - c0)
+            count += op == "save_return"
+    store.flush()
+    flush_all()
+    elapsed = time.perf_counter() - t0
+    rejected = len(list(Path(settings.spool_dir, "rejected").glob("*.json")))
+    results.put((count, elapsed, latencies, errors, len(store.spool.pending()), rejected))
+
+
+def run(backend: str, url: str, root: Path, returns: int, workers: int) -> dict:
+    opts = {"cachedir": str(root / "cache"), "id": "load_master", "halite": {"db_url": url}}
+    settings = Settings.from_opts(opts)
+    # The master's defaults: commits batched every 0.1 s by each worker's flush thread.
+    settings = dataclasses.replace(settings, spool_replay_interval=0)
+    JobStore(settings).db.ensure_schema()
+    jobs = returns // (workers * MINIONS_PER_JOB)
+    context = multiprocessing.get_context("fork")
+    gate, results = context.Barrier(workers), context.Queue()
+    procs = [
+        context.Process(target=worker, args=(settings, i, jobs, gate, results))
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    outs = [results.get(timeout=1800) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    count = sum(o[0] for o in outs)
+    elapsed = max(o[1] for o in outs)
+    latencies = sorted(x for o in outs for x in o[2])
+    errors = sum(o[3] for o in outs) + sum(o[5] for o in outs)
+    spooled = max(o[4] for o in outs)
+    store = JobStore(settings)
+    with store.db.read() as conn:
+        stored = conn.scalar(
+            select(func.count()).select_from(job_returns).where(job_returns.c.state == "returned")
+        )
+    store.db.dispose()
+    return {
+        "backend": backend,
+        "returns": count,
+        "rate": count / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "errors": errors,
+        "spooled": spooled,
+        "lost": count - stored,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--returns", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--backend", default="sqlite,postgresql")
+    args = parser.parse_args()
+    rows = []
+    for backend in args.backend.split(","):
+        root = Path(tempfile.mkdtemp(prefix=f"halite-load-{backend}-"))
+        server = None
+        try:
+            if backend == "postgresql":
+                from tests.pgserver import PostgresServer
+
+                server = PostgresServer().start()
+                server.wait_ready()
+                url = server.create_database("load")
+            else:
+                url = f"sqlite:///{root}/halite.db"
+            rows.append(run(backend, url, root, args.returns, args.workers))
+        finally:
+            if server is not None:
+                server.destroy()
+            shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"load: {args.workers} worker processes at once, {args.returns:,} returns "
+        f"(a publish per {MINIONS_PER_JOB} returns; 1 return in {BIG_EVERY} a 1 MB highstate), "
+        f"{os.cpu_count()} cores"
+    )
+    print(f"  {'backend':<11} {'returns/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'errors':>7} {'lost':>5}")  # fmt: skip
+    for r in rows:
+        print(
+            f"  {r['backend']:<11} {r['rate']:>10,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} "
+            f"{r['max_ms']:>8.1f} {r['errors']:>7} {r['lost']:>5}"
+        )
+
+
+if __name__ == "__main__":
+    main()
