@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -96,8 +97,10 @@ def is_return_load(load: Mapping[str, Any]) -> bool:
 
 
 def is_outage(exc: BaseException) -> bool:
-    """True when the database could not be reached or written at all: worth spooling."""
-    if isinstance(exc, (OperationalError, SchemaError, OSError)):
+    """True when the database could not be reached or written at all (down, refusing
+    connections, locked, its disk full): worth spooling. The SQLite bulk path raises the
+    driver's own errors, unwrapped."""
+    if isinstance(exc, (OperationalError, SchemaError, OSError, sqlite3.OperationalError)):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from halite_core.active import ActiveJobs, EngineOptions, effective_status
 from halite_core.models import job_returns, jobs_index
+from tests.conftest import postgresql_only, sqlite_only
 
 JID = "20261128120000000001"
 UTC = dt.timezone.utc
@@ -257,3 +258,68 @@ def test_options_have_defaults_and_clear_errors():
         EngineOptions.from_config({"batch_size": 0}, {})
     with pytest.raises(ValueError, match="timeout: 'soon' is not valid"):
         EngineOptions.from_config({"timeout": "soon"}, {})
+
+
+@postgresql_only("stops the PostgreSQL server")
+def test_engine_follows_the_bus_while_the_database_is_down(store, settings, clock, find_job,
+                                                          pg_server):  # fmt: skip
+    import dataclasses
+
+    from halite_core.jobcache import JobStore
+
+    patient = JobStore(dataclasses.replace(settings, spool_replay_interval=0))
+    engine = make_engine(patient, clock, find_job)
+    feed(engine, new(JID, ["m1", "m2", "m3"]))
+    pg_server.stop()
+    try:
+        feed(engine, ret(JID, "m1"), new("20261128120000000002", ["m1"]))
+        clock.now += 1
+        engine.tick()  # no exception: the changes wait in the spool
+        assert patient.spool.pending()
+    finally:
+        pg_server.start()
+        pg_server.wait_ready()
+    feed(engine, ret(JID, "m2"), ret(JID, "m3"))  # written, then the spool replayed
+    assert patient.spool.pending() == []
+    assert states(store) == dict.fromkeys(("m1", "m2", "m3"), "returned")
+    assert job(store)["status"] == "complete"
+    assert job(store, "20261128120000000002")["status"] == "running"
+    patient.db.dispose()
+
+
+@sqlite_only("SQLite reports a full disk as SQLITE_FULL")
+def test_full_disk_spools_and_replays(store, settings):
+    """A database that cannot grow (the disk is full: here its page count is capped, which
+    SQLite reports exactly like a full disk) spools the writes; they land once it can."""
+    import dataclasses
+
+    from sqlalchemy import event
+
+    from halite_core.jobcache import JobStore
+
+    full = {"on": False}
+    patient = JobStore(dataclasses.replace(settings, spool_replay_interval=0))
+    patient.db.ensure_schema()
+
+    @event.listens_for(patient.db.engine, "begin")
+    def cap(conn):
+        if full["on"]:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+        else:
+            conn.exec_driver_sql("PRAGMA max_page_count = 1073741823")
+
+    patient.save_load(JID, {"jid": JID, "fun": "test.arg", "tgt": ["m1", "m2"],
+                            "tgt_type": "list"}, ["m1", "m2"])  # fmt: skip
+    full["on"] = True
+    big = {"data": "x" * 200_000}
+    assert patient.record("save_return", ret(JID, "m1", value=big)[1]) is True
+    patient.flush()
+    assert len(patient.spool.pending()) == 1  # "database or disk is full": spooled
+    full["on"] = False
+    patient.record("save_return", ret(JID, "m2")[1])
+    patient.flush()
+    assert patient.spool.pending() == []
+    assert states(store) == {"m1": "returned", "m2": "returned"}
+    assert store.get_jid(JID)["m1"]["return"] == big
+    patient.db.dispose()
