@@ -35,7 +35,6 @@ missing permission, exits non-zero and is written to the audit log, as is every 
         sudo_bob: [viewer]
 """
 
-import datetime
 import fnmatch
 
 import salt.client
@@ -43,19 +42,12 @@ import salt.config
 import salt.minion
 
 try:
-    from halite_core import audit, jids
-    from halite_core import kill as killing
+    from halite_core import jids
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
     from halite_core.permissions import ConfigError, Denied, policy_from_opts
-    from halite_core.queries import (
-        JobFilter,
-        QueryError,
-        job_detail,
-        list_jobs,
-    )
-    from halite_core.queries import activity as jobs_per_hour
-    from halite_core.queries import timeline as job_bars
+    from halite_core.queries import QueryError
+    from halite_core.service import Service
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -73,11 +65,20 @@ def __virtual__():
     return __virtualname__
 
 
-def _store():
+def _service():
     settings = Settings.from_opts(
         __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
     )
-    return JobStore(settings)
+    return Service(JobStore(settings), policy_from_opts(__opts__), __opts__.get("id"), _send_kill)
+
+
+def _send_kill(jid, minions):
+    """saltutil.kill_job to the minions still running the job: a list target, never *."""
+    client = salt.client.get_local_client(mopts=__opts__)
+    return client.cmd(
+        minions, "saltutil.kill_job", [jid], tgt_type="list",
+        timeout=__opts__.get("gather_job_timeout", 10),
+    )  # fmt: skip
 
 
 def _failed(message):
@@ -97,51 +98,21 @@ def _caller():
         return None
 
 
-def _grants():
-    return policy_from_opts(__opts__).for_user(_caller())
-
-
-def _audit(store, action, decision, **fields):
-    with store.db.write() as conn:
-        audit.record(
-            conn,
-            user=_caller(),
-            action=action,
-            decision=decision,
-            master_id=__opts__.get("id"),
-            **fields,
-        )
-
-
-def _deny(store, action, exc, arguments, jid=None):
-    """Record a refused request and answer it: the missing permission, a non-zero exit."""
-    _audit(
-        store, action, "deny", resource=exc.needed.split(":", 1)[1], jid=jid,
-        arguments=arguments, outcome={"error": str(exc)},
-    )  # fmt: skip
-    return _failed(str(exc))
-
-
-def _view_scope(store, action, arguments):
-    """The function globs the caller may view (None: all), or a denial answer."""
-    grants = _grants()
-    scope = grants.job_scope("view")
-    if scope == ():
-        return None, _deny(store, action, Denied(grants.user, "view:job:*"), arguments)
-    return scope, None
-
-
-def _time(name, value):
-    if value is None:
-        return None
+def _call(method, *args, outputter=None, **kwargs):
+    """Run one service method as the caller; its errors become the runner's error."""
     try:
-        moment = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise QueryError(
-            f"{name}: {value!r} is not an ISO 8601 date and time (e.g. 2026-11-28T12:00:00Z)"
-        ) from exc
-    # A time without an offset is read as UTC, as the index stores times.
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+        service = _service()
+    except ConfigError as exc:
+        return _failed(str(exc))
+    try:
+        data = getattr(service, method)(_caller(), *args, **kwargs)
+    except (QueryError, Denied, ConfigError) as exc:
+        return _failed(str(exc))
+    finally:
+        service.close()
+    if isinstance(data, dict) and data.get("retcode"):
+        __context__["retcode"] = data["retcode"]
+    return data if outputter is None else {"outputter": outputter, "data": data}
 
 
 def jobs(
@@ -198,53 +169,21 @@ def jobs(
         salt-run halite.jobs fun='state.*' user=sudo_alice
         salt-run halite.jobs cursor=MjAyNi0xMS0yOFQxMjowMDowMCswMDowMHwyMDI2MTEyODEyMDAwMDAwMDAwMA
     """
-    arguments = {k: v for k, v in locals().items() if v is not None}
-    store = _store()
-    try:
-        scope, denied = _view_scope(store, "jobs", arguments)
-        if denied:
-            return denied
-        if live:
-            return _live_jobs(limit, scope)
-        filters = JobFilter(
-            fun=_text("fun", fun),
-            target=_text("target", target),
-            user=_text("user", user),
-            status=_text("status", status),
-            minion=_text("minion", minion),
-            search=_text("search", search),
-            start=_time("start", start),
-            end=_time("end", end),
-            include_system=_flag("include_system", include_system),
-            functions=scope,
-            master=_text("master", master),
-        )
-        return _read(store, list_jobs, filters, limit, _text("cursor", cursor),
-                     outputter="halite_jobs")  # fmt: skip
-    except (QueryError, ConfigError) as exc:
-        return _failed(str(exc))
-    finally:
-        store.db.dispose()
-
-
-def _text(name, value):
-    """A text argument as Salt's CLI parsed it: numbers (``user=1001``) back to text;
-    lists, mappings and booleans are refused."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise QueryError(f"{name} must be text, not {type(value).__name__}")
-    return str(value)
-
-
-def _flag(name, value):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-        return value.lower() in ("true", "yes", "1")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise QueryError(f"{name} must be True or False, not {value!r}")
+    if live:
+        try:
+            service = _service()
+            try:
+                scope = service.view_scope(_caller(), "jobs", {"live": True, "limit": limit})
+            finally:
+                service.close()
+        except (Denied, ConfigError) as exc:
+            return _failed(str(exc))
+        return _live_jobs(limit, scope)
+    return _call(
+        "jobs", limit=limit, fun=fun, target=target, user_filter=user, status=status,
+        minion=minion, search=search, start=start, end=end, include_system=include_system,
+        cursor=cursor, master=master, outputter="halite_jobs",
+    )  # fmt: skip
 
 
 def job(jid):
@@ -261,34 +200,7 @@ def job(jid):
 
         salt-run halite.job 20261128115138123456 --out=json
     """
-    store = _store()
-    try:
-        grants = _grants()
-        arguments = {"jid": jid}
-        if grants.job_scope("view") == ():
-            return _deny(store, "job", Denied(grants.user, "view:job:*"), arguments)
-        answer = _read(store, job_detail, _text("jid", jid), outputter="halite_job")
-        if "error" in answer:
-            return answer
-        function = answer["data"]["function"] or ""
-        if not grants.allows("view", "job", function):
-            needed = Denied(grants.user, f"view:job:{function}")
-            return _deny(store, "job", needed, arguments, jid=answer["data"]["jid"])
-        return answer
-    except (QueryError, ConfigError) as exc:
-        return _failed(str(exc))
-    finally:
-        store.db.dispose()
-
-
-def _read(store, query, *args, outputter=None):
-    """Run a halite_core query on the index; its QueryError becomes the runner's error."""
-    try:
-        with store.db.read() as conn:
-            data = query(conn, *args)
-    except QueryError as exc:
-        return _failed(str(exc))
-    return data if outputter is None else {"outputter": outputter, "data": data}
+    return _call("job", jid, outputter="halite_job")
 
 
 def activity(hours=24):
@@ -303,7 +215,7 @@ def activity(hours=24):
 
         salt-run halite.activity hours=48 --out=json
     """
-    return _scoped_read("activity", {"hours": hours}, jobs_per_hour, hours)
+    return _call("activity", hours)
 
 
 def timeline(window="24h", group_by="function"):
@@ -319,22 +231,7 @@ def timeline(window="24h", group_by="function"):
 
         salt-run halite.timeline window=4h group_by=user --out=json
     """
-    return _scoped_read(
-        "timeline", {"window": window, "group_by": group_by}, job_bars, window, group_by
-    )
-
-
-def _scoped_read(action, arguments, query, *args):
-    store = _store()
-    try:
-        scope, denied = _view_scope(store, action, arguments)
-        if denied:
-            return denied
-        return _read(store, lambda conn, *a: query(conn, *a, functions=scope), *args)
-    except ConfigError as exc:
-        return _failed(str(exc))
-    finally:
-        store.db.dispose()
+    return _call("timeline", window, group_by)
 
 
 def kill(jid):
@@ -355,51 +252,7 @@ def kill(jid):
 
         salt-run halite.kill 20261128115138123456
     """
-    store = _store()
-    arguments = {"jid": jid}
-    try:
-        grants = _grants()
-        try:
-            with store.db.read() as conn:
-                target = killing.plan(conn, jid if isinstance(jid, str) else str(jid))
-        except QueryError as exc:
-            if not grants.may_any("kill", "job"):
-                return _deny(store, "kill", Denied(grants.user, "kill:job:*"), arguments)
-            _audit(store, "kill", "allow", resource="job", jid=_text("jid", jid),
-                   arguments=arguments, outcome={"error": str(exc)})  # fmt: skip
-            return _failed(str(exc))
-        function = target["function"] or ""
-        if not grants.allows("kill", "job", function):
-            needed = Denied(grants.user, f"kill:job:{function}")
-            return _deny(store, "kill", needed, arguments, jid=target["jid"])
-        client = salt.client.get_local_client(mopts=__opts__)
-        replies = client.cmd(
-            target["minions"], "saltutil.kill_job", [target["jid"]], tgt_type="list",
-            timeout=__opts__.get("gather_job_timeout", 10),
-        )  # fmt: skip
-        results = killing.outcomes(target["minions"], replies or {})
-        signalled = [m for m, r in results.items() if r["outcome"] == killing.SIGNALLED]
-        store.mark_killed(target["jid"], signalled)
-        with store.db.read() as conn:
-            status = job_detail(conn, target["jid"])["status"]
-        answer = {
-            "jid": target["jid"],
-            "function": function,
-            "signalled": signalled,
-            "minions": results,
-            "status": status,
-        }
-        outcome = {"signalled": signalled, "minions": results}
-        _audit(store, "kill", "allow", resource=f"job:{function}", jid=target["jid"],
-               arguments=arguments, outcome=outcome)  # fmt: skip
-        if not signalled:
-            __context__["retcode"] = 1
-            answer["retcode"] = 1
-        return answer
-    except ConfigError as exc:
-        return _failed(str(exc))
-    finally:
-        store.db.dispose()
+    return _call("kill", jid)
 
 
 def audit_log(user=None, action=None, decision=None, start=None, end=None, limit=50, cursor=None):
@@ -415,24 +268,10 @@ def audit_log(user=None, action=None, decision=None, start=None, end=None, limit
 
         salt-run halite.audit user=sudo_bob decision=deny --out=json
     """
-    arguments = {k: v for k, v in locals().items() if v is not None}
-    store = _store()
-    try:
-        grants = _grants()
-        if not grants.allows("view", "audit", "*"):
-            return _deny(store, "audit", Denied(grants.user, "view:audit:*"), arguments)
-        return _read(
-            store,
-            lambda conn: audit.list_entries(
-                conn, user=_text("user", user), action=_text("action", action),
-                decision=_text("decision", decision), start=_time("start", start),
-                end=_time("end", end), limit=limit, cursor=_text("cursor", cursor),
-            ),
-        )  # fmt: skip
-    except (QueryError, ConfigError) as exc:
-        return _failed(str(exc))
-    finally:
-        store.db.dispose()
+    return _call(
+        "audit", user_filter=user, action=action, decision=decision, start=start, end=end,
+        limit=limit, cursor=cursor,
+    )  # fmt: skip
 
 
 def _live_jobs(limit, scope):
