@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select
 
 from halite_core import jids
 from halite_core.models import job_returns, jobs_index
-from halite_core.queries import QueryError
+from halite_core.queries import QueryError, UnknownJob
 
 SIGNALLED = "signalled"  # "Signal 9 sent to job <jid> at pid <pid>"
 NOT_RUNNING = "not_running"  # nothing by that jid was running on the minion
@@ -34,7 +34,7 @@ def plan(conn: Connection, jid: object) -> dict[str, Any]:
         select(jobs_index.c.function, jobs_index.c.status).where(jobs_index.c.jid == jid)
     ).first()
     if row is None or row.status == "new":
-        raise QueryError(f"no job with jid {jid} in the index")
+        raise UnknownJob(f"no job with jid {jid} in the index")
     r = job_returns.c
     pending = [
         minion

@@ -52,6 +52,10 @@ class QueryError(ValueError):
     """A listing argument that cannot be used; the message says which and why."""
 
 
+class UnknownJob(QueryError):
+    """No job with that jid in the index."""
+
+
 @dataclass(frozen=True)
 class JobFilter:
     """What to list; every field optional. Globs use ``*`` and ``?``, case-sensitive."""
@@ -415,7 +419,7 @@ def _job_detail(conn: Connection, jid: str, now: dt.datetime | None) -> dict[str
         raise QueryError(f"{jid!r} is not a Salt job id (20 digits, optional _pid)")
     row = conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).first()
     if row is None or row.status == "new":
-        raise QueryError(f"no job with jid {jid} in the index")
+        raise UnknownJob(f"no job with jid {jid} in the index")
     engines = {r.master_id: dict(r._mapping) for r in conn.execute(select(engine_state))}
     job = _job(dict(row._mapping), engines, now or dt.datetime.now(dt.timezone.utc))
     job["arguments"] = row.arguments

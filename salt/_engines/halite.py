@@ -22,6 +22,16 @@ Configuration, in the master config (every option may be left out):
           flush_interval: 0.25  # longest delay before a change is in the database
           batch_size: 1000      # write sooner once this many changes are waiting
           write_returns: auto   # index returns too; auto: unless master_job_cache is halite
+          http:                 # the HTTP API and the Jobs page; off unless given
+            host: 127.0.0.1
+            port: 8765
+            eauth: pam          # the external auth the login form uses by default
+            certfile: /etc/pki/halite.crt   # both for HTTPS
+            keyfile: /etc/pki/halite.key
+
+    external_auth:              # who may log in to the page: Salt's own external auth
+      pam:
+        alice: ['@runner']
 
     halite:
       system_functions:         # jobs listed as Salt's own bookkeeping (hidden by default)
@@ -48,6 +58,8 @@ try:
     from halite_core.active import ActiveJobs, EngineOptions
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
+    from halite_core.permissions import policy_from_opts
+    from halite_core.service import Service
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -93,19 +105,85 @@ def build(options):
     )
 
 
-def run_once(engine, bus, wait=0.05, max_events=10000):
+def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
     """Handle the events on the bus (waiting up to ``wait`` seconds for the first, then
-    taking what is already there, up to ``max_events``), then do what is due."""
+    taking what is already there, up to ``max_events``), then do what is due. ``publish``
+    receives the job events the Jobs page streams (new, return, complete)."""
+    running = set(engine.jobs) if publish else None
     event = bus.get_event(wait=wait, full=True, auto_reconnect=True)
     handled = 0
     while event:
         _safely(engine.handle, event.get("tag"), event.get("data"))
+        if publish:
+            _safely(_publish_bus, publish, event.get("tag"), event.get("data"))
         handled += 1
         if handled >= max_events:
             break
         # no_block: Salt's get_event blocks forever when wait is 0.
         event = bus.get_event(full=True, no_block=True, auto_reconnect=True)
     _safely(engine.tick)
+    if publish:
+        for jid in running - set(engine.jobs):
+            publish({"type": "complete", "jid": jid})
+
+
+def _publish_bus(publish, tag, data):
+    from halite_core.web import bus_event
+
+    streamed = bus_event(tag, data)
+    if streamed is not None:
+        publish(streamed)
+
+
+def serve_http(config):
+    """Start the HTTP API and the Jobs page in a thread; returns the hub's publish."""
+    import salt.auth
+
+    from halite_core.web import WebApp
+
+    settings = Settings.from_opts(
+        __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
+    )
+    client = salt.client.get_local_client(mopts=__opts__)
+    load_auth = salt.auth.LoadAuth(__opts__)
+
+    def authenticate(username, password, eauth):
+        load = {"eauth": eauth, "username": username, "password": password}
+        try:
+            return bool(load_auth.authenticate_eauth(load))
+        except Exception:  # pylint: disable=broad-except
+            log.warning("halite: external auth %s failed for %s", eauth, username, exc_info=True)
+            return False
+
+    def send_kill(jid, minions):
+        return client.cmd(
+            minions, "saltutil.kill_job", [jid], tgt_type="list",
+            timeout=__opts__.get("gather_job_timeout", 10),
+        )  # fmt: skip
+
+    def live_jobs(limit, scope):
+        import salt.minion
+
+        from halite_core.live import live_limit, live_page, running_jids
+
+        size = live_limit(limit)
+        cache = __opts__["master_job_cache"]
+        with salt.minion.MasterMinion(__opts__) as mminion:
+            found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
+        answers = client.cmd(
+            "*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10)
+        )
+        return live_page(found, running_jids(answers), scope, settings.jid_utc,
+                         __opts__.get("id"))  # fmt: skip
+
+    service = Service(JobStore(settings), policy_from_opts(__opts__), __opts__.get("id"),
+                      send_kill)  # fmt: skip
+    app = WebApp(service, authenticate, live_jobs, default_eauth=str(config.get("eauth", "pam")))
+    ssl = None
+    if config.get("certfile") or config.get("keyfile"):
+        ssl = {"certfile": config["certfile"], "keyfile": config["keyfile"]}
+    app.serve_in_thread(str(config.get("host", "127.0.0.1")), int(config.get("port", 8765)), ssl)
+    return app.hub.publish
 
 
 def _safely(call, *args):
@@ -120,12 +198,14 @@ def start(**options):
     """
     Run the engine: Salt starts it in its own process when it is listed under ``engines``.
     """
+    http = options.pop("http", None)
     engine = build(options)
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
+    publish = serve_http(http) if http else None
     try:
         engine.recover()
         while True:
-            run_once(engine, bus)
+            run_once(engine, bus, publish=publish)
     finally:
         engine.flush()
         bus.destroy()

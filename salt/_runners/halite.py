@@ -35,16 +35,14 @@ missing permission, exits non-zero and is written to the audit log, as is every 
         sudo_bob: [viewer]
 """
 
-import fnmatch
-
 import salt.client
 import salt.config
 import salt.minion
 
 try:
-    from halite_core import jids
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
+    from halite_core.live import live_limit, live_page, running_jids
     from halite_core.permissions import ConfigError, Denied, policy_from_opts
     from halite_core.queries import QueryError
     from halite_core.service import Service
@@ -276,44 +274,14 @@ def audit_log(user=None, action=None, decision=None, start=None, end=None, limit
 
 def _live_jobs(limit, scope):
     try:
-        size = int(limit)
-    except (TypeError, ValueError):
-        size = 0
-    if not 1 <= size <= 500:
-        return _failed(f"limit must be a number from 1 to 500, not {limit!r}")
+        size = live_limit(limit)
+    except QueryError as exc:
+        return _failed(str(exc))
     cache = __opts__["master_job_cache"]
     with salt.minion.MasterMinion(__opts__) as mminion:
         found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
     client = salt.client.get_local_client(mopts=__opts__)
     answers = client.cmd("*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10))
-    running = {
-        job.get("jid")
-        for jobs_of_minion in (answers or {}).values()
-        if isinstance(jobs_of_minion, list)
-        for job in jobs_of_minion
-        if isinstance(job, dict)
-    }
     utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
-    listed = []
-    for job in sorted(found, key=lambda j: j["JID"], reverse=True):
-        if scope is not None and not any(
-            fnmatch.fnmatchcase(str(job.get("Function")), pattern) for pattern in scope
-        ):
-            continue  # the caller may not view this function's jobs
-        target = job.get("Target")
-        listed.append(
-            {
-                "jid": job["JID"],
-                "function": job.get("Function"),
-                "target": ",".join(target) if isinstance(target, list) else target,
-                "target_type": job.get("Target-type"),
-                "user": job.get("User"),
-                "start_time": jids.start_time(job["JID"], utc).isoformat(),
-                "end_time": None,
-                "status": "running" if job["JID"] in running else "complete",
-                "minions": {"targeted": None, "returned": None, "failed": None},
-                "system": False,
-                "master_id": __opts__.get("id"),
-            }
-        )
-    return {"outputter": "halite_jobs", "data": {"jobs": listed, "next": None, "live": True}}
+    page = live_page(found, running_jids(answers), scope, utc, __opts__.get("id"))
+    return {"outputter": "halite_jobs", "data": page}

@@ -1,0 +1,70 @@
+"""``live=True`` listings: the master's own job cache and the minions' running lists,
+bypassing the index, for the rare case where the index is suspect. The Salt calls are the
+loader modules'; the shaping is here, shared by the runner and the HTTP API."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from halite_core import jids
+from halite_core.queries import QueryError
+
+MAX_LIVE = 500
+
+
+def live_limit(limit: object) -> int:
+    try:
+        size = int(limit)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        size = 0
+    if not 1 <= size <= MAX_LIVE:
+        raise QueryError(f"limit must be a number from 1 to {MAX_LIVE}, not {limit!r}")
+    return size
+
+
+def running_jids(answers: Mapping[str, Any] | None) -> set[str]:
+    """The jids in the minions' ``saltutil.running`` answers."""
+    return {
+        str(job.get("jid"))
+        for jobs_of_minion in (answers or {}).values()
+        if isinstance(jobs_of_minion, list)
+        for job in jobs_of_minion
+        if isinstance(job, dict)
+    }
+
+
+def live_page(
+    found: Iterable[Mapping[str, Any]],
+    running: set[str],
+    scope: tuple[str, ...] | None,
+    jid_utc: bool,
+    master_id: str | None,
+) -> dict[str, Any]:
+    """``get_jids_filter``'s jobs as a listing page, newest first; ``running`` if a minion
+    said it runs the job. ``scope`` keeps the functions the caller may view."""
+    listed = []
+    for job in sorted(found, key=lambda j: str(j.get("JID")), reverse=True):
+        function = str(job.get("Function"))
+        if scope is not None and not any(fnmatch.fnmatchcase(function, p) for p in scope):
+            continue
+        target = job.get("Target")
+        jid = str(job.get("JID"))
+        listed.append(
+            {
+                "jid": jid,
+                "function": job.get("Function"),
+                "target": ",".join(map(str, target)) if isinstance(target, list) else target,
+                "target_type": job.get("Target-type"),
+                "user": job.get("User"),
+                "start_time": jids.start_time(jid, jid_utc).isoformat() if jids.is_jid(jid)
+                else None,
+                "end_time": None,
+                "status": "running" if jid in running else "complete",
+                "minions": {"targeted": None, "returned": None, "failed": None},
+                "system": False,
+                "master_id": master_id,
+            }
+        )  # fmt: skip
+    return {"jobs": listed, "next": None, "live": True}
