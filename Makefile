@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv postgresql lint test test-sqlite test-postgresql test-core test-integration demo bench clean
+.PHONY: venv postgresql chromium lint test test-sqlite test-postgresql test-core test-integration demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,14 +30,24 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check halite_core salt tests bench scripts
 	$(VENV)/bin/mypy halite_core
 
-test: lint postgresql
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+chromium:
+	@if command -v chromium >/dev/null; then \
+		echo "Chromium present"; \
+	else \
+		echo "installing the distribution's chromium package"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium >/dev/null; \
+	fi
+
+test: lint postgresql chromium
 	$(VENV)/bin/pytest tests
 	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests
 
-test-sqlite: $(STAMP)
+test-sqlite: $(STAMP) chromium
 	$(VENV)/bin/pytest tests
 
-test-postgresql: $(STAMP) postgresql
+test-postgresql: $(STAMP) postgresql chromium
 	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests
 
 test-core: $(STAMP)

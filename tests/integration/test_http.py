@@ -1,0 +1,207 @@
+"""The Jobs page and its API served by the halite engine of a real master, logging in
+through Salt's own external auth (`auto`), checked over HTTP, against the OpenAPI
+document, and in a real browser (headless Chromium driven by Playwright)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from saltfactories.utils import random_string
+
+from tests.integration.conftest import PERMISSIONS, STATES, _start_master, wait_for
+from tests.integration.test_master_job_cache import run_job
+
+# HALITE_SCREENSHOTS=docs refreshes the README's screenshots; otherwise they go to a
+# temporary directory.
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def web_master(salt_factories, state_tree, new_database):
+    port = free_port()
+    factory = _start_master(
+        salt_factories, state_tree, "halite-web-master-", new_database(),
+        master_job_cache="halite", halite=PERMISSIONS,
+        engines=[{"halite": {"timeout": 3, "timeout_grace": 3,
+                             "http": {"host": "127.0.0.1", "port": port, "eauth": "auto"}}}],
+        external_auth={"auto": {"*": ["@runner"]}},
+    )  # fmt: skip
+    with factory.started():
+        factory.base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _reachable(factory.base), timeout=60)
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def web_minion(web_master):
+    factory = web_master.salt_minion_daemon(random_string("halite-web-minion-"))
+    with factory.started():
+        yield factory
+
+
+def _reachable(base):
+    """the engine serves HTTP"""
+    try:
+        with urllib.request.urlopen(base + "/api/openapi.json", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+def call(base, method, path, token=None, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method)
+    if token:
+        request.add_header("X-Auth-Token", token)
+    if data:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def login(base, user):
+    status, body = call(base, "POST", "/api/login",
+                        body={"username": user, "password": "any", "eauth": "auto"})  # fmt: skip
+    assert status == 200, body
+    return body["token"]
+
+
+def test_api_through_salts_eauth_and_a_real_kill(web_master, web_minion):
+    base = web_master.base
+    status, body = call(base, "POST", "/api/login",
+                        body={"username": "x", "password": "y", "eauth": "nosuch"})  # fmt: skip
+    assert status == 401  # an eauth the master does not enable
+    alice, bob = login(base, "sudo_alice"), login(base, "sudo_bob")
+    jid = run_job(web_master, web_minion, "test.sleep", "60")
+    job = wait_for(lambda: _running(base, bob, jid), timeout=60)
+    assert job["function"] == "test.sleep"
+    status, body = call(base, "POST", f"/api/jobs/{jid}/kill", bob)
+    assert status == 403 and body["missing"] == "kill:job:test.sleep"
+    status, body = call(base, "POST", f"/api/jobs/{jid}/kill", alice)
+    assert status == 202, body
+    assert body["signalled"] == [web_minion.id] and body["status"] == "complete"
+    status, detail = call(base, "GET", f"/api/jobs/{jid}", bob)
+    assert detail["minion_results"][0]["state"] == "killed"
+
+
+def _running(base, token, jid):
+    """the job is listed as running"""
+    status, page = call(base, "GET", "/api/jobs?status=running", token)
+    return next((j for j in page.get("jobs", []) if j["jid"] == jid), None)
+
+
+def test_openapi_document_matches_the_server(web_master, web_minion, tmp_path):
+    """schemathesis generates requests from /api/openapi.json and checks every answer
+    against it: status codes, content types, response schemas, and never a 5xx."""
+    token = login(web_master.base, "sudo_alice")
+    cli = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(cli), "run", web_master.base + "/api/openapi.json", "-H", f"X-Auth-Token: {token}",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+         "response_schema_conformance", "--exclude-path", "/api/jobs/stream",
+         "--exclude-path", "/api/logout", "--exclude-path", "/api/login",
+         "-n", "15", "--seed", "1", "--request-timeout", "60"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
+def test_the_page_in_a_real_browser(web_master, web_minion, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = DOCS if os.environ.get("HALITE_SCREENSHOTS") == "docs" else tmp_path
+
+    base = web_master.base
+    demo = run_job(web_master, web_minion, "state.apply", "halite_demo")
+    wait_for(lambda: _complete(base, login(base, "sudo_bob"), demo), timeout=90)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"]  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=BROWSER, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(base + "/")
+            page.fill("input[name=username]", "sudo_alice")
+            page.fill("input[name=password]", "any")
+            page.fill("input[name=eauth]", "auto")
+            page.click("button[type=submit]")
+            expect(page.locator("#jobs tbody tr").first).to_be_visible(timeout=20000)
+
+            # A job dispatched now appears without reloading the page.
+            echo = run_job(web_master, web_minion, "test.sleep", "45")
+            row = page.locator(f"tr[data-jid='{echo}']")
+            expect(row).to_be_visible(timeout=30000)
+            expect(row.locator(".badge")).to_have_text("Running", timeout=30000)
+            page.screenshot(path=str(shots / "screenshot-jobs.png"))
+
+            # Kill it as an operator: the Kill button, a confirmation, and it is killed.
+            row.click()
+            expect(page.locator("#kill")).to_be_visible(timeout=20000)
+            page.click("#kill")
+            expect(page.locator("#kill-result")).to_contain_text(web_minion.id, timeout=60000)
+            expect(page.locator(f".minion[data-minion='{web_minion.id}'] h3")).to_contain_text(
+                "killed", timeout=30000
+            )
+
+            # The failed highstate: the minion in red, its failing state first and open.
+            page.goto(f"{base}/#/job/{demo}")
+            block = page.locator(f".minion[data-minion='{web_minion.id}']")
+            expect(block).to_have_class("minion failed", timeout=20000)
+            failing = block.locator("details.failing tr.state-failed").first
+            expect(failing).to_be_visible()
+            expect(failing).to_contain_text("always-fails")
+            assert failing.evaluate("e => getComputedStyle(e.cells[0]).color") == "rgb(179, 38, 30)"
+            expect(page.locator("#kill")).to_be_hidden()  # complete: nothing to kill
+            page.screenshot(path=str(shots / "screenshot-job.png"), full_page=True)
+
+            page.goto(f"{base}/#/timeline")
+            expect(page.locator(".timeline-row").first).to_be_visible(timeout=20000)
+            page.screenshot(path=str(shots / "screenshot-timeline.png"))
+
+            # A viewer sees the job but no Kill button.
+            running = run_job(web_master, web_minion, "test.sleep", "30")
+            viewer = browser.new_page()
+            viewer.goto(base + "/")
+            viewer.fill("input[name=username]", "sudo_bob")
+            viewer.fill("input[name=password]", "any")
+            viewer.fill("input[name=eauth]", "auto")
+            viewer.click("button[type=submit]")
+            expect(viewer.locator("#jobs tbody tr").first).to_be_visible(timeout=20000)
+            viewer.goto(f"{base}/#/job/{running}")
+            expect(viewer.locator("#job-title")).to_contain_text("test.sleep", timeout=20000)
+            time.sleep(1)
+            expect(viewer.locator("#kill")).to_be_hidden()
+        finally:
+            browser.close()
+
+
+def _complete(base, token, jid):
+    """the job is complete"""
+    status, detail = call(base, "GET", f"/api/jobs/{jid}", token)
+    return status == 200 and detail["status"] == "complete"
+
+
+assert "halite_demo.sls" in STATES
