@@ -52,6 +52,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+HTTP_PORT = free_port()
+
+
 def write_configs(root: Path) -> tuple[Path, Path]:
     user = getpass.getuser()
     publish_port, ret_port = free_port(), free_port()
@@ -78,6 +81,19 @@ def write_configs(root: Path) -> tuple[Path, Path]:
               base: [{root}/states]
             master_job_cache: halite
             job_cache_store_endtime: True
+            engines:
+              - halite:
+                  http: {{host: 127.0.0.1, port: {HTTP_PORT}, eauth: auto}}
+            # DEMO ONLY: Salt's `auto` eauth accepts any password. Use pam, ldap, ... on a
+            # real master.
+            external_auth:
+              auto:
+                demo: ['@runner']
+                viewer: ['@runner']
+            halite:
+              users:
+                demo: [operator]
+                viewer: [viewer]
             """)
     )
     (minion_dir / "minion").write_text(
@@ -183,9 +199,42 @@ def show_index(master_dir: Path) -> None:
         print(out.stdout.rstrip() or out.stderr.rstrip())
 
 
+def show_page(serve: float | None) -> None:
+    """The Jobs page the engine serves: check that it answers and logs in, then say where."""
+    import urllib.request
+
+    base = f"http://127.0.0.1:{HTTP_PORT}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            request = urllib.request.Request(
+                base + "/api/login", method="POST",
+                data=json.dumps({"username": "demo", "password": "demo"}).encode(),
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as response:
+                me = json.loads(response.read())
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    print(f"\nJobs page: {base}/   (the API: {base}/api/openapi.json)")
+    print(f"log in as demo (operator: may kill) or viewer, any password (roles: {me['roles']})")
+    print("the demo's `auto` external auth accepts any password: never use it on a real master")
+    if serve is not None:
+        time.sleep(serve)
+    elif sys.stdin.isatty():
+        input("\npress Enter to stop the master and minion ")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--serve", type=float, default=None,
+        help="seconds to keep serving the Jobs page (default: until Enter on a terminal)",
+    )  # fmt: skip
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="halite-demo-"))
     master_dir, minion_dir = write_configs(root)
@@ -216,6 +265,7 @@ def main() -> None:
             print(f"  salt {MINION_ID} {' '.join(job)} -> {shown}")
         time.sleep(0.5)  # returns are committed in batches, at most flush_interval apart
         show_index(master_dir)
+        show_page(args.serve)
     finally:
         for proc in reversed(daemons):
             proc.send_signal(signal.SIGTERM)
