@@ -317,6 +317,15 @@ class NotFound(Base):
         self.write_json(404, {"error": f"no such resource: {self.request.path}"})
 
 
+def _log(handler: tornado.web.RequestHandler) -> None:
+    """Access log without query strings: the event stream's token may travel in one."""
+    request = handler.request
+    log.info(
+        "halite http: %d %s %s (%s) %.1f ms", handler.get_status(), request.method,
+        request.path, request.remote_ip, 1000.0 * request.request_time(),
+    )  # fmt: skip
+
+
 class WebApp:
     """The application: a service, sessions, the event hub and Salt's authentication."""
 
@@ -378,7 +387,7 @@ class WebApp:
             (r"/()", Page, {"path": str(STATIC), "default_filename": "index.html"}),
             (r"/(.+)", Page, {"path": str(STATIC)}),
         ]
-        return tornado.web.Application(routes, compress_response=True)
+        return tornado.web.Application(routes, compress_response=True, log_function=_log)
 
     def serve(
         self, host: str, port: int, ssl: Mapping[str, str] | None = None

@@ -181,3 +181,43 @@ def test_events_stream_as_they_happen(server):
     events = [line for line in lines if line.startswith("data:")]
     assert len(events) == 1  # grains.items is not tess's to see
     assert json.loads(events[0][5:])["jid"] == "20261128130000000002"
+
+
+def test_https_with_a_certificate(store, tmp_path):
+    """certfile/keyfile serve the API over TLS (a self-signed certificate made here)."""
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))  # fmt: skip
+    service = Service(store, Policy.from_config({}, {"vic": ["viewer"]}, "salt"), "m1")
+    app = WebApp(service, lambda user, password, eauth: True)
+    port = free_port()
+    app.serve_in_thread("127.0.0.1", port, {"certfile": str(certfile), "keyfile": str(keyfile)})
+    try:
+        context = ssl.create_default_context(cafile=str(certfile))
+        context.check_hostname = False
+        url = f"https://127.0.0.1:{port}/api/openapi.json"
+        with urllib.request.urlopen(url, context=context, timeout=30) as response:
+            assert response.status == 200
+        with pytest.raises((ConnectionError, urllib.error.URLError)):  # no plain HTTP
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5)
+    finally:
+        app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)

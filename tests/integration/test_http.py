@@ -99,6 +99,10 @@ def test_api_through_salts_eauth_and_a_real_kill(web_master, web_minion):
     assert body["signalled"] == [web_minion.id] and body["status"] == "complete"
     status, detail = call(base, "GET", f"/api/jobs/{jid}", bob)
     assert detail["minion_results"][0]["state"] == "killed"
+    # live=true bypasses the index: the master's job cache and the minions' running lists.
+    status, live = call(base, "GET", "/api/jobs?live=true&limit=5", bob)
+    assert status == 200 and live["live"] is True and 1 <= len(live["jobs"]) <= 5
+    assert call(base, "GET", "/api/jobs?live=true&limit=501", bob)[0] == 400
 
 
 def _running(base, token, jid):
