@@ -22,7 +22,6 @@ Usage: python bench/listing.py [--jobs 1000000] [--local-jobs 10000]
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import random
@@ -104,11 +103,12 @@ def generate(path: Path, jobs: int, seed: int = 7) -> dict[str, Any]:
         ret_rows.clear()
 
     running_from = jobs - 20  # the newest jobs are still running
+    rare_every = max(jobs // 20, 2)
     for n in range(jobs):
         start = EPOCH + n * STEP + dt.timedelta(microseconds=rnd.randrange(1_000_000))
         jid = jid_of(start)
         fun = rnd.choices(funs, weights)[0]
-        if n % 50_000 == 25_000:
+        if n % rare_every == rare_every // 2:
             user = "rare-user"  # twenty jobs in the whole index
         else:
             user = rnd.choice(USERS)
@@ -280,22 +280,11 @@ def bench_halite(path: Path, truth: dict[str, Any], repeat: int) -> list[tuple[s
 
 
 def bench_local_cache(root: Path, jobs: int) -> dict[str, float]:
-    import salt.config
-    import salt.loader
     import salt.runners.jobs
+    from ingest import make_master  # bench/ingest.py: a master's opts and returners
 
-    opts = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
-    opts.update(
-        root_dir=str(root),
-        cachedir=str(root / "cache"),
-        pki_dir=str(root / "pki"),
-        sock_dir=str(root / "sock"),
-        extension_modules=str(root / "extmods"),
-        master_job_cache="local_cache",
-        id="bench_master",
-    )
-    (root / "pki" / "minions").mkdir(parents=True)
-    returners = salt.loader.returners(opts, {})
+    master = make_master(root, "local_cache")
+    opts, returners = master.opts, master.returners
     rnd = random.Random(11)
     funs = [f for f, _ in FUNCTIONS]
     weights = [w for _, w in FUNCTIONS]

@@ -8,8 +8,6 @@ Arguments are stored with secrets redacted (:func:`redact`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +16,7 @@ from sqlalchemy import Connection, and_, insert, or_, select
 
 from halite_core import encoding
 from halite_core.models import audit_log
-from halite_core.queries import QueryError, _aware, _limit
+from halite_core.queries import QueryError, _aware, _limit, decode_cursor, encode_cursor
 
 SECRET_WORDS = ("password", "passwd", "token", "secret", "apikey", "api_key", "private",
                 "credential", "passphrase")  # fmt: skip
@@ -85,22 +83,12 @@ def _short(value: object, size: int) -> str | None:
     return str(value)[:size]
 
 
-def _cursor(at: dt.datetime, entry_id: int) -> str:
-    text = f"{at.astimezone(dt.timezone.utc).isoformat()}|{entry_id}"
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
 def _decode(cursor: str) -> tuple[dt.datetime, int]:
+    moment, key = decode_cursor(cursor)
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        when, entry_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        moment = dt.datetime.fromisoformat(when)
-        number = int(entry_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        return moment, int(key)
+    except ValueError as exc:
         raise QueryError(f"cursor {cursor!r} is not one this listing handed out") from exc
-    if moment.tzinfo is None:
-        raise QueryError(f"cursor {cursor!r} is not one this listing handed out")
-    return moment, number
 
 
 def list_entries(
@@ -150,7 +138,7 @@ def list_entries(
         for row in rows[:size]
     ]
     last = rows[size - 1] if len(rows) > size else None
-    return {"entries": entries, "next": _cursor(last.at, last.id) if last else None}
+    return {"entries": entries, "next": encode_cursor(last.at, str(last.id)) if last else None}
 
 
 def _text(name: str, value: object) -> str:

@@ -75,6 +75,7 @@ class JobFilter:
 
 
 def encode_cursor(start_time: dt.datetime, jid: str) -> str:
+    """A page's end, as a keyset cursor: a time and a key (a jid, an audit entry's id)."""
     text = f"{start_time.astimezone(dt.timezone.utc).isoformat()}|{jid}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 

@@ -147,12 +147,7 @@ def test_the_page_in_a_real_browser(web_master, web_minion, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.on("dialog", lambda dialog: dialog.accept())
-            page.goto(base + "/")
-            page.fill("input[name=username]", "sudo_alice")
-            page.fill("input[name=password]", "any")
-            page.fill("input[name=eauth]", "auto")
-            page.click("button[type=submit]")
-            expect(page.locator("#jobs tbody tr").first).to_be_visible(timeout=20000)
+            log_in(page, base, "sudo_alice")
 
             # A job dispatched now appears without reloading the page.
             echo = run_job(web_master, web_minion, "test.sleep", "45")
@@ -188,18 +183,25 @@ def test_the_page_in_a_real_browser(web_master, web_minion, tmp_path):
             # A viewer sees the job but no Kill button.
             running = run_job(web_master, web_minion, "test.sleep", "30")
             viewer = browser.new_page()
-            viewer.goto(base + "/")
-            viewer.fill("input[name=username]", "sudo_bob")
-            viewer.fill("input[name=password]", "any")
-            viewer.fill("input[name=eauth]", "auto")
-            viewer.click("button[type=submit]")
-            expect(viewer.locator("#jobs tbody tr").first).to_be_visible(timeout=20000)
+            log_in(viewer, base, "sudo_bob")
             viewer.goto(f"{base}/#/job/{running}")
             expect(viewer.locator("#job-title")).to_contain_text("test.sleep", timeout=20000)
             time.sleep(1)
             expect(viewer.locator("#kill")).to_be_hidden()
         finally:
             browser.close()
+
+
+def log_in(page, base, user):
+    """Through the login form, with Salt's `auto` eauth; the jobs table shows."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", "any")
+    page.fill("input[name=eauth]", "auto")
+    page.click("button[type=submit]")
+    expect(page.locator("#jobs tbody tr").first).to_be_visible(timeout=20000)
 
 
 def _complete(base, token, jid):
