@@ -77,7 +77,8 @@ def test_arguments_and_keyword_arguments_are_separated(master, minion, index):
     assert listed.data["Minions"] == [minion.id]
 
 
-def test_failing_state_run_is_summarised(master, minion, index):
+def test_failing_state_run_is_summarised(master, minion, index, state_tree):
+    (state_tree / "motd").unlink(missing_ok=True)  # other tests apply halite_demo too
     jid = run_job(master, minion, "state.apply", "halite_demo")
     job = finished_job(index, jid)
     assert job["function"] == "state.apply" and job["minions_failed"] == 1
