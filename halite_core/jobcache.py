@@ -1124,13 +1124,13 @@ class JobStore:
 _SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update_endtime"}
 
 
-def _raw(column: Any, sqlite: bool) -> Any:
+def _raw(column: Any, is_sqlite: bool) -> Any:
     """A JSON column as the database holds it, for :func:`encoding.loads`. PostgreSQL: its
     JSON text (a cast in SQL, else the driver parses jsonb itself and a JSON string value
     would come back as a Python string indistinguishable from JSON text). SQLite: the
     stored value untouched (a top-level number is stored as a number by the column's
     numeric affinity, and casting it to text would round it to 15 digits)."""
-    if sqlite:
+    if is_sqlite:
         return type_coerce(column, Text).label(column.key)
     return cast(column, Text).label(column.key)
 
