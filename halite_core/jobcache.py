@@ -396,20 +396,28 @@ def item_from_line(line: str) -> Item:
     raise ValueError(f"unknown journal entry {op!r}")
 
 
+def _files_holding(directory: str, needle: bytes) -> Iterator[bytes]:
+    """The contents of the files in ``directory`` (oldest name first, hidden ones skipped)
+    that contain ``needle``; files removed while we look are passed over."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue  # committed, or replayed, and removed while we looked
+        if needle in data:
+            yield data
+
+
 def find_journalled_load(journal_dir: str, jid: str) -> LoadItem | None:
     """The newest journalled publish load of ``jid``, if any worker still holds one."""
     needle = f'{{"op":"load","jid":"{jid}"'.encode()
     found = None
-    try:
-        names = sorted(os.listdir(journal_dir))
-    except FileNotFoundError:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(journal_dir, name), "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue  # committed and removed while we looked
+    for data in _files_holding(journal_dir, needle):
         start = data.find(needle)
         while start != -1:
             end = data.find(b"\n", start)
@@ -425,20 +433,10 @@ def find_journalled_load(journal_dir: str, jid: str) -> LoadItem | None:
 
 def find_spooled_load(spool_dir: str, jid: str) -> LoadItem | None:
     """The publish load of ``jid`` if it waits in the spool for the database."""
-    needle = json.dumps(f'{{"op":"load","jid":"{jid}"')[1:-1].encode()
     found = None
-    try:
-        names = sorted(n for n in os.listdir(spool_dir) if not n.startswith("."))
-    except FileNotFoundError:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(spool_dir, name), "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue  # replayed and removed while we looked
-        if needle not in data:
-            continue
+    for data in _files_holding(
+        spool_dir, json.dumps(f'{{"op":"load","jid":"{jid}"')[1:-1].encode()
+    ):
         try:
             lines = json.loads(data)["args"][0]
         except (ValueError, KeyError, IndexError, TypeError):

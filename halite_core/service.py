@@ -64,6 +64,11 @@ def flag_arg(name: str, value: object) -> bool:
     raise QueryError(f"{name} must be True or False, not {value!r}")
 
 
+def _given(**arguments: Any) -> dict[str, Any]:
+    """The arguments a caller gave, for the audit log."""
+    return {name: value for name, value in arguments.items() if value is not None}
+
+
 class Service:
     def __init__(
         self,
@@ -126,15 +131,11 @@ class Service:
         cursor: object = None,
         master: object = None,
     ) -> dict[str, Any]:
-        arguments = {
-            k: v
-            for k, v in dict(
-                limit=limit, fun=fun, target=target, user=user_filter, status=status,
-                minion=minion, search=search, start=start, end=end,
-                include_system=include_system, cursor=cursor, master=master,
-            ).items()
-            if v is not None
-        }  # fmt: skip
+        arguments = _given(
+            limit=limit, fun=fun, target=target, user=user_filter, status=status,
+            minion=minion, search=search, start=start, end=end,
+            include_system=include_system, cursor=cursor, master=master,
+        )  # fmt: skip
         scope = self.view_scope(user, "jobs", arguments)
         filters = JobFilter(
             fun=text_arg("fun", fun),
@@ -188,14 +189,10 @@ class Service:
         limit: object = 50,
         cursor: object = None,
     ) -> dict[str, Any]:
-        arguments = {
-            k: v
-            for k, v in dict(
-                user=user_filter, action=action, decision=decision, start=start, end=end,
-                limit=limit, cursor=cursor,
-            ).items()
-            if v is not None
-        }  # fmt: skip
+        arguments = _given(
+            user=user_filter, action=action, decision=decision, start=start, end=end,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
         if not self.grants(user).allows("view", "audit", "*"):
             raise self._deny(user, "audit", "view:audit:*", arguments)
         with self.store.db.read() as conn:
