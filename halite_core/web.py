@@ -295,9 +295,8 @@ class Stream(Base):
                     self.write(": keep-alive\n\n")
                     await self.flush()
                     continue
-                function = event.get("function") or ""
-                if event["type"] != "complete" and not grants.allows("view", "job", function):
-                    continue
+                if not grants.allows("view", "job", event.get("function") or ""):
+                    continue  # not this user's to see, nor to know of
                 self.write(f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n")
                 await self.flush()
         except tornado.iostream.StreamClosedError:

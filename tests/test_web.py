@@ -174,12 +174,16 @@ def test_events_stream_as_they_happen(server):
     time.sleep(0.5)
     for tag, data in (
         ("salt/job/20261128130000000001/new", {"fun": "grains.items", "tgt": "*", "minions": []}),
-        ("salt/job/20261128130000000002/new", {"fun": "test.echo", "tgt": ["a"], "minions": ["a"]}),
+        ("salt/job/20261128130000000001/ret/a", {"fun": "grains.items", "success": True}),
     ):
         server.hub.publish(bus_event(tag, data))
+    server.hub.publish({"type": "complete", "jid": "20261128130000000001",
+                        "function": "grains.items"})  # fmt: skip
+    server.hub.publish(bus_event("salt/job/20261128130000000002/new",
+                                 {"fun": "test.echo", "tgt": ["a"], "minions": ["a"]}))  # fmt: skip
     reader.join(10)
     events = [line for line in lines if line.startswith("data:")]
-    assert len(events) == 1  # grains.items is not tess's to see
+    assert len(events) == 1  # nothing of grains.items (new, return, complete) is tess's
     assert json.loads(events[0][5:])["jid"] == "20261128130000000002"
 
 

@@ -109,7 +109,7 @@ def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
     """Handle the events on the bus (waiting up to ``wait`` seconds for the first, then
     taking what is already there, up to ``max_events``), then do what is due. ``publish``
     receives the job events the Jobs page streams (new, return, complete)."""
-    running = set(engine.jobs) if publish else None
+    running = {jid: job.function for jid, job in engine.jobs.items()} if publish else None
     event = bus.get_event(wait=wait, full=True, auto_reconnect=True)
     handled = 0
     while event:
@@ -123,8 +123,8 @@ def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
         event = bus.get_event(full=True, no_block=True, auto_reconnect=True)
     _safely(engine.tick)
     if publish:
-        for jid in running - set(engine.jobs):
-            publish({"type": "complete", "jid": jid})
+        for jid in running.keys() - engine.jobs.keys():
+            publish({"type": "complete", "jid": jid, "function": running[jid]})
 
 
 def _publish_bus(publish, tag, data):
