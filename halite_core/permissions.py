@@ -156,10 +156,6 @@ class Grants:
     def allows(self, verb: str, kind: str, name: str) -> bool:
         return any(p.grants(verb, kind, name) for p in self.permissions)
 
-    def require(self, verb: str, kind: str, name: str) -> None:
-        if not self.allows(verb, kind, name):
-            raise Denied(self.user, f"{verb}:{kind}:{name}")
-
     def job_scope(self, verb: str = "view") -> tuple[str, ...] | None:
         """The function globs of the jobs this user may ``verb``: ``None`` for all of them,
         ``()`` for none. Listings apply it in SQL."""
@@ -177,15 +173,6 @@ class Grants:
             fnmatch.fnmatchcase(verb, p.verb) and fnmatch.fnmatchcase(kind, p.kind)
             for p in self.permissions
         )
-
-
-def describe(policy: Policy) -> dict[str, Any]:
-    """The effective roles and users, for documentation and debugging."""
-    return {
-        "roles": {name: [str(p) for p in perms] for name, perms in policy.roles.items()},
-        "users": {user: list(roles) for user, roles in policy.users.items()},
-        "master_user": policy.master_user,
-    }
 
 
 def policy_from_opts(opts: Mapping[str, Any]) -> Policy:

@@ -1,4 +1,12 @@
-"""Builders for the loads and returns Salt hands a job cache."""
+"""Builders for the loads and returns Salt hands a job cache, and a free loopback port."""
+
+import socket
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def publish(store, jid, fun="test.arg", minions=("m1", "m2"), arg=(), user="root", **extra):

@@ -4,7 +4,6 @@ Salt's external auth is the engine's to call (tests/integration/test_http.py log
 through Salt's `auto` eauth); here a function accepting one password stands in for it."""
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -15,18 +14,12 @@ import pytest
 from halite_core.permissions import Policy
 from halite_core.service import Service
 from halite_core.web import WebApp, bus_event
-from tests.helpers import publish, ret
+from tests.helpers import free_port, publish, ret
 
 POLICY = {
     "roles": {"tester": ["view:job:test.*"], "auditor": ["view:job:*", "view:audit:*"]},
     "users": {"olga": ["operator"], "vic": ["viewer"], "tess": ["tester"], "audrey": ["auditor"]},
 }
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

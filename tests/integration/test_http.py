@@ -5,7 +5,6 @@ document, and in a real browser (headless Chromium driven by Playwright)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ from pathlib import Path
 import pytest
 from saltfactories.utils import random_string
 
+from tests.helpers import free_port
 from tests.integration.conftest import PERMISSIONS, _start_master, wait_for
 from tests.integration.test_master_job_cache import run_job
 
 # HALITE_SCREENSHOTS=docs refreshes the README's screenshots; otherwise they go to a
 # temporary directory.
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
