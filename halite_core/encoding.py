@@ -13,7 +13,15 @@ datetime    ``{"__halite_type__": "datetime", "iso": "..."}``     ``datetime``/`
 decimal     ``{"__halite_type__": "decimal", "value": "1.10"}``   ``Decimal``
 float       ``{"__halite_type__": "float", "value": "nan"}``      ``float`` (nan/inf)
 object      ``{"__halite_type__": "object", "type": ..., "repr": ...}``  the marker itself
+mapping     ``{"__halite_type__": "mapping", "items": {...}}``      ``dict``
+integer     ``{"__halite_type__": "integer", "value": "..."}``     ``int`` (``hex`` if huge)
 ==========  ====================================================  =====================
+
+``mapping`` escapes a minion's own mapping that has a ``__halite_type__`` key, so that no
+value a minion returns is ever mistaken for a marker. ``integer`` holds a return that is a
+bare integer outside the 64-bit range, which SQLite's numeric column affinity would turn into
+a float (inside a list or mapping it is part of the JSON text and is kept as it is), and any
+integer too long for Python to write in decimal, in hexadecimal.
 
 Tuples become lists and non-string mapping keys become strings, as with any JSON store.
 A value whose JSON is larger than the configured cap is replaced by a ``truncated`` marker
@@ -33,6 +41,7 @@ from typing import Any, NamedTuple
 MARKER = "__halite_type__"
 PREVIEW_CHARS = 4096
 MAX_DEPTH = 200
+MAX_INT_BITS = 14_000  # about 4,200 decimal digits, under Python's 4,300 for str(int)
 
 
 class Encoded(NamedTuple):
@@ -56,12 +65,15 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         if "\x00" in value:  # PostgreSQL's jsonb cannot hold NUL characters
             return _marker("text", base64=base64.b64encode(value.encode("utf-8")).decode("ascii"))
         return value
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return _integer(value) if value.bit_length() > MAX_INT_BITS else value
     if isinstance(value, float):
         return value if math.isfinite(value) else _marker("float", value=repr(value))
     if isinstance(value, Mapping):
-        return {_key(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
+        mapping = {_key(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
+        return _marker("mapping", items=mapping) if MARKER in mapping else mapping
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v, _depth + 1) for v in value]
     if isinstance(value, (set, frozenset)):
@@ -80,6 +92,12 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     return _marker("object", type=f"{type(value).__module__}.{type(value).__qualname__}", repr=text)
 
 
+def _integer(value: int) -> dict[str, Any]:
+    if value.bit_length() > MAX_INT_BITS:  # past Python's limit on decimal digits
+        return _marker("integer", hex=hex(value))
+    return _marker("integer", value=str(value))
+
+
 def _key(key: Any) -> str:
     key = key if isinstance(key, str) else str(key)
     return key.replace("\x00", "\\x00") if "\x00" in key else key
@@ -87,9 +105,11 @@ def _key(key: Any) -> str:
 
 def dumps(value: Any) -> tuple[str, bool]:
     """JSON text for ``value`` and whether anything had to be converted to a marker."""
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        return json.dumps(_integer(value), separators=(",", ":")), True
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        if "\\u0000" not in text:
+        if "\\u0000" not in text and MARKER not in text:
             return text, False
     except (TypeError, ValueError, RecursionError):
         pass
@@ -117,6 +137,10 @@ def restore(value: Any) -> Any:
     if kind is None:
         return {k: restore(v) for k, v in value.items()}
     try:
+        if kind == "mapping":
+            return {k: restore(v) for k, v in value["items"].items()}
+        if kind == "integer":
+            return int(value["hex"], 16) if "hex" in value else int(value["value"])
         if kind == "bytes":
             return base64.b64decode(value["base64"])
         if kind == "text":
@@ -130,7 +154,7 @@ def restore(value: Any) -> Any:
         if kind == "datetime":
             cls: Any = {"date": dt.date, "time": dt.time}.get(value.get("cls", ""), dt.datetime)
             return cls.fromisoformat(value["iso"])
-    except (KeyError, TypeError, ValueError, decimal.InvalidOperation):
+    except (KeyError, TypeError, ValueError, AttributeError, decimal.InvalidOperation):
         pass
     return value
 

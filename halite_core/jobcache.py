@@ -106,14 +106,15 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def _retcode(value: object) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None if value is None else int(value)
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    """A return's retcode as the INTEGER column holds it; anything that is not a whole
+    number in its 32-bit range is left out (the return itself keeps what was sent)."""
+    if value is None:
         return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if -(2**31) <= number < 2**31 else None
 
 
 RETURN_COLUMNS = (

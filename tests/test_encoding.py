@@ -64,3 +64,37 @@ def test_deep_nesting_does_not_crash():
         value = [value]
     encoded = encoding.encode({"deep": value, "b": b"x"})
     assert "nesting deeper than" in encoded.text
+
+
+def test_a_returned_mapping_that_looks_like_a_marker_reads_back_as_it_was():
+    # A minion may return a mapping with the marker's own key; it must not be taken for a
+    # marker on the way back (hypothesis found {"__halite_type__": b""}).
+    values = [
+        {"__halite_type__": b""},
+        {"__halite_type__": "bytes", "base64": "AA=="},
+        {"__halite_type__": "mapping", "items": {"a": 1}},
+        {"outer": [{"__halite_type__": {"__halite_type__": "set", "items": []}}]},
+    ]
+    for value in values:
+        text, _ = encoding.dumps(value)
+        assert encoding.loads(text) == value
+        assert encoding.restore(json.loads(text)) == value
+
+
+def test_a_malformed_mapping_marker_is_left_as_it_is():
+    broken = {"__halite_type__": "mapping", "items": [1, 2]}
+    assert encoding.restore(broken) == broken
+
+
+def test_integers_of_any_size_read_back_as_they_were():
+    for value in (2**63, -(2**63) - 1, 10**100, [2**70], {"n": 2**70}, 3**20_000, [-(7**9_000)]):
+        text, _ = encoding.dumps(value)
+        assert encoding.loads(text) == value
+    # A bare integer past 64 bits is a marker (SQLite would round it to a float); one that
+    # fits, or one inside a list, stays a JSON number.
+    assert json.loads(encoding.dumps(2**63)[0]) == {
+        "__halite_type__": "integer",
+        "value": str(2**63),
+    }
+    assert encoding.dumps(2**63 - 1) == (str(2**63 - 1), False)
+    assert encoding.dumps([2**70]) == (f"[{2**70}]", False)

@@ -5,6 +5,7 @@ import datetime as dt
 import decimal
 import itertools
 import math
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from halite_core import encoding
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("HALITE_FUZZ_EXAMPLES", "60")),  # more for a deep run
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

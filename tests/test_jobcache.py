@@ -106,17 +106,33 @@ def test_state_run_summary_is_stored(store):
 
 
 def test_non_dict_and_odd_returns_are_stored_faithfully(store):
-    publish(store, JID, minions=("a", "b", "c", "d"))
+    publish(store, JID, minions=("a", "b", "c", "d", "e"))
     store.save_return(ret(JID, "a", ["Rendering SLS 'base:web' failed: boom"], fun="state.apply"))
     store.save_return(ret(JID, "b", None))
     store.save_return(ret(JID, "c", {b"k": {1, 2}}))
     store.save_return({"jid": JID, "id": "d", "return": 5})  # no retcode, success, fun
+    store.save_return(ret(JID, "e", 2**64))  # a bare number past SQLite's 64-bit integers
     got = store.get_jid(JID)
     assert got["a"]["return"] == ["Rendering SLS 'base:web' failed: boom"]
     assert got["b"]["return"] is None
     assert got["c"]["return"] == {"b'k'": {1, 2}}
     assert got["d"] == {"return": 5}
+    assert got["e"]["return"] == 2**64
     assert return_rows(store, JID)["a"]["states_total"] is None
+
+
+def test_odd_retcodes_never_lose_the_return(store):
+    # The retcode column is a 32-bit INTEGER; what does not fit it is left out of the
+    # column, and the return is stored all the same (an infinite retcode once raised).
+    sent = {"a": float("inf"), "b": 2**40, "c": "3", "d": "x", "e": 1.0, "f": -1, "g": True}
+    publish(store, JID, minions=tuple(sent))
+    for minion, retcode in sent.items():
+        assert store.save_return(ret(JID, minion, minion, retcode=retcode)) is not False
+    store.flush()
+    rows = return_rows(store, JID)
+    got = {minion: rows[minion]["retcode"] for minion in sent}
+    assert got == {"a": None, "b": None, "c": 3, "d": None, "e": 1, "f": -1, "g": 1}
+    assert all(rows[minion]["return_value"] == minion for minion in sent)
 
 
 def test_oversized_return_is_truncated_with_a_marker(store):
