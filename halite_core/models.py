@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -28,7 +29,11 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -222,6 +227,46 @@ SQLITE_SEARCH_DDL = (
 
 for _statement in SQLITE_SEARCH_DDL:
     event.listen(jobs_index, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
+
+# Text search on PostgreSQL: a pg_trgm GIN index over each job's function, target and user
+# as one text. ``<that text> ILIKE '%needle%'`` finds candidates (a superset: a match may
+# span two fields), and the per-column ILIKE decides. pg_trgm is a trusted extension, so a
+# role with CREATE on the database may create it; without it the index is left out (with a
+# warning naming these statements) and search is still exact, only slower.
+# Revision 0005 runs the same statements on older databases.
+PG_SEARCH_TEXT = (
+    "(coalesce(function, '') || ' ' || coalesce(target, '') || ' ' || coalesce(\"user\", ''))"
+)
+PG_SEARCH_DDL = (
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX ix_jobs_index_search_trgm ON jobs_index "
+    f"USING gin ({PG_SEARCH_TEXT} gin_trgm_ops)",
+)
+
+
+def create_pg_search_index(conn: Connection) -> bool:
+    """Create the PostgreSQL search index; False (and a warning) when the database will not
+    let this role create pg_trgm. Runs in a savepoint: a refusal leaves the rest intact."""
+    try:
+        with conn.begin_nested():
+            for statement in PG_SEARCH_DDL:
+                conn.exec_driver_sql(statement)
+    except DBAPIError as exc:
+        log.warning(
+            "halite: no search index on PostgreSQL (%s); search scans the jobs instead. "
+            "A database owner can add it with: %s;",
+            str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+            "; ".join(PG_SEARCH_DDL),
+        )
+        return False
+    return True
+
+
+@event.listens_for(jobs_index, "after_create")
+def _pg_search_index(target: Table, conn: Connection, **_: Any) -> None:
+    if conn.dialect.name == "postgresql":
+        create_pg_search_index(conn)
+
 
 # For queries only (created by the DDL above, not by ``create_all``).
 search_tables = MetaData()

@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from halite_core import highstate, jids
 from halite_core.active import effective_status
 from halite_core.models import (
+    PG_SEARCH_TEXT,
     engine_state,
     job_returns,
     job_search,
@@ -148,7 +149,7 @@ def list_jobs(
     size = _limit(limit)
     dialect = conn.dialect.name
     plan = Plan(values=_expand_glob(conn, filters))
-    if filters.search and dialect == "sqlite" and len(filters.search) >= 3:
+    if filters.search and len(filters.search) >= 3:
         scan = replace(plan, search="scan")
         rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, scan)).all()
         if len(rows) <= size:
@@ -261,7 +262,7 @@ def listing_query(
     if filters.search and plan.search != "scan":
         query = query.where(_search(j, filters.search, dialect))
         if plan.search == "fts":
-            query = query.where(j.jid.in_(_fts_candidates(filters.search)))
+            query = query.where(j.jid.in_(_fts_candidates(filters.search, dialect)))
     if filters.start is not None:
         query = query.where(order_start >= _aware(filters.start, "start"))
     if filters.end is not None:
@@ -327,16 +328,25 @@ def _search(columns: Any, needle: str, dialect: str) -> ColumnElement[bool]:
     return or_(columns.jid.like(f"{escaped}%", escape="\\"), *anywhere)
 
 
-def _fts_candidates(needle: str) -> Any:
+def _fts_candidates(needle: str, dialect: str) -> Any:
     """Jobs the text may match: from the trigram index of function, target and user (a
-    superset of the LIKE match: the index also folds non-ASCII case), and the jids in the
-    text's prefix range. The LIKE then decides."""
-    phrase = '"' + needle.replace('"', '""') + '"'
-    indexed = (
-        select(job_search_keys.c.jid)
-        .select_from(job_search_keys.join(job_search, job_search.c.rowid == job_search_keys.c.id))
-        .where(literal_column("job_search").op("MATCH")(phrase))
-    )
+    superset of the LIKE match: SQLite's index also folds non-ASCII case, PostgreSQL's
+    matches the three fields as one text), and the jids in the text's prefix range (jids
+    are digits, which sort the same in every collation). The LIKE then decides."""
+    if dialect == "sqlite":
+        phrase = '"' + needle.replace('"', '""') + '"'
+        indexed = (
+            select(job_search_keys.c.jid)
+            .select_from(
+                job_search_keys.join(job_search, job_search.c.rowid == job_search_keys.c.id)
+            )
+            .where(literal_column("job_search").op("MATCH")(phrase))
+        )
+    else:
+        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        indexed = select(jobs_index.c.jid).where(
+            literal_column(PG_SEARCH_TEXT).ilike(f"%{escaped}%", escape="\\")
+        )
     by_jid = select(jobs_index.c.jid).where(jobs_index.c.jid >= needle)
     if ord(needle[-1]) not in (0xD7FF, 0x10FFFF):
         by_jid = by_jid.where(jobs_index.c.jid < needle[:-1] + chr(ord(needle[-1]) + 1))

@@ -12,7 +12,7 @@ from halite_core.queries import (
     list_jobs,
     listing_query,
 )
-from tests.conftest import sqlite_only
+from tests.conftest import postgresql_only, sqlite_only
 from tests.helpers import publish, ret
 
 UTC = dt.timezone.utc
@@ -331,6 +331,62 @@ def test_every_plan_pages_exactly_like_brute_force(random_index, filters, tuning
             break
         page = listing(store, limit=7, cursor=page["next"], **filters)
     assert seen == expected(facts, **filters)
+
+
+@postgresql_only("the pg_trgm search index")
+def test_search_on_postgresql_reads_the_trigram_index(random_index):
+    """The candidates' expression is the indexed one, so PostgreSQL can answer a rare text
+    from the GIN index instead of reading every job."""
+    from halite_core.queries import Plan
+
+    store, _ = random_index
+    query = listing_query(JobFilter(search="refresh"), 51, None, "postgresql", Plan(search="fts"))
+    with store.db.engine.connect() as conn:
+        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        conn.exec_driver_sql("SET enable_seqscan = off")  # 240 jobs: a scan would be cheaper
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql))
+    assert "ix_jobs_index_search_trgm" in plan, plan
+
+
+@postgresql_only("a PostgreSQL role that may not create extensions")
+def test_search_without_pg_trgm_is_still_exact(pg_server, tmp_path, caplog):
+    """A role without CREATE on its database gets the schema without the search index, a
+    warning that says how to add it, and the same search results (by scanning)."""
+    import sqlalchemy as sa
+
+    from halite_core.config import Settings
+    from halite_core.jobcache import JobStore
+
+    url = sa.make_url(pg_server.create_database())
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("CREATE ROLE halite_plain LOGIN")
+        conn.exec_driver_sql(f'REVOKE CREATE ON DATABASE "{url.database}" FROM PUBLIC')
+        conn.exec_driver_sql("GRANT CREATE, USAGE ON SCHEMA public TO halite_plain")
+    plain = url.set(username="halite_plain").render_as_string(hide_password=False)
+    opts = {"cachedir": str(tmp_path / "cache"), "id": "master1_master",
+            "halite": {"db_url": plain}}  # fmt: skip
+    store = JobStore(Settings.from_opts(opts))
+    try:
+        with caplog.at_level("WARNING"):
+            publish(store, "20261128120000000001", fun="pkg.refresh_db", minions=["web1"])
+            publish(store, "20261128120000000002", fun="test.ping", minions=["web1"])
+        assert "no search index on PostgreSQL" in caplog.text
+        assert "CREATE EXTENSION IF NOT EXISTS pg_trgm" in caplog.text
+        with store.db.read() as conn:
+            indexes = conn.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs_index'"
+            ).scalars().all()  # fmt: skip
+        assert indexes and "ix_jobs_index_search_trgm" not in indexes
+        assert jids(listing(store, search="refresh")) == ["20261128120000000001"]
+    finally:
+        store.db.dispose()
+        admin.dispose()
+        pg_server.drop_database(url.render_as_string(False))
+        server = sa.create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+        with server.connect() as conn:
+            conn.exec_driver_sql("DROP ROLE halite_plain")
+        server.dispose()
 
 
 @sqlite_only("the FTS5 search index and its triggers")

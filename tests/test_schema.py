@@ -7,8 +7,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from halite_core import db as dbmod
-from halite_core.models import Base
-from tests.conftest import sqlite_only
+from halite_core.models import PG_SEARCH_TEXT, Base
+from tests.conftest import postgresql_only, sqlite_only
 
 
 def test_fresh_database_is_created_and_stamped(tmp_path):
@@ -138,3 +138,50 @@ def test_a_0001_database_with_jobs_is_upgraded_in_place(tmp_path):
         row = conn.execute(text("SELECT function, system FROM jobs_index")).one()
         assert tuple(row) == ("test.ping", 0)
         assert "engine_state" in inspect(conn).get_table_names()
+
+
+@postgresql_only("migrates a real PostgreSQL database")
+def test_postgresql_migrations_build_exactly_what_a_fresh_database_gets(pg_server):
+    """Revisions 0001..head on PostgreSQL (jobs already in the table when the search index of
+    0005 is built) against a database created from the models: the same columns, types,
+    indexes and index definitions, the pg_trgm search index included."""
+    fresh_url, migrated_url = pg_server.create_database(), pg_server.create_database()
+    fresh, migrated = dbmod.Database(fresh_url), dbmod.Database(migrated_url)
+    try:
+        fresh.ensure_schema()
+        command.upgrade(dbmod.alembic_config(migrated), "0004")
+        with migrated.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs_index (jid, function, target, start_time, status,"
+                    " minions_targeted, minions_returned, minions_failed, system) VALUES"
+                    " ('20261128120000000001', 'pkg.refresh_db', 'web1',"
+                    " '2026-11-28 12:00:00.000001+00', 'complete', 1, 1, 0, false)"
+                )
+            )
+        migrated.ensure_schema()
+        skip = "ix_jobs_index_search_trgm"  # outside the models (an expression index)
+        with migrated.engine.connect() as conn:
+            assert dbmod.current_revision(conn) == dbmod.head_revision()
+            context = MigrationContext.configure(
+                conn, opts={"include_name": lambda name, kind, _: name != skip}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+        indexes = (
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+            "ORDER BY indexname"
+        )
+        with migrated.engine.connect() as a, fresh.engine.connect() as b:
+            built = a.exec_driver_sql(indexes).all()
+            assert built == b.exec_driver_sql(indexes).all()
+            assert skip in {name for name, _ in built}
+            found = a.execute(
+                text(f"SELECT jid FROM jobs_index WHERE {PG_SEARCH_TEXT} ILIKE :needle"),
+                {"needle": "%REFRESH%"},
+            ).scalars().all()  # fmt: skip
+            assert found == ["20261128120000000001"]
+    finally:
+        fresh.dispose()
+        migrated.dispose()
+        pg_server.drop_database(fresh_url)
+        pg_server.drop_database(migrated_url)
