@@ -1,0 +1,132 @@
+"""Text search benchmark on PostgreSQL: ``halite.jobs search=...`` with and without the
+pg_trgm index of revision 0005.
+
+Starts a throw-away PostgreSQL server on loopback (as the tests do), creates halite's
+schema, and fills ``jobs_index`` with ``--jobs`` jobs (default 1,000,000) in SQL: one job
+every five seconds, functions, targets and users drawn in fixed proportions, and a few
+rare jobs (``network.traceroute`` to ``rare-host`` by ``auditor``) at known places.
+Then it times the first page of ``list_jobs`` (what ``halite.jobs`` calls) for common,
+middling, rare and absent texts and a jid prefix, first with the trigram index and then,
+in the same run on the same rows, without it (a sequential scan),
+which is what a role that may not create pg_trgm gets. Both answers are checked against
+each other and the rare ones against what the generator wrote.
+
+Usage: python bench/search_pg.py [--jobs 1000000] [--repeat 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from halite_core.db import Database  # noqa: E402
+from halite_core.queries import JobFilter, list_jobs  # noqa: E402
+
+EPOCH = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
+RARE_EVERY = 100_003  # a rare job every this many jobs
+
+FILL = """
+INSERT INTO jobs_index (jid, function, target, target_type, "user", start_time, end_time,
+    status, minions_targeted, minions_returned, minions_failed, master_id, system)
+SELECT to_char(t, 'YYYYMMDDHH24MISS') || lpad(mod(i, 1000000)::text, 6, '0'),
+       CASE WHEN mod(i, {rare}) = 7 THEN 'network.traceroute'
+            ELSE (ARRAY['test.ping', 'test.ping', 'test.ping', 'state.apply', 'state.apply',
+                        'cmd.run', 'cmd.run', 'grains.items', 'pkg.install',
+                        'saltutil.find_job', 'service.restart', 'pkg.upgrade'])[1 + mod(i, 12)]
+       END,
+       CASE WHEN mod(i, {rare}) = 7 THEN 'rare-host'
+            ELSE (ARRAY['minion' || lpad(mod(i, 1000)::text, 5, '0'), 'web*', 'G@os:Debian',
+                        'db1,db2,db3'])[1 + mod(i / 12, 4)]
+       END,
+       'glob',
+       CASE WHEN mod(i, {rare}) = 7 THEN 'auditor'
+            ELSE (ARRAY['root', 'root', 'root', 'salt-api',
+                        'user' || lpad(mod(i, 20)::text, 2, '0')])[1 + mod(i / 7, 5)]
+       END,
+       t, t + interval '2 seconds', 'complete', 5, 5, 0, 'master1',
+       mod(i, 12) = 9 AND mod(i, {rare}) <> 7
+FROM generate_series(0, {n} - 1) AS i,
+     LATERAL (SELECT timestamptz '{epoch}' + i * interval '5 seconds' AS t) AS times
+"""
+
+INDEX = "ix_jobs_index_search_trgm"
+
+
+def timed(db: Database, text: str, repeat: int) -> tuple[list[float], list[str]]:
+    times, answer = [], []
+    for _ in range(repeat):
+        with db.read() as conn:
+            started = time.perf_counter()
+            page = list_jobs(conn, JobFilter(search=text), limit=50)
+            times.append((time.perf_counter() - started) * 1000)
+        answer = [job["jid"] for job in page["jobs"]]
+    return times, answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+
+    from tests.pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        server.wait_ready()
+        db = Database(server.create_database())
+        db.ensure_schema()
+        started = time.perf_counter()
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(FILL.format(n=args.jobs, rare=RARE_EVERY, epoch=EPOCH.isoformat()))
+            conn.exec_driver_sql("ANALYZE jobs_index")
+            size = conn.exec_driver_sql(f"SELECT pg_relation_size('{INDEX}')").scalar() or 0
+        print(
+            f"{args.jobs:,} jobs written in {time.perf_counter() - started:.0f} s with the "
+            f"search index in place; the index holds {size / 2**20:.0f} MiB"
+        )
+        rare = (args.jobs - 1 - 7) // RARE_EVERY + 1 if args.jobs > 7 else 0
+        old_hour = (EPOCH + dt.timedelta(seconds=5 * args.jobs // 10)).strftime("%Y%m%d%H")
+        texts = {
+            "common (test.ping, 25%)": "ping",
+            "middling (pkg.upgrade, 8%)": "pkg.up",
+            f"rare function ({rare} jobs)": "traceroute",
+            f"rare target ({rare} jobs)": "rare-host",
+            f"rare user ({rare} jobs)": "auditor",
+            "absent": "nosuchthing",
+            "jid prefix, an old hour": old_hour,
+        }
+        results: dict[str, dict[str, tuple[list[float], list[str]]]] = {}
+        for label in ("pg_trgm index", "no index (scan)"):
+            if label.startswith("no index"):
+                with db.engine.begin() as conn:
+                    conn.exec_driver_sql(f"DROP INDEX {INDEX}")
+            results[label] = {name: timed(db, text, args.repeat) for name, text in texts.items()}
+        indexed, scanned = results["pg_trgm index"], results["no index (scan)"]
+        for name in texts:
+            if indexed[name][1] != scanned[name][1]:
+                raise SystemExit(f"{name}: the index and the scan disagree")
+            if name.startswith("rare") and len(indexed[name][1]) != min(rare, 50):
+                raise SystemExit(f"{name}: {len(indexed[name][1])} jobs, expected {rare}")
+        print(f"\nFirst page of 50, median (slowest) of {args.repeat}, on {args.jobs:,} jobs:")
+        print(f"{'search':34} {'pg_trgm index':>20} {'no index (scan)':>20} {'ratio':>8}")
+        for name in texts:
+            a, b = indexed[name][0], scanned[name][0]
+            print(
+                f"{name:34} {statistics.median(a):9.1f} ms ({max(a):5.1f}) "
+                f"{statistics.median(b):9.1f} ms ({max(b):5.1f}) "
+                f"{statistics.median(b) / statistics.median(a):7.1f}x"
+            )
+        db.dispose()
+    finally:
+        server.destroy()
+
+
+if __name__ == "__main__":
+    main()
