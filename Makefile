@@ -64,7 +64,7 @@ bench: $(STAMP) postgresql
 	$(PY) bench/engine.py
 	$(PY) bench/listing.py
 	$(PY) bench/load.py
-	$(PY) bench/search_pg.py
+	$(PY) bench/listing_pg.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

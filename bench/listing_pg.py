@@ -1,27 +1,35 @@
-"""Text search benchmark on PostgreSQL: ``halite.jobs search=...`` with and without the
-pg_trgm index of revision 0005.
+"""Listing benchmark on PostgreSQL: ``halite.jobs`` filters, and ``search=...`` with and
+without the pg_trgm index of revision 0005.
 
 Starts a throw-away PostgreSQL server on loopback (as the tests do), creates halite's
 schema, and fills ``jobs_index`` with ``--jobs`` jobs (default 1,000,000) in SQL: one job
 every five seconds, functions, targets and users drawn in fixed proportions, and a few
 rare jobs (``network.traceroute`` to ``rare-host`` by ``auditor``) at known places.
-Then it times the first page of ``list_jobs`` (what ``halite.jobs`` calls) for common,
+It times the first page of ``list_jobs`` (what ``halite.jobs`` calls) under each filter,
+then for common,
 middling, rare and absent texts and a jid prefix, first with the trigram index and then,
 in the same run on the same rows, without it (a sequential scan),
 which is what a role that may not create pg_trgm gets. Both answers are checked against
-each other and the rare ones against what the generator wrote.
+each other and the rare ones against what the generator wrote; every filtered page is
+checked against the same question asked in plain SQL.
 
-Usage: python bench/search_pg.py [--jobs 1000000] [--repeat 9]
+Last, as ``bench/listing.py`` does, Salt's own ``local_cache`` is filled with
+``--local-jobs`` jobs (default 10,000) and timed on the same two questions, for a ratio.
+
+Usage: python bench/listing_pg.py [--jobs 1000000] [--repeat 9] [--local-jobs 10000]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,12 +66,14 @@ FROM generate_series(0, {n} - 1) AS i,
 INDEX = "ix_jobs_index_search_trgm"
 
 
-def timed(db: Database, text: str, repeat: int) -> tuple[list[float], list[str]]:
+def timed(
+    db: Database, text: str | None, repeat: int, **filters: Any
+) -> tuple[list[float], list[str]]:
     times, answer = [], []
     for _ in range(repeat):
         with db.read() as conn:
             started = time.perf_counter()
-            page = list_jobs(conn, JobFilter(search=text), limit=50)
+            page = list_jobs(conn, JobFilter(search=text, **filters), limit=50)
             times.append((time.perf_counter() - started) * 1000)
         answer = [job["jid"] for job in page["jobs"]]
     return times, answer
@@ -73,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--local-jobs", type=int, default=10_000)
     args = parser.parse_args()
 
     from tests.pgserver import PostgresServer
@@ -92,6 +103,40 @@ def main() -> None:
             f"search index in place; the index holds {size / 2**20:.0f} MiB"
         )
         rare = (args.jobs - 1 - 7) // RARE_EVERY + 1 if args.jobs > 7 else 0
+        one_hour = EPOCH + dt.timedelta(seconds=5 * args.jobs // 2)
+        hour_end = one_hour + dt.timedelta(hours=1)
+        hour = f"start_time >= '{one_hour.isoformat()}' AND start_time < '{hour_end.isoformat()}'"
+        # (filters, the same question in plain SQL to check the answer against)
+        filters: dict[str, tuple[dict[str, Any], str]] = {
+            "no filter": ({}, "NOT system"),
+            "fun=test.ping (25%)": ({"fun": "test.ping"}, "function = 'test.ping'"),
+            f"fun=network.traceroute ({rare})": (
+                {"fun": "network.traceroute"}, "function = 'network.traceroute'"),
+            "fun=state.*": ({"fun": "state.*"}, "function LIKE 'state.%' AND NOT system"),
+            "fun=pkg.*": ({"fun": "pkg.*"}, "function LIKE 'pkg.%' AND NOT system"),
+            "fun=*.ping": ({"fun": "*.ping"}, "function LIKE '%.ping' AND NOT system"),
+            "target=web*": ({"target": "web*"}, "target LIKE 'web%' AND NOT system"),
+            "user=root": ({"user": "root"}, "\"user\" = 'root' AND NOT system"),
+            f"user=auditor ({rare})": ({"user": "auditor"}, "\"user\" = 'auditor' AND NOT system"),
+            "status=running (none)": ({"status": "running"}, "status = 'running' AND NOT system"),
+            "one hour (start, end)": (
+                {"start": one_hour, "end": hour_end},
+                f"{hour} AND NOT system"),
+            "include_system=True": ({"include_system": True}, "true"),
+        }  # fmt: skip
+        print(f"\nFirst page of 50, median (slowest) of {args.repeat}, on {args.jobs:,} jobs:")
+        medians = {}
+        for name, (given, where) in filters.items():
+            times, answer = timed(db, None, args.repeat, **given)
+            with db.read() as conn:
+                expected = conn.exec_driver_sql(
+                    f"SELECT jid FROM jobs_index WHERE {where} "
+                    "ORDER BY start_time DESC, jid DESC LIMIT 50".replace("%", "%%")
+                ).scalars().all()  # fmt: skip
+            if answer != expected:
+                raise SystemExit(f"{name}: halite.jobs and plain SQL disagree")
+            medians[name] = statistics.median(times)
+            print(f"{name:34} {medians[name]:9.1f} ms ({max(times):5.1f})")
         old_hour = (EPOCH + dt.timedelta(seconds=5 * args.jobs // 10)).strftime("%Y%m%d%H")
         texts = {
             "common (test.ping, 25%)": "ping",
@@ -126,6 +171,23 @@ def main() -> None:
         db.dispose()
     finally:
         server.destroy()
+    from listing import bench_local_cache  # bench/listing.py
+
+    workdir = Path(tempfile.mkdtemp(prefix="halite-listing-pg-"))
+    try:
+        lc = bench_local_cache(workdir, args.local_jobs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"\nlocal_cache with {args.local_jobs:,} jobs x 5 returns (filled in {lc['fill_s']:.0f} s),"
+        f" median ms, and halite on PostgreSQL with {args.jobs:,} jobs:"
+    )
+    for theirs, mine in (("get_jids_filter(50)", "no filter"),
+                         ("jobs.list_jobs search_function=state.*", "fun=state.*")):  # fmt: skip
+        print(
+            f"  {theirs:<40} local_cache {lc[theirs]:9.1f}  halite ({mine}) "
+            f"{medians[mine]:6.2f}  RATIO {lc[theirs] / medians[mine]:,.0f}x"
+        )
 
 
 if __name__ == "__main__":
