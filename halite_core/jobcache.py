@@ -640,7 +640,7 @@ class JobStore:
             (fill_only if item.only_new else rows).append(
                 {
                     "jid": jid,
-                    "function": _text(item.load.get("fun"), 255),
+                    "function": function_name(item.load.get("fun")),
                     "target": target_text(item.load.get("tgt")),
                     "target_type": _text(item.load.get("tgt_type", "glob"), 32),
                     "user": _text(item.load.get("user"), 255),
@@ -695,7 +695,7 @@ class JobStore:
         args, kwargs = split_arguments(stub.get("fun_args", stub.get("arg")))
         return {
             "jid": jid,
-            "function": _text(stub.get("fun"), 255),
+            "function": function_name(stub.get("fun")),
             "target": target_text(stub.get("id")),
             "target_type": "list" if stub.get("id") else None,
             "user": _text(stub.get("user"), 255),
@@ -745,7 +745,7 @@ class JobStore:
         return ReturnRow(
             jid=jid,
             minion=minion[:255],
-            function=_text(fun, 255),
+            function=function_name(fun),
             start_time=self.start_time(jid),
             returned_at=returned_at or utcnow(),
             value=encoded,
@@ -1132,6 +1132,12 @@ def _raw(column: Any, is_sqlite: bool) -> Any:
     if is_sqlite:
         return type_coerce(column, Text).label(column.key)
     return cast(column, Text).label(column.key)
+
+
+def function_name(value: object) -> str | None:
+    """A job's function as the index stores it and permissions match it: a string as it
+    is, anything else (a multi-function job's list) as its ``str``, at most 255 characters."""
+    return _text(value, 255)
 
 
 def _text(value: object, limit: int) -> str | None:

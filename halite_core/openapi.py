@@ -209,7 +209,11 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     "200": _ok("Logged in.", "Me"),
                     "400": _error("Not a login request."),
-                    "401": _error("Authentication failed."),
+                    "401": _error(
+                        "Authentication failed: a wrong password, or a user not listed under"
+                        " external_auth for that eauth."
+                    ),
+                    "429": _error("Too many logins are waiting for the external auth."),
                 },
             }
         },

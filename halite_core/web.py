@@ -6,7 +6,8 @@ passes an ``authenticate(username, password, eauth)`` that asks Salt) and gets a
 token; requests carry it in the ``X-Auth-Token`` header, never in a cookie, so a page on
 another site cannot make a browser send it (a kill cannot be forged). Errors are JSON:
 400 for a bad argument, 401 without a session, 403 naming the missing permission, 404 for
-an unknown job, 413 for a request body over 64 KiB.
+an unknown job, 429 when too many logins are already waiting for Salt's external auth. A
+request body over 64 KiB is refused: the server closes the connection.
 
 ``GET /api/jobs/stream`` is Server-Sent Events: ``new``, ``return`` and ``complete`` as the
 engine sees them on the bus, filtered by what the user may view.
@@ -28,6 +29,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.web
 
+from halite_core.jobcache import function_name
 from halite_core.openapi import SPEC
 from halite_core.permissions import ConfigError, Denied
 from halite_core.queries import QueryError, UnknownJob
@@ -39,6 +41,11 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
 SESSION_SECONDS = 12 * 3600
 KEEPALIVE_SECONDS = 15.0
+# Logins wait for Salt's external auth, which makes every failure as slow as the slowest
+# one yet (PAM: about 2 s). They get their own threads, so that failing logins cannot hold
+# up the API, and past this many waiting, a login is answered 429 at once.
+LOGIN_THREADS = 2
+LOGINS_WAITING = 8
 
 Authenticate = Callable[[str, str, str], bool]
 LiveLister = Callable[[object, "tuple[str, ...] | None"], Mapping[str, Any]]
@@ -189,10 +196,17 @@ class Login(Base):
         except (ValueError, KeyError, TypeError):
             self.write_json(400, {"error": 'send {"username", "password", "eauth"} as JSON'})
             return
+        if self.web.logins_waiting >= LOGINS_WAITING:
+            self.write_json(429, {"error": "too many logins in progress: try again shortly"})
+            return
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(
-            self.web.pool, self.web.authenticate, username, password, eauth
-        )
+        self.web.logins_waiting += 1  # only touched on the event loop's thread
+        try:
+            ok = await loop.run_in_executor(
+                self.web.login_pool, self.web.authenticate, username, password, eauth
+            )
+        finally:
+            self.web.logins_waiting -= 1
         if not ok:
             self.write_json(401, {"error": "authentication failed"})
             return
@@ -273,7 +287,8 @@ class OpenAPI(Base):
 
 class Stream(Base):
     async def get(self) -> None:
-        user = self.web.sessions.user(self.token() or self.get_argument("token", None))
+        token = self.token() or self.get_argument("token", None)
+        user = self.web.sessions.user(token)
         if user is None:
             self.write_json(401, {"error": "log in first: POST /api/login"})
             return
@@ -292,10 +307,14 @@ class Stream(Base):
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
                 except asyncio.TimeoutError:
+                    event = None
+                if self.web.sessions.user(token) != user:
+                    break  # logged out or expired: the stream ends with the session
+                if event is None:
                     self.write(": keep-alive\n\n")
                     await self.flush()
                     continue
-                if not grants.allows("view", "job", event.get("function") or ""):
+                if not grants.allows("view", "job", function_name(event.get("function")) or ""):
                     continue  # not this user's to see, nor to know of
                 self.write(f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n")
                 await self.flush()
@@ -342,6 +361,8 @@ class WebApp:
         self.sessions = Sessions()
         self.hub = Hub()
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="halite-web")
+        self.login_pool = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="halite-login")
+        self.logins_waiting = 0
 
     def me(self, user: str) -> dict[str, Any]:
         grants = self.service.grants(user)

@@ -172,12 +172,81 @@ def test_events_stream_as_they_happen(server):
         server.hub.publish(bus_event(tag, data))
     server.hub.publish({"type": "complete", "jid": "20261128130000000001",
                         "function": "grains.items"})  # fmt: skip
+    # A multi-function job (salt '*' test.ping,cmd.run): Salt sends fun as a list; its
+    # function is the list's str, as the index stores it, which test.* does not match.
+    server.hub.publish(bus_event("salt/job/20261128130000000003/new",
+                                 {"fun": ["test.ping", "cmd.run"], "tgt": "*"}))  # fmt: skip
     server.hub.publish(bus_event("salt/job/20261128130000000002/new",
                                  {"fun": "test.echo", "tgt": ["a"], "minions": ["a"]}))  # fmt: skip
     reader.join(10)
     events = [line for line in lines if line.startswith("data:")]
     assert len(events) == 1  # nothing of grains.items (new, return, complete) is tess's
     assert json.loads(events[0][5:])["jid"] == "20261128130000000002"
+
+
+def test_the_stream_ends_with_its_session(server):
+    token = login(server, "vic")
+    request = urllib.request.Request(server.base + "/api/jobs/stream")
+    request.add_header("X-Auth-Token", token)
+    lines, opened = [], threading.Event()
+
+    def read():
+        with urllib.request.urlopen(request, timeout=30) as response:
+            opened.set()
+            lines.extend(raw.decode() for raw in response)  # until the server ends it
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert opened.wait(10)
+    assert call(server, "POST", "/api/logout", token)[0] == 200
+    server.hub.publish(bus_event("salt/job/20261128130000000001/new",
+                                 {"fun": "test.ping", "tgt": "*"}))  # fmt: skip
+    reader.join(10)
+    assert not reader.is_alive()  # the server closed the stream
+    assert not [line for line in lines if line.startswith("data:")]
+
+
+def test_waiting_logins_never_hold_up_the_api(store):
+    """Salt's external auth can take seconds to refuse; logins wait on their own threads,
+    and past LOGINS_WAITING a login is turned away at once instead of queueing."""
+    from halite_core import web
+
+    release = threading.Event()
+
+    def authenticate(user, password, eauth):
+        if password != "secret":
+            release.wait(30)  # a slow refusal, held until the test lets it go
+        return password == "secret"
+
+    service = Service(store, Policy.from_config(POLICY["roles"], POLICY["users"], "salt"))
+    app = WebApp(service, authenticate, None, "auto")
+    port = free_port()
+    app.serve_in_thread("127.0.0.1", port)
+    app.base = f"http://127.0.0.1:{port}"
+    try:
+        token = login(app, "vic")
+        answers = []
+        slow = [
+            threading.Thread(target=lambda: answers.append(
+                call(app, "POST", "/api/login", body={"username": "x", "password": "bad"})[0]))
+            for _ in range(web.LOGINS_WAITING)
+        ]  # fmt: skip
+        for thread in slow:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while app.logins_waiting < web.LOGINS_WAITING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.logins_waiting == web.LOGINS_WAITING
+        status, body = call(app, "POST", "/api/login", body={"username": "y", "password": "b"})
+        assert status == 429 and "too many logins" in body["error"]
+        assert call(app, "GET", "/api/jobs", token)[0] == 200  # the API still answers
+        release.set()
+        for thread in slow:
+            thread.join(30)
+        assert answers == [401] * web.LOGINS_WAITING
+    finally:
+        release.set()
+        app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)
 
 
 def test_https_with_a_certificate(store, tmp_path):

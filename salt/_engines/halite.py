@@ -29,7 +29,8 @@ Configuration, in the master config (every option may be left out):
             certfile: /etc/pki/halite.crt   # both for HTTPS
             keyfile: /etc/pki/halite.key
 
-    external_auth:              # who may log in to the page: Salt's own external auth
+    external_auth:              # who may log in to the page: Salt's own external auth;
+                                # a user (or group) must be listed here, as for salt-api
       pam:
         alice: ['@runner']
 
@@ -150,7 +151,11 @@ def serve_http(config):
     def authenticate(username, password, eauth):
         load = {"eauth": eauth, "username": username, "password": password}
         try:
-            return bool(load_auth.authenticate_eauth(load))
+            if not load_auth.authenticate_eauth(load):
+                return False
+            # As salt-api: a right password is not enough, the user (or a group of theirs)
+            # must be granted something under external_auth:<eauth>.
+            return bool(load_auth.get_auth_list(load))
         except Exception:  # pylint: disable=broad-except
             log.warning("halite: external auth %s failed for %s", eauth, username, exc_info=True)
             return False

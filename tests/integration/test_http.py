@@ -32,7 +32,8 @@ def web_master(salt_factories, state_tree, new_database):
         master_job_cache="halite", halite=PERMISSIONS,
         engines=[{"halite": {"timeout": 3, "timeout_grace": 3,
                              "http": {"host": "127.0.0.1", "port": port, "eauth": "auto"}}}],
-        external_auth={"auto": {"*": ["@runner"]}},
+        # Who may log in: Salt's `auto` eauth accepts any password, so this list decides.
+        external_auth={"auto": {user: ["@runner"] for user in PERMISSIONS["users"]}},
     )  # fmt: skip
     with factory.started():
         factory.base = f"http://127.0.0.1:{port}"
@@ -82,6 +83,9 @@ def test_api_through_salts_eauth_and_a_real_kill(web_master, web_minion):
     status, body = call(base, "POST", "/api/login",
                         body={"username": "x", "password": "y", "eauth": "nosuch"})  # fmt: skip
     assert status == 401  # an eauth the master does not enable
+    status, body = call(base, "POST", "/api/login",
+                        body={"username": "root", "password": "y", "eauth": "auto"})  # fmt: skip
+    assert status == 401  # the right password, but not listed under external_auth:auto
     alice, bob = login(base, "sudo_alice"), login(base, "sudo_bob")
     jid = run_job(web_master, web_minion, "test.sleep", "60")
     job = wait_for(lambda: _running(base, bob, jid), timeout=60)
