@@ -571,6 +571,9 @@ class JobStore:
 
     def _apply_items(self, conn: Connection, items: Sequence[Item]) -> int:
         stmts = self._statements()
+        self._lock_jobs(
+            conn, {item.row.jid if isinstance(item, ReturnItem) else item.jid for item in items}
+        )
         loads = [item for item in items if isinstance(item, LoadItem)]
         returns = [item for item in items if isinstance(item, ReturnItem)]
         touched: set[str] = set()
@@ -777,15 +780,7 @@ class JobStore:
             )
         }
         self._ensure_jobs(conn, {jid: stub for jid, stub in stubs.items() if jid not in known})
-        if self.db.dialect_name == "postgresql":
-            # Serialise concurrent batches (other processes, other masters) per job, so that
-            # each recount sees every return committed before it.
-            self._select_in(
-                conn,
-                select(jobs_index.c.jid).order_by(jobs_index.c.jid).with_for_update(),
-                jobs_index.c.jid,
-                sorted(stubs),
-            )
+        self._lock_jobs(conn, stubs)  # the rows just created as well
         rows = []
         for (jid, minion), i in first.items():
             row = items[i].row
@@ -798,6 +793,21 @@ class JobStore:
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
         touched.update(stubs)
         return stored
+
+    def _lock_jobs(self, conn: Connection, jids: Iterable[str]) -> None:
+        """PostgreSQL: lock the job rows a transaction is about to change, in jid order,
+        before it changes any of their returns. Concurrent writers (other processes, other
+        masters, the engine settling, a kill) then take turns per job, and each recount
+        sees every return committed before it: a recount blocked behind another writer
+        would otherwise count from a snapshot taken before that writer committed."""
+        if self.db.dialect_name != "postgresql":
+            return  # SQLite: BEGIN IMMEDIATE already serialises writers
+        self._select_in(
+            conn,
+            select(jobs_index.c.jid).order_by(jobs_index.c.jid).with_for_update(),
+            jobs_index.c.jid,
+            sorted(jids),
+        )
 
     @staticmethod
     def _select_in(
@@ -823,6 +833,7 @@ class JobStore:
         moment = at or utcnow()
         r = job_returns.c
         with self.db.write() as conn:
+            self._lock_jobs(conn, [jid])
             marked = 0
             for minion in sorted(set(minions)):
                 marked += conn.execute(

@@ -6,6 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from halite_core.jobcache import JobStore, item_to_line, split_arguments
@@ -322,6 +323,45 @@ def test_postgresql_stopped_and_restarted_loses_nothing(store, settings, pg_serv
     assert {m: r["state"] for m, r in rows.items()} == dict.fromkeys(("m1", "m2", "m3"), "returned")
     assert job_row(store, JID)["minions_returned"] == 3
     assert job_row(store, JID)["status"] == "complete"
+
+
+@postgresql_only("concurrent writers on PostgreSQL (SQLite serialises them with BEGIN IMMEDIATE)")
+@pytest.mark.parametrize("settle", ["no_return", "killed"])
+def test_settling_while_a_return_batch_commits_counts_both(store, settings, settle):
+    """The engine settles m1 (or a kill marks it) while a worker's batch holding m2's return
+    is not yet committed: the settle waits for the batch, and its recount sees m2."""
+    import threading
+    import time
+
+    from halite_core.db import Database
+    from halite_core.jobcache import NoReturnItem, utcnow
+
+    publish(store, JID, minions=("m1", "m2"))
+    engine = JobStore(settings, db=Database(store.db.url.render_as_string(False)))
+    with store.db.write() as conn:  # the worker's batch, held open
+        store._apply_items(conn, store.items_for("save_return", ret(JID, "m2")))
+        if settle == "no_return":
+            work = lambda: engine.apply_items([NoReturnItem(JID, ["m1"], utcnow())])  # noqa: E731
+        else:
+            work = lambda: engine.mark_killed(JID, ["m1"])  # noqa: E731
+        thread = threading.Thread(target=work)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the engine waits for the batch's lock
+            with store.db.engine.connect() as probe:
+                waiting = probe.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).scalar()
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting, "the settle did not wait for the uncommitted batch"
+    thread.join(30)
+    engine.db.dispose()
+    states = {m: r["state"] for m, r in return_rows(store, JID).items()}
+    assert states == {"m1": settle, "m2": "returned"}
+    job = job_row(store, JID)
+    assert (job["status"], job["minions_returned"], job["minions_failed"]) == ("complete", 1, 1)
 
 
 def _crash_after_recording(settings, jid):
