@@ -1034,8 +1034,11 @@ class JobStore:
         if not items:
             return True
         if self.settings.flush_interval > 0:
-            self.writer().submit(entries)
-            return True
+            try:
+                self.writer().submit(entries)
+                return True
+            except Exception as exc:  # noqa: BLE001 - the journal cannot be written
+                log.error("halite: cannot journal %s (%s); writing it at once", op, exc)
         try:
             self.apply_items(items)
         except Exception as exc:  # noqa: BLE001

@@ -364,6 +364,21 @@ def test_settling_while_a_return_batch_commits_counts_both(store, settings, sett
     assert (job["status"], job["minions_returned"], job["minions_failed"]) == ("complete", 1, 1)
 
 
+def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_path, caplog):
+    """The journal's directory cannot be made (a file is in the way; a full disk is the
+    same): the returner does not raise, and writes the return at once instead."""
+    (tmp_path / "blocker").write_text("")
+    blocked = JobStore(
+        dataclasses.replace(settings, journal_dir=str(tmp_path / "blocker" / "journal")),
+        store.db,
+    )
+    publish(store, JID, minions=("m1",))
+    assert blocked.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
+    assert "cannot journal save_return" in caplog.text
+    assert set(store.get_jid(JID)) == {"m1"}
+    assert job_row(store, JID)["status"] == "complete"
+
+
 def _crash_after_recording(settings, jid):
     store = JobStore(dataclasses.replace(settings, flush_interval=3600))
     store.record("save_return", ret(jid, "m1"), dt.datetime.now(UTC))
