@@ -385,9 +385,12 @@ def item_from_line(line: str) -> Item:
             out=data["out"],
             summary=highstate.StateSummary(*summary) if summary else None,
         )
-        return ReturnItem(row, data["stub"])
+        # The return's value stays as written (already encoded); the load and the stub are
+        # read back to what was sent, to be encoded once more on their way in.
+        return ReturnItem(row, encoding.restore(data["stub"]))
     if op == "load":
-        return LoadItem(data["jid"], data["load"], data["minions"], bool(data.get("only_new")))
+        load = encoding.restore(data["load"])
+        return LoadItem(data["jid"], load, data["minions"], bool(data.get("only_new")))
     if op == "no_return":
         return NoReturnItem(data["jid"], data["minions"], dt.datetime.fromisoformat(data["at"]))
     if op == "minions":
@@ -930,7 +933,7 @@ class JobStore:
         )
         if item is None:
             return None
-        ret = dict(encoding.restore(item.load))
+        ret = dict(item.load)
         if item.minions:
             ret["Minions"] = sorted(item.minions)
         return ret

@@ -379,6 +379,41 @@ def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_pat
     assert job_row(store, JID)["status"] == "complete"
 
 
+def test_spooled_and_journalled_writes_read_back_as_sent(store, settings, tmp_path):
+    """A publish holding bytes and a mapping with the marker's own key, and a return of a
+    job not yet published: through a journal line, or spooled while the database is down
+    and replayed, each reads back as it was sent (its markers are not encoded twice)."""
+    from halite_core.jobcache import item_from_line
+
+    marker_like = {"__halite_type__": "bytes", "base64": "AA=="}
+    load = {"jid": JID, "fun": "file.write", "tgt": ["m1"], "tgt_type": "list", "user": "root",
+            "arg": ["/tmp/x", b"\x00\xff", marker_like]}  # fmt: skip
+    early = ret("20261128120000000002", "m1", fun="test.arg")
+    early["fun_args"] = [b"\x01", {"__kwarg__": True, "when": dt.date(2026, 11, 28)}]
+    for item in store.items_for("save_load", JID, load, ["m1"]) + store.items_for(
+        "save_return", early
+    ):
+        again = item_from_line(item_to_line(item))
+        assert again == item, (again, item)
+    (tmp_path / "blocker").write_text("")
+    down = JobStore(dataclasses.replace(
+        settings, flush_interval=0, db_url=f"sqlite:///{tmp_path}/blocker/halite.db"))  # fmt: skip
+    assert down.record("save_load", JID, load, ["m1"]) is None  # spooled
+    assert down.record("save_return", early) is None
+    assert len(store.spool.pending()) == 2
+    store.replay_spool()
+    assert store.get_load(JID)["arg"] == load["arg"]
+    with store.db.read() as conn:
+        kept = conn.execute(
+            select(jobs_index.c.arguments, jobs_index.c.kwargs)
+            .where(jobs_index.c.jid == "20261128120000000002")
+        ).one()  # fmt: skip
+    assert store.get_jid("20261128120000000002")["m1"]["return"] is True
+    assert kept.arguments == [{"__halite_type__": "bytes", "base64": "AQ=="}]
+    assert kept.kwargs == {"when": {"__halite_type__": "datetime", "iso": "2026-11-28",
+                                    "cls": "date"}}  # fmt: skip
+
+
 def _crash_after_recording(settings, jid):
     store = JobStore(dataclasses.replace(settings, flush_interval=3600))
     store.record("save_return", ret(jid, "m1"), dt.datetime.now(UTC))
