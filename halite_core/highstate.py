@@ -97,15 +97,18 @@ def _number(value: Any) -> float:
 ALREADY_RUNNING = re.compile(r'The function "[^"]+" is running as PID \d+')
 
 
-def parse(ret: object) -> dict[str, Any]:
+def parse(ret: object, succeeded: bool = False) -> dict[str, Any]:
     """A minion's return of a ``state.*`` job, for people: what kind it is and, for a state
     run, each state in run order with the counts.
 
-    ``kind`` is ``states`` (a state run), ``render_error`` (a list of error strings, e.g. a
-    failed render), ``already_running`` (Salt refused because a state run was in progress)
-    or ``other`` (any other return, kept as it is).
+    ``kind`` is ``states`` (a state run), ``render_error`` (a failed return that is a list
+    of error strings, e.g. a failed render), ``already_running`` (Salt refused because a
+    state run was in progress) or ``other`` (any other return, kept as it is). A list of
+    strings from a return that ``succeeded`` (``state.show_states``, ``state.running``) is
+    ``other``: only a failed one is an error.
     """
-    states = _states(unwrap(ret))
+    ret = unwrap(ret)
+    states = _states(ret)
     if states is not None:
         states.sort(key=lambda s: (s["run_num"] is None, s["run_num"] or 0, s["id"]))
         failing = [
@@ -124,7 +127,12 @@ def parse(ret: object) -> dict[str, Any]:
             },
             "failing": failing,
         }
-    if isinstance(ret, list) and ret and all(isinstance(item, str) for item in ret):
+    if (
+        not succeeded
+        and isinstance(ret, list)
+        and ret
+        and all(isinstance(item, str) for item in ret)
+    ):
         if any(ALREADY_RUNNING.search(item) for item in ret):
             return {"kind": "already_running", "messages": list(ret)}
         return {"kind": "render_error", "errors": list(ret)}

@@ -462,7 +462,7 @@ def _job_detail(conn: Connection, jid: str, now: dt.datetime | None) -> dict[str
         }
         if is_state_job and ret.state == "returned":
             value, _, _ = highstate.runner_payload(row.function, ret.return_value)
-            parsed = highstate.parse(value)
+            parsed = highstate.parse(value, succeeded=not entry["failed"])
             entry["highstate"] = parsed
             if parsed["kind"] == "states":
                 counts = parsed["counts"]

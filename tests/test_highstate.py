@@ -50,6 +50,9 @@ def test_parse_recognises_render_errors_busy_minions_and_others():
     assert highstate.parse(busy)["kind"] == "already_running"
     assert highstate.parse("just text") == {"kind": "other"}
     assert highstate.parse({}) == {"kind": "other"}
+    # A list of strings that succeeded is no error: state.show_states, state.running.
+    assert highstate.parse(["core", "edit.vim"], succeeded=True) == {"kind": "other"}
+    assert highstate.parse(busy, succeeded=True) == {"kind": "other"}
 
 
 def test_orchestration_payload_is_unwrapped():
@@ -71,6 +74,12 @@ def test_orchestration_payload_is_unwrapped():
     assert highstate.parse(value)["failing"] == [
         {"id": "deploy", "comment": "Run failed on minions: w1"}
     ]
+    # An orchestration whose SLS did not render: its errors sit in the same place.
+    payload["return"]["data"] = {"m_master": ["Rendering SLS 'base:orch' failed: bad"]}
+    value, _, _ = highstate.runner_payload("runner.state.orchestrate", payload)
+    assert highstate.parse(value) == {
+        "kind": "render_error", "errors": ["Rendering SLS 'base:orch' failed: bad"]
+    }  # fmt: skip
     # Minion returns and other runners' plain values pass through untouched.
     assert highstate.runner_payload("state.apply", payload) == (payload, None, None)
     assert highstate.runner_payload("runner.test.arg", [1]) == ([1], None, None)

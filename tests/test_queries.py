@@ -406,6 +406,24 @@ def test_search_index_follows_updates_and_deletes(store):
     assert (left, keys) == (0, 0)
 
 
+def test_a_state_job_listing_names_is_not_a_render_error(store):
+    """state.show_states answers a list of strings and succeeds: no failure, kind other;
+    the same list from a failed state.apply is a render error."""
+    from halite_core.queries import job_detail
+
+    publish(store, "20261128120000000001", fun="state.show_states", minions=["m1"])
+    store.save_return(ret("20261128120000000001", "m1", ["core", "edit.vim"],
+                          fun="state.show_states"))  # fmt: skip
+    publish(store, "20261128120000000002", fun="state.apply", minions=["m1"])
+    store.save_return(ret("20261128120000000002", "m1", ["Rendering SLS 'base:x' failed"],
+                          fun="state.apply", retcode=1, success=False))  # fmt: skip
+    with store.db.read() as conn:
+        shown = job_detail(conn, "20261128120000000001")["minion_results"][0]
+        failed = job_detail(conn, "20261128120000000002")["minion_results"][0]
+    assert (shown["failed"], shown["highstate"]["kind"]) == (False, "other")
+    assert (failed["failed"], failed["highstate"]["kind"]) == (True, "render_error")
+
+
 def test_job_detail_restores_the_garbage_collector(store):
     import gc
 
