@@ -406,7 +406,7 @@ def test_search_index_follows_updates_and_deletes(store):
     assert (left, keys) == (0, 0)
 
 
-def test_a_state_job_listing_names_is_not_a_render_error(store):
+def test_a_successful_list_of_strings_is_not_a_render_error(store):
     """state.show_states answers a list of strings and succeeds: no failure, kind other;
     the same list from a failed state.apply is a render error."""
     from halite_core.queries import job_detail
