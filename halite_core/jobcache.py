@@ -169,6 +169,7 @@ class _Statements:
     """The write statements of the ingest path, built once with bind parameters."""
 
     upsert_load: Any
+    fill_load: Any
     target: Any
     stub: Any
     upsert_return: Any
@@ -188,6 +189,13 @@ class _Statements:
         upsert_load = load_insert.on_conflict_do_update(
             index_elements=["jid"],
             set_={name: load_insert.excluded[name] for name in LOAD_COLUMNS},
+        )
+        # A publish known second-hand (the engine's bus events, Salt's store_job for runner
+        # and `req` jobs) fills a row that has no publish yet, and never replaces one.
+        fill_load = load_insert.on_conflict_do_update(
+            index_elements=["jid"],
+            set_={name: load_insert.excluded[name] for name in LOAD_COLUMNS},
+            where=j.load.is_(None),
         )
         placeholder = insert_(job_returns).values(
             binds(job_returns, ("jid", "minion", "state", "expected", "start_time",
@@ -253,8 +261,8 @@ class _Statements:
             .values(state=NO_RETURN, returned_at=bindparam("at", type_=r.returned_at.type))
         )
         return cls(
-            upsert_load, target, stub.on_conflict_do_nothing(), upsert_return, recount, settle,
-            endtime, no_return,
+            upsert_load, fill_load, target, stub.on_conflict_do_nothing(), upsert_return,
+            recount, settle, endtime, no_return,
         )  # fmt: skip
 
 
@@ -296,8 +304,8 @@ class LoadItem:
     jid: str
     load: dict[str, Any]
     minions: list[str] | None
-    # From the event bus (the engine): fills in a job nobody indexed, never overwrites the
-    # publish load the job cache stored.
+    # Second-hand (the engine's bus events, Salt's store_job for runner and `req` jobs):
+    # fills in a job that has no publish load yet, never overwrites one.
     only_new: bool = False
 
 
@@ -540,7 +548,11 @@ class JobStore:
         if minions is None:
             minions = load.get("minions")
         listed = None if minions is None else sorted({str(m) for m in minions})
-        return [LoadItem(jid, dict(load), listed)]
+        # Salt's store_job also hands over a runner's return (and a `req` job's) as a load
+        # with a target: it describes a job whose publish may already be indexed (the
+        # engine's salt/run/<jid>/new, with the arguments), so it only fills a row without one.
+        second_hand = "return" in load and "id" in load
+        return [LoadItem(jid, dict(load), listed, only_new=second_hand)]
 
     def _return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:
         row = self.prepare_return(load, returned_at)
@@ -636,7 +648,10 @@ class JobStore:
         """Index publish loads and their target lists; counters follow in :meth:`_recount`."""
         if not items:
             return
-        loads = {item.jid: item for item in items}  # a repeated publish: the last one wins
+        loads: dict[str, LoadItem] = {}
+        for item in items:  # a repeated publish: the last one wins, but first-hand over second
+            if not (item.only_new and item.jid in loads and not loads[item.jid].only_new):
+                loads[item.jid] = item
         rows: list[dict[str, Any]] = []
         fill_only: list[dict[str, Any]] = []
         placeholders: list[dict[str, Any]] = []
@@ -662,7 +677,7 @@ class JobStore:
             placeholders.extend(self._placeholders(jid, start, item.minions or []))
         stmts = self._statements()
         self.db.executemany(conn, stmts.upsert_load, rows)
-        self.db.executemany(conn, stmts.stub, fill_only)
+        self.db.executemany(conn, stmts.fill_load, fill_only)
         self.db.executemany(conn, stmts.target, placeholders)
         touched.update(loads)
 

@@ -197,6 +197,50 @@ def test_standalone_return_with_jid_req_gets_a_job(masters):
     assert halite.call("get_jid", jid) == {"m9": {"return": "hi"}}
 
 
+def test_req_job_through_store_job_gets_its_load(masters):
+    """salt-call's standalone return (jid req) through Salt's own store_job: a jid is
+    reserved, then the return's load fills that row. (local_cache cannot list such a job:
+    its get_jids fails on the missing .minions.p.)"""
+    halite, _ = masters
+    load = {"id": "m9", "jid": "req", "fun": "test.echo", "fun_args": ["hi"], "return": "hi",
+            "retcode": 0}  # fmt: skip
+    salt.utils.job.store_job(halite.opts, load, mminion=halite.mminion)
+    ((jid, job),) = halite.call("get_jids").items()
+    assert (job["Function"], job["Target"], job["Arguments"]) == ("test.echo", "m9", ["hi"])
+    assert halite.call("get_load", jid)["fun"] == "test.echo"
+    assert halite.call("get_jid", jid) == {"m9": {"return": "hi", "retcode": 0}}
+
+
+def test_a_runners_store_job_keeps_the_engines_publish(masters):
+    """Salt's RunnerClient hands the runner's return to store_job as a load with a target;
+    the publish the engine indexed from salt/run/<jid>/new (arguments) stays."""
+    from halite_core.jobcache import LoadItem
+
+    halite, _ = masters
+    jid = "20261128120000000077"
+    store = get_store(Settings.from_opts(halite.opts))
+    args = ["orch.deploy", {"__kwarg__": True, "pillar": {"v": 1}}]
+    publish = {"fun": "runner.state.orchestrate", "user": "sudo_alice", "tgt": "m_master",
+               "tgt_type": "list", "arg": args}  # fmt: skip
+    store.apply_items([LoadItem(jid, publish, ["m_master"], only_new=True)])
+    data = {"fun": "runner.state.orchestrate", "jid": jid, "user": "sudo_alice",
+            "fun_args": ["orch.deploy", {"pillar": {"v": 1}}], "success": True,
+            "return": {"data": {"m_master": {}}, "outputter": "highstate",
+                       "retcode": 0}}  # fmt: skip
+    salt.utils.job.store_job(
+        halite.opts, {"id": "m_master", "tgt": "m_master", "jid": jid, "return": data},
+        mminion=halite.mminion,
+    )  # fmt: skip
+    store.flush()
+    with store.db.read() as conn:
+        row = conn.execute(
+            select(jobs_index.c.arguments, jobs_index.c.kwargs, jobs_index.c.target_type)
+            .where(jobs_index.c.jid == jid)
+        ).one()  # fmt: skip
+    assert tuple(row) == (["orch.deploy"], {"pillar": {"v": 1}}, "list")
+    assert halite.call("get_jid", jid)["m_master"]["return"]["fun"] == "runner.state.orchestrate"
+
+
 def test_event_return_indexes_a_batch(masters):
     halite, _ = masters
     jid = "20261128120000000042"
