@@ -8,13 +8,20 @@ Minions that do not answer are handled the way Salt's CLI does, in the backgroun
 job has run ``timeout`` seconds, only its still-pending minions are asked
 (``saltutil.find_job`` with a list target) whether they still run it; those that do not
 answer within ``timeout_grace`` seconds, or no longer run it, are settled ``no_return``.
-Minions that still run it are asked again ``timeout_grace`` seconds later.
+Minions that still run it are asked again ``timeout_grace`` seconds later. When none of a
+job's pending minions can be asked at all (their keys were deleted: Salt publishes to
+nobody), they are settled after ``UNSENDABLE_TRIES`` such attempts.
+
+A repeated ``new`` for a job (a syndic forwards its own, with its own minions) adds the
+minions not seen before, and takes up again a job that had completed without them.
 
 Every change is written to the job index in batches (at most ``flush_interval`` seconds
 or ``batch_size`` changes apart), so runners in other processes read the same truth. On
 start the engine rebuilds its view from the index and asks the minions of every job that
 was running; until that is done its ``engine_state`` row says it has not reconciled, and
-readers report such jobs as ``unknown`` rather than as running or complete.
+readers report such jobs as ``unknown`` rather than as running or complete. If the
+database is down when the engine starts, it follows the bus all the same and rebuilds its
+view once the database answers.
 
 Nothing here knows Salt: the event source and the ``find_job`` sender are handed in.
 """
@@ -32,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from halite_core import jids
 from halite_core.jobcache import (
     FIND_JOB,
     JOB_EVENT,
@@ -40,6 +48,7 @@ from halite_core.jobcache import (
     Item,
     JobStore,
     LoadItem,
+    MinionsItem,
     NoReturnItem,
     event_stamp,
     is_outage,
@@ -52,6 +61,8 @@ log = logging.getLogger(__name__)
 
 EARLY_RETURNS_KEPT = 10_000
 HEARTBEAT_SECONDS = 5.0
+UNSENDABLE_TRIES = 3  # find_job sent to nobody this many times in a row: settle the minions
+RECOVER_RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,14 +101,17 @@ class Active:
     probe_at: float  # when to ask the pending minions
     runner: bool = False
     probe: str | None = None  # jid of the find_job asked and not yet settled
+    unsendable: int = 0  # find_job sends in a row that reached no minion
+    answered: set[str] = field(default_factory=set)  # returned or settled
 
 
 @dataclass
 class Probe:
     jid: str  # the job asked about
-    asked: set[str]
+    asked: set[str]  # the minions asked that have not answered yet
     deadline: float
     running: set[str] = field(default_factory=set)
+    minions: frozenset[str] = frozenset()  # all the minions asked
 
 
 def _utc(epoch: float) -> dt.datetime:
@@ -125,6 +139,8 @@ class ActiveJobs:
         self._finished: OrderedDict[str, None] = OrderedDict()  # recently completed jobs
         self._unreconciled: set[str] = set()
         self._reconciled = False
+        self._recovered = False
+        self._recover_at = 0.0
         self._queue: list[Item] = []
         self._oldest: float | None = None
         self._next_heartbeat = 0.0
@@ -132,18 +148,31 @@ class ActiveJobs:
 
     # ------------------------------------------------------------------ start
     def recover(self) -> int:
-        """Rebuild the running set from the index and schedule a check of each such job."""
+        """Rebuild the running set from the index and schedule a check of each such job.
+        While the database is unreachable this returns 0 and :meth:`tick` tries again."""
         now = self._clock()
-        # Writes the master's workers journalled but did not commit before it stopped.
-        self.store.recover()
-        j, r = jobs_index.c, job_returns.c
-        with self.store.db.read() as conn:
-            rows = conn.execute(
-                select(j.jid, j.function, r.minion)
-                .join(job_returns, r.jid == j.jid)
-                .where(j.status == RUNNING, r.state == PENDING)
-                .where((j.master_id == self.master_id) | j.master_id.is_(None))
-            ).all()
+        try:
+            # Writes the master's workers journalled but did not commit before it stopped.
+            self.store.recover()
+            j, r = jobs_index.c, job_returns.c
+            with self.store.db.read() as conn:
+                rows = conn.execute(
+                    select(j.jid, j.function, r.minion)
+                    .join(job_returns, r.jid == j.jid)
+                    .where(j.status == RUNNING, r.state == PENDING)
+                    .where((j.master_id == self.master_id) | j.master_id.is_(None))
+                ).all()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._recover_at = now + RECOVER_RETRY_SECONDS
+            log.error(
+                "halite engine: database unavailable at start (%s); following the bus, "
+                "recovering the running jobs once it answers",
+                exc,
+            )
+            return 0
+        self._recovered = True
         runner_settled: dict[str, list[str]] = {}
         for jid, function, minion in rows:
             if function and function.startswith("runner.") and minion == self.master_id:
@@ -162,7 +191,7 @@ class ActiveJobs:
     # ------------------------------------------------------------------ events
     def handle(self, tag: str, data: Mapping[str, Any]) -> None:
         match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
-        if match is None or not isinstance(data, Mapping):
+        if match is None or not isinstance(data, Mapping) or not jids.is_jid(match["jid"]):
             return
         now = self._clock()
         jid = match["jid"]
@@ -174,9 +203,11 @@ class ActiveJobs:
             self._on_return(jid, match["minion"], data, now)
 
     def _on_new(self, jid: str, data: Mapping[str, Any], now: float) -> None:
+        listed = data.get("minions")
+        minions = sorted({str(m) for m in listed}) if isinstance(listed, (list, tuple)) else []
         if jid in self.jobs or jid in self._finished:
-            return  # a repeated announcement of a job already followed
-        minions = sorted({str(m) for m in data.get("minions") or []})
+            self._on_repeated_new(jid, data, set(minions), now)
+            return
         load = {k: v for k, v in data.items() if k not in ("minions", "missing", "_stamp")}
         self._queue_item(LoadItem(jid, load, minions, only_new=True), now)
         pending = set(minions) - self._early.pop(jid, set())
@@ -184,6 +215,42 @@ class ActiveJobs:
             self.jobs[jid] = Active(
                 jid, data.get("fun"), pending, probe_at=now + self.options.timeout
             )
+        else:
+            self._finish(jid)  # every minion answered before the announcement
+
+    def _on_repeated_new(
+        self, jid: str, data: Mapping[str, Any], minions: set[str], now: float
+    ) -> None:
+        """Another announcement of a job already followed: a syndic forwards its own
+        ``new`` with its own minions. Those not yet returned or settled are followed too."""
+        job = self.jobs.get(jid)
+        extra = minions - (job.pending | job.answered if job else set())
+        if not extra:
+            return
+        self.flush()  # the engine's own writes first, so that the index is up to date
+        r = job_returns.c
+        try:
+            with self.store.db.read() as conn:
+                done = set(
+                    conn.scalars(
+                        select(r.minion).where(
+                            r.jid == jid, r.minion.in_(sorted(extra)), r.state != PENDING
+                        )
+                    )
+                )
+        except Exception:  # noqa: BLE001 - unsure: follow them; a probe settles them
+            log.warning("halite engine: cannot read the minions of %s", jid, exc_info=True)
+            done = set()
+        extra -= done
+        if not extra:
+            return
+        self._queue_item(MinionsItem(jid, sorted(extra)), now)
+        if job is None:
+            self._finished.pop(jid, None)
+            job = self.jobs[jid] = Active(
+                jid, data.get("fun"), set(), probe_at=now + self.options.timeout
+            )
+        job.pending |= extra
 
     def _on_return(self, jid: str, minion: str, data: Mapping[str, Any], now: float) -> None:
         probe = self.probes.get(jid)
@@ -196,6 +263,7 @@ class ActiveJobs:
             self._remember_early(jid, minion)
             return
         job.pending.discard(minion)
+        job.answered.add(minion)
         if not job.pending:
             self._finish(jid)
 
@@ -253,14 +321,27 @@ class ActiveJobs:
                 probe_jid = self._send_find_job(job.jid, minions)
             except Exception:  # noqa: BLE001 - the master may be busy; try again later
                 log.warning("halite engine: could not ask about %s", job.jid, exc_info=True)
-                probe_jid = None
-            if not probe_jid:
                 job.probe_at = now + self.options.timeout_grace
                 continue
+            if not probe_jid:
+                # Published to nobody: none of these minions is accepted any more.
+                job.unsendable += 1
+                if job.unsendable >= UNSENDABLE_TRIES:
+                    log.warning(
+                        "halite engine: %s cannot be asked about %s (not accepted?)",
+                        ", ".join(minions),
+                        job.jid,
+                    )
+                    self._settle(job, set(job.pending), now)
+                else:
+                    job.probe_at = now + self.options.timeout_grace
+                continue
+            job.unsendable = 0
             job.probe = str(probe_jid)
             self.probes[job.probe] = Probe(
-                job.jid, set(minions), deadline=now + self.options.timeout_grace
-            )
+                job.jid, set(minions), deadline=now + self.options.timeout_grace,
+                minions=frozenset(minions),
+            )  # fmt: skip
 
     def _settle_probes(self, now: float) -> None:
         for probe_jid, probe in list(self.probes.items()):
@@ -272,7 +353,9 @@ class ActiveJobs:
                 continue  # answers still awaited
             del self.probes[probe_jid]
             job.probe = None
-            gone = job.pending - probe.running  # silent, or no longer running it
+            # Of the minions asked: silent, or no longer running it (minions added to the
+            # job since are asked next time).
+            gone = (job.pending & probe.minions) - probe.running
             self._settle(job, gone, now)
             if job.pending:
                 job.probe_at = now + self.options.timeout_grace
@@ -288,6 +371,7 @@ class ActiveJobs:
             )
             self._queue_item(NoReturnItem(job.jid, sorted(minions), _utc(now)), now)
             job.pending -= minions
+            job.answered |= minions
         if not job.pending:
             self._finish(job.jid)
 
@@ -310,6 +394,8 @@ class ActiveJobs:
     def tick(self) -> None:
         """Ask, settle and write what is due; call it often (every event and when idle)."""
         now = self._clock()
+        if not self._recovered and now >= self._recover_at:
+            self.recover()
         self._send_probes(now)
         self._settle_probes(now)
         if self._queue and (
@@ -317,10 +403,11 @@ class ActiveJobs:
             or now - (self._oldest or now) >= self.options.flush_interval
         ):
             self.flush()
-        if not self._reconciled and not self._unreconciled and not self._queue:
-            self._reconciled = True
-            self._write_state(now, reconciled=True)
-            log.info("halite engine: reconciled the jobs that were running")
+        if self._recovered and not self._reconciled and not self._unreconciled and not self._queue:
+            # Only once written: readers report running jobs as unknown until then.
+            self._reconciled = self._write_state(now, reconciled=True)
+            if self._reconciled:
+                log.info("halite engine: reconciled the jobs that were running")
         elif now >= self._next_heartbeat:
             self._write_state(now)
 
@@ -346,7 +433,7 @@ class ActiveJobs:
         self.store.maybe_replay()
         return len(items)
 
-    def _write_state(self, now: float, started: bool = False, reconciled: bool = False) -> None:
+    def _write_state(self, now: float, started: bool = False, reconciled: bool = False) -> bool:
         self._next_heartbeat = now + HEARTBEAT_SECONDS
         values: dict[str, Any] = {"heartbeat_at": _utc(now)}
         if started:
@@ -357,6 +444,8 @@ class ActiveJobs:
             self.store.save_engine_state(self.master_id, values)
         except Exception:  # noqa: BLE001
             log.warning("halite engine: could not write its state", exc_info=True)
+            return False
+        return True
 
     def running(self) -> Iterable[str]:
         return list(self.jobs)

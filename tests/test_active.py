@@ -323,3 +323,104 @@ def test_full_disk_spools_and_replays(store, settings):
     assert states(store) == {"m1": "returned", "m2": "returned"}
     assert store.get_jid(JID)["m1"]["return"] == big
     patient.db.dispose()
+
+
+def test_a_syndics_repeated_new_adds_its_minions(engine, store, clock, find_job):
+    """A syndic forwards its own salt/job/<jid>/new with its own minions."""
+    feed(engine, new(JID, ["m1"]), new(JID, ["s1"]))
+    assert engine.jobs[JID].pending == {"m1", "s1"}
+    assert states(store) == {"m1": "pending", "s1": "pending"}
+    feed(engine, ret(JID, "m1"), new(JID, ["m1", "s1"]))  # m1 returned: not followed again
+    assert engine.jobs[JID].pending == {"s1"}
+    clock.now += 6
+    engine.tick()
+    assert find_job.calls == [(JID, ["s1"])]
+    clock.now += 11
+    engine.tick()
+    engine.flush()
+    assert states(store) == {"m1": "returned", "s1": "no_return"}
+    assert job(store)["status"] == "complete"
+
+
+def test_a_repeated_new_after_completion_takes_the_job_up_again(engine, store):
+    feed(engine, new(JID, ["m1"]), ret(JID, "m1"))
+    assert job(store)["status"] == "complete" and list(engine.running()) == []
+    feed(engine, new(JID, ["m1", "s1"]))
+    assert engine.jobs[JID].pending == {"s1"}
+    assert job(store)["status"] == "running"
+    feed(engine, ret(JID, "s1"))
+    assert states(store) == {"m1": "returned", "s1": "returned"}
+    assert job(store)["status"] == "complete" and list(engine.running()) == []
+
+
+class Nobody(FindJob):
+    """Salt publishes to nobody: the minions' keys were deleted (cmd_async answers 0)."""
+
+    def __call__(self, jid, minions):
+        super().__call__(jid, minions)
+        return None
+
+
+def test_minions_that_cannot_be_asked_are_settled(store, clock):
+    nobody = Nobody()
+    engine = make_engine(store, clock, nobody)
+    feed(engine, new(JID, ["gone"]))
+    for _ in range(3):
+        clock.now += 11
+        engine.tick()
+    engine.flush()
+    assert nobody.calls == [(JID, ["gone"])] * 3
+    assert states(store) == {"gone": "no_return"} and job(store)["status"] == "complete"
+    assert list(engine.running()) == []
+
+
+def test_reconciled_is_written_again_after_a_failed_write(store, clock, find_job, monkeypatch):
+    # A failed write of the engine's state (a database hiccup) cannot be caused on demand.
+    engine = make_engine(store, clock, find_job)
+    engine.recover()
+    real, failed = store.save_engine_state, []
+
+    def flaky(master_id, values):
+        if values.get("reconciled_at") is not None and not failed:
+            failed.append(values)
+            raise OSError("database hiccup")
+        return real(master_id, values)
+
+    monkeypatch.setattr(store, "save_engine_state", flaky)
+    engine.tick()
+    assert failed and store.engine_state("master1_master")["reconciled_at"] is None
+    clock.now += 1
+    engine.tick()
+    assert store.engine_state("master1_master")["reconciled_at"] is not None
+
+
+def test_engine_started_while_the_database_is_down(settings, clock, find_job, tmp_path):
+    import dataclasses
+
+    from halite_core.jobcache import JobStore
+
+    blocker = tmp_path / "db"
+    blocker.write_text("")  # the database's directory cannot be made: it cannot be opened
+    down = JobStore(dataclasses.replace(
+        settings, db_url=f"sqlite:///{blocker}/halite.db", spool_replay_interval=0))  # fmt: skip
+    engine = make_engine(down, clock, find_job)
+    assert engine.recover() == 0  # no exception: the engine follows the bus all the same
+    feed(engine, new(JID, ["m1", "m2"]), ret(JID, "m1"))  # spooled
+    assert down.spool.pending()
+    blocker.unlink()
+    blocker.mkdir()  # the database is back
+    clock.now += 11
+    engine.tick()  # recovers, writes its state, replays the spool
+    assert down.spool.pending() == []
+    assert states(down) == {"m1": "returned", "m2": "pending"}
+    assert down.engine_state("master1_master")["started_at"] is not None
+    down.db.dispose()
+
+
+def test_odd_announcements_are_ignored(engine, store):
+    feed(engine, ("salt/job/req/new", {"jid": "req", "fun": "test.ping", "minions": ["m1"]}))
+    tag, data = new(JID, ["x"])
+    data["minions"] = "web1"  # not a list: no minions w, e, b, 1
+    feed(engine, (tag, data))
+    assert list(engine.running()) == []
+    assert states(store) == {}
