@@ -25,6 +25,10 @@ NO_ANSWER = "no_answer"  # the minion did not reply in time
 class NothingToKill(QueryError):
     """The job exists but no minion is still running it."""
 
+    def __init__(self, message: str, function: str | None) -> None:
+        super().__init__(message)
+        self.function = function
+
 
 def plan(conn: Connection, jid: object) -> dict[str, Any]:
     """``{"jid", "function", "minions"}``: the job and the minions still running it."""
@@ -43,7 +47,9 @@ def plan(conn: Connection, jid: object) -> dict[str, Any]:
         )
     ]
     if not pending:
-        raise NothingToKill(f"job {jid} ({row.function}) is already complete: nothing to kill")
+        raise NothingToKill(
+            f"job {jid} ({row.function}) is already complete: nothing to kill", row.function
+        )
     return {"jid": jid, "function": row.function, "minions": pending}
 
 

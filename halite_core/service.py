@@ -212,7 +212,14 @@ class Service:
             with self.store.db.read() as conn:
                 target = killing.plan(conn, jid if isinstance(jid, str) else str(jid))
         except QueryError as exc:
-            if not grants.may_any("kill", "job"):
+            if isinstance(exc, killing.NothingToKill):
+                # Said only to those who may kill that job: the message names its function.
+                function = exc.function or ""
+                if not grants.allows("kill", "job", function):
+                    raise self._deny(
+                        user, "kill", f"kill:job:{function}", arguments, jid=str(jid)
+                    ) from exc
+            elif not grants.may_any("kill", "job"):
                 raise self._deny(user, "kill", "kill:job:*", arguments) from exc
             self._record(user, "kill", "allow", resource="job", jid=str(jid)[:64],
                          arguments=arguments, outcome={"error": str(exc)})  # fmt: skip
@@ -222,12 +229,27 @@ class Service:
             raise self._deny(user, "kill", f"kill:job:{function}", arguments, jid=target["jid"])
         if self.send_kill is None:
             raise QueryError("this halite cannot reach the minions to kill a job")
-        replies = self.send_kill(target["jid"], target["minions"])
-        results = killing.outcomes(target["minions"], replies or {})
-        signalled = [m for m, r in results.items() if r["outcome"] == killing.SIGNALLED]
-        self.store.mark_killed(target["jid"], signalled)
-        with self.store.db.read() as conn:
-            status = job_detail(conn, target["jid"])["status"]
+        outcome: dict[str, Any] = {}
+        try:
+            replies = self.send_kill(target["jid"], target["minions"])
+            results = killing.outcomes(target["minions"], replies or {})
+            signalled = [m for m, r in results.items() if r["outcome"] == killing.SIGNALLED]
+            # A list, not a mapping by minion: the audit log's redaction of secret-looking
+            # keys must not hide minions named, say, token-db.
+            outcome = {
+                "signalled": signalled,
+                "minions": [{"minion": m, **r} for m, r in results.items()],
+            }
+            self.store.mark_killed(target["jid"], signalled)
+            with self.store.db.read() as conn:
+                status = job_detail(conn, target["jid"])["status"]
+        except Exception as exc:
+            # Every kill is audited, also one that failed half-way (the signal may be out).
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._record(user, "kill", "allow", resource=f"job:{function}", jid=target["jid"],
+                         arguments=arguments, outcome=outcome)  # fmt: skip
         answer: dict[str, Any] = {
             "jid": target["jid"],
             "function": function,
@@ -235,9 +257,6 @@ class Service:
             "minions": results,
             "status": status,
         }
-        outcome = {"signalled": signalled, "minions": results}
-        self._record(user, "kill", "allow", resource=f"job:{function}", jid=target["jid"],
-                     arguments=arguments, outcome=outcome)  # fmt: skip
         if not signalled:
             answer["retcode"] = 1
         return answer

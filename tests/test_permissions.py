@@ -214,3 +214,60 @@ def test_kill_plan_and_marks(store):
     store.save_return(ret(jid, "busy1", fun="test.sleep"))
     with store.db.read() as conn:
         assert job_detail(conn, jid)["minions"]["failed"] == 1
+
+
+def _kill_service(store, send_kill):
+    from halite_core.service import Service
+
+    policy = Policy.from_config(
+        {"test_killer": ["view:job:*", "kill:job:test.*"]}, {"kim": ["test_killer"]}, "salt"
+    )
+    return Service(store, policy, "m1", send_kill)
+
+
+def _audited(store):
+    with store.db.read() as conn:
+        return audit.list_entries(conn, action="kill")["entries"]
+
+
+def test_every_kill_is_audited_even_when_it_fails_half_way(store):
+    from tests.helpers import publish
+
+    def unreachable(jid, minions):
+        raise ConnectionError("the master's publisher is gone")
+
+    publish(store, "20261128120000000001", fun="test.sleep", minions=["m1"])
+    with pytest.raises(ConnectionError):
+        _kill_service(store, unreachable).kill("kim", "20261128120000000001")
+    (entry,) = _audited(store)
+    assert entry["decision"] == "allow" and "publisher is gone" in entry["outcome"]["error"]
+
+
+def test_kill_outcomes_are_audited_per_minion_whatever_their_names(store):
+    from tests.helpers import publish
+
+    def signal(jid, minions):
+        return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
+
+    publish(store, "20261128120000000001", fun="test.sleep", minions=["token-db", "web1"])
+    _kill_service(store, signal).kill("kim", "20261128120000000001")
+    (entry,) = _audited(store)
+    assert entry["outcome"]["signalled"] == ["token-db", "web1"]
+    assert [m["minion"] for m in entry["outcome"]["minions"]] == ["token-db", "web1"]
+    assert {m["outcome"] for m in entry["outcome"]["minions"]} == {"signalled"}
+
+
+def test_a_finished_job_the_user_may_not_kill_is_a_denial(store):
+    from halite_core.permissions import Denied
+    from tests.helpers import publish, ret
+
+    publish(store, "20261128120000000001", fun="state.apply", minions=["m1"])
+    store.save_return(ret("20261128120000000001", "m1", fun="state.apply"))
+    with pytest.raises(Denied, match="kill:job:state.apply"):
+        _kill_service(store, None).kill("kim", "20261128120000000001")
+    (entry,) = _audited(store)
+    assert entry["decision"] == "deny"
+    publish(store, "20261128120000000002", fun="test.sleep", minions=["m1"])
+    store.save_return(ret("20261128120000000002", "m1", fun="test.sleep"))
+    with pytest.raises(kill.NothingToKill, match="already complete"):  # kim may kill test.*
+        _kill_service(store, None).kill("kim", "20261128120000000002")
