@@ -69,12 +69,18 @@ class Permission:
         if parts == ["*"]:
             return cls("*", "*", "*")
         if len(parts) == 2 and parts[1] == "*":
-            return cls(parts[0], "*", "*")
+            parts = [parts[0], "*", "*"]
         if len(parts) != 3 or not all(parts):
             raise ConfigError(
                 f"{where}: {text!r} is not verb:kind:pattern (e.g. view:job:*, kill:job:test.*,"
                 " view:audit:*)"
             )
+        # A typo (veiw:job:*, view:jobs:*) would grant nothing, silently: refuse it.
+        for part, known, what in ((parts[0], VERBS, "verb"), (parts[1], KINDS, "kind")):
+            if part != "*" and not any(fnmatch.fnmatchcase(k, part) for k in known):
+                raise ConfigError(
+                    f"{where}: {text!r}: unknown {what} {part!r} (one of {', '.join(known)})"
+                )
         return cls(*parts)
 
     def grants(self, verb: str, kind: str, name: str) -> bool:
@@ -120,7 +126,11 @@ class Policy:
             parsed[name] = tuple(Permission.parse(p, f"halite:roles:{name}") for p in perms)
         members: dict[str, tuple[str, ...]] = {}
         for user, names in users.items():
-            user = str(user)
+            if not isinstance(user, str) or not user:
+                # YAML reads 0700 as 448 and yes as True: a str() would name someone else.
+                raise ConfigError(
+                    f"halite:users: a user name must be text, not {user!r} (quote it in YAML)"
+                )
             if isinstance(names, str):
                 names = [names]
             if not isinstance(names, (list, tuple)):

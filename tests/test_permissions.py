@@ -105,6 +105,11 @@ def test_master_user_from_opts_and_fresh_install():
         ({}, {"alice": {"operator": 1}}, "must be a list of roles"),
         (["viewer"], {}, "halite:roles must map"),
         ({}, ["alice"], "halite:users must be a mapping"),
+        ({"r": ["veiw:job:*"]}, {}, "unknown verb 'veiw'"),
+        ({"r": ["view:jobs:*"]}, {}, "unknown kind 'jobs'"),
+        ({"r": ["delete:*"]}, {}, "unknown verb 'delete'"),
+        ({}, {448: ["viewer"]}, "a user name must be text, not 448 \\(quote it"),
+        ({}, {True: ["admin"]}, "a user name must be text, not True"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(roles, users, message):

@@ -45,7 +45,7 @@ try:
     from halite_core.live import live_limit, live_page, running_jids
     from halite_core.permissions import ConfigError, Denied, policy_from_opts
     from halite_core.queries import QueryError
-    from halite_core.service import Service
+    from halite_core.service import Service, flag_arg
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -167,6 +167,10 @@ def jobs(
         salt-run halite.jobs fun='state.*' user=sudo_alice
         salt-run halite.jobs cursor=MjAyNi0xMS0yOFQxMjowMDowMCswMDowMHwyMDI2MTEyODEyMDAwMDAwMDAwMA
     """
+    try:
+        live = flag_arg("live", live)
+    except QueryError as exc:
+        return _failed(str(exc))
     if live:
         try:
             service = _service()

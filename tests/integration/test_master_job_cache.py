@@ -275,3 +275,5 @@ def test_live_listing_asks_the_master_and_the_minions(master, minion, index):
     assert listed[sleeping]["function"] == "test.sleep"
     bad = master.salt_run_cli().run("halite.jobs", "live=True", "limit=501")
     assert bad.returncode == 1
+    bad = master.salt_run_cli().run("halite.jobs", "live=maybe")
+    assert bad.returncode == 1 and "live must be True or False" in bad.stdout
