@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    ARRAY,
     Connection,
+    String,
     Text,
     and_,
     bindparam,
@@ -32,6 +34,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -162,6 +165,11 @@ LOAD_COLUMNS = (
     "load",
     "system",
 )
+
+
+ADVISORY_LOCKS = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(j, 0)) FROM unnest(:jids) AS j"
+).bindparams(bindparam("jids", type_=ARRAY(String())))
 
 
 @dataclass(frozen=True)
@@ -813,18 +821,25 @@ class JobStore:
         return stored
 
     def _lock_jobs(self, conn: Connection, jids: Iterable[str]) -> None:
-        """PostgreSQL: lock the job rows a transaction is about to change, in jid order,
-        before it changes any of their returns. Concurrent writers (other processes, other
-        masters, the engine settling, a kill) then take turns per job, and each recount
-        sees every return committed before it: a recount blocked behind another writer
-        would otherwise count from a snapshot taken before that writer committed."""
+        """PostgreSQL: before a transaction changes anything, lock every job it is about
+        to touch, in jid order: a transaction-scoped advisory lock per jid (which also
+        covers jobs whose rows do not exist yet) and the rows that exist. Concurrent
+        writers (other processes, other masters, the engine settling, a kill) then take
+        turns per job without deadlocking, and each recount sees every return committed
+        before it: a recount blocked behind another writer would otherwise count from a
+        snapshot taken before that writer committed."""
         if self.db.dialect_name != "postgresql":
             return  # SQLite: BEGIN IMMEDIATE already serialises writers
+        ordered = sorted(set(jids))
+        if not ordered:
+            return
+        # unnest() yields the array in order, and each row takes its lock in turn.
+        conn.execute(ADVISORY_LOCKS, {"jids": ordered})
         self._select_in(
             conn,
             select(jobs_index.c.jid).order_by(jobs_index.c.jid).with_for_update(),
             jobs_index.c.jid,
-            sorted(jids),
+            ordered,
         )
 
     @staticmethod

@@ -364,6 +364,51 @@ def test_settling_while_a_return_batch_commits_counts_both(store, settings, sett
     assert (job["status"], job["minions_returned"], job["minions_failed"]) == ("complete", 1, 1)
 
 
+@postgresql_only("concurrent writers on PostgreSQL (SQLite serialises them with BEGIN IMMEDIATE)")
+def test_mirrored_batches_never_deadlock(store, settings):
+    """Two workers' batches at once, each publishing its own new jobs and carrying returns
+    for the other's: rows are created in item order, so without a lock on every job first
+    each waits for the other (PostgreSQL then aborts one of them)."""
+    import threading
+
+    from halite_core.db import Database
+
+    url = store.db.url.render_as_string(False)
+    workers = [JobStore(settings, db=Database(url)) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def batch(me: int, jids: list[str], barrier: threading.Barrier) -> None:
+        try:
+            worker, items = workers[me], []
+            for jid in jids[me::2]:
+                items += worker.items_for("save_load", jid, {"fun": "test.ping", "tgt": "*"},
+                                          ["m1", "m2"])  # fmt: skip
+            for jid in jids[1 - me :: 2]:
+                items += worker.items_for("save_return", ret(jid, "m1", fun="test.ping"))
+            barrier.wait()
+            worker.apply_items(items)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for round_ in range(8):
+        jids = [f"20261128{round_:02d}000000{i:04d}" for i in range(20)]
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=batch, args=(me, jids, barrier)) for me in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    for worker in workers:
+        worker.db.dispose()
+    assert errors == []
+    with store.db.read() as conn:
+        counts = conn.execute(
+            select(jobs_index.c.minions_targeted, jobs_index.c.minions_returned, func.count())
+            .group_by(jobs_index.c.minions_targeted, jobs_index.c.minions_returned)
+        ).all()  # fmt: skip
+    assert [tuple(row) for row in counts] == [(2, 1, 160)]
+
+
 def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_path, caplog):
     """The journal's directory cannot be made (a file is in the way; a full disk is the
     same): the returner does not raise, and writes the return at once instead."""
