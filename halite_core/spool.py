@@ -137,7 +137,10 @@ class Spool:
         """Apply spooled writes oldest first; stop at the first outage. Returns how many."""
         done = 0
         for path in self.pending():
-            claimed = path.with_name(path.name.removesuffix(CLAIMED).removesuffix(SUFFIX) + CLAIMED)
+            # A claim is a rename to a name of this process's own: of two processes taking
+            # the same (stale) file, only one can succeed.
+            mine = f"{_base(path.name)}.{os.getpid()}-{next(_sequence)}{CLAIMED}"
+            claimed = path.with_name(mine)
             try:
                 os.rename(path, claimed)
                 os.utime(claimed)
@@ -153,9 +156,7 @@ class Spool:
                 apply(op, args)
             except Exception as exc:  # noqa: BLE001
                 if is_outage(exc):
-                    os.rename(
-                        claimed, claimed.with_name(claimed.name.removesuffix(CLAIMED) + SUFFIX)
-                    )
+                    os.rename(claimed, claimed.with_name(_base(claimed.name) + SUFFIX))
                     log.warning("halite: database still unavailable, %s stays spooled", path.name)
                     break
                 self._move_to_rejected(claimed, f"{type(exc).__name__}: {exc}")
@@ -168,7 +169,7 @@ class Spool:
 
     def _move_to_rejected(self, path: Path, reason: str) -> None:
         self.rejected.mkdir(parents=True, exist_ok=True)
-        target = self.rejected / (path.name.removesuffix(CLAIMED) + SUFFIX)
+        target = self.rejected / (_base(path.name) + SUFFIX)
         os.replace(path, target)
         log.error(
             "halite: spooled write %s cannot be applied (%s); moved to %s",
@@ -176,3 +177,8 @@ class Spool:
             reason,
             target,
         )
+
+
+def _base(name: str) -> str:
+    """A spool file's own name, without its suffix or a claim's (``<ns>-<pid>-<seq>``)."""
+    return name.split(".", 1)[0]

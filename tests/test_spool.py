@@ -1,4 +1,4 @@
-"""The spool's bound: it grows with a log line, and past its bound drops with an error."""
+"""The spool: bounded, with log lines as it grows; each write replayed once."""
 
 import logging
 
@@ -30,3 +30,29 @@ def test_a_spool_without_bound_keeps_everything(tmp_path):
     spool = Spool(tmp_path / "spool")
     assert all(spool.put("save_load", "x" * 5000) for _ in range(20))
     assert len(spool.pending()) == 20
+
+
+def test_a_stale_claim_is_replayed_once(tmp_path):
+    """A claim left by a process that died is taken up again after STALE_CLAIM_SECONDS;
+    two processes that both listed it cannot both replay it."""
+    import os
+    import time
+
+    spool = Spool(tmp_path / "spool")
+    path = spool.put("save_return", {"jid": "20261128120000000001"})
+    stale = path.with_name(path.name.removesuffix(".json") + ".claimed")
+    os.rename(path, stale)
+    os.utime(stale, (time.time() - 1000, time.time() - 1000))
+    other = Spool(tmp_path / "spool")
+    listed = other.pending()
+    assert listed == [stale]
+    other.pending = lambda: listed  # the other process listed it before this one claimed it
+    applied = []
+
+    def apply(op, args):
+        applied.append(op)
+        other.replay(lambda op, args: applied.append("again"), lambda exc: False)
+
+    assert spool.replay(apply, lambda exc: False) == 1
+    assert applied == ["save_return"]
+    assert spool.pending() == []
