@@ -244,7 +244,10 @@ class _Statements:
                     or_(and_(returned, failed), rows.c.state == NO_RETURN, rows.c.state == KILLED),
                 )
                 .scalar_subquery(),
-                last_return_at=select(func.max(rows.c.returned_at)).where(of_job).scalar_subquery(),
+                # Returns only: a minion settled no_return or killed did not return then.
+                last_return_at=select(func.max(rows.c.returned_at))
+                .where(of_job, returned)
+                .scalar_subquery(),
             )
         )
         done = ~select(rows.c.minion).where(of_job, rows.c.state == PENDING).exists()
@@ -253,7 +256,18 @@ class _Statements:
             .where(this_job)
             .values(
                 status=case((done, COMPLETE), else_=RUNNING),
-                end_time=case((done, func.coalesce(j.last_return_at, j.start_time)), else_=None),
+                # The job ended when its last minion returned or was settled (or killed).
+                end_time=case(
+                    (
+                        done,
+                        func.coalesce(
+                            select(func.max(rows.c.returned_at)).where(of_job).scalar_subquery(),
+                            j.last_return_at,
+                            j.start_time,
+                        ),
+                    ),
+                    else_=None,
+                ),
             )
         )
         at = bindparam("at", type_=j.last_return_at.type)

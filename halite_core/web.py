@@ -292,11 +292,12 @@ class Stream(Base):
         if user is None:
             self.write_json(401, {"error": "log in first: POST /api/login"})
             return
-        grants = self.web.service.grants(user)
-        if grants.job_scope("view") == ():
-            denied = Denied(user, "view:job:*")
+        try:  # the same check as the listings, audited when it refuses
+            await self.web.run("view_scope", user, "stream", {})
+        except Denied as denied:
             self.write_json(403, {"error": str(denied), "missing": denied.needed})
             return
+        grants = self.web.service.grants(user)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         queue = self.web.hub.subscribe()

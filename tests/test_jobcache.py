@@ -409,6 +409,20 @@ def test_mirrored_batches_never_deadlock(store, settings):
     assert [tuple(row) for row in counts] == [(2, 1, 160)]
 
 
+def test_a_settled_minion_ends_the_job_but_is_no_return(store):
+    """last_return_at (Salt's get_endtime) is the last real return; end_time is when the
+    last minion returned or was settled."""
+    from halite_core.jobcache import NoReturnItem
+
+    t1 = dt.datetime(2026, 11, 28, 12, 0, 1, tzinfo=UTC)
+    t2 = dt.datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
+    publish(store, JID, minions=("m1", "m2"))
+    store.save_return(ret(JID, "m1"), t1)
+    store.apply_items([NoReturnItem(JID, ["m2"], t2)])
+    row = job_row(store, JID)
+    assert (row["status"], row["last_return_at"], row["end_time"]) == ("complete", t1, t2)
+
+
 def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_path, caplog):
     """The journal's directory cannot be made (a file is in the way; a full disk is the
     same): the returner does not raise, and writes the return at once instead."""

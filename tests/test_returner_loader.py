@@ -241,6 +241,19 @@ def test_a_runners_store_job_keeps_the_engines_publish(masters):
     assert halite.call("get_jid", jid)["m_master"]["return"]["fun"] == "runner.state.orchestrate"
 
 
+def test_an_index_that_cannot_be_opened_spools_where_replay_looks(tmp_path):
+    """A halite: section the returner cannot use (here an unsupported database) must not
+    break Salt's job path: the write goes to the configured spool_dir."""
+    from halite_core.spool import Spool
+
+    master = Master(tmp_path / "broken", "halite")
+    spool_dir = tmp_path / "my-spool"
+    master.opts["halite"] = {"db_url": "mysql://salt@localhost/salt", "spool_dir": str(spool_dir)}
+    master.call("returner", {"id": "m1", "jid": "20261128120000000001", "fun": "test.ping",
+                             "return": True})  # fmt: skip
+    assert len(Spool(str(spool_dir)).pending()) == 1
+
+
 def test_event_return_indexes_a_batch(masters):
     halite, _ = masters
     jid = "20261128120000000042"

@@ -287,3 +287,14 @@ def test_https_with_a_certificate(store, tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5)
     finally:
         app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)
+
+
+def test_a_stream_refused_is_audited(server, store):
+    from halite_core import audit
+
+    token = login(server, "nobody")  # logs in, but holds no role
+    status, body = call(server, "GET", "/api/jobs/stream", token)
+    assert status == 403 and body["missing"] == "view:job:*"
+    with store.db.read() as conn:
+        (entry,) = audit.list_entries(conn, action="stream")["entries"]
+    assert (entry["user"], entry["decision"]) == ("nobody", "deny")

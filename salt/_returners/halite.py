@@ -101,9 +101,18 @@ def _record(op, *args):
         store = _store()
     except Exception as exc:  # pylint: disable=broad-except
         log.critical("halite: cannot open the job index (%s); %s spooled", exc, op)
-        Spool(os.path.join(__opts__["cachedir"], "halite", "spool")).put(op, *args, reason=str(exc))
+        Spool(_spool_dir()).put(op, *args, reason=str(exc))
         return None
     return store.record(op, *args)
+
+
+def _spool_dir():
+    """The configured spool (halite:spool_dir), where replay will look for it."""
+    section = __opts__.get("halite")
+    configured = section.get("spool_dir") if isinstance(section, dict) else None
+    if isinstance(configured, str) and configured:
+        return configured
+    return os.path.join(__opts__["cachedir"], "halite", "spool")
 
 
 def _read(what, jid, read, default):
