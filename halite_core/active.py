@@ -276,7 +276,9 @@ class ActiveJobs:
                 "tgt": self.master_id,
                 "tgt_type": "list",
             }
-            self._queue_item(LoadItem(jid, load, [self.master_id], only_new=True), now)
+            # First-hand: for a runner job this event is the publish (with its arguments);
+            # Salt's store_job only hands the job cache the runner's return.
+            self._queue_item(LoadItem(jid, load, [self.master_id]), now)
             self.jobs[jid] = Active(
                 jid, data.get("fun"), {self.master_id}, probe_at=float("inf"), runner=True
             )

@@ -574,6 +574,8 @@ class JobStore:
         # with a target: it describes a job whose publish may already be indexed (the
         # engine's salt/run/<jid>/new, with the arguments), so it only fills a row without one.
         second_hand = "return" in load and "id" in load
+        if second_hand:
+            load = {"tgt_type": "list", **load}  # its target is the one id, the master's
         return [LoadItem(jid, dict(load), listed, only_new=second_hand)]
 
     def _return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:

@@ -225,6 +225,28 @@ def test_runner_jobs_are_tracked(engine, store):
     assert list(engine.running()) == []
 
 
+def test_a_runners_publish_wins_over_its_store_job_load_in_either_order(engine, store):
+    """salt-run hands the job cache only the runner's return (Salt's store_job, as a load
+    without arguments); the engine's salt/run/<jid>/new is the publish, whichever of the
+    two is written first."""
+    for n, engine_first in enumerate((True, False)):
+        jid = f"2026112812000000006{n}"
+        event = (f"salt/run/{jid}/new", {"fun": "runner.state.orchestrate", "jid": jid,
+                 "user": "root", "fun_args": ["orch.deploy", {"pillar": {"v": 1}}]})  # fmt: skip
+        second_hand = {"id": "master1_master", "tgt": "master1_master", "jid": jid,
+                       "fun": "runner.state.orchestrate", "user": "root",
+                       "return": {"fun": "runner.state.orchestrate", "return": {}}}  # fmt: skip
+        if engine_first:
+            feed(engine, event)
+        store.save_load(jid, second_hand)
+        if not engine_first:
+            feed(engine, event)
+        row = job(store, jid)
+        # Salt's runner event lists kwargs as a trailing dict (fun_args = args + [kwargs]).
+        assert row["arguments"] == ["orch.deploy", {"pillar": {"v": 1}}]
+        assert (row["target"], row["target_type"]) == ("master1_master", "list")
+
+
 def test_find_job_jobs_are_system_jobs_and_never_asked_about(engine, store, clock, find_job):
     probe_jid = "20261128120000000060"
     feed(engine, new(probe_jid, ["m9"], fun="saltutil.find_job"))
