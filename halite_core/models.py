@@ -244,19 +244,20 @@ PG_SEARCH_DDL = (
 )
 
 
-def create_pg_search_index(conn: Connection) -> bool:
-    """Create the PostgreSQL search index; False (and a warning) when the database will not
-    let this role create pg_trgm. Runs in a savepoint: a refusal leaves the rest intact."""
+def create_pg_search_index(conn: Connection, ddl: tuple[str, ...] = PG_SEARCH_DDL) -> bool:
+    """Create the PostgreSQL search index (``ddl``: revision 0005 passes its own frozen
+    copy); False (and a warning) when the database will not let this role create pg_trgm.
+    Runs in a savepoint: a refusal leaves the rest intact."""
     try:
         with conn.begin_nested():
-            for statement in PG_SEARCH_DDL:
+            for statement in ddl:
                 conn.exec_driver_sql(statement)
     except DBAPIError as exc:
         log.warning(
             "halite: no search index on PostgreSQL (%s); search scans the jobs instead. "
             "A database owner can add it with: %s;",
             str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
-            "; ".join(PG_SEARCH_DDL),
+            "; ".join(ddl),
         )
         return False
     return True

@@ -8,17 +8,14 @@ On a large history the index takes a while to build (about a minute per few mill
 it is left out, with a warning, when this role may not create the pg_trgm extension.
 """
 
-import logging
-
 from alembic import op
-from sqlalchemy.exc import DBAPIError
+
+from halite_core.models import create_pg_search_index
 
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | None = None
 depends_on: str | None = None
-
-log = logging.getLogger("halite_core.migrations")
 
 # The same statements as halite_core.models.PG_SEARCH_DDL at this revision.
 SEARCH_TEXT = (
@@ -32,19 +29,8 @@ DDL = (
 
 def upgrade() -> None:
     bind = op.get_bind()
-    if bind.dialect.name != "postgresql":
-        return
-    try:
-        with bind.begin_nested():
-            for statement in DDL:
-                bind.exec_driver_sql(statement)
-    except DBAPIError as exc:
-        log.warning(
-            "halite: no search index on PostgreSQL (%s); search scans the jobs instead. "
-            "A database owner can add it with: %s;",
-            str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
-            "; ".join(DDL),
-        )
+    if bind.dialect.name == "postgresql":
+        create_pg_search_index(bind, DDL)  # left out, with a warning, if the role may not
 
 
 def downgrade() -> None:
