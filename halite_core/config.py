@@ -7,6 +7,7 @@
       flush_interval: 0.1            # seconds writes wait to be committed together; 0: at once
       batch_size: 1000               # commit sooner once this many writes are waiting
       journal_dir: /var/cache/salt/master/halite/journal  # default: halite/journal in cachedir
+      jid_dir: /var/cache/salt/master/halite/jids   # jids handed out (files, as local_cache)
       max_return_bytes: 4194304      # larger returns are stored truncated, with a marker
       spool_dir: /var/cache/salt/master/halite/spool    # default: halite/spool in cachedir
       spool_replay_interval: 5       # seconds between attempts to replay spooled writes
@@ -27,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from halite_core.errors import ConfigError
+
 DEFAULTS: dict[str, Any] = {
     "flush_interval": 0.1,
     "batch_size": 1000,
@@ -39,10 +42,6 @@ DEFAULTS: dict[str, Any] = {
 SYSTEM_FUNCTIONS = ("saltutil.find_job", "saltutil.running", "saltutil.is_running")
 
 
-class ConfigError(ValueError):
-    """The ``halite:`` configuration is unusable; the message says which option and why."""
-
-
 @dataclass(frozen=True)
 class Settings:
     db_url: str
@@ -51,6 +50,7 @@ class Settings:
     jid_utc: bool = True
     keep_jobs_seconds: int = 86400
     journal_dir: str = ""
+    jid_dir: str = ""
     flush_interval: float = DEFAULTS["flush_interval"]
     batch_size: int = DEFAULTS["batch_size"]
     max_return_bytes: int = DEFAULTS["max_return_bytes"]
@@ -74,10 +74,12 @@ class Settings:
         db_url = section.get("db_url") or "sqlite:///" + os.path.join(cachedir, "halite.db")
         spool_dir = section.get("spool_dir") or os.path.join(cachedir, "halite", "spool")
         journal_dir = section.get("journal_dir") or os.path.join(cachedir, "halite", "journal")
+        jid_dir = section.get("jid_dir") or os.path.join(cachedir, "halite", "jids")
         return cls(
             db_url=str(db_url),
             spool_dir=str(spool_dir),
             journal_dir=str(journal_dir),
+            jid_dir=str(jid_dir),
             master_id=opts.get("id"),
             jid_utc=jid_utc,
             keep_jobs_seconds=_keep_jobs_seconds(opts),

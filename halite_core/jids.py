@@ -105,3 +105,44 @@ def next_jid(jid: str) -> str:
     later = _naive(jid) + dt.timedelta(microseconds=1)
     suffix = f"_{match.group(2)}" if match.group(2) else ""
     return f"{later:%Y%m%d%H%M%S%f}{suffix}"
+
+
+RESERVATION_HOURS = 2  # a reservation only has to outlive the microsecond it names
+
+
+def reserve(directory: str | os.PathLike[str], jid: str) -> bool:
+    """Claim ``jid`` for this master: an empty file created exclusively under
+    ``directory/<YYYYmmddHH>/``, as Salt's ``local_cache`` claims a jid with its directory.
+    False if another process holds it. No database is involved: this runs on Salt's
+    publish path, which must never wait for one."""
+    hour = os.path.join(os.fspath(directory), jid[:10])
+    path = os.path.join(hour, jid)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        os.makedirs(hour, exist_ok=True)
+        _forget_old_reservations(os.fspath(directory), jid[:10])
+        return reserve(directory, jid)
+    os.close(fd)
+    return True
+
+
+def _forget_old_reservations(directory: str, current_hour: str) -> None:
+    """Remove the reservations of hours long past (done once an hour, by whoever opens the
+    new hour's folder)."""
+    try:
+        hours = sorted(name for name in os.listdir(directory) if name.isdigit())
+    except FileNotFoundError:
+        return
+    for name in hours[:-RESERVATION_HOURS]:
+        if name >= current_hour:
+            continue
+        folder = os.path.join(directory, name)
+        try:
+            for entry in os.listdir(folder):
+                os.unlink(os.path.join(folder, entry))
+            os.rmdir(folder)
+        except OSError:
+            continue  # another process cleans it at the same time

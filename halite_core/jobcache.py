@@ -45,10 +45,17 @@ from sqlalchemy.sql.dml import Insert
 from halite_core import encoding, highstate, jids
 from halite_core.config import Settings
 from halite_core.db import Database, SchemaError, get_database
-from halite_core.models import engine_state, job_returns, jobs_index
+from halite_core.models import cleaned_jobs, engine_state, job_returns, jobs_index
 from halite_core.perprocess import PerProcess
-from halite_core.spool import Spool
-from halite_core.writer import SPOOL_OP, WriteBehind, recover_journals
+from halite_core.spool import CLAIMED, Spool, spool_order
+from halite_core.spool import SUFFIX as SPOOL_SUFFIX
+from halite_core.writer import (
+    JOURNAL_SUFFIX,
+    RECOVERING,
+    SPOOL_OP,
+    WriteBehind,
+    recover_journals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +158,7 @@ STUB_COLUMNS = (
     "master_id",
     "load",
     "system",
+    "created_at",
 )
 
 
@@ -430,59 +438,80 @@ def item_from_line(line: str) -> Item:
     raise ValueError(f"unknown journal entry {op!r}")
 
 
-def _files_holding(directory: str, needle: bytes) -> Iterator[bytes]:
-    """The contents of the files in ``directory`` (oldest name first, hidden ones skipped)
-    that contain ``needle``; files removed while we look are passed over."""
+def item_jid(item: Item) -> str | None:
+    """The job a write belongs to (None for writes of no job, such as audit entries)."""
+    if isinstance(item, ReturnItem):
+        return item.row.jid
+    return getattr(item, "jid", None)
+
+
+def _listing(directory: str, keep: Callable[[str], bool]) -> list[str]:
     try:
-        names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+        return sorted(name for name in os.listdir(directory) if keep(name))
     except FileNotFoundError:
-        return
-    for name in names:
-        try:
-            with open(os.path.join(directory, name), "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue  # committed, or replayed, and removed while we looked
-        if needle in data:
-            yield data
+        return []
 
 
-def find_journalled_load(journal_dir: str, jid: str) -> LoadItem | None:
-    """The newest journalled publish load of ``jid``, if any worker still holds one."""
-    needle = f'{{"op":"load","jid":"{jid}"'.encode()
-    found = None
-    for data in _files_holding(journal_dir, needle):
-        start = data.find(needle)
-        while start != -1:
-            end = data.find(b"\n", start)
-            try:
-                item = item_from_line(data[start : end if end != -1 else None].decode())
-            except (ValueError, KeyError, TypeError):
-                item = None  # a line still being written
-            if isinstance(item, LoadItem):
-                found = item
-            start = data.find(needle, start + 1)
-    return found
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None  # committed, or replayed, and removed while we looked
 
 
-def find_spooled_load(spool_dir: str, jid: str) -> LoadItem | None:
-    """The publish load of ``jid`` if it waits in the spool for the database."""
-    found = None
-    for data in _files_holding(
-        spool_dir, json.dumps(f'{{"op":"load","jid":"{jid}"')[1:-1].encode()
-    ):
-        try:
-            lines = json.loads(data)["args"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+def _is_journal(name: str) -> bool:
+    # Live journals, and the claims of a recovery moving them to the spool.
+    return name.endswith(JOURNAL_SUFFIX) or (name.startswith(".") and RECOVERING in name)
+
+
+def _is_spooled(name: str) -> bool:
+    return not name.startswith(".") and (name.endswith(SPOOL_SUFFIX) or name.endswith(CLAIMED))
+
+
+def _lines_of(data: bytes, needle: bytes | None) -> Iterator[str]:
+    for raw in data.split(b"\n"):
+        if raw and (needle is None or needle in raw):
+            yield raw.decode("utf-8", errors="replace")
+
+
+def pending_lines(journal_dir: str, spool_dir: str, jid: str | None = None) -> Iterator[str]:
+    """The journal lines of every write accepted but not yet in the database, oldest first
+    as far as it is known: in the workers' journals (or being recovered from them), then in
+    the spool. Writes only move forward (journal -> spool -> database), and the caller
+    reads the database last, so a write moving while we look is seen at least once.
+    ``jid`` narrows the search to the lines naming that job."""
+    needle = f'"jid":"{jid}"'.encode() if jid is not None else None
+    for name in _listing(journal_dir, _is_journal):
+        data = _read_bytes(os.path.join(journal_dir, name))
+        if data and (needle is None or needle in data):
+            yield from _lines_of(data, needle)
+    spooled = None if needle is None else json.dumps(needle.decode())[1:-1].encode()
+    for name in sorted(_listing(spool_dir, _is_spooled), key=spool_order):
+        data = _read_bytes(os.path.join(spool_dir, name))
+        if not data or (spooled is not None and spooled not in data):
             continue
+        try:
+            entry = json.loads(data)
+        except ValueError:
+            continue  # being written
+        lines = entry.get("args", [None])[0] if entry.get("op") == SPOOL_OP else None
         for line in lines if isinstance(lines, list) else []:
-            try:
-                item = item_from_line(line)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-            if isinstance(item, LoadItem) and item.jid == jid:
-                found = item
-    return found
+            if isinstance(line, str) and (needle is None or needle.decode() in line):
+                yield line
+
+
+def pending_items(journal_dir: str, spool_dir: str, jid: str | None = None) -> list[Item]:
+    """:func:`pending_lines` parsed (a line still being written is skipped)."""
+    items = []
+    for line in pending_lines(journal_dir, spool_dir, jid):
+        try:
+            item = item_from_line(line)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if jid is None or item_jid(item) == jid:
+            items.append(item)
+    return items
 
 
 class JobStore:
@@ -510,22 +539,13 @@ class JobStore:
 
     # ------------------------------------------------------------------ writes
     def reserve_jid(self, jid: str) -> bool:
-        """Claim a freshly generated JID; False if another process already holds it."""
-        stmt = self._insert(jobs_index).values(
-            jid=jid,
-            start_time=self.start_time(jid),
-            status=NEW,
-            minions_targeted=0,
-            minions_returned=0,
-            minions_failed=0,
-            master_id=self.settings.master_id,
-        )
-        with self.db.write() as conn:
-            claimed = stmt.on_conflict_do_nothing().returning(jobs_index.c.jid)  # type: ignore[attr-defined]
-            return conn.execute(claimed).first() is not None
+        """Claim a freshly generated JID for this master; False if another process already
+        holds it. A file, never the database: this runs on Salt's publish path."""
+        return jids.reserve(self.settings.jid_dir, jid)
 
     def new_jid(self, unique: bool = False, tries: int = 5) -> str:
-        """A JID no other process has: generated like Salt's own, then reserved in the index."""
+        """A JID no other process of this master has: generated like Salt's own, then
+        reserved (as Salt's local_cache does, in the file system)."""
         jid = jids.gen_jid(self.settings.jid_utc, unique=unique)
         for _ in range(tries):
             if self.reserve_jid(jid):
@@ -617,8 +637,10 @@ class JobStore:
         returns = [item for item in items if isinstance(item, ReturnItem)]
         touched: set[str] = set()
         self._save_loads(conn, loads, touched)
+        minion_jobs = {item.jid for item in items if isinstance(item, MinionsItem)}
+        cleaned = self._cleaned(conn, minion_jobs - self._known(conn, minion_jobs))
         for item in items:
-            if isinstance(item, MinionsItem):
+            if isinstance(item, MinionsItem) and item.jid not in cleaned:
                 self._ensure_jobs(conn, {item.jid: {}})
                 self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
                 touched.add(item.jid)
@@ -679,6 +701,7 @@ class JobStore:
         rows: list[dict[str, Any]] = []
         fill_only: list[dict[str, Any]] = []
         placeholders: list[dict[str, Any]] = []
+        now = utcnow()
         for jid, item in loads.items():
             start = self.start_time(jid)
             args, kwargs = split_arguments(item.load.get("arg", item.load.get("fun_args")))
@@ -696,6 +719,7 @@ class JobStore:
                     "start_time": start,
                     "status": RUNNING,
                     "system": self.settings.is_system(item.load.get("fun")),
+                    "created_at": now,
                 }
             )
             placeholders.extend(self._placeholders(jid, start, item.minions or []))
@@ -751,6 +775,7 @@ class JobStore:
             "master_id": self.settings.master_id,
             "load": encoding.encode(dict(stub)) if stub.get("fun") else None,
             "system": self.settings.is_system(stub.get("fun")),
+            "created_at": utcnow(),
         }
 
     def prepare_return(
@@ -815,12 +840,17 @@ class JobStore:
                 continue
             first[key] = i
             stubs.setdefault(item.row.jid, item.stub)
-        known = {
-            jid
-            for (jid,) in self._select_in(
-                conn, select(jobs_index.c.jid), jobs_index.c.jid, sorted(stubs)
+        known = self._known(conn, stubs)
+        cleaned = self._cleaned(conn, set(stubs) - known)
+        if cleaned:
+            # As Salt's local_cache: a return for a job that retention removed is dropped.
+            log.info(
+                "halite: %d returns dropped for jobs already cleaned: %s",
+                sum(1 for key in first if key[0] in cleaned),
+                ", ".join(sorted(cleaned)),
             )
-        }
+            first = {key: i for key, i in first.items() if key[0] not in cleaned}
+            stubs = {jid: stub for jid, stub in stubs.items() if jid not in cleaned}
         self._ensure_jobs(conn, {jid: stub for jid, stub in stubs.items() if jid not in known})
         self._lock_jobs(conn, stubs)  # the rows just created as well
         rows = []
@@ -835,6 +865,22 @@ class JobStore:
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
         touched.update(stubs)
         return stored
+
+    def _known(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` that have a row in jobs_index."""
+        wanted = sorted(set(job_ids))
+        if not wanted:
+            return set()
+        found = self._select_in(conn, select(jobs_index.c.jid), jobs_index.c.jid, wanted)
+        return {jid for (jid,) in found}
+
+    def _cleaned(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` (jobs without a row) that retention removed."""
+        wanted = sorted(set(job_ids))
+        if not wanted:
+            return set()
+        found = self._select_in(conn, select(cleaned_jobs.c.jid), cleaned_jobs.c.jid, wanted)
+        return {jid for (jid,) in found}
 
     def _lock_jobs(self, conn: Connection, jids: Iterable[str]) -> None:
         """PostgreSQL: before a transaction changes anything, lock every job it is about
@@ -896,19 +942,31 @@ class JobStore:
     def clean_old_jobs(
         self, keep_seconds: int | None = None, now: dt.datetime | None = None
     ) -> int:
-        """Delete jobs (with their returns) started more than ``keep_seconds`` ago; 0 keeps all."""
-        self.flush()
+        """Delete, in batches, the jobs (with their returns) that are not running and whose
+        last activity (written to the index, a return, its end) is more than
+        ``keep_seconds`` ago; 0 keeps all. A job is aged by when it was written, not by its
+        jid, as Salt's local_cache ages a job's directory, so one stored today under an old
+        jid (a syndic's, a passed jid, a skewed clock) is kept. Each deleted jid is
+        remembered as long again, so that a late return for it is dropped."""
         keep = self.settings.keep_jobs_seconds if keep_seconds is None else keep_seconds
         if keep <= 0:
             return 0
-        cutoff = (now or utcnow()) - dt.timedelta(seconds=keep)
+        moment = now or utcnow()
+        cutoff = moment - dt.timedelta(seconds=keep)
+        j = jobs_index.c
+        idle = (
+            j.created_at < cutoff,
+            j.status != RUNNING,
+            or_(j.last_return_at.is_(None), j.last_return_at < cutoff),
+            or_(j.end_time.is_(None), j.end_time < cutoff),
+        )
         removed = 0
         while True:
             with self.db.write() as conn:
                 oldest = (
-                    select(jobs_index.c.jid)
-                    .where(jobs_index.c.start_time < cutoff)
-                    .order_by(jobs_index.c.start_time)
+                    select(j.jid)
+                    .where(*idle)
+                    .order_by(j.created_at)
                     .limit(self.settings.clean_batch_size)
                 )
                 if not self.db.is_sqlite:
@@ -920,11 +978,25 @@ class JobStore:
                     conn.execute(delete(job_returns).where(job_returns.c.jid.in_(batch)))
                     deleted = conn.execute(delete(jobs_index).where(jobs_index.c.jid.in_(batch)))
                     removed += deleted.rowcount
+                    self._remember_cleaned(conn, batch, moment)
             if len(batch) < self.settings.clean_batch_size:
                 break
+        with self.db.write() as conn:
+            conn.execute(delete(cleaned_jobs).where(cleaned_jobs.c.cleaned_at < cutoff))
         if removed:
-            log.info("halite: removed %d jobs older than %ss", removed, keep)
+            log.info("halite: removed %d jobs idle for more than %ss", removed, keep)
         return removed
+
+    def _remember_cleaned(self, conn: Connection, batch: Sequence[str], at: dt.datetime) -> None:
+        stmt = self._insert(cleaned_jobs).values(
+            jid=bindparam("jid", type_=cleaned_jobs.c.jid.type),
+            cleaned_at=bindparam("at", type_=cleaned_jobs.c.cleaned_at.type),
+        )
+        upsert = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=["jid"],
+            set_={"cleaned_at": stmt.excluded.cleaned_at},  # type: ignore[attr-defined]
+        )
+        conn.execute(upsert, [{"jid": jid, "at": at} for jid in batch])
 
     def save_engine_state(self, master_id: str, values: Mapping[str, Any]) -> None:
         """Create or update the ``engine_state`` row of a master's engine."""
@@ -942,134 +1014,218 @@ class JobStore:
         return None if row is None else dict(row._mapping)
 
     # ------------------------------------------------------------------ reads
-    def get_load(self, jid: str) -> dict[str, Any]:
-        """The job's load as Salt saved it, plus ``Minions`` (its target list) when known.
-        Salt's CLI asks for it right after publishing, possibly before the master's worker
-        committed it, or while the database is unreachable: then it comes from the
-        workers' journals or the spool."""
-        self.flush()
+    def pending(self, jid: str | None = None) -> list[Item]:
+        """Writes accepted by any process of this master but not in the database yet."""
+        return pending_items(self.settings.journal_dir, self.settings.spool_dir, jid)
+
+    def _from_db(self, read: Callable[[Connection], Any], default: Any) -> Any:
+        """A read of the database; ``default`` when it cannot be reached (the journals and
+        the spool then answer alone)."""
         try:
             with self.db.read() as conn:
-                load = conn.scalar(
-                    select(_raw(jobs_index.c.load, self.db.is_sqlite)).where(
-                        jobs_index.c.jid == jid
-                    )
-                )
-                if load is None:
-                    return self._journalled_load(conn, jid) or {}
-                minions = conn.scalars(
-                    select(job_returns.c.minion)
-                    .where(job_returns.c.jid == jid, job_returns.c.expected.is_(True))
-                    .order_by(job_returns.c.minion)
-                ).all()
+                return read(conn)
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            return self._pending_load(jid) or {}
-        ret = dict(encoding.loads(load) or {})
-        if minions:
-            ret["Minions"] = list(minions)
-        return ret
+            log.warning(
+                "halite: the database cannot be read (%s); answering from the journals", exc
+            )
+            return default
 
-    def _pending_load(self, jid: str) -> dict[str, Any] | None:
-        """A publish load not yet in the database: in a journal, waiting for its batch, or
-        in the spool, waiting for the database."""
-        item = find_journalled_load(self.settings.journal_dir, jid) or find_spooled_load(
-            self.settings.spool_dir, jid
-        )
-        if item is None:
-            return None
-        ret = dict(item.load)
-        if item.minions:
-            ret["Minions"] = sorted(item.minions)
-        return ret
+    def get_load(self, jid: str) -> dict[str, Any]:
+        """The job's load as Salt saved it, plus ``Minions`` (its target list) when known.
+        Salt's CLI asks for it right after publishing, before the master's worker has
+        committed it, or while the database is unreachable: what any process has accepted
+        counts, in its journal or in the spool. Runner and wheel jobs have no ``Minions``
+        and no ``arg``, as with Salt's ``local_cache`` (their publish is the master's own)."""
+        pending = self.pending(jid)  # before the database: see pending_lines
 
-    def _journalled_load(self, conn: Connection, jid: str) -> dict[str, Any] | None:
-        pending = self._pending_load(jid)
-        if pending is None and conn.scalar(
-            select(jobs_index.c.load).where(jobs_index.c.jid == jid)
-        ):
-            # Its batch was committed (and its journal removed) while we looked.
-            return self.get_load(jid)
-        return pending
+        def read(conn: Connection) -> tuple[Any, list[str]]:
+            load = conn.scalar(
+                select(_raw(jobs_index.c.load, self.db.is_sqlite)).where(jobs_index.c.jid == jid)
+            )
+            minions = conn.scalars(
+                select(job_returns.c.minion).where(
+                    job_returns.c.jid == jid, job_returns.c.expected.is_(True)
+                )
+            ).all()
+            return load, list(minions)
+
+        stored, minions = self._from_db(read, (None, []))
+        load: dict[str, Any] | None = None
+        if stored is not None:
+            load = dict(encoding.loads(stored) or {})
+        targets = set(minions)
+        second_hand: dict[str, Any] | None = None
+        for item in pending:
+            if isinstance(item, LoadItem):
+                if item.only_new:
+                    second_hand = second_hand or dict(item.load)
+                elif stored is None:
+                    load = dict(item.load)  # a repeated publish: the last one wins
+                targets.update(item.minions or ())
+            elif isinstance(item, MinionsItem):
+                targets.update(item.minions)
+        if load is None:
+            load = second_hand
+        if load is None:
+            return {}
+        if is_master_job(load.get("fun")):
+            load.pop("arg", None)
+            return load
+        if targets:
+            load["Minions"] = sorted(targets)
+        return load
 
     def get_jid(self, jid: str) -> dict[str, dict[str, Any]]:
-        """``{minion: {"return": ..., "retcode": ..., "success": ..., "out": ...}}`` for a job."""
-        self.flush()
+        """``{minion: {"return": ..., "retcode": ..., "success": ..., "out": ...}}`` for a job,
+        committed or still journalled (the first return of a minion wins). Runner and wheel
+        jobs give ``return`` (and ``out``) only, as Salt's ``local_cache`` does."""
+        pending = self.pending(jid)
         r = job_returns.c
-        with self.db.read() as conn:
-            rows = conn.execute(
-                select(
-                    r.minion, _raw(r.return_value, self.db.is_sqlite), r.retcode, r.success, r.out
-                ).where(r.jid == jid, r.state == RETURNED)
-            ).all()
+
+        def read(conn: Connection) -> list[Any]:
+            return list(
+                conn.execute(
+                    select(
+                        r.minion, _raw(r.return_value, self.db.is_sqlite), r.retcode, r.success,
+                        r.out, r.function,
+                    ).where(r.jid == jid, r.state == RETURNED)
+                )
+            )  # fmt: skip
+
         ret: dict[str, dict[str, Any]] = {}
-        for minion, value, retcode, success, out in rows:
-            entry: dict[str, Any] = {"return": encoding.loads(value)}
-            if retcode is not None:
-                entry["retcode"] = retcode
-            if success is not None:
-                entry["success"] = success
-            if out is not None:
-                entry["out"] = out
-            ret[minion] = entry
+        for minion, value, retcode, success, out, function in self._from_db(read, []):
+            ret[minion] = _salt_return(encoding.loads(value), retcode, success, out, function)
+        for item in pending:
+            if isinstance(item, ReturnItem) and item.row.minion not in ret:
+                row = item.row
+                ret[row.minion] = _salt_return(
+                    encoding.loads(row.value.text), row.retcode, row.success, row.out,
+                    row.function,
+                )  # fmt: skip
         return ret
+
+    def _pending_loads(self) -> tuple[dict[str, LoadItem], dict[str, dt.datetime]]:
+        """The newest pending publish of each job (first-hand over second-hand), and the
+        latest pending return (or end time) of each job."""
+        loads: dict[str, LoadItem] = {}
+        last: dict[str, dt.datetime] = {}
+        for item in self.pending():
+            if isinstance(item, LoadItem):
+                if not (item.only_new and item.jid in loads and not loads[item.jid].only_new):
+                    loads[item.jid] = item
+            elif isinstance(item, (ReturnItem, EndtimeItem)):
+                jid = item_jid(item) or ""
+                at = item.row.returned_at if isinstance(item, ReturnItem) else item.at
+                last[jid] = max(at, last.get(jid, at))
+        return loads, last
 
     def iter_loads(self) -> Iterator[tuple[str, dict[str, Any], dt.datetime | None]]:
         """Every job that has a load, as ``(jid, load, last_return_at)``: Salt's get_jids."""
-        self.flush()
+        pending, last = self._pending_loads()
         j = jobs_index.c
-        with self.db.read() as conn:
-            result = conn.execution_options(yield_per=1000).execute(
-                select(j.jid, _raw(j.load, self.db.is_sqlite), j.last_return_at).where(
-                    j.load.is_not(None)
+        seen: set[str] = set()
+        try:
+            with self.db.read() as conn:
+                result = conn.execution_options(yield_per=1000).execute(
+                    select(j.jid, _raw(j.load, self.db.is_sqlite), j.last_return_at).where(
+                        j.load.is_not(None)
+                    )
                 )
+                for jid, load, stored in result:
+                    seen.add(jid)
+                    yield jid, encoding.loads(load), _latest(stored, last.get(jid))
+        except Exception as exc:
+            if seen or not is_outage(exc):
+                raise
+            log.warning(
+                "halite: the database cannot be read (%s); answering from the journals", exc
             )
-            for jid, load, last in result:
-                yield jid, encoding.loads(load), last
+        for jid, item in pending.items():
+            if jid not in seen:
+                yield jid, dict(item.load), last.get(jid)
 
     def newest_loads(
         self, count: int, filter_find_job: bool = True
     ) -> list[tuple[str, dict[str, Any]]]:
         """The ``count`` newest jobs by JID, oldest first, as Salt's get_jids_filter orders them."""
-        self.flush()
+        size = max(int(count), 0)
+        pending = {
+            jid: dict(item.load)
+            for jid, item in self._pending_loads()[0].items()
+            if not (filter_find_job and item.load.get("fun") == FIND_JOB)
+        }
         j = jobs_index.c
         query = select(j.jid, _raw(j.load, self.db.is_sqlite)).where(j.load.is_not(None))
         if filter_find_job:
             query = query.where(or_(j.function.is_(None), j.function != FIND_JOB))
-        with self.db.read() as conn:
-            rows = conn.execute(query.order_by(j.jid.desc()).limit(max(int(count), 0))).all()
-        return [(jid, encoding.loads(load)) for jid, load in reversed(rows)]
+        rows = self._from_db(
+            lambda conn: conn.execute(query.order_by(j.jid.desc()).limit(size)).all(), []
+        )
+        found = {jid: encoding.loads(load) for jid, load in rows}
+        for jid, load in pending.items():
+            found.setdefault(jid, load)
+        newest = sorted(found, reverse=True)[:size]
+        return [(jid, found[jid]) for jid in reversed(newest)]
 
     def minions_seen(self) -> list[str]:
         """Every minion that has returned a job still in the index: Salt's get_minions."""
-        self.flush()
         r = job_returns.c
-        with self.db.read() as conn:
-            return list(conn.scalars(select(r.minion).where(r.state == RETURNED).distinct()))
+        found = set(
+            self._from_db(
+                lambda conn: list(
+                    conn.scalars(select(r.minion).where(r.state == RETURNED).distinct())
+                ),
+                [],
+            )
+        )
+        found.update(item.row.minion for item in self.pending() if isinstance(item, ReturnItem))
+        return sorted(found)
 
     def last_jid_per_minion(self, fun: str) -> dict[str, str]:
         """``{minion: newest jid}`` of the jobs running ``fun``: Salt's get_fun."""
-        self.flush()
         r = job_returns.c
-        with self.db.read() as conn:
-            rows = conn.execute(
+        rows = self._from_db(
+            lambda conn: conn.execute(
                 select(r.minion, func.max(r.jid))
                 .where(r.function == fun, r.state == RETURNED)
                 .group_by(r.minion)
-            ).all()
-        return {minion: jid for minion, jid in rows}
+            ).all(),
+            [],
+        )
+        newest = {minion: jid for minion, jid in rows}
+        for item in self.pending():
+            if isinstance(item, ReturnItem) and item.row.function == fun:
+                row = item.row
+                if row.jid > newest.get(row.minion, ""):
+                    newest[row.minion] = row.jid
+        return newest
 
     def last_return_at(self, jid: str) -> dt.datetime | None:
-        self.flush()
-        with self.db.read() as conn:
-            return conn.scalar(select(jobs_index.c.last_return_at).where(jobs_index.c.jid == jid))
+        """The arrival of the job's latest return (or Salt's update_endtime), pending ones
+        included."""
+        moments = [
+            item.row.returned_at if isinstance(item, ReturnItem) else item.at
+            for item in self.pending(jid)
+            if isinstance(item, (ReturnItem, EndtimeItem))
+        ]
+        stored = self._from_db(
+            lambda conn: conn.scalar(
+                select(jobs_index.c.last_return_at).where(jobs_index.c.jid == jid)
+            ),
+            None,
+        )
+        if stored is not None:
+            moments.append(stored)
+        return max(moments) if moments else None
 
     # ------------------------------------------------------------------ Salt's job path
     def record(self, op: str, *args: Any) -> bool | None:
         """A write from Salt's job path: checked at once, journalled, and committed with the
-        next batch. Never raises: bad input goes to the spool's ``rejected/``, a write the
-        database refuses to the spool. True when queued, None when set aside."""
+        next batch by this process's writer thread. Never raises and never waits for the
+        database: bad input goes to the spool's ``rejected/``. True when queued, None when
+        set aside."""
         try:
             items = self.items_for(op, *args)
             entries = [(item_to_line(item), item) for item in items]
@@ -1080,23 +1236,13 @@ class JobStore:
             log.error("halite: cannot prepare %s; spooled", op, exc_info=True)
             self.spool.put(op, *args, reason=f"{type(exc).__name__}: {exc}")
             return None
-        if not items:
-            return True
-        if self.settings.flush_interval > 0:
-            try:
-                self.writer().submit(entries)
-                return True
-            except Exception as exc:  # noqa: BLE001 - the journal cannot be written
-                log.error("halite: cannot journal %s (%s); writing it at once", op, exc)
-        try:
-            self.apply_items(items)
-        except Exception as exc:  # noqa: BLE001
-            log.error("halite: %s failed (%s); spooled for replay", op, exc)
-            self.spool.put(SPOOL_OP, [line for line, _ in entries], reason=str(exc))
-            self._next_spool_check = time.monotonic() + self.settings.spool_replay_interval
-            return None
-        self.maybe_replay()
+        if items:
+            self.submit(entries)
         return True
+
+    def submit(self, entries: Sequence[tuple[str, Item]]) -> None:
+        """Journal prepared writes and queue them for this process's writer thread."""
+        self.writer().submit(list(entries))
 
     def apply_entries(self, entries: Sequence[tuple[str, Item]]) -> None:
         """Commit journalled writes in one transaction. If the batch fails for a reason other
@@ -1127,7 +1273,10 @@ class JobStore:
             with self._writer_lock:
                 writer = self._writer
                 if writer is None or writer.pid != os.getpid():
-                    recover_journals(self.settings.journal_dir, self.spool)
+                    try:
+                        recover_journals(self.settings.journal_dir, self.spool)
+                    except OSError as exc:  # the writer keeps its writes in memory then
+                        log.error("halite: cannot look for journals to recover (%s)", exc)
                     writer = self._writer = WriteBehind(
                         apply=self.apply_entries,
                         spool=self.spool,
@@ -1184,6 +1333,32 @@ class JobStore:
 
 
 _SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update_endtime"}
+
+
+def _latest(*moments: dt.datetime | None) -> dt.datetime | None:
+    known = [moment for moment in moments if moment is not None]
+    return max(known) if known else None
+
+
+def is_master_job(function: object) -> bool:
+    """A job the master runs itself (a runner or wheel job), whose publish is its own."""
+    return isinstance(function, str) and function.startswith(("runner.", "wheel."))
+
+
+def _salt_return(
+    value: Any, retcode: int | None, success: bool | None, out: str | None, function: str | None
+) -> dict[str, Any]:
+    """One minion's entry in Salt's get_jid. A runner's or wheel job's return is stored by
+    Salt's store_job with the outcome inside it, so Salt's own cache gives ``return`` only."""
+    entry: dict[str, Any] = {"return": value}
+    if not is_master_job(function):
+        if retcode is not None:
+            entry["retcode"] = retcode
+        if success is not None:
+            entry["success"] = success
+    if out is not None:
+        entry["out"] = out
+    return entry
 
 
 def _raw(column: Any, is_sqlite: bool) -> Any:

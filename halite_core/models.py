@@ -117,9 +117,13 @@ class Job(Base):
     master_id: Mapped[str | None] = mapped_column(String(255))
     load: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
     system: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # When the job was first written to the index: retention ages a job by this and its
+    # latest activity, not by its jid (a job may be stored today under an old jid).
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index(None, "start_time", "jid"),
+        Index(None, "created_at"),
         Index(None, "function", "start_time", "jid"),
         Index(None, "user", "start_time", "jid"),
         Index(None, "target", "start_time", "jid"),
@@ -152,6 +156,19 @@ class JobReturn(Base):
     states_duration_ms: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index(None, "minion", "start_time", "jid"),)
+
+
+class CleanedJob(Base):
+    """A job retention deleted, kept as long again, so that a return arriving late for it
+    is dropped (as Salt's local_cache drops a return for a job it no longer has) instead
+    of bringing the job back as a stub."""
+
+    __tablename__ = "cleaned_jobs"
+
+    jid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cleaned_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index(None, "cleaned_at"),)
 
 
 class EngineState(Base):
@@ -195,6 +212,7 @@ jobs_index = cast(Table, Job.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
 job_returns = cast(Table, JobReturn.__table__)
 engine_state = cast(Table, EngineState.__table__)
+cleaned_jobs = cast(Table, CleanedJob.__table__)
 
 
 # Text search (``halite.jobs search=...``) on SQLite: an FTS5 trigram index over each job's

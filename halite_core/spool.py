@@ -179,6 +179,11 @@ class Spool:
         )
 
 
+def spool_order(name: str) -> str:
+    """Spool files sort by their own name (``<ns>-<pid>-<seq>``), claimed or not."""
+    return _base(name)
+
+
 def _base(name: str) -> str:
     """A spool file's own name, without its suffix or a claim's (``<ns>-<pid>-<seq>``)."""
     return name.split(".", 1)[0]

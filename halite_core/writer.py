@@ -33,6 +33,9 @@ JOURNAL_SUFFIX = ".jsonl"
 SPOOL_OP = "journal"
 _journal_seq = itertools.count()  # one sequence per process: several writers may share a dir
 _open_journals: set[Path] = set()  # journals this process is still writing
+CLOSE_SECONDS = 2.0  # longest a process's exit waits for its last batch
+IDLE_SECONDS = 1.0  # flush_interval 0: how often the idle writer still replays the spool
+RECOVERING = ".recovering-"
 
 
 def _alive(pid: int) -> bool:
@@ -81,18 +84,27 @@ class WriteBehind:
 
     # ------------------------------------------------------------------ producer side
     def submit(self, entries: list[tuple[str, Any]]) -> None:
-        """Journal and queue writes, each a JSON line and its parsed item; returns at once."""
+        """Journal and queue writes, each a JSON line and its parsed item; returns at once,
+        whatever the state of the database: Salt's job path calls this."""
         data = "".join(line + "\n" for line, _ in entries).encode("utf-8")
         with self._lock:
-            if self._fd is None:
-                self._open_journal()
-            assert self._fd is not None
-            os.write(self._fd, data)
+            try:
+                if self._fd is None:
+                    self._open_journal()
+                assert self._fd is not None
+                os.write(self._fd, data)
+            except OSError as exc:
+                # A full or read-only disk: the writes are held in memory only until the
+                # next commit (lost if this process dies first), never sent to the
+                # database from here.
+                log.error(
+                    "halite: cannot journal %d writes (%s); kept in memory", len(entries), exc
+                )
             self._pending.extend(entries)
-            full = len(self._pending) >= self._batch_size
+            due = self._interval <= 0 or len(self._pending) >= self._batch_size
         if self._thread is None:
             self._start()
-        if full:
+        if due:
             self._wake.set()
 
     def _open_journal(self) -> None:
@@ -113,15 +125,18 @@ class WriteBehind:
         multiprocessing.util.Finalize(self, self.close, exitpriority=100)
 
     def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self._interval)
+        while True:
+            # flush_interval 0: commit as soon as something is queued (a submit wakes us).
+            self._wake.wait(self._interval if self._interval > 0 else IDLE_SECONDS)
             self._wake.clear()
             try:
                 self.flush()
-                if self._tick is not None:
+                if self._tick is not None and not self._closed:
                     self._tick()
             except Exception:  # noqa: BLE001 - the writer thread must survive anything
                 log.exception("halite: background flush failed")
+            if self._closed:
+                return
 
     # ------------------------------------------------------------------ consumer side
     def flush(self) -> int:
@@ -162,20 +177,49 @@ class WriteBehind:
             journal.unlink(missing_ok=True)
             _open_journals.discard(journal)
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> bool:
+        """Commit what is queued before the process ends, waiting at most ``wait`` seconds
+        (``CLOSE_SECONDS``): a database that is locked or frozen must not hold up the exit
+        of a Salt process. What is not committed by then stays in the journal, which the
+        next process to start (or the engine) recovers. True when all was committed."""
         if self._closed or os.getpid() != self._pid:
-            return
+            return True
         self._closed = True
         self._wake.set()
-        try:
-            self.flush()
-        except Exception:  # noqa: BLE001
-            log.exception("halite: final flush failed; the journal keeps the writes")
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(CLOSE_SECONDS if wait is None else wait)
+        if thread.is_alive():
+            log.warning(
+                "halite: the database did not take the last writes in time; they stay in "
+                "the journal %s for recovery",
+                self._dir,
+            )
+            return False
+        return True
+
+
+def _journal_owner(name: str) -> tuple[str, int] | None:
+    """``(journal name, pid that may still own it)`` for a journal file name: a live
+    journal ``<pid>-<seq>.jsonl`` (owned by its writer) or a claim
+    ``.<pid>-<seq>.jsonl.recovering-<pid>`` (owned by the process recovering it)."""
+    try:
+        if name.endswith(JOURNAL_SUFFIX) and not name.startswith("."):
+            return name, int(name.split("-", 1)[0])
+        if name.startswith(".") and RECOVERING in name:
+            journal, claimer = name[1:].rsplit(RECOVERING, 1)
+            if journal.endswith(JOURNAL_SUFFIX):
+                return journal, int(claimer)
+    except ValueError:
+        return None
+    return None
 
 
 def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
     """Hand the journals nobody writes any more (their process died, or an earlier process
-    with this pid did) to the spool; returns how many."""
+    with this pid did) to the spool, and so the claims of recoveries that died half-way;
+    returns how many."""
     directory = Path(journal_dir)
     try:
         names = os.listdir(directory)
@@ -183,26 +227,25 @@ def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
         return 0
     recovered = 0
     for name in sorted(names):
-        if not name.endswith(JOURNAL_SUFFIX):
+        owned = _journal_owner(name)
+        if owned is None:
             continue
-        try:
-            pid = int(name.split("-", 1)[0])
-        except ValueError:
-            continue
+        journal, pid = owned
         path = directory / name
         if path in _open_journals or (pid != os.getpid() and _alive(pid)):
-            continue  # still being written
-        claimed = path.with_name(f".{name}.recovering-{os.getpid()}")
-        try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            continue  # another process recovers it
+            continue  # still being written, or recovered by a live process
+        claimed = directory / f".{journal}{RECOVERING}{os.getpid()}"
+        if path != claimed:
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:
+                continue  # another process recovers it
         text = claimed.read_text(encoding="utf-8", errors="replace")
         lines = [line for line in text.split("\n") if line.strip()]
-        if lines and spool.put(SPOOL_OP, lines, reason=f"journal of process {pid}") is None:
-            os.rename(claimed, path)
+        if lines and spool.put(SPOOL_OP, lines, reason=f"journal {journal}") is None:
+            os.rename(claimed, directory / journal)
             continue
         claimed.unlink(missing_ok=True)
         recovered += 1
-        log.warning("halite: recovered %d unflushed writes of process %d", len(lines), pid)
+        log.warning("halite: recovered %d unflushed writes of journal %s", len(lines), journal)
     return recovered

@@ -174,31 +174,66 @@ def test_newest_loads_orders_limits_and_hides_find_job(store):
 
 
 def test_clean_old_jobs_deletes_jobs_and_returns_together(store):
-    old, new = "20261101000000000000", "20261128110000000000"
-    for jid in (old, new):
+    done, running = "20261128110000000000", "20261128110000000001"
+    for jid in (done, running):
         publish(store, jid, minions=("m1", "m2"))
         store.save_return(ret(jid, "m1"))
-    store.reserve_jid("20261101000000000007")  # reserved but never published
-    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-    assert store.clean_old_jobs(keep_seconds=86400, now=now) == 2
+    store.save_return(ret(done, "m2"))
+    later = dt.datetime.now(UTC) + dt.timedelta(hours=2)
+    assert store.clean_old_jobs(keep_seconds=3600, now=later) == 1
     with store.db.read() as conn:
-        assert conn.scalars(select(jobs_index.c.jid)).all() == [new]
-        assert set(conn.scalars(select(job_returns.c.jid))) == {new}
+        assert conn.scalars(select(jobs_index.c.jid)).all() == [running]
+        assert set(conn.scalars(select(job_returns.c.jid))) == {running}
         orphans = conn.scalar(
             select(func.count())
             .select_from(job_returns)
             .where(job_returns.c.jid.not_in(select(jobs_index.c.jid)))
         )
         assert orphans == 0
-    assert store.clean_old_jobs(keep_seconds=0, now=now + dt.timedelta(days=9)) == 0
+    assert store.clean_old_jobs(keep_seconds=0, now=later + dt.timedelta(days=9)) == 0
+
+
+def test_retention_ages_jobs_by_activity_and_never_deletes_a_running_one(store):
+    """As Salt's local_cache: a job is aged by when it was written (and its last return),
+    not by its jid; a running job is never deleted; a return for a job already cleaned is
+    dropped instead of bringing the job back."""
+    sleeping, old_jid = "20261128110000000002", "20261101000000000003"
+    publish(store, sleeping, fun="test.sleep", minions=("m1",))  # still running
+    publish(store, old_jid, minions=("m1",))  # a job stored now under an old jid (a syndic's)
+    store.save_return(ret(old_jid, "m1"))
+    now = dt.datetime.now(UTC)
+    assert store.clean_old_jobs(keep_seconds=30, now=now) == 0
+    assert job_row(store, old_jid)["status"] == "complete"
+    assert store.clean_old_jobs(keep_seconds=30, now=now + dt.timedelta(seconds=60)) == 1
+    assert job_row(store, sleeping)["status"] == "running"  # kept while it runs
+    assert store.get_load(old_jid) == {}
+    store.save_return(ret(old_jid, "m2", "late"))  # a return after its job was cleaned
+    assert store.get_jid(old_jid) == {}
+    with store.db.read() as conn:
+        assert conn.scalar(select(func.count()).where(jobs_index.c.jid == old_jid)) == 0
+    store.save_return(ret(sleeping, "m1", "woke up"), now + dt.timedelta(seconds=60))
+    assert store.get_jid(sleeping)["m1"]["return"] == "woke up"
+    assert store.clean_old_jobs(keep_seconds=30, now=now + dt.timedelta(seconds=60)) == 0
+    assert store.clean_old_jobs(keep_seconds=30, now=now + dt.timedelta(seconds=120)) == 1
 
 
 def test_reserved_jids_never_collide(store):
     jid = store.new_jid()
     assert not store.reserve_jid(jid)
     assert store.new_jid() != jid
-    assert job_row(store, jid)["status"] == "new"
-    assert store.newest_loads(10) == []  # a reservation is not a job yet
+    with store.db.read() as conn:  # a reservation is a file, not a row
+        assert conn.scalar(select(func.count()).select_from(jobs_index)) == 0
+
+
+def test_jids_are_reserved_without_the_database(settings, tmp_path):
+    """prep_jid runs on Salt's publish path: a database that cannot be reached (here: a
+    file where its directory should be) must not stop or slow it."""
+    (tmp_path / "blocker").write_text("")
+    down = JobStore(
+        dataclasses.replace(settings, db_url=f"sqlite:///{tmp_path}/blocker/halite.db")
+    )
+    jids_given = {down.new_jid() for _ in range(100)}
+    assert len(jids_given) == 100
 
 
 def test_event_batch_indexes_publish_and_returns(store):
@@ -425,7 +460,8 @@ def test_a_settled_minion_ends_the_job_but_is_no_return(store):
 
 def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_path, caplog):
     """The journal's directory cannot be made (a file is in the way; a full disk is the
-    same): the returner does not raise, and writes the return at once instead."""
+    same): the returner does not raise, and the writer thread commits the write from memory
+    (the worker itself never writes to the database)."""
     (tmp_path / "blocker").write_text("")
     blocked = JobStore(
         dataclasses.replace(settings, journal_dir=str(tmp_path / "blocker" / "journal")),
@@ -433,7 +469,8 @@ def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_pat
     )
     publish(store, JID, minions=("m1",))
     assert blocked.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
-    assert "cannot journal save_return" in caplog.text
+    assert "cannot journal 1 writes" in caplog.text
+    blocked.flush()
     assert set(store.get_jid(JID)) == {"m1"}
     assert job_row(store, JID)["status"] == "complete"
 
@@ -457,9 +494,10 @@ def test_spooled_and_journalled_writes_read_back_as_sent(store, settings, tmp_pa
     (tmp_path / "blocker").write_text("")
     down = JobStore(dataclasses.replace(
         settings, flush_interval=0, db_url=f"sqlite:///{tmp_path}/blocker/halite.db"))  # fmt: skip
-    assert down.record("save_load", JID, load, ["m1"]) is None  # spooled
-    assert down.record("save_return", early) is None
-    assert len(store.spool.pending()) == 2
+    assert down.record("save_load", JID, load, ["m1"]) is True  # journalled
+    assert down.record("save_return", early) is True
+    down.flush()  # the writer meets the database it cannot open: spooled
+    assert down.spool.pending() != []
     store.replay_spool()
     assert store.get_load(JID)["arg"] == load["arg"]
     with store.db.read() as conn:
@@ -501,8 +539,10 @@ def test_write_behind_batches_and_reads_see_own_writes(store):
     for i in range(50):
         assert store.record("save_return", ret(JID, f"m{i}"), dt.datetime.now(UTC)) is True
     assert store.record("save_return", ret(JID, "m0", "again"), dt.datetime.now(UTC)) is True
-    got = store.get_jid(JID)  # flushes this process's queue first
+    got = store.get_jid(JID)  # read from the journal: not committed yet
     assert len(got) == 50 and got["m0"]["return"] is True
+    store.flush()
+    assert store.get_jid(JID) == got
     job = job_row(store, JID)
     assert (job["minions_returned"], job["status"]) == (50, "complete")
 

@@ -44,6 +44,7 @@ CLI Example:
 import datetime
 import logging
 import os
+import threading
 
 import salt.config
 import salt.utils.jid
@@ -131,8 +132,10 @@ def _now():
 
 def prep_jid(nocache=False, passed_jid=None):  # pylint: disable=unused-argument
     """
-    Return a job id: ``passed_jid`` as given, or a new JID reserved in the index so that no
-    other worker process can hand out the same one.
+    Return a job id: ``passed_jid`` as given, or a new JID reserved for this master so that
+    no other worker process can hand out the same one. The reservation is a file under
+    ``halite:jid_dir``, as Salt's ``local_cache`` reserves a jid with its directory: the
+    database is never asked on the publish path.
 
     CLI Example:
 
@@ -274,14 +277,36 @@ def get_minions():
     return _store().minions_seen()
 
 
+_CLEANING = {}
+
+
 def clean_old_jobs():
     """
-    Delete jobs started more than ``keep_jobs_seconds`` ago, with their returns, in batches.
+    Delete jobs idle for more than ``keep_jobs_seconds`` (never a running one), with their
+    returns, in batches. Salt's maintenance process calls this every ``loop_interval``; the
+    work runs in a thread of its own, so that a slow or locked database never holds up the
+    rest of Salt's maintenance, and a call while the last one still runs does nothing.
     """
+    keep = salt.utils.job.get_keep_jobs_seconds(__opts__)
+    running = _CLEANING.get(os.getpid())
+    if running is not None and running.is_alive():
+        log.info("halite: the previous clean_old_jobs is still running")
+        return
     try:
-        _store().clean_old_jobs(salt.utils.job.get_keep_jobs_seconds(__opts__))
+        store = _store()
     except Exception:  # pylint: disable=broad-except
-        log.error("halite: clean_old_jobs failed; will retry next time", exc_info=True)
+        log.error("halite: cannot open the job index to clean it", exc_info=True)
+        return
+
+    def clean():
+        try:
+            store.clean_old_jobs(keep)
+        except Exception:  # pylint: disable=broad-except
+            log.error("halite: clean_old_jobs failed; will retry next time", exc_info=True)
+
+    thread = threading.Thread(target=clean, name="halite-clean", daemon=True)
+    _CLEANING[os.getpid()] = thread
+    thread.start()
 
 
 def update_endtime(jid, time):
