@@ -32,6 +32,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    insert,
     or_,
     select,
     text,
@@ -42,10 +43,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.dml import Insert
 
-from halite_core import encoding, highstate, jids
+from halite_core import encoding, highstate, jids, own_runners
 from halite_core.config import Settings
 from halite_core.db import Database, SchemaError, get_database
-from halite_core.models import cleaned_jobs, engine_state, job_returns, jobs_index
+from halite_core.models import audit_log, cleaned_jobs, engine_state, job_returns, jobs_index
 from halite_core.perprocess import PerProcess
 from halite_core.spool import CLAIMED, Spool, spool_order
 from halite_core.spool import SUFFIX as SPOOL_SUFFIX
@@ -193,6 +194,7 @@ class _Statements:
     settle: Any
     endtime: Any
     no_return: Any
+    killed: Any
 
     @classmethod
     def build(cls, insert_: Callable[[Any], Any]) -> _Statements:
@@ -290,9 +292,15 @@ class _Statements:
             .where(r.state == PENDING)
             .values(state=NO_RETURN, returned_at=bindparam("at", type_=r.returned_at.type))
         )
+        killed = (
+            update(job_returns)
+            .where(r.jid == bindparam("k_jid"), r.minion == bindparam("k_minion"))
+            .where(r.state == PENDING)
+            .values(state=KILLED, returned_at=bindparam("at", type_=r.returned_at.type))
+        )
         return cls(
             upsert_load, fill_load, target, stub.on_conflict_do_nothing(), upsert_return,
-            recount, settle, endtime, no_return,
+            recount, settle, endtime, no_return, killed,
         )  # fmt: skip
 
 
@@ -365,7 +373,24 @@ class EndtimeItem:
     at: dt.datetime
 
 
-Item = LoadItem | MinionsItem | ReturnItem | EndtimeItem | NoReturnItem
+@dataclass(frozen=True)
+class KilledItem:
+    """Minions that confirmed ``saltutil.kill_job`` for a job: marked ``killed``."""
+
+    jid: str
+    minions: list[str]
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditItem:
+    """One audit log entry (:func:`halite_core.audit.entry`), journalled like a return so
+    that it survives a database that is locked or away, and is appended in order."""
+
+    entry: dict[str, Any]
+
+
+Item = LoadItem | MinionsItem | ReturnItem | EndtimeItem | NoReturnItem | KilledItem | AuditItem
 
 
 def item_to_line(item: Item) -> str:
@@ -397,9 +422,11 @@ def item_to_line(item: Item) -> str:
             fields["only_new"] = True
     elif isinstance(item, MinionsItem):
         fields = {"op": "minions", "jid": item.jid, "minions": item.minions}
-    elif isinstance(item, NoReturnItem):
-        fields = {"op": "no_return", "jid": item.jid, "minions": item.minions,
-                  "at": item.at.isoformat()}  # fmt: skip
+    elif isinstance(item, (NoReturnItem, KilledItem)):
+        op = "no_return" if isinstance(item, NoReturnItem) else "killed"
+        fields = {"op": op, "jid": item.jid, "minions": item.minions, "at": item.at.isoformat()}
+    elif isinstance(item, AuditItem):
+        fields = {"op": "audit", "entry": {**item.entry, "at": item.entry["at"].isoformat()}}
     else:
         fields = {"op": "endtime", "jid": item.jid, "at": item.at.isoformat()}
     return encoding.dumps(fields)[0]
@@ -431,6 +458,12 @@ def item_from_line(line: str) -> Item:
         return LoadItem(data["jid"], load, data["minions"], bool(data.get("only_new")))
     if op == "no_return":
         return NoReturnItem(data["jid"], data["minions"], dt.datetime.fromisoformat(data["at"]))
+    if op == "killed":
+        return KilledItem(data["jid"], data["minions"], dt.datetime.fromisoformat(data["at"]))
+    if op == "audit":
+        entry = dict(data["entry"])
+        entry["at"] = dt.datetime.fromisoformat(entry["at"])
+        return AuditItem(entry)
     if op == "minions":
         return MinionsItem(data["jid"], data["minions"])
     if op == "endtime":
@@ -595,7 +628,8 @@ class JobStore:
         # engine's salt/run/<jid>/new, with the arguments), so it only fills a row without one.
         second_hand = "return" in load and "id" in load
         if second_hand:
-            load = {"tgt_type": "list", **load}  # its target is the one id, the master's
+            # Its target is the one id, the master's; a halite runner's answer is not kept.
+            load = {"tgt_type": "list", **own_runners.withheld_load(load)}
         return [LoadItem(jid, dict(load), listed, only_new=second_hand)]
 
     def _return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:
@@ -630,9 +664,7 @@ class JobStore:
 
     def _apply_items(self, conn: Connection, items: Sequence[Item]) -> int:
         stmts = self._statements()
-        self._lock_jobs(
-            conn, {item.row.jid if isinstance(item, ReturnItem) else item.jid for item in items}
-        )
+        self._lock_jobs(conn, {jid for jid in map(item_jid, items) if jid is not None})
         loads = [item for item in items if isinstance(item, LoadItem)]
         returns = [item for item in items if isinstance(item, ReturnItem)]
         touched: set[str] = set()
@@ -655,7 +687,19 @@ class JobStore:
             # After the returns of the same batch: a minion that did return stays returned.
             self.db.executemany(conn, stmts.no_return, settled)
             touched.update(item.jid for item in items if isinstance(item, NoReturnItem))
+        killed = [
+            {"k_jid": item.jid, "k_minion": minion, "at": item.at}
+            for item in items
+            if isinstance(item, KilledItem)
+            for minion in item.minions
+        ]
+        if killed:
+            self.db.executemany(conn, stmts.killed, killed)
+            touched.update(item.jid for item in items if isinstance(item, KilledItem))
         self._recount(conn, touched)
+        entries = [item.entry for item in items if isinstance(item, AuditItem)]
+        if entries:
+            conn.execute(insert(audit_log), entries)
         endtimes: dict[str, dt.datetime] = {}
         for item in items:
             if isinstance(item, EndtimeItem):
@@ -793,7 +837,10 @@ class JobStore:
         value = load.get("return")
         inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
         summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
-        encoded = encoding.encode(value, self.settings.max_return_bytes)
+        # halite's own runners: their answers are not kept (halite_core/own_runners.py).
+        encoded = own_runners.withheld_return(fun, value) or encoding.encode(
+            value, self.settings.max_return_bytes
+        )
         if encoded.truncated:
             log.warning(
                 "halite: return of %s for %s is %d bytes, over max_return_bytes=%d: truncated",
@@ -921,23 +968,21 @@ class JobStore:
             self._stmts = _Statements.build(self._insert)
         return self._stmts
 
-    def mark_killed(self, jid: str, minions: Iterable[str], at: dt.datetime | None = None) -> int:
+    def mark_killed(self, jid: str, minions: Iterable[str], at: dt.datetime | None = None) -> None:
         """Mark the minions still ``pending`` in ``jid`` as ``killed`` (they were sent
-        ``saltutil.kill_job`` and confirmed it) and settle the job at once; returns how many
-        were marked. A return that arrives after all the same still replaces the mark."""
-        moment = at or utcnow()
-        r = job_returns.c
-        with self.db.write() as conn:
-            self._lock_jobs(conn, [jid])
-            marked = 0
-            for minion in sorted(set(minions)):
-                marked += conn.execute(
-                    update(job_returns)
-                    .where(r.jid == jid, r.minion == minion, r.state == PENDING)
-                    .values(state=KILLED, returned_at=moment)
-                ).rowcount
-            self._recount(conn, [jid])
-        return marked
+        ``saltutil.kill_job`` and confirmed it), which settles the job. Journalled and
+        committed with the next batch, like a return: a locked database never holds up a
+        kill. A return that arrives after all the same still replaces the mark."""
+        marked = sorted(set(minions))
+        if marked:
+            item = KilledItem(jid, marked, at or utcnow())
+            self.submit([(item_to_line(item), item)])
+
+    def record_audit(self, entry: Mapping[str, Any]) -> None:
+        """Append an audit log entry (:func:`halite_core.audit.entry`) through the journal,
+        as durable as a return; committed in order with the next batch."""
+        item = AuditItem(dict(entry))
+        self.submit([(item_to_line(item), item)])
 
     def clean_old_jobs(
         self, keep_seconds: int | None = None, now: dt.datetime | None = None
@@ -1017,6 +1062,17 @@ class JobStore:
     def pending(self, jid: str | None = None) -> list[Item]:
         """Writes accepted by any process of this master but not in the database yet."""
         return pending_items(self.settings.journal_dir, self.settings.spool_dir, jid)
+
+    def settled_pending(self, jid: str) -> set[str]:
+        """Minions of ``jid`` whose return, kill mark or settling is accepted (journalled
+        or spooled) but not committed yet."""
+        settled: set[str] = set()
+        for item in self.pending(jid):
+            if isinstance(item, ReturnItem):
+                settled.add(item.row.minion)
+            elif isinstance(item, (KilledItem, NoReturnItem)):
+                settled.update(item.minions)
+        return settled
 
     def _from_db(self, read: Callable[[Connection], Any], default: Any) -> Any:
         """A read of the database; ``default`` when it cannot be reached (the journals and
@@ -1298,6 +1354,17 @@ class JobStore:
         self.maybe_replay()
         return done
 
+    def close(self, wait: float | None = None) -> bool:
+        """Commit what this store queued, waiting at most ``wait`` seconds (what is left
+        stays journalled for recovery), then release the database's connections."""
+        writer = self._writer
+        done = True
+        if writer is not None and writer.pid == os.getpid():
+            done = writer.close(wait)
+        if done:
+            self.db.dispose()
+        return done
+
     def recover(self) -> int:
         """Take over the journals of dead processes and replay the spool now (on start)."""
         recover_journals(self.settings.journal_dir, self.spool)
@@ -1315,6 +1382,11 @@ class JobStore:
             self._replay_lock.release()
 
     def replay_spool(self) -> int:
+        """Take over the journals of processes that died, then replay the spool."""
+        try:
+            recover_journals(self.settings.journal_dir, self.spool)
+        except OSError as exc:
+            log.error("halite: cannot look for journals to recover (%s)", exc)
         return self.spool.replay(self._apply_spooled, is_outage)
 
     def _apply_spooled(self, op: str, args: list[Any]) -> None:

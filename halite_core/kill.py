@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -30,8 +30,12 @@ class NothingToKill(QueryError):
         self.function = function
 
 
-def plan(conn: Connection, jid: object) -> dict[str, Any]:
-    """``{"jid", "function", "minions"}``: the job and the minions still running it."""
+def plan(
+    conn: Connection, jid: object, settled: Callable[[str], set[str]] | None = None
+) -> dict[str, Any]:
+    """``{"jid", "function", "minions"}``: the job and the minions still running it.
+    ``settled(jid)`` names the minions whose return, kill or settling is accepted but not
+    committed yet (still journalled): they are not running it either."""
     if not isinstance(jid, str) or not jids.is_jid(jid):
         raise QueryError(f"{jid!r} is not a Salt job id (20 digits, optional _pid)")
     row = conn.execute(
@@ -46,6 +50,9 @@ def plan(conn: Connection, jid: object) -> dict[str, Any]:
             select(r.minion).where(r.jid == jid, r.state == "pending").order_by(r.minion)
         )
     ]
+    if pending and settled is not None:
+        done = settled(jid)
+        pending = [minion for minion in pending if minion not in done]
     if not pending:
         raise NothingToKill(
             f"job {jid} ({row.function}) is already complete: nothing to kill", row.function
