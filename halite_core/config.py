@@ -14,10 +14,9 @@
       spool_max_bytes: 1073741824    # the spool's bound; beyond it new writes are dropped, logged
       sqlite_busy_timeout: 30        # seconds a SQLite writer waits for the write lock
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
-      system_functions:              # Salt's own bookkeeping jobs, hidden from listings
-        - saltutil.find_job
-        - saltutil.running
-        - saltutil.is_running
+      system_functions:              # bookkeeping jobs, hidden from listings; replaces
+        - saltutil.find_job          # the default, SYSTEM_FUNCTIONS below
+        - runner.jobs.*
 """
 
 from __future__ import annotations
@@ -39,7 +38,33 @@ DEFAULTS: dict[str, Any] = {
     "clean_batch_size": 500,
     "spool_max_bytes": 1024 * 1024 * 1024,
 }
-SYSTEM_FUNCTIONS = ("saltutil.find_job", "saltutil.running", "saltutil.is_running")
+# Bookkeeping: jobs that only read what Salt or halite already know, made by people and
+# consoles reading the history (SaltGUI polls jobs.*, manage.versions and the wheel's key
+# and config reads through salt-api) and by Salt itself. Listed, they would bury the jobs
+# they read about. Minion jobs such consoles publish (grains.items, the test.version of
+# manage.versions, the test.ping of manage.status) stay listed: the same calls are also
+# real work. halite.kill is an act, not a read.
+SYSTEM_FUNCTIONS = (
+    "saltutil.find_job",
+    "saltutil.running",
+    "saltutil.is_running",
+    "runner.halite.jobs",
+    "runner.halite.job",
+    "runner.halite.activity",
+    "runner.halite.timeline",
+    "runner.halite.audit",
+    "runner.jobs.*",
+    "runner.manage.versions",
+    "runner.manage.status",
+    "runner.cache.grains",
+    "runner.cache.pillar",
+    "runner.state.orchestrate_show_sls",
+    "wheel.key.list_all",
+    "wheel.key.list",
+    "wheel.key.finger",
+    "wheel.config.values",
+    "wheel.minions.connected",
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +119,8 @@ class Settings:
         )
 
     def is_system(self, function: object) -> bool:
-        """Whether a job running ``function`` is Salt's own bookkeeping, hidden by default."""
+        """Whether a job running ``function`` is bookkeeping (``system_functions``, by default
+        :data:`SYSTEM_FUNCTIONS`), which listings, activity and the timeline leave out."""
         return isinstance(function, str) and any(
             fnmatch.fnmatchcase(function, pattern) for pattern in self.system_functions
         )

@@ -31,4 +31,6 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
     """
     if not isinstance(data, dict) or "jobs" not in data:
         return str(data)
+    if data.get("warning"):  # nothing feeds the index: said before the answer
+        return f"WARNING: {data['warning']}\n{jobs_table(data)}"
     return jobs_table(data)

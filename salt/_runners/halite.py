@@ -33,7 +33,20 @@ missing permission, exits non-zero and is written to the audit log, as is every 
       users:
         alice: [operator]
         sudo_bob: [viewer]
+      system_functions:     # bookkeeping, left out of listings unless include_system=True;
+        - saltutil.find_job # replaces the default list (Salt's and halite's reads of the
+        - runner.jobs.*     # history, what SaltGUI polls; see docs/runners.md)
+
+Each call is itself a Salt runner job. A successful one is recorded as a success (the
+answer is returned as it is: salt-api clients get the documented object), an error or a
+denial as a failure with a non-zero exit. The index keeps these jobs without their
+answers (a ``withheld`` marker): they copy data guarded by its own permissions. The
+readers (``jobs``, ``job``, ``activity``, ``timeline``) add a ``warning`` to their answer,
+and log it, when nothing on the master feeds the index (neither ``master_job_cache:
+halite`` nor ``event_return: halite``, and no halite engine).
 """
+
+import logging
 
 import salt.client
 import salt.config
@@ -43,6 +56,7 @@ try:
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
     from halite_core.live import live_limit, live_page, running_jids
+    from halite_core.own_runners import feed_warning
     from halite_core.permissions import ConfigError, Denied, policy_from_opts
     from halite_core.queries import QueryError
     from halite_core.service import Service, flag_arg
@@ -53,8 +67,12 @@ except ImportError as exc:
     HAS_HALITE = False
     _IMPORT_ERROR = str(exc)
 
+log = logging.getLogger(__name__)
+
 __virtualname__ = "halite"
 __func_alias__ = {"audit_log": "audit"}
+# The runners that read the index, and so must say when nothing feeds it.
+READERS = ("jobs", "job", "activity", "timeline")
 
 
 def __virtual__():
@@ -110,7 +128,40 @@ def _call(method, *args, outputter=None, **kwargs):
         service.close()
     if isinstance(data, dict) and data.get("retcode"):
         __context__["retcode"] = data["retcode"]
-    return data if outputter is None else {"outputter": outputter, "data": data}
+    if method in READERS:
+        data = _with_feed_warning(data)
+    return _for_terminal(method, data, outputter)
+
+
+def _with_feed_warning(data):
+    """An answer from an index nothing feeds says so (and the master's log too): it
+    would otherwise look like a quiet master."""
+    warning = feed_warning(__opts__)
+    if warning is None or not isinstance(data, dict):
+        return data
+    log.warning("halite: %s", warning)
+    return {**data, "warning": warning}
+
+
+def _for_terminal(method, data, outputter):
+    """The answer, plus the outputter salt-run shows it with by default.
+
+    salt-run prints a runner's answer with the outputter named by its ``outputter`` key
+    when no ``--out`` is given (``print_async_event`` in salt/client/mixins.py). Salt's
+    other form, ``{"outputter": ..., "data": ...}``, makes its runner client judge
+    ``data`` as a state run, so every call would be recorded as a failed job. The key is
+    added only in salt-run's own process, whose options name the function it runs:
+    salt-api clients, ``--out=json`` and runners calling runners get the answer alone.
+    """
+    if (
+        outputter is None
+        or not isinstance(data, dict)
+        or "error" in data
+        or __opts__.get("fun") != f"{__virtualname__}.{method}"
+        or "output" in __opts__
+    ):
+        return data
+    return {**data, "outputter": outputter}
 
 
 def jobs(
@@ -288,4 +339,4 @@ def _live_jobs(limit, scope):
     answers = client.cmd("*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10))
     utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
     page = live_page(found, running_jids(answers), scope, utc, __opts__.get("id"))
-    return {"outputter": "halite_jobs", "data": page}
+    return _for_terminal("jobs", page, "halite_jobs")
