@@ -118,6 +118,8 @@ def master(salt_factories, state_tree, new_database):
         new_database(),
         master_job_cache="halite",
         halite=PERMISSIONS,
+        # salt-api's way in (tests/integration/test_runner_jobs.py): Salt's test eauth.
+        external_auth={"auto": {user: ["@runner", "@wheel"] for user in PERMISSIONS["users"]}},
     )
     with factory.started():
         yield factory
