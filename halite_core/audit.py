@@ -9,6 +9,7 @@ Arguments are stored with secrets redacted (:func:`redact`).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,23 +19,49 @@ from halite_core import encoding
 from halite_core.models import audit_log
 from halite_core.queries import QueryError, _aware, _limit, decode_cursor, encode_cursor
 
-SECRET_WORDS = ("password", "passwd", "token", "secret", "apikey", "api_key", "private",
-                "credential", "passphrase")  # fmt: skip
+# Which keys name a secret, by the words of the key: ``db_password``, ``X-Auth-Token`` and
+# ``clientSecret`` are split on ``_ - .``, spaces and case changes into lower-case words
+# (``db password``, ``x auth token``, ``client secret``). A key is secret when one of its
+# words is in SECRET_WORDS, when it ends in the word ``key``/``keys`` after another word
+# (``db_key``, ``apiKey``, ``private_key``; a lone ``key`` is a lookup name), or when it
+# holds one of SECRET_TEXTS anywhere (``dbpassword``: run-together words). Whole words,
+# so ``passive``, ``compass``, ``bypass``, ``tokenize`` and ``secretary`` stay readable.
+SECRET_WORDS = frozenset({
+    "password", "passwords", "passwd", "pwd", "pass", "passphrase", "passcode",
+    "secret", "secrets", "token", "tokens", "credential", "credentials", "creds",
+    "authorization", "cookie", "cookies", "apikey", "privatekey", "secretkey", "accesskey",
+    "authtoken",
+})  # fmt: skip
+SECRET_TEXTS = ("password", "passwd", "passphrase")
+KEY_WORDS = ("key", "keys")
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 REDACTED = "***redacted***"
 DECISIONS = ("allow", "deny")
 MAX_TEXT = 1024
 
 
+def is_secret(key: object) -> bool:
+    """Whether a mapping key names a secret (see SECRET_WORDS for the rule)."""
+    text = str(key)
+    words = [word.lower() for word in _WORD.findall(text)]
+    if any(word in SECRET_WORDS for word in words):
+        return True
+    if len(words) > 1 and words[-1] in KEY_WORDS:
+        return True
+    lowered = text.lower()
+    return any(secret in lowered for secret in SECRET_TEXTS)
+
+
 def redact(value: Any, _depth: int = 0) -> Any:
     """A copy of ``value`` with the value of every key that names a secret (password,
-    token, secret, ... in any case, anywhere in nested mappings and lists) replaced."""
+    token, api_key, ... by the words of the key, see SECRET_WORDS; anywhere in nested
+    mappings and lists) replaced."""
     if _depth > 50:
         return REDACTED
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
-            lowered = str(key).lower()
-            if any(word in lowered for word in SECRET_WORDS):
+            if is_secret(key):
                 out[str(key)] = REDACTED
             else:
                 out[str(key)] = redact(item, _depth + 1)

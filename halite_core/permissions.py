@@ -30,6 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# ConfigError is defined once, in errors.py, and named here too: the runners and the web
+# server catch it from this module, and it is the same class config.py raises.
+from halite_core.errors import ConfigError, HaliteError
+
 BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
     "viewer": ("view:job:*",),
     "operator": ("view:job:*", "kill:job:*"),
@@ -38,12 +42,10 @@ BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
 VERBS = ("view", "kill")
 KINDS = ("job", "audit")
 
-
-class ConfigError(ValueError):
-    """``halite:roles`` or ``halite:users`` cannot be used; the message says where."""
+__all__ = ["ConfigError", "Denied", "Grants", "Permission", "Policy", "policy_from_opts"]
 
 
-class Denied(PermissionError):
+class Denied(HaliteError, PermissionError):
     """The user lacks a permission; ``needed`` names it (``kill:job:test.sleep``)."""
 
     def __init__(self, user: str | None, needed: str) -> None:

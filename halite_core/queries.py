@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from halite_core import highstate, jids
 from halite_core.active import effective_status
+from halite_core.errors import HaliteError
 from halite_core.models import (
     PG_SEARCH_TEXT,
     engine_state,
@@ -49,7 +50,7 @@ MAX_LIMIT = 500
 STATUSES = ("running", "complete")
 
 
-class QueryError(ValueError):
+class QueryError(HaliteError, ValueError):
     """A listing argument that cannot be used; the message says which and why."""
 
 
@@ -86,7 +87,11 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         when, jid = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
         moment = dt.datetime.fromisoformat(when)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        # Cursors are handed out in UTC; a forged offset must not reach the driver, which
+        # cannot bind a time outside the years 1 to 9999 in UTC.
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(dt.timezone.utc)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
         raise QueryError(f"cursor {cursor!r} is not one this listing handed out") from exc
     if moment.tzinfo is None:
         raise QueryError(f"cursor {cursor!r} is not one this listing handed out")
@@ -110,7 +115,7 @@ def _glob(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
 def _limit(limit: object) -> int:
     try:
         value = int(limit)  # type: ignore[call-overload]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: limit=.inf
         raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}") from exc
     if not 1 <= value <= MAX_LIMIT:
         raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}")
@@ -229,6 +234,8 @@ def listing_query(
             raise QueryError(
                 f"{name} must be text of at most {MAX_TEXT} characters, not {_preview(value)}"
             )
+        if value is not None and "\x00" in value:  # SQLite would end the text there
+            raise QueryError(f"{name} must not contain a NUL character")
     if filters.status is not None and filters.status not in STATUSES:
         raise QueryError(f"status must be one of {', '.join(STATUSES)}, not {filters.status!r}")
     j = jobs_index.c
@@ -505,7 +512,7 @@ def activity(
     included, oldest first, empty hours as 0), and how many jobs are running now."""
     try:
         span = int(hours)  # type: ignore[call-overload]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: hours=.inf
         raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}") from exc
     if not 1 <= span <= 168:
         raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}")

@@ -21,6 +21,7 @@ from halite_core.permissions import Denied, Grants, Policy
 from halite_core.queries import (
     JobFilter,
     QueryError,
+    UnknownJob,
     activity,
     job_detail,
     list_jobs,
@@ -32,7 +33,9 @@ KillSender = Callable[[str, list[str]], Mapping[str, Any]]
 
 
 def parse_time(name: str, value: object) -> dt.datetime | None:
-    """An ISO 8601 time; without an offset it is read as UTC, as the index stores times."""
+    """An ISO 8601 time, in UTC; without an offset it is read as UTC, as the index stores
+    times. One whose UTC falls outside the years 1 to 9999 (``9999-12-31T23:59:59-23:59``)
+    is refused here: the database drivers cannot bind it."""
     if value is None or value == "":
         return None
     try:
@@ -41,7 +44,14 @@ def parse_time(name: str, value: object) -> dt.datetime | None:
         raise QueryError(
             f"{name}: {value!r} is not an ISO 8601 date and time (e.g. 2026-11-28T12:00:00Z)"
         ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc)
+    try:
+        return moment.astimezone(dt.timezone.utc)
+    except OverflowError as exc:
+        raise QueryError(
+            f"{name}: {value!r} is out of range: in UTC it is not within the years 1 to 9999"
+        ) from exc
 
 
 def text_arg(name: str, value: object) -> str | None:
@@ -51,7 +61,12 @@ def text_arg(name: str, value: object) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise QueryError(f"{name} must be text, not {type(value).__name__}")
-    return str(value)
+    text = str(value)
+    if "\x00" in text:
+        # SQLite ends the text at the NUL (search=%00 matched every job); PostgreSQL
+        # refuses it. No function, target, user or jid holds one.
+        raise QueryError(f"{name} must not contain a NUL character")
+    return text
 
 
 def flag_arg(name: str, value: object) -> bool:
@@ -62,6 +77,12 @@ def flag_arg(name: str, value: object) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise QueryError(f"{name} must be True or False, not {value!r}")
+
+
+def _unknown(jid: str) -> UnknownJob:
+    """What an unknown jid answers (as :func:`~halite_core.queries.job_detail` and
+    :func:`~halite_core.kill.plan` word it); a job outside the caller's view answers it too."""
+    return UnknownJob(f"no job with jid {jid} in the index")
 
 
 def _given(**arguments: Any) -> dict[str, Any]:
@@ -106,6 +127,41 @@ class Service:
             arguments=arguments, outcome={"error": str(exc)},
         )  # fmt: skip
         return exc
+
+    def _deny_unseen(
+        self,
+        user: str | None,
+        action: str,
+        needed: str,
+        arguments: Any,
+        jid: str,
+        told: QueryError | Denied,
+    ) -> QueryError | Denied:
+        """Record the refusal of a job ``user`` may not view; returns ``told``, what the
+        same request for an unknown jid answers, so that the answer does not tell that the
+        job exists nor what it runs (the audit log, behind view:audit:*, names it)."""
+        self._record(
+            user, action, "deny", resource=needed.split(":", 1)[1], jid=jid,
+            arguments=arguments, outcome={"error": str(told), "lacks": needed},
+        )  # fmt: skip
+        return told
+
+    def _deny_unseen_kill(
+        self, user: str | None, grants: Grants, function: str, arguments: Any, jid: str
+    ) -> QueryError | Denied:
+        """A kill of a job ``user`` may not view: the answer an unknown jid gets (a
+        denial of kill:job:* for a user who may kill nothing), audited as a denial."""
+        told: QueryError | Denied = (
+            _unknown(jid) if grants.may_any("kill", "job") else Denied(user, "kill:job:*")
+        )
+        return self._deny_unseen(user, "kill", f"view:job:{function}", arguments, jid, told)
+
+    def login_failed(self, user: str, address: str | None, reason: str) -> None:
+        """Record a refused login of the HTTP API: who, from where, why; never the
+        password."""
+        self._record(
+            user, "login", "deny", arguments={"address": address}, outcome={"error": reason}
+        )
 
     def view_scope(self, user: str | None, action: str, arguments: Any) -> tuple[str, ...] | None:
         """The function globs ``user`` may view (None: all); raises Denied for none."""
@@ -162,7 +218,10 @@ class Service:
             detail = job_detail(conn, text_arg("jid", jid) or "")
         function = detail["function"] or ""
         if not grants.allows("view", "job", function):
-            raise self._deny(user, "job", f"view:job:{function}", arguments, jid=detail["jid"])
+            raise self._deny_unseen(
+                user, "job", f"view:job:{function}", arguments, detail["jid"],
+                _unknown(detail["jid"]),
+            )  # fmt: skip
         detail["may_kill"] = grants.allows("kill", "job", function)
         return detail
 
@@ -215,6 +274,10 @@ class Service:
             if isinstance(exc, killing.NothingToKill):
                 # Said only to those who may kill that job: the message names its function.
                 function = exc.function or ""
+                if not grants.allows("view", "job", function):
+                    raise self._deny_unseen_kill(
+                        user, grants, function, arguments, str(jid)
+                    ) from None
                 if not grants.allows("kill", "job", function):
                     raise self._deny(
                         user, "kill", f"kill:job:{function}", arguments, jid=str(jid)
@@ -225,6 +288,9 @@ class Service:
                          arguments=arguments, outcome={"error": str(exc)})  # fmt: skip
             raise
         function = target["function"] or ""
+        if not grants.allows("view", "job", function):
+            # A job one may not view cannot be killed: its answer would name it.
+            raise self._deny_unseen_kill(user, grants, function, arguments, target["jid"])
         if not grants.allows("kill", "job", function):
             raise self._deny(user, "kill", f"kill:job:{function}", arguments, jid=target["jid"])
         if self.send_kill is None:

@@ -276,3 +276,116 @@ def test_a_finished_job_the_user_may_not_kill_is_a_denial(store):
     store.save_return(ret("20261128120000000002", "m1", fun="test.sleep"))
     with pytest.raises(kill.NothingToKill, match="already complete"):  # kim may kill test.*
         _kill_service(store, None).kill("kim", "20261128120000000002")
+
+
+def _scoped_service(store):
+    """Dora sees and kills test.* only; kim sees everything and kills test.*; dave only
+    sees test.*."""
+    from halite_core.service import Service
+
+    policy = Policy.from_config(
+        {"test-killer": ["view:job:test.*", "kill:job:test.*"], "tester": ["view:job:test.*"],
+         "test_killer": ["view:job:*", "kill:job:test.*"]},
+        {"dora": ["test-killer"], "dave": ["tester"], "kim": ["test_killer"]},
+        "salt",
+    )  # fmt: skip
+    return Service(store, policy, "m1", lambda jid, minions: {m: "" for m in minions})
+
+
+def _answer(call):
+    """What a caller is told: the exception's type and message."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the answer is what the test compares
+        return type(exc).__name__, str(exc)
+    raise AssertionError("the call did not fail")
+
+
+def test_a_job_outside_the_scope_answers_as_an_unknown_one_and_is_audited(store):
+    from tests.helpers import publish, ret
+
+    publish(store, "20261128120000000001", fun="cmd.run", minions=["m1"])
+    store.save_return(ret("20261128120000000001", "m1", fun="cmd.run"))
+    service = _scoped_service(store)
+    hidden = _answer(lambda: service.job("dave", "20261128120000000001"))
+    unknown = _answer(lambda: service.job("dave", "20261128120000000002"))
+    assert hidden == ("UnknownJob", "no job with jid 20261128120000000001 in the index")
+    assert unknown == ("UnknownJob", "no job with jid 20261128120000000002 in the index")
+    store.flush()  # audit entries are journalled, committed with the next batch
+    with store.db.read() as conn:
+        (entry,) = audit.list_entries(conn, user="dave")["entries"]
+    assert (entry["action"], entry["decision"], entry["jid"]) == (
+        "job", "deny", "20261128120000000001"
+    )  # fmt: skip
+    assert entry["resource"] == "job:cmd.run"  # the audit log (view:audit:*) names it
+
+
+def test_a_kill_of_a_job_the_user_may_not_view_answers_as_an_unknown_one(store):
+    from tests.helpers import publish, ret
+
+    publish(store, "20261128120000000001", fun="cmd.run", minions=["m1"])  # running
+    publish(store, "20261128120000000002", fun="cmd.run", minions=["m1"])  # finished
+    store.save_return(ret("20261128120000000002", "m1", fun="cmd.run"))
+    service = _scoped_service(store)
+    unknown = "20261128120000000009"
+    for user in ("dora", "dave"):
+        told = _answer(lambda u=user: service.kill(u, unknown))
+        for jid in ("20261128120000000001", "20261128120000000002"):
+            answer = _answer(lambda u=user, j=jid: service.kill(u, j))
+            assert answer == (told[0], told[1].replace(unknown, jid)), (user, jid)
+            assert "cmd.run" not in answer[1]
+    assert _answer(lambda: service.kill("dora", unknown)) == (
+        "UnknownJob", f"no job with jid {unknown} in the index"
+    )  # fmt: skip
+    # Kim may view every job: her refusal names what she lacks.
+    assert _answer(lambda: service.kill("kim", "20261128120000000001")) == (
+        "Denied", "permission denied: 'kim' lacks kill:job:cmd.run"
+    )  # fmt: skip
+    store.flush()
+    with store.db.read() as conn:
+        denied = audit.list_entries(conn, action="kill", decision="deny", limit=500)["entries"]
+    hidden = [(e["user"], e["jid"], e["resource"]) for e in denied
+              if e["jid"] and e["user"] != "kim"]  # fmt: skip
+    assert sorted(hidden) == [
+        ("dave", "20261128120000000001", "job:cmd.run"),
+        ("dave", "20261128120000000002", "job:cmd.run"),
+        ("dora", "20261128120000000001", "job:cmd.run"),
+        ("dora", "20261128120000000002", "job:cmd.run"),
+    ]
+    assert store.get_jid("20261128120000000001") == {}  # nothing was signalled or marked
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["password", "Password", "db_password", "dbpassword", "passwd", "pwd", "db-pwd", "pass",
+     "user.pass", "passphrase", "secret", "client_secret", "clientSecret", "token",
+     "X-Auth-Token", "auth_token", "db_key", "api_key", "apiKey", "APIKey", "apikey",
+     "private_key", "privateKey", "ssh_keys", "authorization", "Authorization", "credentials",
+     "aws_credentials", "creds", "cookie", "session_cookie"],
+)  # fmt: skip
+def test_secret_keys_are_redacted_by_their_words(key):
+    red = audit.redact({"outer": [{"deeper": {key: "hunter2", "jid": "1"}}]})
+    assert red["outer"][0]["deeper"] == {key: audit.REDACTED, "jid": "1"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["passive", "compass", "bypass", "bypass_cache", "jid", "key", "keyword", "monkey",
+     "keyring_path", "tokenize", "minion", "outcome", "reply", "signalled", "user", "eauth",
+     "authority", "private", "secretary", "passenger"],
+)  # fmt: skip
+def test_harmless_keys_are_not_redacted(key):
+    assert audit.redact({"outer": [{key: "visible"}]}) == {"outer": [{key: "visible"}]}
+
+
+def test_one_config_error_for_every_option():
+    from halite_core import config, errors, permissions, queries
+
+    assert config.ConfigError is errors.ConfigError is permissions.ConfigError
+    assert issubclass(errors.ConfigError, errors.HaliteError)
+    assert issubclass(errors.ConfigError, ValueError)
+    assert issubclass(queries.QueryError, errors.HaliteError)
+    assert issubclass(permissions.Denied, errors.HaliteError)
+    assert issubclass(permissions.Denied, PermissionError)
+    with pytest.raises(permissions.ConfigError, match="flush_interval must be >= 0"):
+        config.Settings.from_opts({"cachedir": "/nonexistent", "halite": {"flush_interval": -1}})

@@ -1,5 +1,6 @@
 """Listing semantics on a synthetic index: filters, combinations, pagination, time zones."""
 
+import base64
 import datetime as dt
 
 import pytest
@@ -455,3 +456,72 @@ def test_master_filter_on_a_shared_database(store, settings):
     assert jids(listing(store, master=settings.master_id)) == ["20261128120000000001"]
     assert listing(store, master="master2")["jobs"][0]["master_id"] == "master2"
     other.db.dispose()
+
+
+def _service(store):
+    from halite_core.permissions import Policy
+    from halite_core.service import Service
+
+    return Service(store, Policy.from_config({}, {}, master_user="root"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"start": "9999-12-31T23:59:59-23:59"}, "start: '9999-12-31T23:59:59-23:59' is out of"),
+        ({"start": "0001-01-01T00:00:00+14:00"}, "not within the years 1 to 9999"),
+        ({"end": "9999-12-31T23:59:59.999999-00:01"}, "end: .* is out of range"),
+        ({"end": "0001-01-01T00:00:00.000001+00:01"}, "end: .* is out of range"),
+        ({"search": "\x00"}, "search must not contain a NUL character"),
+        ({"search": "ping\x00"}, "search must not contain a NUL character"),
+        ({"fun": "test.*\x00"}, "fun must not contain a NUL character"),
+        ({"user_filter": "\x00"}, "user must not contain a NUL character"),
+        ({"target": "\x00", "minion": "m1"}, "target must not contain a NUL"),
+        ({"minion": "m1\x00"}, "minion must not contain a NUL character"),
+        ({"master": "\x00"}, "master must not contain a NUL character"),
+        ({"cursor": "\x00"}, "cursor must not contain a NUL character"),
+        ({"limit": float("inf")}, "limit must be a number from 1 to 500"),
+        ({"limit": 1e300}, "limit must be a number from 1 to 500"),
+    ],
+)
+def test_extreme_times_and_nul_characters_are_clear_errors(index, arguments, message):
+    with pytest.raises(QueryError, match=message):
+        _service(index).jobs("root", **arguments)
+
+
+def test_extreme_times_within_range_are_answered(index):
+    service = _service(index)
+    assert len(service.jobs("root", end="9999-12-31T23:59:59.999999")["jobs"]) == 10
+    assert len(service.jobs("root", end="9999-12-31T23:59:59+14:00")["jobs"]) == 10
+    assert service.jobs("root", start="9999-12-31T23:59:59.999999")["jobs"] == []
+    assert len(service.jobs("root", start="0001-01-01T00:00:00")["jobs"]) == 10
+    assert len(service.jobs("root", start="0001-01-01T23:59:59+14:00")["jobs"]) == 10
+    assert service.jobs("root", end="0001-01-01T00:00:00-23:59")["jobs"] == []
+
+
+def test_a_forged_cursor_with_an_extreme_time_is_refused(index):
+    for moment in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"):
+        forged = base64.urlsafe_b64encode(f"{moment}|20261128120000000000".encode()).decode()
+        with pytest.raises(QueryError, match="not one this listing handed out"):
+            listing(index, cursor=forged)
+        with pytest.raises(QueryError, match="not one this listing handed out"):
+            _service(index).audit("root", cursor=forged)
+
+
+def test_the_audit_log_refuses_extreme_times_and_nul_characters(index):
+    service = _service(index)
+    with pytest.raises(QueryError, match="start: .* is out of range"):
+        service.audit("root", start="9999-12-31T23:59:59-23:59")
+    with pytest.raises(QueryError, match="user must not contain a NUL character"):
+        service.audit("root", user_filter="root\x00")
+
+
+def test_activity_refuses_an_infinite_number_of_hours(index):
+    with pytest.raises(QueryError, match="hours must be a number from 1 to 168"):
+        _service(index).activity("root", float("inf"))
+
+
+def test_the_listing_itself_refuses_a_nul_character(index):
+    for name in ("search", "fun", "target", "user", "minion", "master"):
+        with pytest.raises(QueryError, match=f"{name} must not contain a NUL character"):
+            listing(index, **{name: "a\x00"})

@@ -1,5 +1,8 @@
 """Permissions, halite.kill and the audit log on a real master and minion."""
 
+import shutil
+
+import yaml
 from sqlalchemy import select
 
 from halite_core.models import audit_log, job_returns
@@ -83,10 +86,50 @@ def test_scoped_viewer_sees_only_its_functions(master, minion, index):
         if not cursor:
             break
     assert walked == [job["jid"] for job in listing.data["jobs"]][: len(walked)]
-    denied = run.run("halite.job", grains, env=as_user("dave"))
-    assert denied.returncode == 1
-    assert denied.data["error"] == "permission denied: 'sudo_dave' lacks view:job:grains.item"
     assert run.run("halite.job", ping, env=as_user("dave")).returncode == 0
+
+
+def test_jobs_outside_the_scope_answer_as_unknown_ones(master, minion, index):
+    """Dave (view:job:test.* only) is told of an existing grains.item job exactly what he
+    is told of a jid nobody used, for a read and for a kill; both refusals are audited."""
+    grains = run_job(master, minion, "grains.item", "id")
+    finished_job(index, grains)
+    unknown = "20000101000000000000"
+    run = master.salt_run_cli()
+    for function in ("halite.job", "halite.kill"):
+        hidden = run.run(function, grains, env=as_user("dave"))
+        nothing = run.run(function, unknown, env=as_user("dave"))
+        assert hidden.returncode == nothing.returncode == 1, (hidden, nothing)
+        assert hidden.data == {
+            key: value.replace(unknown, grains) if isinstance(value, str) else value
+            for key, value in nothing.data.items()
+        }
+        assert "grains" not in hidden.stdout
+    assert nothing.data["error"] == "permission denied: 'sudo_dave' lacks kill:job:*"
+    read, kill = audit_rows(index, jid=grains, user="sudo_dave")
+    assert (read["action"], read["decision"]) == ("job", "deny")
+    assert (kill["action"], kill["decision"]) == ("kill", "deny")
+    assert read["resource"] == kill["resource"] == "job:grains.item"  # the auditor sees it
+    assert read["outcome"]["error"] == f"no job with jid {grains} in the index"
+
+
+def test_a_bad_halite_option_is_a_clear_error_of_every_runner(master, tmp_path):
+    """flush_interval: -1 is refused by the configuration's own ConfigError: every
+    halite runner answers it with an error and exit 1, never a traceback."""
+    config_dir = tmp_path / "conf"
+    shutil.copytree(master.config_dir, config_dir)
+    config = yaml.safe_load((config_dir / "master").read_text())
+    config["halite"] = {**config.get("halite", {}), "flush_interval": -1}
+    (config_dir / "master").write_text(yaml.safe_dump(config))
+    run = master.salt_run_cli()
+    unknown = "20000101000000000000"
+    for args in (["halite.jobs"], ["halite.jobs", "live=True"], ["halite.job", unknown],
+                 ["halite.activity"], ["halite.timeline"], ["halite.audit"],
+                 ["halite.kill", unknown]):  # fmt: skip
+        ret = run.run(f"--config-dir={config_dir}", *args)
+        assert ret.returncode == 1, (args, ret)
+        assert ret.data["error"] == "halite:flush_interval must be >= 0, not -1", (args, ret)
+        assert "Traceback" not in ret.stdout + ret.stderr, (args, ret)
 
 
 def test_each_runner_checks_first(master, minion, index):
