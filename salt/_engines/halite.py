@@ -35,10 +35,9 @@ Configuration, in the master config (every option may be left out):
         alice: ['@runner']
 
     halite:
-      system_functions:         # jobs listed as Salt's own bookkeeping (hidden by default)
-        - saltutil.find_job
-        - saltutil.running
-        - saltutil.is_running
+      system_functions:         # bookkeeping jobs (hidden by default); replaces the default
+        - saltutil.find_job     # list: Salt's and halite's reads of the history and what
+        - runner.jobs.*         # SaltGUI polls (see the runners' documentation)
 
 The database and the other ``halite:`` options are the returner's (see its docstring).
 
