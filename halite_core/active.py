@@ -412,6 +412,9 @@ class ActiveJobs:
                 log.info("halite engine: reconciled the jobs that were running")
         elif now >= self._next_heartbeat:
             self._write_state(now)
+        # Journals of worker processes that died, and writes spooled while the database
+        # was away, are taken up here too: an idle master still replays them.
+        self.store.maybe_replay()
 
     def flush(self) -> int:
         """Write the queued changes in one transaction; returns how many."""

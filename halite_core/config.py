@@ -13,6 +13,8 @@
       spool_replay_interval: 5       # seconds between attempts to replay spooled writes
       spool_max_bytes: 1073741824    # the spool's bound; beyond it new writes are dropped, logged
       sqlite_busy_timeout: 30        # seconds a SQLite writer waits for the write lock
+      read_timeout: 2                # seconds Salt's job cache reads wait for the database
+      request_timeout: 30            # seconds halite's runners and API wait for it
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
       system_functions:              # bookkeeping jobs, hidden from listings; replaces
         - saltutil.find_job          # the default, SYSTEM_FUNCTIONS below
@@ -37,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "sqlite_busy_timeout": 30.0,
     "clean_batch_size": 500,
     "spool_max_bytes": 1024 * 1024 * 1024,
+    "read_timeout": 2.0,
+    "request_timeout": 30.0,
 }
 # Bookkeeping: jobs that only read what Salt or halite already know, made by people and
 # consoles reading the history (SaltGUI polls jobs.*, manage.versions and the wheel's key
@@ -83,6 +87,8 @@ class Settings:
     sqlite_busy_timeout: float = DEFAULTS["sqlite_busy_timeout"]
     clean_batch_size: int = DEFAULTS["clean_batch_size"]
     spool_max_bytes: int = DEFAULTS["spool_max_bytes"]
+    read_timeout: float = DEFAULTS["read_timeout"]
+    request_timeout: float = DEFAULTS["request_timeout"]
     system_functions: tuple[str, ...] = SYSTEM_FUNCTIONS
 
     @classmethod
@@ -115,6 +121,8 @@ class Settings:
             sqlite_busy_timeout=_positive(section, "sqlite_busy_timeout", float),
             clean_batch_size=_positive(section, "clean_batch_size", int),
             spool_max_bytes=_positive(section, "spool_max_bytes", int),
+            read_timeout=_positive(section, "read_timeout", float),
+            request_timeout=_positive(section, "request_timeout", float),
             system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
         )
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SUPPORTED = ("sqlite", "postgresql")
 _WRITE = "halite_write"
+PG_CONNECT_TIMEOUT = 5  # seconds; libpq's own minimum is 2
 
 
 class SchemaError(RuntimeError):
@@ -71,6 +72,10 @@ class Database:
                 kwargs["poolclass"] = StaticPool
         else:
             kwargs["pool_pre_ping"] = True
+            # A server that does not answer the connection (frozen, or behind a dropped
+            # route) is given up after this; queries are bounded by their callers.
+            if "connect_timeout" not in self.url.query:
+                kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine, busy_timeout)
@@ -238,6 +243,13 @@ def migrate(db: Database) -> None:
     cfg = alembic_config(db)
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
+    with db.engine.connect() as conn:
+        # A read first: a database that is up to date (nearly always) is never write-locked
+        # for this, so a process's first use does not wait behind another writer.
+        if current_revision(conn) == head:
+            conn.rollback()
+            return
+        conn.rollback()
     with db.engine.connect() as conn:
         conn.execution_options(**{_WRITE: True})
         current = current_revision(conn)

@@ -44,6 +44,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.dml import Insert
 
 from halite_core import encoding, highstate, jids, own_runners
+from halite_core.bounded import call_within
 from halite_core.config import Settings
 from halite_core.db import Database, SchemaError, get_database
 from halite_core.models import audit_log, cleaned_jobs, engine_state, job_returns, jobs_index
@@ -292,11 +293,16 @@ class _Statements:
             .where(r.state == PENDING)
             .values(state=NO_RETURN, returned_at=bindparam("at", type_=r.returned_at.type))
         )
-        killed = (
-            update(job_returns)
-            .where(r.jid == bindparam("k_jid"), r.minion == bindparam("k_minion"))
-            .where(r.state == PENDING)
-            .values(state=KILLED, returned_at=bindparam("at", type_=r.returned_at.type))
+        # An upsert: a kill mark may be committed before the publish it refers to (they
+        # come from different processes' journals); the publish then finds it in place.
+        killed_insert = insert_(job_returns).values(
+            binds(job_returns, ("jid", "minion", "state", "expected", "start_time",
+                                "returned_at", "return_truncated"))
+        )  # fmt: skip
+        killed = killed_insert.on_conflict_do_update(
+            index_elements=["jid", "minion"],
+            set_={"state": KILLED, "returned_at": killed_insert.excluded.returned_at},
+            where=r.state == PENDING,
         )
         return cls(
             upsert_load, fill_load, target, stub.on_conflict_do_nothing(), upsert_return,
@@ -388,6 +394,18 @@ class AuditItem:
     that it survives a database that is locked or away, and is appended in order."""
 
     entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Journalled:
+    """What the journals and the spool hold for a job, not committed yet: its publish
+    (function and targets) if any, and the minions whose return, kill mark or settling is
+    accepted."""
+
+    function: str | None = None
+    published: bool = False
+    targets: frozenset[str] = frozenset()
+    settled: frozenset[str] = frozenset()
 
 
 Item = LoadItem | MinionsItem | ReturnItem | EndtimeItem | NoReturnItem | KilledItem | AuditItem
@@ -688,12 +706,15 @@ class JobStore:
             self.db.executemany(conn, stmts.no_return, settled)
             touched.update(item.jid for item in items if isinstance(item, NoReturnItem))
         killed = [
-            {"k_jid": item.jid, "k_minion": minion, "at": item.at}
+            {"jid": item.jid, "minion": minion, "state": KILLED, "expected": True,
+             "start_time": self.start_time(item.jid), "returned_at": item.at,
+             "return_truncated": False}
             for item in items
             if isinstance(item, KilledItem)
             for minion in item.minions
-        ]
+        ]  # fmt: skip
         if killed:
+            self._ensure_jobs(conn, {i.jid: {} for i in items if isinstance(i, KilledItem)})
             self.db.executemany(conn, stmts.killed, killed)
             touched.update(item.jid for item in items if isinstance(item, KilledItem))
         self._recount(conn, touched)
@@ -1063,23 +1084,36 @@ class JobStore:
         """Writes accepted by any process of this master but not in the database yet."""
         return pending_items(self.settings.journal_dir, self.settings.spool_dir, jid)
 
-    def settled_pending(self, jid: str) -> set[str]:
-        """Minions of ``jid`` whose return, kill mark or settling is accepted (journalled
-        or spooled) but not committed yet."""
+    def journalled(self, jid: str) -> Journalled:
+        """What is accepted for ``jid`` but not committed yet (see :func:`kill.plan`)."""
+        function: str | None = None
+        published = False
+        targets: set[str] = set()
         settled: set[str] = set()
         for item in self.pending(jid):
-            if isinstance(item, ReturnItem):
+            if isinstance(item, LoadItem):
+                published = True
+                function = function_name(item.load.get("fun")) or function
+                targets.update(item.minions or ())
+            elif isinstance(item, MinionsItem):
+                targets.update(item.minions)
+            elif isinstance(item, ReturnItem):
                 settled.add(item.row.minion)
             elif isinstance(item, (KilledItem, NoReturnItem)):
                 settled.update(item.minions)
-        return settled
+        return Journalled(function, published, frozenset(targets), frozenset(settled))
 
     def _from_db(self, read: Callable[[Connection], Any], default: Any) -> Any:
-        """A read of the database; ``default`` when it cannot be reached (the journals and
-        the spool then answer alone)."""
-        try:
+        """A read of the database for Salt's job cache interface, bounded by
+        ``read_timeout``; ``default`` when the database cannot be reached or does not
+        answer in time (the journals and the spool then answer alone)."""
+
+        def within() -> Any:
             with self.db.read() as conn:
                 return read(conn)
+
+        try:
+            return call_within(self.settings.read_timeout, within)
         except Exception as exc:
             if not is_outage(exc):
                 raise

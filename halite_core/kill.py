@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from halite_core import jids
+from halite_core.jobcache import Journalled
 from halite_core.models import job_returns, jobs_index
 from halite_core.queries import QueryError, UnknownJob
 
@@ -31,33 +32,30 @@ class NothingToKill(QueryError):
 
 
 def plan(
-    conn: Connection, jid: object, settled: Callable[[str], set[str]] | None = None
+    conn: Connection, jid: object, journalled: Callable[[str], Journalled] | None = None
 ) -> dict[str, Any]:
-    """``{"jid", "function", "minions"}``: the job and the minions still running it.
-    ``settled(jid)`` names the minions whose return, kill or settling is accepted but not
-    committed yet (still journalled): they are not running it either."""
+    """``{"jid", "function", "minions"}``: the job and the minions still running it, from
+    the index and from what is still journalled (a job published a moment ago, or while
+    the database is locked, is in a worker's journal)."""
     if not isinstance(jid, str) or not jids.is_jid(jid):
         raise QueryError(f"{jid!r} is not a Salt job id (20 digits, optional _pid)")
+    waiting = journalled(jid) if journalled is not None else Journalled()
     row = conn.execute(
         select(jobs_index.c.function, jobs_index.c.status).where(jobs_index.c.jid == jid)
     ).first()
-    if row is None or row.status == "new":
+    if (row is None or row.status == "new") and not waiting.published:
         raise UnknownJob(f"no job with jid {jid} in the index")
+    function = row.function if row is not None and row.function else waiting.function
     r = job_returns.c
-    pending = [
-        minion
-        for (minion,) in conn.execute(
-            select(r.minion).where(r.jid == jid, r.state == "pending").order_by(r.minion)
-        )
-    ]
-    if pending and settled is not None:
-        done = settled(jid)
-        pending = [minion for minion in pending if minion not in done]
+    states = dict(conn.execute(select(r.minion, r.state).where(r.jid == jid)).all())
+    running = {minion for minion, state in states.items() if state == "pending"}
+    running |= {minion for minion in waiting.targets if minion not in states}
+    pending = sorted(running - waiting.settled)
     if not pending:
         raise NothingToKill(
-            f"job {jid} ({row.function}) is already complete: nothing to kill", row.function
+            f"job {jid} ({function}) is already complete: nothing to kill", function
         )
-    return {"jid": jid, "function": row.function, "minions": pending}
+    return {"jid": jid, "function": function, "minions": pending}
 
 
 def outcomes(minions: Iterable[str], replies: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -307,6 +307,7 @@ def test_concurrent_writer_processes_lose_nothing(store):
 
 
 @sqlite_only("a SQLite file locked by another program; PostgreSQL's outage is the next test")
+@sqlite_only("another program holds the SQLite file's lock (PostgreSQL: the stop test below)")
 def test_database_outage_spools_and_replays(store, settings):
     publish(store, JID, minions=("m1", "m2"))
     impatient = JobStore(

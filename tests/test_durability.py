@@ -1,0 +1,211 @@
+"""What halite accepts is never lost and never waits for the database: reads see writes
+still journalled by another process, audit entries and kill marks are journalled like
+returns, recoveries that died half-way are taken up again, and a process's exit is not
+held up by a locked database."""
+
+import dataclasses
+import datetime as dt
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from halite_core import audit
+from halite_core.jobcache import JobStore
+from halite_core.models import audit_log
+from halite_core.permissions import Denied, Policy
+from halite_core.service import Service
+from tests.conftest import sqlite_only
+from tests.helpers import publish, ret
+
+UTC = dt.timezone.utc
+JID = "20261128120000000001"
+
+
+def _worker(settings):
+    """Another process's store whose writer never commits on its own."""
+    return JobStore(dataclasses.replace(settings, flush_interval=3600))
+
+
+def _audit_rows(store):
+    with store.db.read() as conn:
+        return [
+            dict(row._mapping) for row in conn.execute(select(audit_log).order_by(audit_log.c.id))
+        ]
+
+
+def test_reads_see_what_another_process_accepted_but_did_not_commit(store, settings):
+    """Salt's local_cache tests: store_job in one loaded copy of the returner, then every
+    read of Salt's job cache interface from another copy sees it at once."""
+    worker = _worker(settings)
+    load = {"jid": JID, "fun": "test.arg", "arg": ["a"], "tgt": ["m1", "m2"], "tgt_type": "list",
+            "user": "root"}  # fmt: skip
+    assert worker.record("save_load", JID, load, ["m1", "m2"]) is True
+    arrived = dt.datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
+    assert worker.record("save_return", ret(JID, "m1", "one"), arrived) is True
+    assert worker.record("update_endtime", JID, arrived) is True
+    reader = store  # another JobStore: another loaded copy, here in the same process
+    assert reader.get_load(JID) == {**load, "Minions": ["m1", "m2"]}
+    assert reader.get_jid(JID) == {"m1": {"return": "one", "retcode": 0, "success": True}}
+    (listed,) = [job for job in reader.iter_loads() if job[0] == JID]
+    assert listed == (JID, load, arrived)
+    assert reader.newest_loads(5) == [(JID, load)]
+    assert reader.minions_seen() == ["m1"]
+    assert reader.last_jid_per_minion("test.arg") == {"m1": JID}
+    assert reader.last_return_at(JID) == arrived
+    worker.flush()  # once committed, the same answers from the database
+    assert reader.get_jid(JID) == {"m1": {"return": "one", "retcode": 0, "success": True}}
+    assert reader.get_load(JID) == {**load, "Minions": ["m1", "m2"]}
+    assert reader.last_return_at(JID) == arrived
+
+
+def test_the_first_return_still_wins_while_journalled(store, settings):
+    publish(store, JID, minions=("m1",))
+    store.save_return(ret(JID, "m1", "first"))
+    worker = _worker(settings)
+    worker.record("save_return", ret(JID, "m1", "repeat"), dt.datetime.now(UTC))
+    assert store.get_jid(JID)["m1"]["return"] == "first"
+
+
+def test_a_recovery_that_died_half_way_is_taken_up_again(store, settings):
+    """A process renamed a dead journal to its claim and was killed before spooling it:
+    the next recovery takes the claim over instead of stranding its writes."""
+    publish(store, JID, minions=("m1", "m2"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)
+    worker = _worker(settings)
+    worker.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC))
+    worker.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
+    (journal,) = Path(settings.journal_dir).glob("*.jsonl")
+    claim = journal.with_name(f".{pid}-00000000.jsonl.recovering-{pid}")
+    os.rename(journal, claim)  # as left by a recovering process killed at that moment
+    worker._writer._pending.clear()  # this process "died" too: only the claim holds them
+    worker._writer._journal = worker._writer._fd = None
+    assert set(store.get_jid(JID)) == {"m1", "m2"}  # readers look into claims as well
+    assert JobStore(dataclasses.replace(settings, spool_replay_interval=0)).recover() == 1
+    assert list(Path(settings.journal_dir).iterdir()) == []
+    job = store.get_jid(JID)
+    assert set(job) == {"m1", "m2"}
+    with store.db.read() as conn:
+        from halite_core.models import jobs_index
+
+        assert conn.scalar(select(jobs_index.c.status).where(jobs_index.c.jid == JID)) == (
+            "complete"
+        )
+
+
+def _service(store, send_kill=None):
+    policy = Policy.from_config({}, {"olga": ["operator"], "vic": ["viewer"]}, "root")
+    return Service(store, policy, "m1", send_kill)
+
+
+@pytest.fixture
+def locked(store):
+    """Write-locks the SQLite file from another connection, as a backup tool or a stuck
+    client would hold it (call it to take the lock; ``.rollback()`` releases it)."""
+    store.db.ensure_schema()
+    blocker = sqlite3.connect(store.db.url.database)
+
+    def lock():
+        blocker.execute("BEGIN EXCLUSIVE")
+        return blocker
+
+    yield lock
+    blocker.rollback()
+    blocker.close()
+
+
+@sqlite_only("another program holds the SQLite file's write lock")
+def test_refusals_and_kills_are_audited_while_the_database_is_locked(store, settings, locked):
+    publish(store, JID, fun="test.sleep", minions=("m1", "m2"))
+    locked = locked()  # the job is in; now nothing more can be written
+    impatient = JobStore(dataclasses.replace(settings, sqlite_busy_timeout=0.05))
+
+    def signal(jid, minions):
+        return {m: f"Signal 9 sent to job {jid} at pid 7" for m in minions}
+
+    service = _service(impatient, signal)
+    with pytest.raises(Denied):
+        service.audit("vic")
+    answer = service.kill("olga", JID)
+    assert answer["signalled"] == ["m1", "m2"] and answer["status"] == "complete"
+    impatient.flush()  # meets the lock: the entries go to the spool, in order
+    assert impatient.spool.pending() != []
+    assert _audit_rows(store) == []
+    locked.rollback()
+    impatient.replay_spool()
+    rows = _audit_rows(store)
+    assert [(r["user"], r["action"], r["decision"]) for r in rows] == [
+        ("vic", "audit", "deny"), ("olga", "kill", "allow")
+    ]  # fmt: skip
+    assert rows[1]["outcome"]["signalled"] == ["m1", "m2"]
+    with store.db.read() as conn:
+        listed = audit.list_entries(conn, action="kill")["entries"]
+    assert [e["user"] for e in listed] == ["olga"]
+    detail = store.get_jid(JID)
+    assert detail == {}  # killed, not returned
+    with store.db.read() as conn:
+        from halite_core.queries import job_detail
+
+        states = {m["minion"]: m["state"] for m in job_detail(conn, JID)["minion_results"]}
+    assert states == {"m1": "killed", "m2": "killed"}
+
+
+@sqlite_only("another program holds the SQLite file's write lock")
+def test_a_process_exit_is_not_held_up_by_a_locked_database(store, settings, locked):
+    """A salt-run process ends within a bound even when its last batch cannot be
+    committed; the batch stays in its journal, and is recovered once the process is gone."""
+    locked = locked()
+    publish_settings = dataclasses.replace(settings, sqlite_busy_timeout=30)
+    code = f"""
+import dataclasses, datetime as dt, json, sys, time
+from halite_core.config import Settings
+from halite_core.jobcache import JobStore
+settings = Settings(**json.loads(sys.argv[1]))
+store = JobStore(settings)
+store.record_audit({{"at": dt.datetime.now(dt.timezone.utc), "user": "olga", "action": "kill",
+                    "resource": "job", "jid": "{JID}", "decision": "allow", "outcome": None,
+                    "arguments": None, "master_id": "m1"}})
+time.sleep(0.3)  # the writer thread is now waiting for the lock
+started = time.monotonic()
+done = store.close(wait=0.5)
+print(json.dumps({{"done": done, "waited": time.monotonic() - started}}))
+"""
+    fields = {
+        f.name: getattr(publish_settings, f.name) for f in dataclasses.fields(publish_settings)
+    }
+    fields["system_functions"] = list(fields["system_functions"])
+    import json
+
+    child = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(fields)],
+        capture_output=True, text=True, timeout=20, cwd=str(Path(__file__).parent.parent),
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["done"] is False  # left for recovery, not waited for
+    assert len(list(Path(settings.journal_dir).glob("*.jsonl"))) == 1
+    locked.rollback()
+    store.recover()
+    assert [r["user"] for r in _audit_rows(store)] == ["olga"]
+
+
+def test_a_kill_mark_committed_before_its_publish_is_kept(store, settings):
+    """The mark (from salt-run's journal) and the publish (from a master worker's) are
+    replayed in the order they were spooled, which may be the wrong one."""
+    store.mark_killed(JID, ["m1"])
+    store.flush()
+    publish(store, JID, fun="test.sleep", minions=("m1", "m2"))
+    with store.db.read() as conn:
+        from halite_core.queries import job_detail
+
+        detail = job_detail(conn, JID)
+    assert {m["minion"]: m["state"] for m in detail["minion_results"]} == {
+        "m1": "killed", "m2": "running"
+    }  # fmt: skip
+    assert detail["function"] == "test.sleep"
