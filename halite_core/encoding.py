@@ -14,16 +14,23 @@ decimal     ``{"__halite_type__": "decimal", "value": "1.10"}``   ``Decimal``
 float       ``{"__halite_type__": "float", "value": "nan"}``      ``float`` (nan/inf)
 object      ``{"__halite_type__": "object", "type": ..., "repr": ...}``  the marker itself
 mapping     ``{"__halite_type__": "mapping", "items": {...}}``      ``dict``
+mapping     ``{"__halite_type__": "mapping", "pairs": [[k, v]]}``   ``dict``
 integer     ``{"__halite_type__": "integer", "value": "..."}``     ``int`` (``hex`` if huge)
+text        ``{"__halite_type__": "text", "base64": "..."}``      ``str`` (holding a NUL)
 ==========  ====================================================  =====================
 
 ``mapping`` escapes a minion's own mapping that has a ``__halite_type__`` key, so that no
-value a minion returns is ever mistaken for a marker. ``integer`` holds a return that is a
-bare integer outside the 64-bit range, which SQLite's numeric column affinity would turn into
-a float (inside a list or mapping it is part of the JSON text and is kept as it is), and any
-integer too long for Python to write in decimal, in hexadecimal.
+value a minion returns is ever mistaken for a marker. A mapping with a NUL character in a
+key, which no jsonb key can hold, is written as ``pairs``, each key encoded as any string
+is (a ``text`` marker when it holds a NUL): the key ``key<NUL>`` and a minion's own key
+``key\\x00`` stay two keys. ``text`` holds a string with a NUL character, as UTF-8 in
+base64. ``integer`` holds a return that is a bare integer outside the 64-bit range, which
+SQLite's numeric column affinity would turn into a float (inside a list or mapping it is
+part of the JSON text and is kept as it is), and any integer too long for Python to write
+in decimal, in hexadecimal.
 
-Tuples become lists and non-string mapping keys become strings, as with any JSON store.
+Tuples become lists and non-string mapping keys become strings, as with any JSON store
+(where two keys of one mapping become the same string, ``1`` and ``"1"``, the last wins).
 A value whose JSON is larger than the configured cap is replaced by a ``truncated`` marker
 holding its size and the first bytes of its JSON.
 """
@@ -72,7 +79,13 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else _marker("float", value=repr(value))
     if isinstance(value, Mapping):
-        mapping = {_key(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
+        items = [(_key(k), v) for k, v in value.items()]
+        if any("\x00" in k for k, _ in items):
+            # No JSON object key can hold a NUL in jsonb, and any escape of it could be a
+            # minion's own key: the mapping becomes pairs, each key encoded as text is.
+            pairs = [[to_jsonable(k), to_jsonable(v, _depth + 1)] for k, v in items]
+            return _marker("mapping", pairs=pairs)
+        mapping = {k: to_jsonable(v, _depth + 1) for k, v in items}
         return _marker("mapping", items=mapping) if MARKER in mapping else mapping
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v, _depth + 1) for v in value]
@@ -99,8 +112,7 @@ def _integer(value: int) -> dict[str, Any]:
 
 
 def _key(key: Any) -> str:
-    key = key if isinstance(key, str) else str(key)
-    return key.replace("\x00", "\\x00") if "\x00" in key else key
+    return key if isinstance(key, str) else str(key)
 
 
 def dumps(value: Any) -> tuple[str, bool]:
@@ -138,6 +150,8 @@ def restore(value: Any) -> Any:
         return {k: restore(v) for k, v in value.items()}
     try:
         if kind == "mapping":
+            if "pairs" in value:
+                return {restore(k): restore(v) for k, v in value["pairs"]}
             return {k: restore(v) for k, v in value["items"].items()}
         if kind == "integer":
             return int(value["hex"], 16) if "hex" in value else int(value["value"])

@@ -98,3 +98,32 @@ def test_integers_of_any_size_read_back_as_they_were():
     }
     assert encoding.dumps(2**63 - 1) == (str(2**63 - 1), False)
     assert encoding.dumps([2**70]) == (f"[{2**70}]", False)
+
+
+NUL_KEYS = {
+    "key\x00": 1,
+    "key\\x00": 2,  # the four characters a NUL used to be written as: no collision now
+    "key\\u0000": 3,
+    "nested": [{"\x00": b"x", "a": {"b\x00c": None, "plain": "\x00 in a value"}}],
+}
+
+
+def test_mapping_keys_holding_nul_read_back_exactly():
+    text, converted = encoding.dumps(NUL_KEYS)
+    assert converted
+    # PostgreSQL's jsonb cannot hold the escape of a NUL character at all.
+    assert "\\u0000" not in text.replace("\\\\u0000", "")
+    assert encoding.loads(text) == NUL_KEYS
+    assert encoding.restore(json.loads(text)) == NUL_KEYS
+    assert encoding.restore(encoding.to_jsonable(NUL_KEYS)) == NUL_KEYS
+
+
+def test_returns_and_loads_with_nul_keys_are_stored_exactly(store):
+    from tests.helpers import publish, ret
+
+    jid = "20261128120000000001"
+    publish(store, jid, fun="test.arg", minions=["m1"], kwargs={"opt\x00": 1, "opt\\x00": 2})
+    store.save_return(ret(jid, "m1", value=NUL_KEYS))
+    store.flush()
+    assert store.get_jid(jid)["m1"]["return"] == NUL_KEYS
+    assert store.get_load(jid)["kwargs"] == {"opt\x00": 1, "opt\\x00": 2}
