@@ -1,7 +1,10 @@
 import logging
 import os
+import shutil
+import tempfile
 
 import pytest
+from hypothesis import configuration as hypothesis_configuration
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
@@ -9,6 +12,11 @@ from halite_core.jobcache import JobStore
 # `make test` runs the suite twice: on SQLite (the default) and with HALITE_TEST_DB=postgresql
 # on a PostgreSQL server the session starts on loopback.
 BACKEND = os.environ.get("HALITE_TEST_DB", "sqlite")
+
+# Hypothesis keeps its example database and caches in .hypothesis/ of the current directory
+# (the checkout): the suite writes only into temporary directories, so they go to one.
+HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="halite-hypothesis-")
+hypothesis_configuration.set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 
 def sqlite_only(why):
@@ -73,3 +81,4 @@ def pytest_unconfigure(config):
     # pytest's capture) and flushes it at exit, after pytest closed that stream: without
     # this, every run ends with pages of "--- Logging error ---".
     logging.raiseExceptions = False
+    shutil.rmtree(HYPOTHESIS_HOME, ignore_errors=True)

@@ -134,3 +134,14 @@ def test_engine_survives_any_event(store, tag, data):
     engine.handle(tag, data)
     engine.tick()
     engine.flush()
+
+
+def test_hypothesis_keeps_its_files_out_of_the_checkout():
+    """Its example database and caches (.hypothesis/) go to a temporary directory."""
+    from pathlib import Path
+
+    from hypothesis.configuration import storage_directory
+
+    checkout = Path(__file__).resolve().parents[1]
+    home = storage_directory("examples", intent_to_write=False).home_directory.resolve()
+    assert not home.is_relative_to(checkout)
