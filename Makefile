@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv postgresql chromium lint test test-sqlite test-postgresql test-core test-integration demo bench clean
 
+# The distribution was called halite before it became saltext-halite: a checkout still
+# installed under the old name would register halite's loader directories twice.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[tests,postgres,dev]'
+	@if $(PY) -m pip show halite 2>/dev/null | grep -qxF 'Editable project location: $(CURDIR)'; \
+	then $(PY) -m pip uninstall --quiet --yes halite; fi
+	rm -rf halite.egg-info
 	touch $(STAMP)
 
 venv: $(STAMP)

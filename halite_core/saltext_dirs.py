@@ -1,7 +1,8 @@
 """The ``salt.loader`` entry point: tells Salt where halite's loader modules live.
 
 Salt 3006+ calls :func:`loader_dirs` and adds the directories it returns to the returner,
-engine and runner search paths, so ``pip install halite`` is enough; no ``saltutil.sync_*``.
+engine and runner search paths, so ``pip install saltext-halite`` is enough; no
+``saltutil.sync_*``.
 """
 
 from __future__ import annotations
