@@ -370,7 +370,7 @@ def test_settling_while_a_return_batch_commits_counts_both(store, settings, sett
     import time
 
     from halite_core.db import Database
-    from halite_core.jobcache import NoReturnItem, utcnow
+    from halite_core.jobcache import KilledItem, NoReturnItem, utcnow
 
     publish(store, JID, minions=("m1", "m2"))
     engine = JobStore(settings, db=Database(store.db.url.render_as_string(False)))
@@ -379,7 +379,7 @@ def test_settling_while_a_return_batch_commits_counts_both(store, settings, sett
         if settle == "no_return":
             work = lambda: engine.apply_items([NoReturnItem(JID, ["m1"], utcnow())])  # noqa: E731
         else:
-            work = lambda: engine.mark_killed(JID, ["m1"])  # noqa: E731
+            work = lambda: engine.apply_items([KilledItem(JID, ["m1"], utcnow())])  # noqa: E731
         thread = threading.Thread(target=work)
         thread.start()
         deadline = time.monotonic() + 30
