@@ -30,10 +30,24 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
     }
 
 
+def _retry(description: str) -> dict[str, Any]:
+    """An error the caller may retry after the ``Retry-After`` header's seconds."""
+    return {
+        **_error(description),
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+        },
+    }
+
+
 AUTHED = {
     "401": _error("No session: log in first."),
     "403": _error("The user lacks the permission named in `missing`."),
     "400": _error("A bad argument; `error` says which and why."),
+    "503": _retry(
+        "halite's database (for a kill or a live listing: or the minions) did not answer"
+        " within the request's bound."
+    ),
 }
 
 JOB_FILTERS = [
@@ -213,7 +227,11 @@ SPEC: dict[str, Any] = {
                         "Authentication failed: a wrong password, or a user not listed under"
                         " external_auth for that eauth."
                     ),
-                    "429": _error("Too many logins are waiting for the external auth."),
+                    "429": _retry(
+                        "Too many failed logins for this user name or from this address (it"
+                        " backs off), or too many logins waiting for the external auth."
+                    ),
+                    "503": _retry("The external auth did not answer in time."),
                 },
             }
         },
@@ -238,7 +256,14 @@ SPEC: dict[str, Any] = {
             "get": {
                 "summary": "Jobs newest first, filtered and paged (as salt-run halite.jobs).",
                 "parameters": JOB_FILTERS,
-                "responses": {"200": _ok("One page.", "JobPage"), **AUTHED},
+                "responses": {
+                    "200": _ok("One page.", "JobPage"),
+                    "429": _retry(
+                        "live=true: a live listing of this user's is still running, or too"
+                        " many are."
+                    ),
+                    **AUTHED,
+                },
             }
         },
         "/api/jobs/activity": {
@@ -308,7 +333,7 @@ SPEC: dict[str, Any] = {
                 "summary": "The audit log, newest first.",
                 "parameters": [
                     _query("user", "Who asked."),
-                    _query("action", "kill, jobs, job, activity, timeline, audit."),
+                    _query("action", "kill, login, jobs, job, activity, timeline, stream, audit."),
                     _query(
                         "decision", "allow or deny.", {"type": "string", "enum": ["allow", "deny"]}
                     ),  # noqa: E501

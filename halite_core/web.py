@@ -6,8 +6,14 @@ passes an ``authenticate(username, password, eauth)`` that asks Salt) and gets a
 token; requests carry it in the ``X-Auth-Token`` header, never in a cookie, so a page on
 another site cannot make a browser send it (a kill cannot be forged). Errors are JSON:
 400 for a bad argument, 401 without a session, 403 naming the missing permission, 404 for
-an unknown job, 429 when too many logins are already waiting for Salt's external auth. A
-request body over 64 KiB is refused: the server closes the connection.
+an unknown job, 429 (with ``Retry-After``) for a login that must wait (:class:`LoginThrottle`)
+or a live listing past its limits, and 503 when the database (or, for a kill or a live
+listing, the minions) did not answer within the request's bound. A request body over
+64 KiB is refused: the server closes the connection.
+
+Work that waits happens on thread pools, never on the event loop: logins on their own
+(Salt's external auth), live listings on their own (they wait for every minion), and
+everything else on the main pool, so neither can hold up a plain read.
 
 ``GET /api/jobs/stream`` is Server-Sent Events: ``new``, ``return`` and ``complete`` as the
 engine sees them on the bus, filtered by what the user may view.
@@ -18,20 +24,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
+import ssl as ssl_module
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy.exc
 import tornado.httpserver
+import tornado.iostream
 import tornado.web
 
+from halite_core import permissions
+from halite_core.config import ConfigError
 from halite_core.jobcache import function_name
 from halite_core.openapi import SPEC
-from halite_core.permissions import ConfigError, Denied
+from halite_core.permissions import Denied
 from halite_core.queries import QueryError, UnknownJob
 from halite_core.service import Service
 
@@ -43,12 +57,232 @@ SESSION_SECONDS = 12 * 3600
 KEEPALIVE_SECONDS = 15.0
 # Logins wait for Salt's external auth, which makes every failure as slow as the slowest
 # one yet (PAM: about 2 s). They get their own threads, so that failing logins cannot hold
-# up the API, and past this many waiting, a login is answered 429 at once.
-LOGIN_THREADS = 2
-LOGINS_WAITING = 8
+# up the API; one user name or one address has at most LOGINS_PER_KEY of them waiting, so
+# that a flood leaves threads to everyone else; past LOGINS_WAITING in all, a login is
+# answered 429 at once.
+LOGIN_THREADS = 4
+LOGINS_PER_KEY = 2
+LOGINS_WAITING = 16
+# Live listings ask every minion and wait for the slowest (gather_job_timeout for one that
+# is down): their own threads, one per user at a time, LIVE_CALLS in all (running or
+# waiting for a thread); past that, 429.
+LIVE_THREADS = 2
+LIVE_CALLS = 4
+LIVE_PER_USER = 1
+API_THREADS = 4
+# How long a request waits for the database before it is answered 503; kills and live
+# listings also wait for the minions (salt_timeout) on top of it.
+REQUEST_TIMEOUT = 30.0
+SALT_TIMEOUT = 10.0
+RETRY_AFTER = 5  # seconds, in a 503's Retry-After
 
 Authenticate = Callable[[str, str, str], bool]
 LiveLister = Callable[[object, "tuple[str, ...] | None"], Mapping[str, Any]]
+T = TypeVar("T")
+
+HTTP_OPTIONS = ("host", "port", "eauth", "certfile", "keyfile", "request_timeout",
+                "proxy_headers")  # fmt: skip
+
+
+class Unavailable(Exception):
+    """The database (or the minions) did not answer within the request's bound: 503."""
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """The engine's ``http:`` options, checked: :meth:`from_config` raises ConfigError
+    naming the option, so that a bad one stops the engine at start with a clear error."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    eauth: str = "pam"
+    certfile: str | None = None
+    keyfile: str | None = None
+    request_timeout: float = REQUEST_TIMEOUT
+    proxy_headers: bool = False
+
+    @property
+    def ssl(self) -> dict[str, str] | None:
+        if self.certfile is None or self.keyfile is None:
+            return None
+        return {"certfile": self.certfile, "keyfile": self.keyfile}
+
+    @classmethod
+    def from_config(cls, config: object) -> HttpOptions:
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"the engine's http must be a mapping of options ({', '.join(HTTP_OPTIONS)}),"
+                f" not {config!r}"
+            )
+        unknown = sorted(str(key) for key in config if key not in HTTP_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"http: unknown option {unknown[0]!r}; known: {', '.join(HTTP_OPTIONS)}"
+            )
+        certfile = _optional_text(config, "certfile")
+        keyfile = _optional_text(config, "keyfile")
+        if (certfile is None) != (keyfile is None):
+            given, missing = ("certfile", "keyfile") if keyfile is None else ("keyfile", "certfile")
+            raise ConfigError(f"http: {given} without {missing}: HTTPS needs both")
+        return cls(
+            host=_text_option(config, "host", cls.host, "a host name or an address"),
+            port=_port(config.get("port", cls.port)),
+            eauth=_text_option(config, "eauth", cls.eauth, "the name of an external auth"),
+            certfile=certfile,
+            keyfile=keyfile,
+            request_timeout=_seconds(config, "request_timeout", cls.request_timeout),
+            proxy_headers=_flag(config, "proxy_headers"),
+        )
+
+
+def _text_option(config: Mapping[str, Any], key: str, default: str, what: str) -> str:
+    value = config.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"http:{key} must be {what}, not {value!r}")
+    return value
+
+
+def _optional_text(config: Mapping[str, Any], key: str) -> str | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"http:{key} must be the path of a PEM file, not {value!r}")
+    return value
+
+
+def _port(value: object) -> int:
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or not 1 <= number <= 65535:
+        raise ConfigError(f"http:port must be a number from 1 to 65535, not {value!r}")
+    return number
+
+
+def _seconds(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number > 0 or math.isinf(number):
+        raise ConfigError(f"http:{key} must be a number of seconds > 0, not {value!r}")
+    return number
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"http:{key} must be true or false, not {value!r}")
+    return value
+
+
+@dataclass
+class _Failures:
+    count: int  # failed logins, each within the window of the one before
+    last: float  # when the last one failed
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Failed logins, per user name and per client address, with exponential back-off.
+
+    A key (``user:<name>``, ``address:<ip>``) that failed ``failures`` times, each within
+    ``window`` seconds of the one before, is locked for ``base_delay`` seconds, and each
+    further failure doubles that, up to ``max_delay``; a login for a locked user name or
+    from a locked address is refused without asking the external auth. A right password
+    clears its user name (not its address: one valid account must not reset a guesser's
+    count). At most ``max_keys`` keys are remembered, the least recently failed forgotten
+    first, so a flood of made-up names cannot fill the memory. Used from the event loop's
+    thread only."""
+
+    FAILURES = 5
+
+    def __init__(
+        self,
+        failures: int = FAILURES,
+        window: float = 900.0,
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        max_keys: int = 10_000,
+        per_key: int = LOGINS_PER_KEY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures = failures
+        self.window = window
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_keys = max_keys
+        self.per_key = per_key
+        self.clock = clock
+        self._failed: OrderedDict[str, _Failures] = OrderedDict()
+        self._waiting: dict[str, int] = {}  # logins waiting for the external auth, by key
+
+    @staticmethod
+    def keys(user: str, address: str | None) -> tuple[str, str]:
+        # Casefolded: an external auth that ignores case (LDAP) must not give each spelling
+        # of a name its own count. Cut short: a key's size is bounded.
+        return f"user:{user.casefold()[:256]}", f"address:{address}"
+
+    def __len__(self) -> int:
+        return len(self._failed)
+
+    def wait(self, keys: Iterable[str]) -> float:
+        """Seconds until a login for these keys may ask the external auth (0: now)."""
+        now = self.clock()
+        found = (self._failed.get(key) for key in keys)
+        return max([0.0, *(f.locked_until - now for f in found if f is not None)])
+
+    def busy(self, keys: Iterable[str]) -> bool:
+        return any(self._waiting.get(key, 0) >= self.per_key for key in keys)
+
+    def begin(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+
+    def end(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            left = self._waiting.get(key, 0) - 1
+            if left > 0:
+                self._waiting[key] = left
+            else:
+                self._waiting.pop(key, None)
+
+    def failed(self, keys: Iterable[str]) -> float:
+        """Count a failed login; returns the longest lock it started (0: none)."""
+        now = self.clock()
+        locked = 0.0
+        for key in keys:
+            entry = self._failed.pop(key, None)
+            if entry is None or now - entry.last > self.window:
+                entry = _Failures(count=0, last=now)
+            entry.count += 1
+            entry.last = now
+            if entry.count >= self.failures:
+                doublings = min(entry.count - self.failures, 32)
+                delay = min(self.base_delay * 2**doublings, self.max_delay)
+                entry.locked_until = now + delay
+                locked = max(locked, delay)
+            self._failed[key] = entry  # now the most recent
+        while len(self._failed) > self.max_keys:
+            self._failed.popitem(last=False)
+        self.prune()
+        return locked
+
+    def succeeded(self, user_key: str) -> None:
+        self._failed.pop(user_key, None)
+
+    def prune(self) -> None:
+        """Forget the keys that are neither locked nor failed within the window."""
+        now = self.clock()
+        while self._failed:
+            key, entry = next(iter(self._failed.items()))
+            if now - entry.last <= self.window or entry.locked_until > now:
+                break
+            del self._failed[key]
 
 
 class Sessions:
@@ -168,6 +402,11 @@ class Base(tornado.web.RequestHandler):
             return None
         return {k: self.get_argument(k) for k in self.request.arguments}
 
+    def refuse(self, status: int, error: str, retry_after: float) -> None:
+        """Answer ``status`` (429, 503) with a Retry-After: the caller may try again."""
+        self.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
+        self.write_json(status, {"error": error})
+
     async def call(
         self, method: str, *args: Any, status: int = 200, kwargs: Mapping[str, Any] | None = None
     ) -> None:
@@ -181,10 +420,22 @@ class Base(tornado.web.RequestHandler):
             self.write_json(404, {"error": str(exc)})
         except Denied as exc:
             self.write_json(403, {"error": str(exc), "missing": exc.needed})
-        except (QueryError, ConfigError) as exc:
+        except (QueryError, ConfigError, permissions.ConfigError) as exc:
             self.write_json(400, {"error": str(exc)})
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+        except DATABASE_DOWN as exc:
+            # The driver's message may name the server and the statement: the log has it.
+            log.warning("halite http: %s %s: the database failed: %s", self.request.method,
+                        self.request.path, exc)  # fmt: skip
+            self.refuse(503, "halite's database is unavailable; try again shortly "
+                             "(the master's log says why)", RETRY_AFTER)  # fmt: skip
         else:
             self.write_json(status, data)
+
+
+# A database that refuses or drops connections, is locked, or has no connection to spare.
+DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
 
 
 class Login(Base):
@@ -196,21 +447,43 @@ class Login(Base):
         except (ValueError, KeyError, TypeError):
             self.write_json(400, {"error": 'send {"username", "password", "eauth"} as JSON'})
             return
-        if self.web.logins_waiting >= LOGINS_WAITING:
-            self.write_json(429, {"error": "too many logins in progress: try again shortly"})
+        web, address = self.web, self.request.remote_ip
+        keys = web.throttle.keys(username, address)
+        wait = web.throttle.wait(keys)
+        if wait > 0:
+            self.refuse(429, f"too many failed logins: try again in {math.ceil(wait)} s", wait)
             return
-        loop = asyncio.get_running_loop()
-        self.web.logins_waiting += 1  # only touched on the event loop's thread
+        if web.throttle.busy(keys):
+            self.refuse(429, "a login for this user or from this address is already waiting "
+                             "for the external auth: try again shortly", 1)  # fmt: skip
+            return
+        if web.logins_waiting >= LOGINS_WAITING:
+            self.refuse(429, "too many logins in progress: try again shortly", 1)
+            return
+        web.throttle.begin(keys)  # these counters are only touched on the event loop's thread
+        web.logins_waiting += 1
         try:
-            ok = await loop.run_in_executor(
-                self.web.login_pool, self.web.authenticate, username, password, eauth
-            )
+            ok = await web.bounded(
+                web.login_pool, web.request_timeout,
+                lambda: web.authenticate(username, password, eauth),
+                f"the external auth did not answer within {web.request_timeout:g} s",
+            )  # fmt: skip
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+            return
         finally:
-            self.web.logins_waiting -= 1
+            web.throttle.end(keys)
+            web.logins_waiting -= 1
         if not ok:
+            locked = web.throttle.failed(keys)
+            reason = "authentication failed"
+            if locked:
+                reason += f"; logins for this user or from this address wait {locked:g} s"
+            await web.audit_failed_login(username, address, reason)
             self.write_json(401, {"error": "authentication failed"})
             return
-        self.write_json(200, {"token": self.web.sessions.open(username), **self.web.me(username)})
+        web.throttle.succeeded(keys[0])
+        self.write_json(200, {"token": web.sessions.open(username), **web.me(username)})
 
 
 class Logout(Base):
@@ -241,9 +514,34 @@ class Jobs(Base):
         if "user" in args:
             args["user_filter"] = args.pop("user")
         if live:
-            await self.call("live_jobs", args.get("limit", 50))
+            await self.live(args.get("limit", 50))
         else:
             await self.call("jobs", kwargs=args)
+
+    async def live(self, limit: object) -> None:
+        """One live listing per user at a time, LIVE_CALLS in all: each may wait for a
+        minion that is down, and they must not pile up (they have their own threads)."""
+        web, user = self.web, self.user()
+        if user is None:
+            self.write_json(401, {"error": "log in first: POST /api/login"})
+            return
+        if web.live_by_user.get(user, 0) >= LIVE_PER_USER:
+            self.refuse(429, "a live listing of yours is already running: wait for its answer",
+                        web.salt_timeout)  # fmt: skip
+            return
+        if web.live_calls >= LIVE_CALLS:
+            self.refuse(429, "too many live listings are running: try again shortly",
+                        web.salt_timeout)  # fmt: skip
+            return
+        web.live_calls += 1  # only touched on the event loop's thread
+        web.live_by_user[user] = web.live_by_user.get(user, 0) + 1
+        try:
+            await self.call("live_jobs", limit)
+        finally:
+            web.live_calls -= 1
+            web.live_by_user[user] -= 1
+            if not web.live_by_user[user]:
+                del web.live_by_user[user]
 
 
 class Job(Base):
@@ -297,6 +595,9 @@ class Stream(Base):
         except Denied as denied:
             self.write_json(403, {"error": str(denied), "missing": denied.needed})
             return
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+            return
         grants = self.web.service.grants(user)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
@@ -330,6 +631,12 @@ class Page(tornado.web.StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
 
+    def parse_url_path(self, url_path: str) -> str:
+        # No file name holds a NUL; the file system refuses one (ValueError, a 500).
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
 
 class NotFound(Base):
     def prepare(self) -> None:
@@ -346,7 +653,12 @@ def _log(handler: tornado.web.RequestHandler) -> None:
 
 
 class WebApp:
-    """The application: a service, sessions, the event hub and Salt's authentication."""
+    """The application: a service, sessions, the event hub and Salt's authentication.
+
+    ``request_timeout`` bounds how long a request waits for the database, ``salt_timeout``
+    how much longer a kill or a live listing waits for the minions; past the bound the
+    request is answered 503 (the work itself carries on in its thread: a kill may still be
+    carried out, and is audited)."""
 
     def __init__(
         self,
@@ -354,16 +666,27 @@ class WebApp:
         authenticate: Authenticate,
         live_jobs: LiveLister | None = None,
         default_eauth: str = "pam",
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        salt_timeout: float = SALT_TIMEOUT,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.service = service
         self.authenticate = authenticate
         self.live_lister = live_jobs
         self.default_eauth = default_eauth
+        self.request_timeout = request_timeout
+        self.salt_timeout = salt_timeout
         self.sessions = Sessions()
         self.hub = Hub()
-        self.pool = ThreadPoolExecutor(4, thread_name_prefix="halite-web")
+        self.throttle = throttle if throttle is not None else LoginThrottle()
+        self.pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="halite-web")
         self.login_pool = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="halite-login")
+        self.live_pool = ThreadPoolExecutor(LIVE_THREADS, thread_name_prefix="halite-live")
+        # Counted on the event loop's thread only.
         self.logins_waiting = 0
+        self.live_calls = 0
+        self.live_by_user: dict[str, int] = {}
 
     def me(self, user: str) -> dict[str, Any]:
         grants = self.service.grants(user)
@@ -377,10 +700,29 @@ class WebApp:
             },
         }
 
+    @staticmethod
+    async def bounded(pool: Executor, timeout: float, work: Callable[[], T], late: str) -> T:
+        """``work()`` on ``pool``; raises Unavailable(``late``) past ``timeout`` seconds.
+        Work still queued then is dropped; work already running finishes in its thread."""
+        future = asyncio.get_running_loop().run_in_executor(pool, work)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(late) from None
+
     async def run(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.pool, lambda: self._dispatch(method, user, *args, **kwargs)
+        if method == "live_jobs":
+            pool, timeout = self.live_pool, self.request_timeout + self.salt_timeout
+            late = f"the minions or the master's job cache did not answer within {timeout:g} s"
+        elif method == "kill":
+            pool, timeout = self.pool, self.request_timeout + self.salt_timeout
+            late = (f"no answer within {timeout:g} s from halite's database or the minions; "
+                    "the kill may still be carried out: see the audit log")  # fmt: skip
+        else:
+            pool, timeout = self.pool, self.request_timeout
+            late = f"halite's database did not answer within {timeout:g} s; try again shortly"
+        return await self.bounded(
+            pool, timeout, lambda: self._dispatch(method, user, *args, **kwargs), late
         )
 
     def _dispatch(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
@@ -390,6 +732,19 @@ class WebApp:
             scope = self.service.view_scope(user, "jobs", {"live": True})
             return self.live_lister(args[0], scope)
         return getattr(self.service, method)(user, *args, **kwargs)
+
+    async def audit_failed_login(self, user: str, address: str | None, reason: str) -> None:
+        """Record a failed login, bounded; a failure to record is logged, never raised:
+        the caller is answered 401 all the same."""
+        try:
+            await self.bounded(
+                self.pool, self.request_timeout,
+                lambda: self.service.login_failed(user, address, reason),
+                f"the audit log did not answer within {self.request_timeout:g} s",
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - logged; the login is refused anyway
+            log.error("halite http: could not audit the failed login of %r from %s: %s",
+                      user[:256], address, exc)  # fmt: skip
 
     def application(self) -> tornado.web.Application:
         routes: list[Any] = [
@@ -411,29 +766,38 @@ class WebApp:
         return tornado.web.Application(routes, compress_response=True, log_function=_log)
 
     def serve(
-        self, host: str, port: int, ssl: Mapping[str, str] | None = None
+        self,
+        host: str,
+        port: int,
+        ssl: Mapping[str, str] | None = None,
+        proxy_headers: bool = False,
     ) -> tornado.httpserver.HTTPServer:
         """Listen on ``host:port`` (TLS with ``certfile``/``keyfile``) in this thread's
-        event loop, which must be running or run afterwards."""
-        ssl_options = None
-        if ssl:
-            import ssl as ssl_module
-
-            context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(ssl["certfile"], ssl["keyfile"])
-            ssl_options = context
+        event loop, which must be running or run afterwards. ``proxy_headers``: the client
+        address is the one a reverse proxy puts in X-Real-Ip / X-Forwarded-For (it is what
+        logins are throttled by). Raises ConfigError when it cannot."""
         server = tornado.httpserver.HTTPServer(
-            self.application(), ssl_options=ssl_options, max_body_size=MAX_BODY,
-            max_buffer_size=MAX_BODY * 4,
+            self.application(), ssl_options=_tls(ssl) if ssl else None,
+            max_body_size=MAX_BODY, max_buffer_size=MAX_BODY * 4, xheaders=proxy_headers,
         )  # fmt: skip
-        server.listen(port, address=host)
+        try:
+            server.listen(port, address=host)
+        except OSError as exc:
+            raise ConfigError(
+                f"http: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
         self.hub.loop = asyncio.get_event_loop()
         return server
 
     def serve_in_thread(
-        self, host: str, port: int, ssl: Mapping[str, str] | None = None
+        self,
+        host: str,
+        port: int,
+        ssl: Mapping[str, str] | None = None,
+        proxy_headers: bool = False,
     ) -> threading.Thread:
-        """Run the server in a thread of its own (the engine's loop stays synchronous)."""
+        """Run the server in a thread of its own (the engine's loop stays synchronous);
+        raises, in the calling thread, what kept it from listening."""
         started = threading.Event()
         failure: list[BaseException] = []
 
@@ -441,10 +805,11 @@ class WebApp:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             try:
-                self.serve(host, port, ssl)
+                self.serve(host, port, ssl, proxy_headers)
             except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
                 failure.append(exc)
                 started.set()
+                loop.close()
                 return
             started.set()
             loop.run_forever()
@@ -457,3 +822,23 @@ class WebApp:
         log.info("halite: Jobs page and API on %s://%s:%d/", "https" if ssl else "http", host,
                  port)  # fmt: skip
         return thread
+
+
+def _tls(ssl: Mapping[str, str]) -> ssl_module.SSLContext:
+    """A server TLS context from ``certfile`` and ``keyfile``; ConfigError saying which
+    file cannot be read, or that the two are not a certificate and its key."""
+    for name in ("certfile", "keyfile"):
+        try:
+            with open(ssl[name], "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"http: cannot read {name} {ssl[name]}: {exc.strerror}") from exc
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(ssl["certfile"], ssl["keyfile"])
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(
+            f"http: cannot load certfile {ssl['certfile']} and keyfile {ssl['keyfile']} as a"
+            f" PEM certificate and its private key: {exc}"
+        ) from exc
+    return context

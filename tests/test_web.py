@@ -3,23 +3,35 @@
 Salt's external auth is the engine's to call (tests/integration/test_http.py logs in
 through Salt's `auto` eauth); here a function accepting one password stands in for it."""
 
+import http.client
 import json
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from halite_core.permissions import Policy
 from halite_core.service import Service
 from halite_core.web import WebApp, bus_event
+from tests.conftest import postgresql_only
 from tests.helpers import free_port, publish, ret
 
 POLICY = {
     "roles": {"tester": ["view:job:test.*"], "auditor": ["view:job:*", "view:audit:*"]},
     "users": {"olga": ["operator"], "vic": ["viewer"], "tess": ["tester"], "audrey": ["auditor"]},
 }
+
+
+def two_jobs(store):
+    """test.sleep still running on b; grains.items complete."""
+    publish(store, "20261128120000000001", fun="test.sleep", minions=["a", "b"])
+    store.save_return(ret("20261128120000000001", "a", fun="test.sleep"))
+    publish(store, "20261128120000000002", fun="grains.items", minions=["a"])
+    store.save_return(ret("20261128120000000002", "a", {"os": "Debian"}, fun="grains.items"))
 
 
 @pytest.fixture
@@ -35,10 +47,7 @@ def server(store):
     app = WebApp(service, lambda user, password, eauth: password == "secret", None, "auto")
     port = free_port()
     app.serve_in_thread("127.0.0.1", port)
-    publish(store, "20261128120000000001", fun="test.sleep", minions=["a", "b"])
-    store.save_return(ret("20261128120000000001", "a", fun="test.sleep"))
-    publish(store, "20261128120000000002", fun="grains.items", minions=["a"])
-    store.save_return(ret("20261128120000000002", "a", {"os": "Debian"}, fun="grains.items"))
+    two_jobs(store)
     app.base = f"http://127.0.0.1:{port}"
     app.kills = kills
     yield app
@@ -207,38 +216,168 @@ def test_the_stream_ends_with_its_session(server):
     assert not [line for line in lines if line.startswith("data:")]
 
 
-def test_waiting_logins_never_hold_up_the_api(store):
-    """Salt's external auth can take seconds to refuse; logins wait on their own threads,
-    and past LOGINS_WAITING a login is turned away at once instead of queueing."""
+class Clock:
+    """The login throttle's clock, moved by the test: back-offs pass when it says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def started(app):
+    port = free_port()
+    app.serve_in_thread("127.0.0.1", port)
+    app.port, app.base = port, f"http://127.0.0.1:{port}"
+    return app
+
+
+def stopped(app):
+    app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)
+
+
+def call_from(app, address, method, path, token=None, body=None):
+    """A request sent from another loopback address (all of 127/8 is the loopback);
+    answers (status, JSON body, headers)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", app.port, timeout=30, source_address=(address, 0)
+    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Auth-Token"] = token
+    try:
+        connection.request(method, path, json.dumps(body) if body is not None else None, headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null"), dict(response.headers)
+    finally:
+        connection.close()
+
+
+def log_in_from(app, address, user, password="secret"):
+    return call_from(app, address, "POST", "/api/login",
+                     body={"username": user, "password": password})  # fmt: skip
+
+
+def wait_until(check, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not reached within {timeout}s: {check.__doc__}"
+        time.sleep(0.02)
+
+
+def policy_service(store, *users, send_kill=None):
+    extra = {user: ["viewer"] for user in users}
+    policy = Policy.from_config(POLICY["roles"], {**POLICY["users"], **extra}, "salt")
+    return Service(store, policy, "m1", send_kill)
+
+
+def audited(app, action):
+    """The audit log's entries for ``action``, newest first, once the writes are in."""
+    app.service.store.flush()
+    return app.service.audit("audrey", action=action, limit=100)["entries"]
+
+
+def right_password(user, password, eauth):
+    return password == "secret"
+
+
+def test_a_flood_of_wrong_passwords_throttles_that_user_and_that_address(store):
+    """Failed logins back off per user name and per client address: the flood's user and
+    address wait, everyone else logs in; each failure is audited, without its password."""
+    from halite_core import web
+
+    clock = Clock()
+    app = started(WebApp(policy_service(store), right_password, None, "auto",
+                         throttle=web.LoginThrottle(clock=clock)))  # fmt: skip
+    try:
+        flood = [log_in_from(app, "127.0.0.1", "vic", f"guess-{n}") for n in range(12)]
+        allowed = web.LoginThrottle.FAILURES
+        assert [status for status, _, _ in flood] == [401] * allowed + [429] * (12 - allowed)
+        _, body, headers = flood[-1]
+        assert "too many failed logins" in body["error"]
+        assert headers["Retry-After"] == "1"
+        assert log_in_from(app, "127.0.0.2", "olga")[0] == 200  # another user, elsewhere
+        assert log_in_from(app, "127.0.0.3", "vic")[0] == 429  # vic, from anywhere
+        assert log_in_from(app, "127.0.0.1", "olga")[0] == 429  # anyone, from the flood
+        clock.now += 1  # the back-off has passed
+        assert log_in_from(app, "127.0.0.3", "vic")[0] == 200
+        assert log_in_from(app, "127.0.0.1", "tess", "guess")[0] == 401
+        status, _, headers = log_in_from(app, "127.0.0.1", "tess")
+        assert status == 429
+        assert headers["Retry-After"] == "2"  # each failure past the limit doubles the wait
+        entries = audited(app, "login")
+        assert [(e["user"], e["decision"]) for e in entries] == [("tess", "deny")] + [
+            ("vic", "deny")
+        ] * allowed  # fmt: skip
+        assert entries[-1]["arguments"] == {"address": "127.0.0.1"}
+        assert "guess" not in json.dumps(entries)
+    finally:
+        stopped(app)
+
+
+def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
+    """Salt's external auth can take seconds to refuse (PAM: about 2 s). One user name or
+    address has at most LOGINS_PER_KEY logins waiting for it; the rest are turned away at
+    once, and other people's logins find a free thread."""
+    from halite_core import web
+
+    release, entered, answers = threading.Event(), [], []
+
+    def authenticate(user, password, eauth):
+        if password != "secret":
+            entered.append(user)
+            release.wait(30)  # a slow refusal, held until the test lets it go
+        return password == "secret"
+
+    app = started(WebApp(policy_service(store), authenticate, None, "auto"))
+    try:
+        flood = [
+            threading.Thread(target=lambda: answers.append(
+                log_in_from(app, "127.0.0.1", "x", "bad")[0]))
+            for _ in range(8)
+        ]  # fmt: skip
+        for thread in flood:
+            thread.start()
+        wait_until(lambda: len(entered) == web.LOGINS_PER_KEY and len(answers) == 8 - len(entered))
+        assert answers == [429] * (8 - web.LOGINS_PER_KEY)
+        status, me, _ = log_in_from(app, "127.0.0.2", "olga")
+        assert status == 200
+        assert call(app, "GET", "/api/jobs", me["token"])[0] == 200  # and the API answers
+        release.set()
+        for thread in flood:
+            thread.join(30)
+        assert sorted(answers) == [401] * web.LOGINS_PER_KEY + [429] * (8 - web.LOGINS_PER_KEY)
+    finally:
+        release.set()
+        stopped(app)
+
+
+def test_past_logins_waiting_a_login_is_turned_away_at_once(store):
+    """However spread out, at most LOGINS_WAITING logins wait for the external auth;
+    past that a login is answered 429 at once instead of queueing."""
     from halite_core import web
 
     release = threading.Event()
 
     def authenticate(user, password, eauth):
         if password != "secret":
-            release.wait(30)  # a slow refusal, held until the test lets it go
+            release.wait(30)
         return password == "secret"
 
-    service = Service(store, Policy.from_config(POLICY["roles"], POLICY["users"], "salt"))
-    app = WebApp(service, authenticate, None, "auto")
-    port = free_port()
-    app.serve_in_thread("127.0.0.1", port)
-    app.base = f"http://127.0.0.1:{port}"
+    app = started(WebApp(policy_service(store), authenticate, None, "auto"))
     try:
         token = login(app, "vic")
         answers = []
         slow = [
-            threading.Thread(target=lambda: answers.append(
-                call(app, "POST", "/api/login", body={"username": "x", "password": "bad"})[0]))
-            for _ in range(web.LOGINS_WAITING)
+            threading.Thread(target=lambda n=n: answers.append(
+                log_in_from(app, f"127.0.1.{n + 1}", f"user{n}", "bad")[0]))
+            for n in range(web.LOGINS_WAITING)
         ]  # fmt: skip
         for thread in slow:
             thread.start()
-        deadline = time.monotonic() + 10
-        while app.logins_waiting < web.LOGINS_WAITING and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert app.logins_waiting == web.LOGINS_WAITING
-        status, body = call(app, "POST", "/api/login", body={"username": "y", "password": "b"})
+        wait_until(lambda: app.logins_waiting == web.LOGINS_WAITING)
+        status, body, _ = log_in_from(app, "127.0.2.1", "y", "b")
         assert status == 429 and "too many logins" in body["error"]
         assert call(app, "GET", "/api/jobs", token)[0] == 200  # the API still answers
         release.set()
@@ -247,7 +386,99 @@ def test_waiting_logins_never_hold_up_the_api(store):
         assert answers == [401] * web.LOGINS_WAITING
     finally:
         release.set()
-        app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)
+        stopped(app)
+
+
+def test_the_login_throttle_is_bounded_and_forgets():
+    from halite_core import web
+
+    clock = Clock()
+    throttle = web.LoginThrottle(clock=clock, max_keys=50)
+    for n in range(1000):  # a new user name each time, from one address
+        throttle.failed(throttle.keys(f"user{n}", "10.0.0.1"))
+    assert len(throttle) <= 50
+    assert throttle.wait(throttle.keys("anyone", "10.0.0.1")) == throttle.max_delay
+    assert throttle.wait(throttle.keys("anyone", "10.0.0.2")) == 0
+    clock.now += throttle.max_delay + throttle.window  # quiet for a window after the wait
+    assert throttle.wait(throttle.keys("anyone", "10.0.0.1")) == 0
+    throttle.prune()
+    assert len(throttle) == 0
+
+
+def test_behind_a_proxy_logins_are_throttled_by_the_forwarded_address(store):
+    from halite_core import web
+
+    app = WebApp(policy_service(store), right_password, None, "auto",
+                 throttle=web.LoginThrottle(clock=Clock()))  # fmt: skip
+    port = free_port()
+    app.serve_in_thread("127.0.0.1", port, proxy_headers=True)
+    app.base = f"http://127.0.0.1:{port}"
+
+    def log_in(user, password, forwarded):
+        request = urllib.request.Request(
+            app.base + "/api/login", method="POST",
+            data=json.dumps({"username": user, "password": password}).encode(),
+            headers={"X-Forwarded-For": forwarded},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        for n in range(web.LoginThrottle.FAILURES):
+            assert log_in(f"user{n}", "bad", "192.0.2.1") == 401
+        assert log_in("olga", "secret", "192.0.2.1") == 429  # the address that failed
+        assert log_in("olga", "secret", "192.0.2.2") == 200  # another client of the proxy
+    finally:
+        stopped(app)
+
+
+def test_live_listings_never_hold_up_plain_reads(store):
+    """Live listings (each asks every minion) run on their own threads, one per user at a
+    time and LIVE_CALLS in all; plain reads answer while they wait."""
+    from halite_core import web
+
+    entered, release = [], threading.Event()
+
+    def live(limit, scope):
+        entered.append(limit)
+        release.wait(60)  # a minion that is down: Salt waits for it
+        return {"jobs": [], "next": None, "live": True}
+
+    users = [f"viewer{n}" for n in range(web.LIVE_CALLS + 1)]
+    two_jobs(store)
+    app = started(WebApp(policy_service(store, *users), right_password, live, "auto"))
+    tokens = {user: login(app, user) for user in users}
+    answers = {}
+
+    def live_call(user):
+        answers[user] = call(app, "GET", "/api/jobs?live=true&limit=5", tokens[user])
+
+    waiting = [threading.Thread(target=live_call, args=(u,)) for u in users[: web.LIVE_CALLS]]
+    try:
+        for thread in waiting:
+            thread.start()
+        wait_until(lambda: len(entered) == web.LIVE_THREADS and app.live_calls == web.LIVE_CALLS)
+        status, page = call(app, "GET", "/api/jobs", tokens[users[0]])
+        assert status == 200 and len(page["jobs"]) == 2
+        assert call(app, "GET", "/api/jobs/20261128120000000001", tokens[users[1]])[0] == 200
+        assert answers == {}  # the live listings still wait
+        status, body = call(app, "GET", "/api/jobs?live=true", tokens[users[0]])
+        assert status == 429 and "already running" in body["error"]
+        status, body = call(app, "GET", "/api/jobs?live=true", tokens[users[-1]])
+        assert status == 429 and "too many live listings" in body["error"]
+        release.set()
+        for thread in waiting:
+            thread.join(30)
+        assert {user: answer[0] for user, answer in answers.items()} == {
+            user: 200 for user in users[: web.LIVE_CALLS]
+        }  # fmt: skip
+        wait_until(lambda: app.live_calls == 0)  # counted down once each answer is sent
+    finally:
+        release.set()
+        stopped(app)
 
 
 def test_https_with_a_certificate(store, tmp_path):
@@ -296,6 +527,173 @@ def test_a_stream_refused_is_audited(server, store):
     token = login(server, "nobody")  # logs in, but holds no role
     status, body = call(server, "GET", "/api/jobs/stream", token)
     assert status == 403 and body["missing"] == "view:job:*"
+    store.flush()  # audit entries are journalled, committed with the next batch
     with store.db.read() as conn:
         (entry,) = audit.list_entries(conn, action="stream")["entries"]
     assert (entry["user"], entry["decision"]) == ("nobody", "deny")
+
+
+def test_a_path_with_a_nul_byte_is_a_clear_404(server):
+    for path in ("/index.html%00.js", "/%00", "/app.js%00"):
+        status, body = call(server, "GET", path)
+        assert status == 404, (path, body)
+    assert call(server, "GET", "/api/jobs/2026%00")[0] == 401  # the API: log in first
+
+
+def frozen_postgresql(pg_server):
+    """Stops every process of the test's PostgreSQL server (SIGSTOP): connections stay
+    open and nothing answers, as on a server that hangs. Returns the thaw."""
+    import os
+    import signal
+
+    postmaster = int((pg_server.data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    frozen = [postmaster, *children]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+
+    def thaw():
+        for pid in reversed(frozen):
+            os.kill(pid, signal.SIGCONT)
+
+    return thaw
+
+
+@postgresql_only("freezes the PostgreSQL server (SIGSTOP); SQLite's readers never wait")
+def test_a_frozen_database_gets_a_bounded_503(store, pg_server):
+    """A database that does not answer at all (no error, no timeout of its own): every
+    request is answered 503 within its bound; a kill may still be carried out, audited."""
+    two_jobs(store)
+    sent = []
+
+    def send_kill(jid, minions):
+        sent.append(jid)
+        return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
+
+    app = started(WebApp(policy_service(store, send_kill=send_kill), right_password, None,
+                         "auto", request_timeout=1, salt_timeout=0.5))  # fmt: skip
+    try:
+        vic, olga = login(app, "vic"), login(app, "olga")
+        assert call(app, "GET", "/api/jobs", vic)[0] == 200
+        thaw = frozen_postgresql(pg_server)
+        try:
+            status, body, headers = call_from(app, "127.0.0.1", "GET", "/api/jobs", vic)
+            assert status == 503, body
+            assert "database did not answer within 1 s" in body["error"]
+            assert int(headers["Retry-After"]) > 0
+            assert call(app, "GET", "/api/jobs/20261128120000000002", vic)[0] == 503
+            status, body = call(app, "POST", "/api/jobs/20261128120000000001/kill", olga)
+            assert status == 503, body
+            assert "may still be carried out" in body["error"]
+        finally:
+            thaw()
+        wait_until(lambda: call(app, "GET", "/api/jobs", vic)[0] == 200)
+        wait_until(lambda: sent == ["20261128120000000001"])  # the kill went on
+        wait_until(lambda: [e["jid"] for e in audited(app, "kill")] == [
+            "20261128120000000001"
+        ])  # fmt: skip
+    finally:
+        stopped(app)
+
+
+@postgresql_only("stops the PostgreSQL server")
+def test_a_stopped_database_gets_a_clear_503(store, pg_server):
+    two_jobs(store)
+    app = started(WebApp(policy_service(store), right_password, None, "auto"))
+    try:
+        vic = login(app, "vic")
+        assert call(app, "GET", "/api/jobs", vic)[0] == 200
+        pg_server.stop()
+        try:
+            status, body, headers = call_from(app, "127.0.0.1", "GET", "/api/jobs", vic)
+        finally:
+            pg_server.start()
+            pg_server.wait_ready()
+        assert status == 503, body
+        assert body == {"error": "halite's database is unavailable; try again shortly "
+                                 "(the master's log says why)"}  # fmt: skip
+        assert int(headers["Retry-After"]) > 0
+        wait_until(lambda: call(app, "GET", "/api/jobs", vic)[0] == 200)
+    finally:
+        stopped(app)
+
+
+def test_http_options_are_checked(tmp_path):
+    from halite_core.config import ConfigError
+    from halite_core.web import HttpOptions
+
+    options = HttpOptions.from_config({"port": "8443", "certfile": "c", "keyfile": "k"})
+    assert (options.host, options.port, options.ssl) == (
+        "127.0.0.1", 8443, {"certfile": "c", "keyfile": "k"}
+    )  # fmt: skip
+    bad = {
+        "certfile without keyfile": {"certfile": "c"},
+        "keyfile without certfile": {"keyfile": "k"},
+        "port must be a number from 1 to 65535": {"port": 70000},
+        "port must be a number from 1 to 65535, not True": {"port": True},
+        "host must be a host name or an address": {"host": ["a"]},
+        "host must be a host name or an address, not ''": {"host": ""},
+        "unknown option 'cerfile'": {"cerfile": "c", "keyfile": "k"},
+        "request_timeout must be a number of seconds > 0": {"request_timeout": 0},
+        "eauth must be": {"eauth": 3},
+        "http must be a mapping": ["port", 8765],
+    }
+    for message, config in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            HttpOptions.from_config(config)
+
+
+def test_unusable_tls_files_fail_at_start_with_a_clear_error(store, tmp_path):
+    from halite_core.config import ConfigError
+
+    app = WebApp(policy_service(store), right_password)
+    missing = {"certfile": str(tmp_path / "no.crt"), "keyfile": str(tmp_path / "no.key")}
+    with pytest.raises(ConfigError, match="http: cannot read certfile .*no.crt"):
+        app.serve_in_thread("127.0.0.1", free_port(), missing)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="http: cannot load certfile"):
+        app.serve_in_thread("127.0.0.1", free_port(),
+                            {"certfile": str(garbage), "keyfile": str(garbage)})  # fmt: skip
+
+
+def test_the_port_already_taken_fails_at_start_with_a_clear_error(store):
+    import socket
+
+    from halite_core.config import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = WebApp(policy_service(store), right_password)
+        with pytest.raises(ConfigError, match=f"http: cannot listen on 127.0.0.1:{port}"):
+            app.serve_in_thread("127.0.0.1", port)
+
+
+def test_the_engine_refuses_bad_http_options_before_serving(tmp_path):
+    """Through Salt's loader, as the master starts the engine: a clear error, not a
+    KeyError from the middle of start-up."""
+    import copy
+
+    import salt.config
+    import salt.loader
+
+    from halite_core.config import ConfigError
+
+    opts = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
+    opts.update(root_dir=str(tmp_path), cachedir=str(tmp_path / "cache"),
+                pki_dir=str(tmp_path / "pki"), sock_dir=str(tmp_path / "sock"),
+                extension_modules=str(tmp_path / "extmods"), id="m1", __role="master")  # fmt: skip
+    engines = salt.loader.engines(opts, {}, {}, salt.loader.utils(opts))
+    with pytest.raises(ConfigError, match="certfile without keyfile"):
+        engines["halite.serve_http"]({"certfile": str(tmp_path / "c.pem")})
+    with pytest.raises(ConfigError, match="port must be a number"):
+        engines["halite.serve_http"]({"port": "http"})

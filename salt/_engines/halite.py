@@ -26,8 +26,11 @@ Configuration, in the master config (every option may be left out):
             host: 127.0.0.1
             port: 8765
             eauth: pam          # the external auth the login form uses by default
-            certfile: /etc/pki/halite.crt   # both for HTTPS
+            certfile: /etc/pki/halite.crt   # both for HTTPS, or neither
             keyfile: /etc/pki/halite.key
+            request_timeout: 30 # seconds a request waits for the database, then 503
+            proxy_headers: false  # true behind a reverse proxy that sets X-Real-Ip or
+                                  # X-Forwarded-For: logins are throttled by that address
 
     external_auth:              # who may log in to the page: Salt's own external auth;
                                 # a user (or group) must be listed here, as for salt-api
@@ -136,34 +139,44 @@ def _publish_bus(publish, tag, data):
 
 
 def serve_http(config):
-    """Start the HTTP API and the Jobs page in a thread; returns the hub's publish."""
+    """Start the HTTP API and the Jobs page in a thread; returns the hub's publish. Bad
+    ``http:`` options, unreadable TLS files or a port in use raise ConfigError, which
+    names the option, before anything is served."""
+    import threading
+
     import salt.auth
 
-    from halite_core.web import WebApp
+    from halite_core.web import HttpOptions, WebApp
 
+    options = HttpOptions.from_config(config)
     settings = Settings.from_opts(
         __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
     )
-    client = salt.client.get_local_client(mopts=__opts__)
-    load_auth = salt.auth.LoadAuth(__opts__)
+    gather_timeout = float(__opts__.get("gather_job_timeout", 10))
+    # Salt's clients and loaders are not thread-safe, and the API answers from several
+    # threads: shared, one call's replies reach another (a kill answered not_running while
+    # its minion was signalled). A LocalClient per call, a LoadAuth per login thread.
+    auths = threading.local()
 
     def authenticate(username, password, eauth):
+        if not hasattr(auths, "load_auth"):
+            auths.load_auth = salt.auth.LoadAuth(__opts__)
         load = {"eauth": eauth, "username": username, "password": password}
         try:
-            if not load_auth.authenticate_eauth(load):
+            if not auths.load_auth.authenticate_eauth(load):
                 return False
             # As salt-api: a right password is not enough, the user (or a group of theirs)
             # must be granted something under external_auth:<eauth>.
-            return bool(load_auth.get_auth_list(load))
+            return bool(auths.load_auth.get_auth_list(load))
         except Exception:  # pylint: disable=broad-except
             log.warning("halite: external auth %s failed for %s", eauth, username, exc_info=True)
             return False
 
     def send_kill(jid, minions):
-        return client.cmd(
-            minions, "saltutil.kill_job", [jid], tgt_type="list",
-            timeout=__opts__.get("gather_job_timeout", 10),
-        )  # fmt: skip
+        with salt.client.get_local_client(mopts=__opts__) as client:
+            return client.cmd(
+                minions, "saltutil.kill_job", [jid], tgt_type="list", timeout=gather_timeout
+            )
 
     def live_jobs(limit, scope):
         import salt.minion
@@ -174,19 +187,16 @@ def serve_http(config):
         cache = __opts__["master_job_cache"]
         with salt.minion.MasterMinion(__opts__) as mminion:
             found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
-        answers = client.cmd(
-            "*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10)
-        )
+        with salt.client.get_local_client(mopts=__opts__) as client:
+            answers = client.cmd("*", "saltutil.running", timeout=gather_timeout)
         return live_page(found, running_jids(answers), scope, settings.jid_utc,
                          __opts__.get("id"))  # fmt: skip
 
     service = Service(JobStore(settings), policy_from_opts(__opts__), __opts__.get("id"),
                       send_kill)  # fmt: skip
-    app = WebApp(service, authenticate, live_jobs, default_eauth=str(config.get("eauth", "pam")))
-    ssl = None
-    if config.get("certfile") or config.get("keyfile"):
-        ssl = {"certfile": config["certfile"], "keyfile": config["keyfile"]}
-    app.serve_in_thread(str(config.get("host", "127.0.0.1")), int(config.get("port", 8765)), ssl)
+    app = WebApp(service, authenticate, live_jobs, default_eauth=options.eauth,
+                 request_timeout=options.request_timeout, salt_timeout=gather_timeout)  # fmt: skip
+    app.serve_in_thread(options.host, options.port, options.ssl, options.proxy_headers)
     return app.hub.publish
 
 

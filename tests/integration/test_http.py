@@ -2,11 +2,13 @@
 through Salt's own external auth (`auto`), checked over HTTP, against the OpenAPI
 document, and in a real browser (headless Chromium driven by Playwright)."""
 
+import http.client
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,12 +97,17 @@ def test_api_through_salts_eauth_and_a_real_kill(web_master, web_minion):
     status, body = call(base, "POST", f"/api/jobs/{jid}/kill", alice)
     assert status == 202, body
     assert body["signalled"] == [web_minion.id] and body["status"] == "complete"
-    status, detail = call(base, "GET", f"/api/jobs/{jid}", bob)
-    assert detail["minion_results"][0]["state"] == "killed"
+    assert wait_for(lambda: _states(base, bob, jid) == ["killed"], timeout=30)
     # live=true bypasses the index: the master's job cache and the minions' running lists.
     status, live = call(base, "GET", "/api/jobs?live=true&limit=5", bob)
     assert status == 200 and live["live"] is True and 1 <= len(live["jobs"]) <= 5
     assert call(base, "GET", "/api/jobs?live=true&limit=501", bob)[0] == 400
+
+
+def _states(base, token, jid):
+    """the states of the job's minions"""
+    status, detail = call(base, "GET", f"/api/jobs/{jid}", token)
+    return [r["state"] for r in detail["minion_results"]] if status == 200 else None
 
 
 def _running(base, token, jid):
@@ -206,3 +213,87 @@ def _complete(base, token, jid):
     """the job is complete"""
     status, detail = call(base, "GET", f"/api/jobs/{jid}", token)
     return status == 200 and detail["status"] == "complete"
+
+
+def test_concurrent_kills_are_each_signalled_and_audited(web_master, web_minion):
+    """Several kills at once through the API: each answer, audit entry and index mark is
+    that kill's own (Salt's client is not thread-safe: the web threads must not share one)."""
+    base = web_master.base
+    alice, carol = login(base, "sudo_alice"), login(base, "sudo_carol")
+    jids = [run_job(web_master, web_minion, "test.sleep", "120") for _ in range(4)]
+    for jid in jids:
+        wait_for(lambda jid=jid: _running(base, alice, jid), timeout=60)
+    wait_for(lambda: set(jids) <= _minion_runs(web_master, web_minion), timeout=60)
+    answers = {}
+    start = threading.Barrier(len(jids))
+
+    def kill(jid):
+        start.wait(30)
+        answers[jid] = call(base, "POST", f"/api/jobs/{jid}/kill", alice)
+
+    threads = [threading.Thread(target=kill, args=(jid,)) for jid in jids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for jid in jids:
+        status, body = answers[jid]
+        assert status == 202, body
+        assert body["signalled"] == [web_minion.id], body
+
+    def recorded():
+        """each kill is audited"""
+        status, log = call(base, "GET", "/api/audit?action=kill&limit=50", carol)
+        found = {e["jid"]: e["outcome"]["signalled"] for e in log["entries"] if e["jid"] in jids}
+        return found if len(found) == len(jids) else None
+
+    assert wait_for(recorded, timeout=30) == {jid: [web_minion.id] for jid in jids}
+    for jid in jids:
+        assert wait_for(lambda jid=jid: _states(base, alice, jid) == ["killed"], timeout=30)
+
+
+def _minion_runs(master, minion):
+    """the jids the minion says it runs"""
+    ret = master.salt_cli().run("saltutil.running", minion_tgt=minion.id, _timeout=60)
+    return {job["jid"] for job in ret.data or []} if ret.returncode == 0 else set()
+
+
+def test_failed_logins_through_salts_eauth_are_throttled_and_audited(web_master):
+    """Salt's `auto` eauth refuses a user not listed under external_auth. A flood of such
+    logins from one address backs off (429 with Retry-After); someone else, from elsewhere,
+    logs in at once; every refusal is in the audit log."""
+    base = web_master.base
+    statuses = []
+    while 429 not in statuses and len(statuses) < 20:
+        statuses.append(_login_from(base, "127.0.0.3", "mallory")[0])
+    assert statuses[:5] == [401] * 5  # fewer than five failures never wait
+    assert statuses[-1] == 429
+    status, body, headers = _login_from(base, "127.0.0.3", "sudo_bob")
+    assert status == 429 and int(headers["Retry-After"]) >= 1  # that address waits
+    status, body, _ = _login_from(base, "127.0.0.4", "sudo_bob")
+    assert status == 200, body
+    carol = login(base, "sudo_carol")
+
+    def refusals():
+        """every refused login of mallory is audited"""
+        status, log = call(base, "GET", "/api/audit?action=login&user=mallory", carol)
+        entries = log["entries"] if status == 200 else []
+        return entries if len(entries) == statuses.count(401) else None
+
+    entries = wait_for(refusals, timeout=30)
+    assert {e["decision"] for e in entries} == {"deny"}
+    assert {e["arguments"]["address"] for e in entries} == {"127.0.0.3"}
+
+
+def _login_from(base, address, user):
+    """POST /api/login from another loopback address: (status, body, headers)."""
+    host, port = base.rsplit("/", 1)[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60,
+                                            source_address=(address, 0))  # fmt: skip
+    try:
+        body = json.dumps({"username": user, "password": "any", "eauth": "auto"})
+        connection.request("POST", "/api/login", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.headers)
+    finally:
+        connection.close()
