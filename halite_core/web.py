@@ -440,13 +440,12 @@ DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
 
 class Login(Base):
     async def post(self) -> None:
-        try:
-            body = json.loads(self.request.body or b"{}")
-            username, password = str(body["username"]), str(body["password"])
-            eauth = str(body.get("eauth") or self.web.default_eauth)
-        except (ValueError, KeyError, TypeError):
-            self.write_json(400, {"error": 'send {"username", "password", "eauth"} as JSON'})
+        fields = _login_fields(self.request.body, self.web.default_eauth)
+        if fields is None:
+            self.write_json(400, {"error": 'send {"username", "password", "eauth"} as JSON '
+                                           "text, without NUL characters"})  # fmt: skip
             return
+        username, password, eauth = fields
         web, address = self.web, self.request.remote_ip
         keys = web.throttle.keys(username, address)
         wait = web.throttle.wait(keys)
@@ -484,6 +483,20 @@ class Login(Base):
             return
         web.throttle.succeeded(keys[0])
         self.write_json(200, {"token": web.sessions.open(username), **web.me(username)})
+
+
+def _login_fields(body: bytes | None, default_eauth: str) -> tuple[str, str, str] | None:
+    """``(username, password, eauth)`` from a login's JSON body, or None. Text only and
+    without NUL: C libraries (PAM) would end a password there, and no user name holds one
+    (PostgreSQL could not even store it in the audit log)."""
+    try:
+        given = json.loads(body or b"{}")
+        fields = (given["username"], given["password"], given.get("eauth") or default_eauth)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not all(isinstance(field, str) and "\x00" not in field for field in fields):
+        return None
+    return fields
 
 
 class Logout(Base):

@@ -93,6 +93,21 @@ def test_login_and_sessions(server):
     assert call(server, "GET", "/api/me", me["token"])[0] == 401
 
 
+def test_a_login_takes_text_only(server):
+    """A user name or password that is not text, or holds a NUL (where PAM would end the
+    password), is a bad request: it never reaches the external auth."""
+    for body in (
+        {"username": ["vic"], "password": "secret"},
+        {"username": "vic", "password": None},
+        {"username": "vic", "password": "secret", "eauth": 1},
+        {"username": "vic\x00", "password": "secret"},
+        {"username": "vic", "password": "secret\x00x"},
+    ):
+        status, answer = call(server, "POST", "/api/login", body=body)
+        assert status == 400, body
+        assert "without NUL characters" in answer["error"]
+
+
 def test_reads_with_the_runners_semantics(server):
     token = login(server, "vic")
     status, page = call(server, "GET", "/api/jobs?limit=1", token)
