@@ -1160,10 +1160,8 @@ class JobStore:
             load = second_hand
         if load is None:
             return {}
-        if is_master_job(load.get("fun")):
-            load.pop("arg", None)
-            return load
-        if targets:
+        load = salt_load(load)
+        if targets and not is_master_job(load.get("fun")):
             load["Minions"] = sorted(targets)
         return load
 
@@ -1225,7 +1223,7 @@ class JobStore:
                 )
                 for jid, load, stored in result:
                     seen.add(jid)
-                    yield jid, encoding.loads(load), _latest(stored, last.get(jid))
+                    yield jid, salt_load(encoding.loads(load)), _latest(stored, last.get(jid))
         except Exception as exc:
             if seen or not is_outage(exc):
                 raise
@@ -1234,7 +1232,7 @@ class JobStore:
             )
         for jid, item in pending.items():
             if jid not in seen:
-                yield jid, dict(item.load), last.get(jid)
+                yield jid, salt_load(item.load), last.get(jid)
 
     def newest_loads(
         self, count: int, filter_find_job: bool = True
@@ -1253,9 +1251,9 @@ class JobStore:
         rows = self._from_db(
             lambda conn: conn.execute(query.order_by(j.jid.desc()).limit(size)).all(), []
         )
-        found = {jid: encoding.loads(load) for jid, load in rows}
+        found = {jid: salt_load(encoding.loads(load)) for jid, load in rows}
         for jid, load in pending.items():
-            found.setdefault(jid, load)
+            found.setdefault(jid, salt_load(load))
         newest = sorted(found, reverse=True)[:size]
         return [(jid, found[jid]) for jid in reversed(newest)]
 
@@ -1449,6 +1447,17 @@ def _latest(*moments: dt.datetime | None) -> dt.datetime | None:
 def is_master_job(function: object) -> bool:
     """A job the master runs itself (a runner or wheel job), whose publish is its own."""
     return isinstance(function, str) and function.startswith(("runner.", "wheel."))
+
+
+def salt_load(load: Mapping[str, Any]) -> dict[str, Any]:
+    """A load as Salt's job cache interface gives it back. A runner or wheel job's
+    publish is the engine's ``salt/run/<jid>/new`` (kept with its arguments for halite's
+    own views), but Salt's ``local_cache`` holds only what Salt's store_job handed it,
+    which has no ``arg``: ``jobs.list_job`` shows ``Arguments: []`` there, and so here."""
+    load = dict(load)
+    if is_master_job(load.get("fun")):
+        load.pop("arg", None)
+    return load
 
 
 def _salt_return(

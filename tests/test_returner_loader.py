@@ -48,6 +48,7 @@ def master_opts(root, job_cache):
         master_job_cache=job_cache,
         id="loadertest_master",
         job_cache_store_endtime=True,
+        __role="master",  # as a master's own options say (Salt's key store reads it)
     )
     (root / "pki" / "minions").mkdir(parents=True)
     return opts
@@ -94,6 +95,26 @@ class Master:
         salt.utils.job.store_job(self.opts, load, mminion=self.mminion)
 
 
+    def runner_job(self, jid, fun, kwargs):
+        """A runner job as Salt's runner client stores it (salt/client/mixins.py), after
+        the publish halite's engine writes first from ``salt/run/<jid>/new``."""
+        data = {
+            "fun": f"runner.{fun}",
+            "fun_args": [kwargs],
+            "jid": jid,
+            "user": "root",
+            "_stamp": "2026-11-28T12:00:00.000005",
+            "return": {"answer": 42},
+            "success": True,
+        }
+        if self.cache == "halite":
+            publish = {"fun": data["fun"], "arg": [kwargs], "user": "root",
+                       "tgt": self.opts["id"], "tgt_type": "list"}  # fmt: skip
+            get_store(Settings.from_opts(self.opts)).save_load(jid, publish, [self.opts["id"]])
+        load = {"id": self.opts["id"], "tgt": self.opts["id"], "jid": jid, "return": data}
+        salt.utils.job.store_job(self.opts, load, event=None, mminion=self.mminion)
+
+
 def run_jobs(master):
     base = "202611281200000000"
     master.publish(f"{base}01", "test.ping", [], ["m1", "m2"])
@@ -106,7 +127,8 @@ def run_jobs(master):
     master.publish(f"{base}04", "saltutil.find_job", [f"{base}03"], ["m2"])
     master.minion_return(f"{base}04", "m2", {}, "saltutil.find_job")
     master.minion_return(f"{base}04", "m2", {"again": 1}, "saltutil.find_job")  # duplicate
-    return [f"{base}0{n}" for n in range(1, 5)]
+    master.runner_job(f"{base}05", "test.arg", {"limit": 50})
+    return [f"{base}0{n}" for n in range(1, 6)]
 
 
 def without_endtime(jobs):
@@ -143,7 +165,10 @@ def test_same_answers_as_local_cache(masters):
         assert halite.call("get_jids_filter", count) == local.call("get_jids_filter", count)
     assert halite.call("get_jids_filter", 10, False) == local.call("get_jids_filter", 10, False)
     for jid in jids:
-        assert halite.call("get_load", jid) == local.call("get_load", jid), jid
+        if jid != jids[-1]:
+            # A runner job's load: local_cache holds Salt's copy of the whole return, halite
+            # its publish; jobs.list_job shows the same of both (test_salt_jobs_runner_agrees).
+            assert halite.call("get_load", jid) == local.call("get_load", jid), jid
         assert halite.call("get_jid", jid) == local.call("get_jid", jid), jid
     assert halite.call("get_load", "20000101000000000000") == {}
     assert halite.call("get_jid", "20000101000000000000") == {}
