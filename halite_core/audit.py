@@ -73,8 +73,7 @@ def redact(value: Any, _depth: int = 0) -> Any:
     return value
 
 
-def record(
-    conn: Connection,
+def entry(
     *,
     user: str | None,
     action: str,
@@ -85,11 +84,12 @@ def record(
     arguments: Any = None,
     master_id: str | None = None,
     at: dt.datetime | None = None,
-) -> int:
-    """Append one entry; returns its id."""
+) -> dict[str, Any]:
+    """One entry's columns, checked, shortened and redacted, ready to be journalled and
+    inserted (:func:`insert_entries`)."""
     if decision not in DECISIONS:
         raise ValueError(f"decision must be allow or deny, not {decision!r}")
-    values = {
+    return {
         "at": at or dt.datetime.now(dt.timezone.utc),
         "user": _short(user, 255),
         "action": action[:32],
@@ -100,7 +100,19 @@ def record(
         "arguments": encoding.to_jsonable(redact(arguments)) if arguments is not None else None,
         "master_id": _short(master_id, 255),
     }
-    result = conn.execute(insert(audit_log).values(values).returning(audit_log.c.id))
+
+
+def insert_entries(conn: Connection, entries: list[dict[str, Any]]) -> None:
+    """Append entries, in order."""
+    if entries:
+        conn.execute(insert(audit_log), entries)
+
+
+def record(conn: Connection, **fields: Any) -> int:
+    """Append one entry at once; returns its id. (The runners and the API journal their
+    entries instead, through :meth:`JobStore.record_audit`, so that they survive a
+    database that is locked or away.)"""
+    result = conn.execute(insert(audit_log).values(entry(**fields)).returning(audit_log.c.id))
     return int(result.scalar_one())
 
 

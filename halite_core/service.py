@@ -16,6 +16,7 @@ from typing import Any
 
 from halite_core import audit
 from halite_core import kill as killing
+from halite_core.bounded import DatabaseTimeout, call_within
 from halite_core.jobcache import JobStore
 from halite_core.permissions import Denied, Grants, Policy
 from halite_core.queries import (
@@ -104,18 +105,29 @@ class Service:
         self.send_kill = send_kill
 
     def close(self) -> None:
-        self.store.db.dispose()
+        """Commit what this service journalled (audit entries, kill marks), waiting a
+        bounded time, and release the database."""
+        self.store.close()
 
     # ------------------------------------------------------------------ checks and audit
     def grants(self, user: str | None) -> Grants:
         return self.policy.for_user(user)
 
     def _record(self, user: str | None, action: str, decision: str, **fields: Any) -> None:
-        with self.store.db.write() as conn:
-            audit.record(
-                conn, user=user, action=action, decision=decision, master_id=self.master_id,
-                **fields,
-            )  # fmt: skip
+        """Append to the audit log through the journal: never waits for the database, and
+        survives one that is locked or away (spooled and replayed in order)."""
+        self.store.record_audit(
+            audit.entry(user=user, action=action, decision=decision, master_id=self.master_id,
+                        **fields)
+        )  # fmt: skip
+
+    def _commit_own_writes(self) -> None:
+        """Commit the audit entries this process journalled a moment ago, so that the log
+        shows them, waiting at most ``read_timeout`` (a locked database: they show later)."""
+        try:
+            call_within(self.store.settings.read_timeout, self.store.flush)
+        except DatabaseTimeout:
+            pass
 
     def _deny(
         self, user: str | None, action: str, needed: str, arguments: Any, jid: str | None = None
@@ -254,6 +266,7 @@ class Service:
         )  # fmt: skip
         if not self.grants(user).allows("view", "audit", "*"):
             raise self._deny(user, "audit", "view:audit:*", arguments)
+        self._commit_own_writes()
         with self.store.db.read() as conn:
             return audit.list_entries(
                 conn, user=text_arg("user", user_filter), action=text_arg("action", action),
@@ -269,7 +282,9 @@ class Service:
         grants = self.grants(user)
         try:
             with self.store.db.read() as conn:
-                target = killing.plan(conn, jid if isinstance(jid, str) else str(jid))
+                target = killing.plan(
+                    conn, jid if isinstance(jid, str) else str(jid), self.store.journalled
+                )
         except QueryError as exc:
             if isinstance(exc, killing.NothingToKill):
                 # Said only to those who may kill that job: the message names its function.
@@ -307,8 +322,9 @@ class Service:
                 "minions": [{"minion": m, **r} for m, r in results.items()],
             }
             self.store.mark_killed(target["jid"], signalled)
-            with self.store.db.read() as conn:
-                status = job_detail(conn, target["jid"])["status"]
+            # The marks are committed with the next batch: the job is complete once every
+            # minion still running it has confirmed the signal.
+            status = "complete" if set(signalled) == set(target["minions"]) else "running"
         except Exception as exc:
             # Every kill is audited, also one that failed half-way (the signal may be out).
             outcome["error"] = f"{type(exc).__name__}: {exc}"

@@ -53,6 +53,7 @@ import salt.config
 import salt.minion
 
 try:
+    from halite_core.bounded import DatabaseTimeout, call_within
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import JobStore
     from halite_core.live import live_limit, live_page, running_jids
@@ -120,9 +121,14 @@ def _call(method, *args, outputter=None, **kwargs):
         service = _service()
     except ConfigError as exc:
         return _failed(str(exc))
+    caller = _caller()
     try:
-        data = getattr(service, method)(_caller(), *args, **kwargs)
-    except (QueryError, Denied, ConfigError) as exc:
+        # Bounded: a database that is locked or frozen gets a clear error, not a hang.
+        data = call_within(
+            service.store.settings.request_timeout,
+            lambda: getattr(service, method)(caller, *args, **kwargs),
+        )
+    except (QueryError, Denied, ConfigError, DatabaseTimeout) as exc:
         return _failed(str(exc))
     finally:
         service.close()
