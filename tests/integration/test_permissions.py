@@ -162,6 +162,11 @@ def test_each_runner_checks_first(master, minion, index):
         (["halite.jobs", "search=" + "x" * 5000], "at most 1024 characters"),
         (["halite.jobs", "include_system=maybe"], "include_system must be True or False"),
         (["halite.audit", "decision=perhaps"], "decision must be allow or deny"),
+        (["halite.jobs", "start=9999-12-31T23:59:59-23:59"], "is out of range"),
+        (["halite.jobs", "end=0001-01-01T00:00:00+14:00"], "is out of range"),
+        (["halite.audit", "start=9999-12-31T23:59:59-23:59"], "is out of range"),
+        (["halite.activity", "hours=.inf"], "hours must be a number from 1 to 168"),
+        (["halite.jobs", "limit=.inf"], "limit must be a number from 1 to 500"),
     ):
         ret = run.run(*args)
         assert ret.returncode == 1 and message in ret.data["error"], (args, ret)
