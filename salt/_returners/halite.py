@@ -6,9 +6,11 @@ Every publish and every minion return is written as it arrives into the ``jobs_i
 inspecting jobs is an indexed query instead of a walk over the job cache directories.
 Salt's own ``jobs`` runner keeps working on top of it.
 
-Writes are journalled at once and committed in batches (at most ``flush_interval`` later).
-A write the database cannot take never breaks the job: it is kept in a spool under the
-master's cachedir and replayed once the database answers again.
+Salt's job path never waits for the database: jids are reserved with files, writes are
+journalled at once and committed in batches by a thread of the process (at most
+``flush_interval`` later), and reads also look into the journals. A write the database
+cannot take never breaks the job: it is kept in a spool under the master's cachedir and
+replayed once the database answers again.
 
 Configuration, in the master config:
 
@@ -27,9 +29,12 @@ Configuration, in the master config:
       batch_size: 1000                # commit sooner once this many writes are waiting
       max_return_bytes: 4194304       # larger returns are stored truncated, with a marker
       journal_dir: /var/cache/salt/master/halite/journal  # default: halite/journal in cachedir
+      jid_dir: /var/cache/salt/master/halite/jids         # jids handed out (files, not the db)
       spool_dir: /var/cache/salt/master/halite/spool      # default: halite/spool in cachedir
       spool_replay_interval: 5        # seconds between attempts to replay spooled writes
       sqlite_busy_timeout: 30         # seconds a SQLite writer waits for the write lock
+      read_timeout: 2                 # seconds Salt's reads wait before answering from journals
+      request_timeout: 30             # seconds salt-run halite.* waits for the database
       clean_batch_size: 500           # jobs deleted per transaction by clean_old_jobs
 
 CLI Example:
