@@ -39,11 +39,16 @@ def withheld_return(function: object, value: object) -> Encoded | None:
     (``{"fun", "jid", "user", "return", "success"}``, as ``store_job`` hands it over) with
     :data:`WITHHELD` as its ``return``, or the marker alone for the engine's bare answer.
     None for every other job, whose return is stored as it is."""
+    payload = value if isinstance(value, Mapping) and "return" in value and "fun" in value else None
+    # A load without its function (a return seen before Salt names it) is judged by the
+    # payload's own: the answer must not slip through for want of a name.
+    if function is None and payload is not None:
+        function = payload["fun"]
     if not is_own_runner(function):
         return None
     stored: Any = dict(WITHHELD)
-    if isinstance(value, Mapping) and "return" in value and "fun" in value:
-        kept = {key: to_jsonable(value[key]) for key in PAYLOAD_KEYS if key in value}
+    if payload is not None:
+        kept = {key: to_jsonable(payload[key]) for key in PAYLOAD_KEYS if key in payload}
         stored = {**kept, "return": stored}
     # Written directly rather than through encoding.encode, which would escape the marker
     # as a returned mapping that happens to hold a __halite_type__ key.
@@ -53,7 +58,11 @@ def withheld_return(function: object, value: object) -> Encoded | None:
 def withheld_load(load: Mapping[str, Any]) -> Mapping[str, Any]:
     """A load Salt's ``store_job`` makes for a halite runner job carries the runner's
     whole payload under ``return``; the index keeps the load without it."""
-    if not is_own_runner(load.get("fun")) or "return" not in load:
+    ret = load.get("return")
+    function = load.get("fun")
+    if function is None and isinstance(ret, Mapping):
+        function = ret.get("fun")
+    if not is_own_runner(function) or "return" not in load:
         return load
     return {key: value for key, value in load.items() if key != "return"}
 

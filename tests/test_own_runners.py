@@ -51,6 +51,13 @@ def test_a_failed_halite_runner_keeps_its_retcode(store):
     assert "permission denied" not in str(store.get_jid(JID))
 
 
+def test_a_return_without_its_function_is_judged_by_its_payload(store):
+    load = {"id": MASTER, "jid": JID, "return": payload("runner.halite.audit", ENTRIES)}
+    store.save_load(JID, load)
+    store.save_return(load)
+    assert "entries" not in str(store.get_jid(JID)) and "entries" not in str(store.get_load(JID))
+
+
 def test_the_engines_bare_answer_is_withheld_too(store):
     """The engine (write_returns) indexes salt/run/<jid>/ret: the answer itself is the
     return, the success beside it."""
