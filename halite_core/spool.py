@@ -125,10 +125,11 @@ class Spool:
                 files.append(Path(entry.path))
             elif entry.name.endswith(CLAIMED):
                 try:
-                    if now - entry.stat().st_mtime > STALE_CLAIM_SECONDS:
-                        files.append(Path(entry.path))
+                    stale = now - entry.stat().st_mtime > STALE_CLAIM_SECONDS
                 except FileNotFoundError:
                     continue
+                if stale or not _claimer_alive(entry.name):
+                    files.append(Path(entry.path))
         return sorted(files, key=lambda p: p.name)
 
     def replay(
@@ -177,6 +178,25 @@ class Spool:
             reason,
             target,
         )
+
+
+def _claimer_alive(name: str) -> bool:
+    """Whether the process that claimed a spool file (``<base>.<pid>-<seq>.claimed``) still
+    runs: a claim of a process that died is taken up at once, not after
+    ``STALE_CLAIM_SECONDS``."""
+    try:
+        pid = int(name.split(".")[1].split("-")[0])
+    except (IndexError, ValueError):
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def spool_order(name: str) -> str:

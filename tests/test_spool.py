@@ -56,3 +56,30 @@ def test_a_stale_claim_is_replayed_once(tmp_path):
     assert spool.replay(apply, lambda exc: False) == 1
     assert applied == ["save_return"]
     assert spool.pending() == []
+
+
+def test_a_claim_of_a_process_that_died_is_replayed_at_once(tmp_path):
+    """A replaying process killed after claiming a file: its claim is taken up by the next
+    replay, without waiting STALE_CLAIM_SECONDS; a live process's claim is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    spool = Spool(tmp_path / "spool")
+    orphan = spool.put("save_return", {"jid": "20261128120000000001"})
+    mine = spool.put("save_return", {"jid": "20261128120000000002"})
+    base = orphan.name.removesuffix(".json")
+    os.rename(orphan, orphan.with_name(f"{base}.{dead}-0.claimed"))
+    busy = mine.with_name(f"{mine.name.removesuffix('.json')}.{os.getppid()}-0.claimed")
+    os.rename(mine, busy)  # claimed by a live process (this test's parent)
+    applied = []
+    assert spool.replay(lambda op, args: applied.append(args[0]["jid"]), lambda e: False) == 1
+    assert applied == ["20261128120000000001"]
+    assert spool.pending() == []
+    assert busy.exists()
