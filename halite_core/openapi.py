@@ -62,7 +62,7 @@ JOB_FILTERS = [
         "start", "ISO 8601; jobs started at or after.", {"type": "string", "format": "date-time"}
     ),  # noqa: E501
     _query("end", "ISO 8601; jobs started before.", {"type": "string", "format": "date-time"}),
-    _query("include_system", "Also Salt's bookkeeping jobs.", {"type": "boolean"}),
+    _query("include_system", "Also bookkeeping jobs (system_functions).", {"type": "boolean"}),
     _query("master", "Jobs published by this master id."),
     _query("cursor", "The `next` of the previous page."),
     _query(
