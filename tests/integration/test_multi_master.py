@@ -8,7 +8,7 @@ import multiprocessing
 
 import pytest
 from saltfactories.utils import random_string
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
@@ -72,9 +72,15 @@ def test_retention_by_both_masters_at_once_deletes_each_job_once(two_masters):
     master_a, _, master_b, _ = two_masters
     seeder = JobStore(dataclasses.replace(Settings.from_opts(master_a.config), clean_batch_size=25))
     old = [f"20260101{n // 3600:02d}{n // 60 % 60:02d}{n % 60:02d}000000" for n in range(400)]
+    long_ago = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     for jid in old:
         publish(seeder, jid, minions=["m1", "m2"])
-        seeder.save_return(ret(jid, "m1"))
+        for minion in ("m1", "m2"):
+            seeder.save_return(ret(jid, minion), long_ago)
+    with seeder.db.write() as conn:  # as if written back then: retention ages by that
+        conn.execute(
+            update(jobs_index).where(jobs_index.c.jid.in_(old)).values(created_at=long_ago)
+        )
     seeder.db.dispose()
     keep = int((dt.datetime.now(dt.timezone.utc) - dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc))
                .total_seconds())  # fmt: skip
