@@ -332,6 +332,9 @@ class Service:
         finally:
             self._record(user, "kill", "allow", resource=f"job:{function}", jid=target["jid"],
                          arguments=arguments, outcome=outcome)  # fmt: skip
+        # The marks and the entry are journalled: commit them now if the database takes
+        # them within read_timeout, so that the job read right after shows the kill.
+        self._commit_own_writes()
         answer: dict[str, Any] = {
             "jid": target["jid"],
             "function": function,
