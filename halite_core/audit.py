@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,6 +100,7 @@ def entry(
         "outcome": encoding.to_jsonable(redact(outcome)) if outcome is not None else None,
         "arguments": encoding.to_jsonable(redact(arguments)) if arguments is not None else None,
         "master_id": _short(master_id, 255),
+        "entry_id": uuid.uuid4().hex,
     }
 
 

@@ -15,6 +15,7 @@
       sqlite_busy_timeout: 30        # seconds a SQLite writer waits for the write lock
       read_timeout: 2                # seconds Salt's job cache reads wait for the database
       request_timeout: 30            # seconds halite's runners and API wait for it
+      keep_running_seconds: 604800   # a running job idle this long is cleaned all the same
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
       system_functions:              # bookkeeping jobs, hidden from listings; replaces
         - saltutil.find_job          # the default, SYSTEM_FUNCTIONS below
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "spool_max_bytes": 1024 * 1024 * 1024,
     "read_timeout": 2.0,
     "request_timeout": 30.0,
+    "keep_running_seconds": 7 * 86400,
 }
 # Bookkeeping: jobs that only read what Salt or halite already know, made by people and
 # consoles reading the history (SaltGUI polls jobs.*, manage.versions and the wheel's key
@@ -91,6 +93,7 @@ class Settings:
     spool_max_bytes: int = DEFAULTS["spool_max_bytes"]
     read_timeout: float = DEFAULTS["read_timeout"]
     request_timeout: float = DEFAULTS["request_timeout"]
+    keep_running_seconds: int = DEFAULTS["keep_running_seconds"]
     system_functions: tuple[str, ...] = SYSTEM_FUNCTIONS
 
     @classmethod
@@ -125,6 +128,7 @@ class Settings:
             spool_max_bytes=_positive(section, "spool_max_bytes", int),
             read_timeout=_positive(section, "read_timeout", float),
             request_timeout=_positive(section, "request_timeout", float),
+            keep_running_seconds=_positive(section, "keep_running_seconds", int, zero=True),
             system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
         )
 

@@ -108,6 +108,7 @@ def next_jid(jid: str) -> str:
 
 
 RESERVATION_HOURS = 2  # a reservation only has to outlive the microsecond it names
+TRASH = ".trash-"
 
 
 def reserve(directory: str | os.PathLike[str], jid: str) -> bool:
@@ -123,15 +124,16 @@ def reserve(directory: str | os.PathLike[str], jid: str) -> bool:
         return False
     except FileNotFoundError:
         os.makedirs(hour, exist_ok=True)
-        _forget_old_reservations(os.fspath(directory), jid[:10])
+        _set_aside_old_hours(os.fspath(directory), jid[:10])
         return reserve(directory, jid)
     os.close(fd)
     return True
 
 
-def _forget_old_reservations(directory: str, current_hour: str) -> None:
-    """Remove the reservations of hours long past (done once an hour, by whoever opens the
-    new hour's folder)."""
+def _set_aside_old_hours(directory: str, current_hour: str) -> None:
+    """Move the folders of hours long past out of the way: one rename each, cheap enough
+    for the publish path (an hour may hold hundreds of thousands of reservations); they
+    are deleted by :func:`remove_old_reservations`, off that path."""
     try:
         hours = sorted(name for name in os.listdir(directory) if name.isdigit())
     except FileNotFoundError:
@@ -139,10 +141,31 @@ def _forget_old_reservations(directory: str, current_hour: str) -> None:
     for name in hours[:-RESERVATION_HOURS]:
         if name >= current_hour:
             continue
-        folder = os.path.join(directory, name)
         try:
-            for entry in os.listdir(folder):
-                os.unlink(os.path.join(folder, entry))
+            os.rename(
+                os.path.join(directory, name),
+                os.path.join(directory, f"{TRASH}{name}-{os.getpid()}"),
+            )
+        except OSError:
+            continue  # another process moved it at the same time
+
+
+def remove_old_reservations(directory: str | os.PathLike[str]) -> int:
+    """Delete the reservation folders set aside (Salt's maintenance calls this through
+    ``clean_old_jobs``, in a thread of its own); returns how many files it removed."""
+    removed = 0
+    folder_names = []
+    try:
+        folder_names = [n for n in os.listdir(directory) if n.startswith(TRASH)]
+    except FileNotFoundError:
+        return 0
+    for name in folder_names:
+        folder = os.path.join(os.fspath(directory), name)
+        try:
+            for entry in os.scandir(folder):
+                os.unlink(entry.path)
+                removed += 1
             os.rmdir(folder)
         except OSError:
-            continue  # another process cleans it at the same time
+            continue
+    return removed

@@ -32,7 +32,6 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    insert,
     or_,
     select,
     text,
@@ -145,6 +144,8 @@ RETURN_COLUMNS = (
     "states_duration_ms",
 )
 
+
+TOMBSTONE_SECONDS = 7 * 86400  # a cleaned jid is remembered at least this long
 
 ZERO_COUNTS = {"minions_targeted": 0, "minions_returned": 0, "minions_failed": 0}
 STUB_COLUMNS = (
@@ -287,21 +288,20 @@ class _Statements:
             .where(this_job, or_(j.last_return_at.is_(None), j.last_return_at < at))
             .values(last_return_at=at)
         )
-        no_return = (
-            update(job_returns)
-            .where(r.jid == bindparam("k_jid"), r.minion == bindparam("k_minion"))
-            .where(r.state == PENDING)
-            .values(state=NO_RETURN, returned_at=bindparam("at", type_=r.returned_at.type))
-        )
-        # An upsert: a kill mark may be committed before the publish it refers to (they
-        # come from different processes' journals); the publish then finds it in place.
-        killed_insert = insert_(job_returns).values(
+        # Settling marks are upserts: one may be committed before the publish it refers
+        # to (they come from different processes' journals); the publish then finds it.
+        settle_insert = insert_(job_returns).values(
             binds(job_returns, ("jid", "minion", "state", "expected", "start_time",
                                 "returned_at", "return_truncated"))
         )  # fmt: skip
-        killed = killed_insert.on_conflict_do_update(
+        no_return = settle_insert.on_conflict_do_update(
             index_elements=["jid", "minion"],
-            set_={"state": KILLED, "returned_at": killed_insert.excluded.returned_at},
+            set_={"state": NO_RETURN, "returned_at": settle_insert.excluded.returned_at},
+            where=r.state == PENDING,
+        )
+        killed = settle_insert.on_conflict_do_update(
+            index_elements=["jid", "minion"],
+            set_={"state": KILLED, "returned_at": settle_insert.excluded.returned_at},
             where=r.state == PENDING,
         )
         return cls(
@@ -526,30 +526,50 @@ def _lines_of(data: bytes, needle: bytes | None) -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-def pending_lines(journal_dir: str, spool_dir: str, jid: str | None = None) -> Iterator[str]:
+def pending_lines(journal_dir: str, spool_dir: str, jid: str | None = None) -> list[str]:
     """The journal lines of every write accepted but not yet in the database, oldest first
     as far as it is known: in the workers' journals (or being recovered from them), then in
     the spool. Writes only move forward (journal -> spool -> database), and the caller
-    reads the database last, so a write moving while we look is seen at least once.
+    reads the database last, so a write moving while we look is seen at least once; a
+    file renamed between listing and reading (a claim, a replay) makes us look again.
     ``jid`` narrows the search to the lines naming that job."""
+    for _ in range(RESCANS):
+        lines, complete = _scan_pending(journal_dir, spool_dir, jid)
+        if complete:
+            break
+    return lines
+
+
+RESCANS = 5
+
+
+def _scan_pending(journal_dir: str, spool_dir: str, jid: str | None) -> tuple[list[str], bool]:
     needle = f'"jid":"{jid}"'.encode() if jid is not None else None
+    lines: list[str] = []
+    complete = True
     for name in _listing(journal_dir, _is_journal):
         data = _read_bytes(os.path.join(journal_dir, name))
-        if data and (needle is None or needle in data):
-            yield from _lines_of(data, needle)
+        if data is None:
+            complete = False
+        elif needle is None or needle in data:
+            lines.extend(_lines_of(data, needle))
     spooled = None if needle is None else json.dumps(needle.decode())[1:-1].encode()
     for name in sorted(_listing(spool_dir, _is_spooled), key=spool_order):
         data = _read_bytes(os.path.join(spool_dir, name))
-        if not data or (spooled is not None and spooled not in data):
+        if data is None:
+            complete = False
+            continue
+        if spooled is not None and spooled not in data:
             continue
         try:
             entry = json.loads(data)
         except ValueError:
             continue  # being written
-        lines = entry.get("args", [None])[0] if entry.get("op") == SPOOL_OP else None
-        for line in lines if isinstance(lines, list) else []:
+        found = entry.get("args", [None])[0] if entry.get("op") == SPOOL_OP else None
+        for line in found if isinstance(found, list) else []:
             if isinstance(line, str) and (needle is None or needle.decode() in line):
-                yield line
+                lines.append(line)
+    return lines, complete
 
 
 def pending_items(journal_dir: str, spool_dir: str, jid: str | None = None) -> list[Item]:
@@ -646,8 +666,10 @@ class JobStore:
         # engine's salt/run/<jid>/new, with the arguments), so it only fills a row without one.
         second_hand = "return" in load and "id" in load
         if second_hand:
-            # Its target is the one id, the master's; a halite runner's answer is not kept.
-            load = {"tgt_type": "list", **own_runners.withheld_load(load)}
+            # Its target is the one id, the master's. The copy of the return it carries is
+            # the returner's to store (within max_return_bytes; a halite runner's answer
+            # not at all), not the load's.
+            load = {"tgt_type": "list", **{k: v for k, v in load.items() if k != "return"}}
         return [LoadItem(jid, dict(load), listed, only_new=second_hand)]
 
     def _return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:
@@ -695,32 +717,30 @@ class JobStore:
                 self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
                 touched.add(item.jid)
         stored = self._save_returns(conn, returns, touched)
-        settled = [
-            {"k_jid": item.jid, "k_minion": minion, "at": item.at}
-            for item in items
-            if isinstance(item, NoReturnItem)
-            for minion in item.minions
-        ]
-        if settled:
-            # After the returns of the same batch: a minion that did return stays returned.
-            self.db.executemany(conn, stmts.no_return, settled)
-            touched.update(item.jid for item in items if isinstance(item, NoReturnItem))
-        killed = [
-            {"jid": item.jid, "minion": minion, "state": KILLED, "expected": True,
-             "start_time": self.start_time(item.jid), "returned_at": item.at,
-             "return_truncated": False}
-            for item in items
-            if isinstance(item, KilledItem)
-            for minion in item.minions
-        ]  # fmt: skip
-        if killed:
-            self._ensure_jobs(conn, {i.jid: {} for i in items if isinstance(i, KilledItem)})
-            self.db.executemany(conn, stmts.killed, killed)
-            touched.update(item.jid for item in items if isinstance(item, KilledItem))
+        # After the returns of the same batch: a minion that did return stays returned.
+        for kind, state, stmt in (
+            (NoReturnItem, NO_RETURN, stmts.no_return),
+            (KilledItem, KILLED, stmts.killed),
+        ):
+            marked = [item for item in items if isinstance(item, kind)]
+            if not marked:
+                continue
+            self._ensure_jobs(conn, {item.jid: {} for item in marked})
+            rows = [
+                {"jid": item.jid, "minion": minion, "state": state, "expected": True,
+                 "start_time": self.start_time(item.jid), "returned_at": item.at,
+                 "return_truncated": False}
+                for item in marked
+                for minion in item.minions
+            ]  # fmt: skip
+            self.db.executemany(conn, stmt, rows)
+            touched.update(item.jid for item in marked)
         self._recount(conn, touched)
         entries = [item.entry for item in items if isinstance(item, AuditItem)]
         if entries:
-            conn.execute(insert(audit_log), entries)
+            # Each entry once, however often its journal line is replayed.
+            appended = self._insert(audit_log).on_conflict_do_nothing(index_elements=["entry_id"])  # type: ignore[attr-defined]
+            conn.execute(appended, entries)
         endtimes: dict[str, dt.datetime] = {}
         for item in items:
             if isinstance(item, EndtimeItem):
@@ -1014,15 +1034,29 @@ class JobStore:
         jid, as Salt's local_cache ages a job's directory, so one stored today under an old
         jid (a syndic's, a passed jid, a skewed clock) is kept. Each deleted jid is
         remembered as long again, so that a late return for it is dropped."""
+        jids.remove_old_reservations(self.settings.jid_dir)
         keep = self.settings.keep_jobs_seconds if keep_seconds is None else keep_seconds
         if keep <= 0:
             return 0
         moment = now or utcnow()
         cutoff = moment - dt.timedelta(seconds=keep)
         j = jobs_index.c
+        # A running job is kept, unless it has been idle for keep_running_seconds too (a
+        # minion that never answers, with no engine to settle it, must not keep its job
+        # forever); 0 keeps running jobs whatever their age.
+        running_kept = j.status != RUNNING
+        if self.settings.keep_running_seconds > 0:
+            stale = moment - dt.timedelta(seconds=max(keep, self.settings.keep_running_seconds))
+            running_kept = or_(
+                j.status != RUNNING,
+                and_(
+                    j.created_at < stale,
+                    or_(j.last_return_at.is_(None), j.last_return_at < stale),
+                ),
+            )
         idle = (
             j.created_at < cutoff,
-            j.status != RUNNING,
+            running_kept,
             or_(j.last_return_at.is_(None), j.last_return_at < cutoff),
             or_(j.end_time.is_(None), j.end_time < cutoff),
         )
@@ -1047,8 +1081,9 @@ class JobStore:
                     self._remember_cleaned(conn, batch, moment)
             if len(batch) < self.settings.clean_batch_size:
                 break
+        forget = moment - dt.timedelta(seconds=max(keep, TOMBSTONE_SECONDS))
         with self.db.write() as conn:
-            conn.execute(delete(cleaned_jobs).where(cleaned_jobs.c.cleaned_at < cutoff))
+            conn.execute(delete(cleaned_jobs).where(cleaned_jobs.c.cleaned_at < forget))
         if removed:
             log.info("halite: removed %d jobs idle for more than %ss", removed, keep)
         return removed
@@ -1103,17 +1138,22 @@ class JobStore:
                 settled.update(item.minions)
         return Journalled(function, published, frozenset(targets), frozenset(settled))
 
-    def _from_db(self, read: Callable[[Connection], Any], default: Any) -> Any:
-        """A read of the database for Salt's job cache interface, bounded by
-        ``read_timeout``; ``default`` when the database cannot be reached or does not
-        answer in time (the journals and the spool then answer alone)."""
+    def _from_db(
+        self, read: Callable[[Connection], Any], default: Any, timeout: float | None = None
+    ) -> Any:
+        """A read of the database for Salt's job cache interface, bounded by ``timeout``
+        (``read_timeout``) on PostgreSQL, whose server may be frozen (SQLite's readers
+        never wait for a writer); ``default`` when the database cannot be reached or does
+        not answer in time (the journals and the spool then answer alone)."""
 
         def within() -> Any:
             with self.db.read() as conn:
                 return read(conn)
 
         try:
-            return call_within(self.settings.read_timeout, within)
+            if self.db.is_sqlite:
+                return within()
+            return call_within(timeout or self.settings.read_timeout, within)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -1145,13 +1185,16 @@ class JobStore:
         load: dict[str, Any] | None = None
         if stored is not None:
             load = dict(encoding.loads(stored) or {})
+        # A row made from a return that came first holds a placeholder: a publish still
+        # journalled is the real thing.
+        committed = load is not None and not _placeholder(load)
         targets = set(minions)
         second_hand: dict[str, Any] | None = None
         for item in pending:
             if isinstance(item, LoadItem):
                 if item.only_new:
                     second_hand = second_hand or dict(item.load)
-                elif stored is None:
+                elif not committed:
                     load = dict(item.load)  # a repeated publish: the last one wins
                 targets.update(item.minions or ())
             elif isinstance(item, MinionsItem):
@@ -1210,26 +1253,25 @@ class JobStore:
         return loads, last
 
     def iter_loads(self) -> Iterator[tuple[str, dict[str, Any], dt.datetime | None]]:
-        """Every job that has a load, as ``(jid, load, last_return_at)``: Salt's get_jids."""
+        """Every job that has a load, as ``(jid, load, last_return_at)``: Salt's get_jids
+        (which builds a mapping of them all in any case). Read within ``request_timeout``;
+        the journals and the spool alone answer when the database does not."""
         pending, last = self._pending_loads()
         j = jobs_index.c
+        query = select(j.jid, _raw(j.load, self.db.is_sqlite), j.last_return_at).where(
+            j.load.is_not(None)
+        )
+        rows = self._from_db(
+            lambda conn: conn.execute(query).all(), [], self.settings.request_timeout
+        )
         seen: set[str] = set()
-        try:
-            with self.db.read() as conn:
-                result = conn.execution_options(yield_per=1000).execute(
-                    select(j.jid, _raw(j.load, self.db.is_sqlite), j.last_return_at).where(
-                        j.load.is_not(None)
-                    )
-                )
-                for jid, load, stored in result:
-                    seen.add(jid)
-                    yield jid, salt_load(encoding.loads(load)), _latest(stored, last.get(jid))
-        except Exception as exc:
-            if seen or not is_outage(exc):
-                raise
-            log.warning(
-                "halite: the database cannot be read (%s); answering from the journals", exc
-            )
+        for jid, load, stored in rows:
+            seen.add(jid)
+            item = pending.get(jid)
+            found = encoding.loads(load)
+            if item is not None and not item.only_new and _placeholder(found):
+                found = item.load
+            yield jid, salt_load(found), _latest(stored, last.get(jid))
         for jid, item in pending.items():
             if jid not in seen:
                 yield jid, salt_load(item.load), last.get(jid)
@@ -1251,15 +1293,18 @@ class JobStore:
         rows = self._from_db(
             lambda conn: conn.execute(query.order_by(j.jid.desc()).limit(size)).all(), []
         )
-        found = {jid: salt_load(encoding.loads(load)) for jid, load in rows}
+        found = {jid: encoding.loads(load) for jid, load in rows}
         for jid, load in pending.items():
-            found.setdefault(jid, salt_load(load))
+            if jid not in found or _placeholder(found[jid]):
+                found[jid] = load
+        found = {jid: salt_load(load) for jid, load in found.items()}
         newest = sorted(found, reverse=True)[:size]
         return [(jid, found[jid]) for jid in reversed(newest)]
 
     def minions_seen(self) -> list[str]:
         """Every minion that has returned a job still in the index: Salt's get_minions."""
         r = job_returns.c
+        pending = self.pending()  # before the database: see pending_lines
         found = set(
             self._from_db(
                 lambda conn: list(
@@ -1268,12 +1313,13 @@ class JobStore:
                 [],
             )
         )
-        found.update(item.row.minion for item in self.pending() if isinstance(item, ReturnItem))
+        found.update(item.row.minion for item in pending if isinstance(item, ReturnItem))
         return sorted(found)
 
     def last_jid_per_minion(self, fun: str) -> dict[str, str]:
         """``{minion: newest jid}`` of the jobs running ``fun``: Salt's get_fun."""
         r = job_returns.c
+        pending = self.pending()  # before the database: see pending_lines
         rows = self._from_db(
             lambda conn: conn.execute(
                 select(r.minion, func.max(r.jid))
@@ -1283,7 +1329,7 @@ class JobStore:
             [],
         )
         newest = {minion: jid for minion, jid in rows}
-        for item in self.pending():
+        for item in pending:
             if isinstance(item, ReturnItem) and item.row.function == fun:
                 row = item.row
                 if row.jid > newest.get(row.minion, ""):
@@ -1361,10 +1407,8 @@ class JobStore:
             with self._writer_lock:
                 writer = self._writer
                 if writer is None or writer.pid != os.getpid():
-                    try:
-                        recover_journals(self.settings.journal_dir, self.spool)
-                    except OSError as exc:  # the writer keeps its writes in memory then
-                        log.error("halite: cannot look for journals to recover (%s)", exc)
+                    # Dead processes' journals are recovered by the writer thread's first
+                    # tick (maybe_replay), never here on Salt's path.
                     writer = self._writer = WriteBehind(
                         apply=self.apply_entries,
                         spool=self.spool,
@@ -1393,6 +1437,7 @@ class JobStore:
         done = True
         if writer is not None and writer.pid == os.getpid():
             done = writer.close(wait)
+            self._writer = None  # a later write starts a new writer
         if done:
             self.db.dispose()
         return done
@@ -1447,6 +1492,11 @@ def _latest(*moments: dt.datetime | None) -> dt.datetime | None:
 def is_master_job(function: object) -> bool:
     """A job the master runs itself (a runner or wheel job), whose publish is its own."""
     return isinstance(function, str) and function.startswith(("runner.", "wheel."))
+
+
+def _placeholder(load: Mapping[str, Any]) -> bool:
+    """A load made from a return that arrived before its publish (no target yet)."""
+    return "tgt" not in load and "id" in load
 
 
 def salt_load(load: Mapping[str, Any]) -> dict[str, Any]:

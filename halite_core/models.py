@@ -199,8 +199,12 @@ class AuditEntry(Base):
     outcome: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
     arguments: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
     master_id: Mapped[str | None] = mapped_column(String(255))
+    # Given when the entry is made (revision 0006): a journal replayed after its batch was
+    # committed (a process killed in between) appends nothing twice.
+    entry_id: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
+        Index(None, "entry_id", unique=True),
         Index(None, "at", "id"),
         Index(None, "user", "at", "id"),
         Index(None, "action", "at", "id"),

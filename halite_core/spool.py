@@ -128,7 +128,10 @@ class Spool:
                     stale = now - entry.stat().st_mtime > STALE_CLAIM_SECONDS
                 except FileNotFoundError:
                     continue
-                if stale or not _claimer_alive(entry.name):
+                # A live claimer may be slow (a frozen database): only a dead one's claim
+                # is taken over; the age rule is for names that do not say who claimed.
+                alive = _claimer_alive(entry.name)
+                if alive is False or (alive is None and stale):
                     files.append(Path(entry.path))
         return sorted(files, key=lambda p: p.name)
 
@@ -180,14 +183,14 @@ class Spool:
         )
 
 
-def _claimer_alive(name: str) -> bool:
+def _claimer_alive(name: str) -> bool | None:
     """Whether the process that claimed a spool file (``<base>.<pid>-<seq>.claimed``) still
-    runs: a claim of a process that died is taken up at once, not after
-    ``STALE_CLAIM_SECONDS``."""
+    runs (None: the name does not say): a claim of a process that died is taken up at
+    once."""
     try:
         pid = int(name.split(".")[1].split("-")[0])
     except (IndexError, ValueError):
-        return True
+        return None
     if pid == os.getpid():
         return True
     try:

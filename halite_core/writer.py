@@ -216,11 +216,18 @@ def _journal_owner(name: str) -> tuple[str, int] | None:
     return None
 
 
+_recovering = threading.Lock()  # one recovery at a time in a process (claims carry its pid)
+
+
 def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
     """Hand the journals nobody writes any more (their process died, or an earlier process
     with this pid did) to the spool, and so the claims of recoveries that died half-way;
     returns how many."""
-    directory = Path(journal_dir)
+    with _recovering:
+        return _recover_journals(Path(journal_dir), spool)
+
+
+def _recover_journals(directory: Path, spool: Spool) -> int:
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,135 @@ def test_a_kill_mark_committed_before_its_publish_is_kept(store, settings):
         "m1": "killed", "m2": "running"
     }  # fmt: skip
     assert detail["function"] == "test.sleep"
+
+
+def test_old_reservations_are_set_aside_on_the_publish_path_and_deleted_off_it(store, settings):
+    """The first jid of a new hour moves the old hours' reservation folders aside (one
+    rename each) instead of deleting hundreds of thousands of files on Salt's publish
+    path; clean_old_jobs, in Salt's maintenance process, deletes them."""
+    root = Path(settings.jid_dir)
+    for hour in ("2026112801", "2026112802", "2026112803"):
+        (root / hour).mkdir(parents=True)
+        for n in range(50):
+            (root / hour / f"{hour}0000000000{n:02d}").touch()
+    assert store.reserve_jid("20261128040000000001")
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == [
+        "2026112803",
+        "2026112804",
+    ]
+    aside = [p for p in root.iterdir() if p.name.startswith(".trash-")]
+    assert len(aside) == 2 and all(len(list(p.iterdir())) == 50 for p in aside)
+    store.clean_old_jobs(keep_seconds=0)
+    assert [p for p in root.iterdir() if p.name.startswith(".trash-")] == []
+    assert not store.reserve_jid("20261128040000000001")  # the current hour is kept
+
+
+def test_a_running_job_is_cleaned_once_idle_for_keep_running_seconds(store, settings):
+    """Without the engine nothing settles a minion that never answers: its job is kept
+    while it may still run, but not forever."""
+    bounded = JobStore(dataclasses.replace(settings, keep_running_seconds=86400), store.db)
+    publish(bounded, JID, minions=("m1", "down"))
+    bounded.save_return(ret(JID, "m1"))
+    now = dt.datetime.now(UTC)
+    assert bounded.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(hours=1)) == 0
+    assert bounded.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=2)) == 1
+    forever = JobStore(dataclasses.replace(settings, keep_running_seconds=0), store.db)
+    publish(forever, "20261128120000000002", minions=("down",))
+    assert forever.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=400)) == 0
+
+
+def test_a_no_return_settle_committed_before_its_publish_is_kept(store):
+    from halite_core.jobcache import NoReturnItem
+
+    store.apply_items([NoReturnItem(JID, ["m1"], dt.datetime.now(UTC))])
+    publish(store, JID, minions=("m1",))
+    with store.db.read() as conn:
+        from halite_core.queries import job_detail
+
+        detail = job_detail(conn, JID)
+    assert [(m["minion"], m["state"]) for m in detail["minion_results"]] == [("m1", "no_return")]
+    assert detail["status"] == "complete"
+
+
+def test_an_audit_entry_replayed_after_its_commit_is_appended_once(store):
+    """A process killed between committing its batch and removing its journal: the
+    journal is replayed, and every entry in it is already in the log."""
+    from halite_core.jobcache import AuditItem, item_from_line, item_to_line
+
+    item = AuditItem(audit.entry(user="olga", action="kill", decision="allow", jid=JID))
+    store.apply_items([item])
+    store.apply_items([item_from_line(item_to_line(item))])
+    assert [row["user"] for row in _audit_rows(store)] == ["olga"]
+
+
+def test_a_journal_renamed_while_a_reader_looks_is_still_seen(store, settings, monkeypatch):
+    """Between listing the journals and reading one, a recovery renames it to its claim:
+    the reader looks again instead of missing the write."""
+    from halite_core import jobcache
+
+    worker = _worker(settings)
+    load = {"jid": JID, "fun": "test.ping", "arg": [], "tgt": "m1", "tgt_type": "glob"}
+    worker.record("save_load", JID, load, ["m1"])
+    (journal,) = Path(settings.journal_dir).glob("*.jsonl")
+    listing = jobcache._listing
+    moved = []
+
+    def listing_then_rename(directory, keep):
+        names = listing(directory, keep)
+        if directory == settings.journal_dir and not moved:
+            moved.append(journal.rename(journal.with_name(f".{journal.name}.recovering-1")))
+        return names
+
+    monkeypatch.setattr(jobcache, "_listing", listing_then_rename)
+    assert store.get_load(JID) == {**load, "Minions": ["m1"]}
+
+
+def test_a_journalled_publish_wins_over_a_placeholder_committed_first(store, settings):
+    """One worker journalled the publish; another committed a return first, which made a
+    placeholder row: Salt's CLI gets the publish, not the placeholder."""
+    worker = _worker(settings)
+    load = {"jid": JID, "fun": "test.arg", "arg": ["x"], "tgt": "m1", "tgt_type": "glob",
+            "user": "alice"}  # fmt: skip
+    worker.record("save_load", JID, load, ["m1"])
+    store.save_return(ret(JID, "m1"))
+    assert store.get_load(JID) == {**load, "Minions": ["m1"]}
+    assert store.newest_loads(1) == [(JID, load)]
+
+
+def test_a_store_writes_again_after_it_was_closed(store, settings):
+    """A long-lived process (an orchestration calling halite's runners in a master
+    worker) closes one service and opens the next on the same store."""
+    publish(store, JID, minions=("m1",))
+    service_store = JobStore(settings, store.db)
+    service_store.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC))
+    assert service_store.close() is True
+    service_store.record_audit(audit.entry(user="olga", action="kill", decision="allow"))
+    deadline = time.monotonic() + 30  # committed by a writer thread, as after any write
+    while not _audit_rows(store) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [row["user"] for row in _audit_rows(store)] == ["olga"]
+
+
+def test_a_runners_load_keeps_no_copy_of_its_return(store, settings):
+    """Salt's store_job hands the job cache the runner's whole return as a load: the
+    return goes to job_returns (within max_return_bytes), not into jobs_index.load."""
+    small = JobStore(dataclasses.replace(settings, max_return_bytes=1000), store.db)
+    data = {"fun": "runner.test.arg", "fun_args": [], "jid": JID, "user": "root",
+            "return": "x" * 10_000, "success": True}  # fmt: skip
+    small.save_load(JID, {"id": "master", "tgt": "master", "jid": JID, "return": data,
+                          "fun": "runner.test.arg", "user": "root"})  # fmt: skip
+    with store.db.read() as conn:
+        from halite_core.models import jobs_index
+
+        stored = conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == JID))
+    assert "return" not in stored and stored["fun"] == "runner.test.arg"
+
+
+def test_a_return_long_after_its_job_was_cleaned_is_still_dropped(store):
+    publish(store, JID, minions=("m1",))
+    store.save_return(ret(JID, "m1"))
+    now = dt.datetime.now(UTC)
+    assert store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(minutes=5)) == 1
+    store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=3))
+    store.save_return(ret(JID, "m2", "very late"))
+    assert store.get_jid(JID) == {}

@@ -123,11 +123,13 @@ def _call(method, *args, outputter=None, **kwargs):
         return _failed(str(exc))
     caller = _caller()
     try:
-        # Bounded: a database that is locked or frozen gets a clear error, not a hang.
-        data = call_within(
-            service.store.settings.request_timeout,
-            lambda: getattr(service, method)(caller, *args, **kwargs),
-        )
+        # Bounded: a database that is locked or frozen gets a clear error, not a hang. A
+        # kill also waits for the minions' replies (gather_job_timeout), so that one sent
+        # is always marked and audited before salt-run ends.
+        bound = service.store.settings.request_timeout
+        if method == "kill":
+            bound += float(__opts__.get("gather_job_timeout", 10))
+        data = call_within(bound, lambda: getattr(service, method)(caller, *args, **kwargs))
     except (QueryError, Denied, ConfigError, DatabaseTimeout) as exc:
         return _failed(str(exc))
     finally:

@@ -1,4 +1,5 @@
-"""retention: jobs_index.created_at, and cleaned_jobs for returns that arrive late
+"""retention: jobs_index.created_at, cleaned_jobs for returns that arrive late, and
+audit_log.entry_id so that a replayed journal appends no entry twice
 
 Revision ID: 0006
 Revises: 0005
@@ -31,9 +32,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("jid", name=op.f("pk_cleaned_jobs")),
     )
     op.create_index(op.f("ix_cleaned_jobs_cleaned_at"), "cleaned_jobs", ["cleaned_at"])
+    with op.batch_alter_table("audit_log") as batch:
+        batch.add_column(sa.Column("entry_id", sa.String(length=32), nullable=True))
+    op.create_index(op.f("ix_audit_log_entry_id"), "audit_log", ["entry_id"], unique=True)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_audit_log_entry_id"), table_name="audit_log")
+    with op.batch_alter_table("audit_log") as batch:
+        batch.drop_column("entry_id")
     op.drop_table("cleaned_jobs")
     op.drop_index(op.f("ix_jobs_index_created_at"), table_name="jobs_index")
     with op.batch_alter_table("jobs_index") as batch:
