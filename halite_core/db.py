@@ -37,7 +37,13 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SUPPORTED = ("sqlite", "postgresql")
 _WRITE = "halite_write"
-PG_CONNECT_TIMEOUT = 5  # seconds; libpq's own minimum is 2
+PG_CONNECT_ARGS = {  # libpq's; a db_url's own query parameters win
+    "connect_timeout": 5,  # seconds; libpq's own minimum is 2
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 class SchemaError(RuntimeError):
@@ -74,8 +80,10 @@ class Database:
             kwargs["pool_pre_ping"] = True
             # A server that does not answer the connection (frozen, or behind a dropped
             # route) is given up after this; queries are bounded by their callers.
-            if "connect_timeout" not in self.url.query:
-                kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
+            # TCP keepalives find a host that went away under an open connection.
+            kwargs["connect_args"] = {
+                key: value for key, value in PG_CONNECT_ARGS.items() if key not in self.url.query
+            }
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine, busy_timeout)
