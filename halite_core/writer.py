@@ -38,14 +38,35 @@ IDLE_SECONDS = 1.0  # flush_interval 0: how often the idle writer still replays 
 RECOVERING = ".recovering-"
 
 
-def _alive(pid: int) -> bool:
+def process_stamp(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or None
+    where that cannot be read: a pid alone may be reused by a new process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _owner(pid: int) -> str:
+    """``<pid>`` or ``<pid>.<start>``: who owns a journal or a claim."""
+    stamp = process_stamp(pid)
+    return f"{pid}.{stamp}" if stamp else str(pid)
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process named by :func:`_owner` still runs (the same process, not a
+    new one that got its pid)."""
+    pid_text, _, stamp = owner.partition(".")
+    pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not stamp or process_stamp(pid) in (None, stamp)
 
 
 class WriteBehind:
@@ -109,7 +130,8 @@ class WriteBehind:
 
     def _open_journal(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._journal = self._dir / f"{self._pid}-{next(_journal_seq):08d}{JOURNAL_SUFFIX}"
+        name = f"{self._pid}-{next(_journal_seq):08d}-{_owner(self._pid)}{JOURNAL_SUFFIX}"
+        self._journal = self._dir / name
         _open_journals.add(self._journal)
         self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
@@ -200,17 +222,22 @@ class WriteBehind:
         return True
 
 
-def _journal_owner(name: str) -> tuple[str, int] | None:
-    """``(journal name, pid that may still own it)`` for a journal file name: a live
-    journal ``<pid>-<seq>.jsonl`` (owned by its writer) or a claim
-    ``.<pid>-<seq>.jsonl.recovering-<pid>`` (owned by the process recovering it)."""
+def _journal_owner(name: str) -> tuple[str, str] | None:
+    """``(journal name, the process that may still own it)`` for a journal file name: a
+    live journal ``<pid>-<seq>-<pid>.<start>.jsonl`` (owned by its writer; older names
+    ``<pid>-<seq>.jsonl``) or a claim ``.<journal>.recovering-<pid>.<start>`` (owned by
+    the process recovering it)."""
     try:
         if name.endswith(JOURNAL_SUFFIX) and not name.startswith("."):
-            return name, int(name.split("-", 1)[0])
+            parts = name[: -len(JOURNAL_SUFFIX)].split("-")
+            owner = parts[2] if len(parts) > 2 else parts[0]
+            int(owner.partition(".")[0])
+            return name, owner
         if name.startswith(".") and RECOVERING in name:
             journal, claimer = name[1:].rsplit(RECOVERING, 1)
+            int(claimer.partition(".")[0])
             if journal.endswith(JOURNAL_SUFFIX):
-                return journal, int(claimer)
+                return journal, claimer
     except ValueError:
         return None
     return None
@@ -237,11 +264,12 @@ def _recover_journals(directory: Path, spool: Spool) -> int:
         owned = _journal_owner(name)
         if owned is None:
             continue
-        journal, pid = owned
+        journal, owner = owned
         path = directory / name
-        if path in _open_journals or (pid != os.getpid() and _alive(pid)):
+        me = _owner(os.getpid())
+        if path in _open_journals or (owner != me and _alive(owner)):
             continue  # still being written, or recovered by a live process
-        claimed = directory / f".{journal}{RECOVERING}{os.getpid()}"
+        claimed = directory / f".{journal}{RECOVERING}{me}"
         if path != claimed:
             try:
                 os.rename(path, claimed)

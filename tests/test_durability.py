@@ -342,3 +342,19 @@ def test_a_return_long_after_its_job_was_cleaned_is_still_dropped(store):
     store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=3))
     store.save_return(ret(JID, "m2", "very late"))
     assert store.get_jid(JID) == {}
+
+
+def test_a_journal_whose_pid_now_belongs_to_another_process_is_recovered(store, settings):
+    """A salt-run ended with its writes journalled; its pid was then given to another
+    process. The journal names the process by pid and start time, so it is recovered."""
+    publish(store, JID, minions=("m1",))
+    worker = _worker(settings)
+    worker.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC))
+    (journal,) = Path(settings.journal_dir).glob("*.jsonl")
+    live = os.getppid()  # a live process that did not write it
+    journal.rename(journal.with_name(f"{live}-00000000-{live}.1{journal.name[-6:]}"))
+    worker._writer._pending.clear()
+    worker._writer._journal = worker._writer._fd = None
+    assert JobStore(dataclasses.replace(settings, spool_replay_interval=0)).recover() == 1
+    assert set(store.get_jid(JID)) == {"m1"}
+    assert list(Path(settings.journal_dir).iterdir()) == []
