@@ -354,12 +354,20 @@ class LoadItem:
 
 
 @dataclass(frozen=True)
-class NoReturnItem:
-    """Minions the engine settled as not returning for a job."""
+class SettledItem:
+    """Minions of a job settled without a return, at ``at``."""
 
     jid: str
     minions: list[str]
     at: dt.datetime
+
+
+class NoReturnItem(SettledItem):
+    """Minions the engine settled as not returning for a job."""
+
+
+class KilledItem(SettledItem):
+    """Minions that confirmed ``saltutil.kill_job`` for a job: marked ``killed``."""
 
 
 @dataclass(frozen=True)
@@ -376,15 +384,6 @@ class ReturnItem(NamedTuple):
 @dataclass(frozen=True)
 class EndtimeItem:
     jid: str
-    at: dt.datetime
-
-
-@dataclass(frozen=True)
-class KilledItem:
-    """Minions that confirmed ``saltutil.kill_job`` for a job: marked ``killed``."""
-
-    jid: str
-    minions: list[str]
     at: dt.datetime
 
 
@@ -440,7 +439,7 @@ def item_to_line(item: Item) -> str:
             fields["only_new"] = True
     elif isinstance(item, MinionsItem):
         fields = {"op": "minions", "jid": item.jid, "minions": item.minions}
-    elif isinstance(item, (NoReturnItem, KilledItem)):
+    elif isinstance(item, SettledItem):
         op = "no_return" if isinstance(item, NoReturnItem) else "killed"
         fields = {"op": op, "jid": item.jid, "minions": item.minions, "at": item.at.isoformat()}
     elif isinstance(item, AuditItem):
@@ -1134,7 +1133,7 @@ class JobStore:
                 targets.update(item.minions)
             elif isinstance(item, ReturnItem):
                 settled.add(item.row.minion)
-            elif isinstance(item, (KilledItem, NoReturnItem)):
+            elif isinstance(item, SettledItem):
                 settled.update(item.minions)
         return Journalled(function, published, frozenset(targets), frozenset(settled))
 
