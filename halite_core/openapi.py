@@ -43,7 +43,9 @@ def _retry(description: str) -> dict[str, Any]:
 AUTHED = {
     "401": _error("No session: log in first."),
     "403": _error("The user lacks the permission named in `missing`."),
-    "400": _error("A bad argument; `error` says which and why."),
+    "400": _error(
+        "A bad argument (or a query parameter given more than once); `error` says which and why."
+    ),
     "503": _retry(
         "halite's database (for a kill or a live listing: or the minions) did not answer"
         " within the request's bound."
@@ -228,8 +230,9 @@ SPEC: dict[str, Any] = {
                         " external_auth for that eauth."
                     ),
                     "429": _retry(
-                        "Too many failed logins for this user name or from this address (it"
-                        " backs off), or too many logins waiting for the external auth."
+                        "Too many failed logins for this user name, or for many names from"
+                        " this address (it backs off), or too many logins waiting for the"
+                        " external auth."
                     ),
                     "503": _retry("The external auth did not answer in time."),
                 },
@@ -324,7 +327,15 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     "202": _ok("The minions were asked; the outcome per minion.", "KillResult"),
                     "404": _error("No such job."),
+                    "429": _retry(
+                        "Kills of this user's are still waiting for their minions, or too many are."
+                    ),
                     **AUTHED,
+                    "503": _retry(
+                        "No answer in time. A kill that had started may still be carried out"
+                        " (see the audit log); one that never got a thread was not carried"
+                        " out, and `error` says so."
+                    ),
                 },
             }
         },

@@ -7,13 +7,16 @@ token; requests carry it in the ``X-Auth-Token`` header, never in a cookie, so a
 another site cannot make a browser send it (a kill cannot be forged). Errors are JSON:
 400 for a bad argument, 401 without a session, 403 naming the missing permission, 404 for
 an unknown job, 429 (with ``Retry-After``) for a login that must wait (:class:`LoginThrottle`)
-or a live listing past its limits, and 503 when the database (or, for a kill or a live
-listing, the minions) did not answer within the request's bound. A request body over
+or a kill or live listing past its limits, and 503 when the database (or, for a kill or a
+live listing, the minions) did not answer within the request's bound. A request body over
 64 KiB is refused: the server closes the connection.
 
 Work that waits happens on thread pools, never on the event loop: logins on their own
-(Salt's external auth), live listings on their own (they wait for every minion), and
-everything else on the main pool, so neither can hold up a plain read.
+(Salt's external auth; those whose user name or address failed lately on others again),
+kills and live listings on theirs (they wait for the minions), and everything else on the
+main pool, so none of them can hold up a plain read. Each pool's calls are bounded
+(:class:`Slots`), in all and per user (or per user name and address), and a call keeps its
+slot until its thread is done with it, not only until its request was answered 503.
 
 ``GET /api/jobs/stream`` is Server-Sent Events: ``new``, ``return`` and ``complete`` as the
 engine sees them on the bus, filtered by what the user may view.
@@ -22,6 +25,7 @@ engine sees them on the bus, filtered by what the user may view.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -29,15 +33,17 @@ import secrets
 import ssl as ssl_module
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
 import tornado.httpserver
+import tornado.httputil
 import tornado.iostream
 import tornado.web
 
@@ -47,7 +53,7 @@ from halite_core.jobcache import function_name
 from halite_core.openapi import SPEC
 from halite_core.permissions import Denied
 from halite_core.queries import QueryError, UnknownJob
-from halite_core.service import Service
+from halite_core.service import Service, flag_arg
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +62,29 @@ MAX_BODY = 64 * 1024
 SESSION_SECONDS = 12 * 3600
 KEEPALIVE_SECONDS = 15.0
 # Logins wait for Salt's external auth, which makes every failure as slow as the slowest
-# one yet (PAM: about 2 s). They get their own threads, so that failing logins cannot hold
-# up the API; one user name or one address has at most LOGINS_PER_KEY of them waiting, so
-# that a flood leaves threads to everyone else; past LOGINS_WAITING in all, a login is
-# answered 429 at once.
+# one yet (PAM: about 2 s). They get threads of their own, so that failing logins cannot
+# hold up the API, in two lanes. A login whose user name and address did not fail within
+# the throttle's window, and have no other login waiting, waits on everyone's lane
+# (LOGIN_THREADS, LOGINS_WAITING in all); any other (a failure behind it, or a second at
+# once: its first may be failing) waits on the suspect lane (SUSPECT_*), so that a flood,
+# from however many addresses, fills that lane only. A name or an address has at most
+# LOGINS_PER_KEY logins waiting (one on everyone's lane, the rest on the suspect one);
+# past these bounds a login is answered 429 at once.
 LOGIN_THREADS = 4
-LOGINS_PER_KEY = 2
 LOGINS_WAITING = 16
+LOGINS_PER_KEY = 2
+SUSPECT_THREADS = 2
+SUSPECT_WAITING = 8
 # Live listings ask every minion and wait for the slowest (gather_job_timeout for one that
 # is down): their own threads, one per user at a time, LIVE_CALLS in all (running or
-# waiting for a thread); past that, 429.
+# waiting for a thread); past that, 429. Kills wait for the minions they signal: their
+# own threads too, KILLS_PER_USER per user, KILL_CALLS in all.
 LIVE_THREADS = 2
 LIVE_CALLS = 4
 LIVE_PER_USER = 1
+KILL_THREADS = 4
+KILL_CALLS = 8
+KILLS_PER_USER = 4
 API_THREADS = 4
 # How long a request waits for the database before it is answered 503; kills and live
 # listings also wait for the minions (salt_timeout) on top of it.
@@ -82,10 +98,26 @@ T = TypeVar("T")
 
 HTTP_OPTIONS = ("host", "port", "eauth", "certfile", "keyfile", "request_timeout",
                 "proxy_headers")  # fmt: skip
+# The headers a reverse proxy may be trusted to set, as proxy_headers names them.
+PROXY_HEADERS = ("x-forwarded-for", "x-real-ip")
 
 
 class Unavailable(Exception):
-    """The database (or the minions) did not answer within the request's bound: 503."""
+    """The database (or the minions) did not answer within the request's bound: 503.
+    ``started``: whether the call had a thread by then (one that had not was dropped: it
+    is not carried out)."""
+
+    def __init__(self, message: str, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
+
+
+class Busy(Exception):
+    """Too many calls of this kind (in all, or of this user) are running: 429."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -99,7 +131,7 @@ class HttpOptions:
     certfile: str | None = None
     keyfile: str | None = None
     request_timeout: float = REQUEST_TIMEOUT
-    proxy_headers: bool = False
+    proxy_headers: str | None = None  # the header the proxy sets: one of PROXY_HEADERS
 
     @property
     def ssl(self) -> dict[str, str] | None:
@@ -131,7 +163,7 @@ class HttpOptions:
             certfile=certfile,
             keyfile=keyfile,
             request_timeout=_seconds(config, "request_timeout", cls.request_timeout),
-            proxy_headers=_flag(config, "proxy_headers"),
+            proxy_headers=_proxy_header(config.get("proxy_headers")),
         )
 
 
@@ -173,33 +205,74 @@ def _seconds(config: Mapping[str, Any], key: str, default: float) -> float:
     return number
 
 
-def _flag(config: Mapping[str, Any], key: str) -> bool:
-    value = config.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"http:{key} must be true or false, not {value!r}")
-    return value
+def _proxy_header(value: object) -> str | None:
+    """The header a reverse proxy sets, or None (off). ``true`` is refused: which header
+    the proxy sets decides which is safe to read (a proxy that appends X-Forwarded-For
+    passes the client's own X-Real-Ip on)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() in PROXY_HEADERS:
+        return value.strip().lower()
+    raise ConfigError(
+        "http:proxy_headers must be false or the header the proxy sets, x-forwarded-for"
+        " (the address it appends) or x-real-ip (the one it sets, replacing the"
+        f" client's), not {value!r}"
+    )
+
+
+def client_address(
+    remote_ip: str | None, headers: tornado.httputil.HTTPHeaders, header: str | None
+) -> str | None:
+    """The client's address: the connection's, or behind a reverse proxy the one the
+    proxy put in ``header``. X-Forwarded-For: the right-most address (the one the proxy
+    appended; what is left of it came from the client, who may write anything there);
+    X-Real-Ip: its value (the proxy replaces the client's). A header missing or not an IP
+    address leaves the connection's (the proxy's) address."""
+    if header is None:
+        return remote_ip
+    values = headers.get_list(header)
+    if header == "x-forwarded-for":
+        given = [part.strip() for value in values for part in value.split(",")]
+    else:
+        given = [value.strip() for value in values]
+    try:
+        return str(ipaddress.ip_address(given[-1])) if given else remote_ip
+    except ValueError:
+        return remote_ip
 
 
 @dataclass
 class _Failures:
-    count: int  # failed logins, each within the window of the one before
+    count: int  # failed logins (an address: of distinct names, then all), each within the window
     last: float  # when the last one failed
     locked_until: float = 0.0
+    # An address's: the user names that failed there, as hashes (a collision only makes
+    # the lock come one name later), so that 10,000 addresses remembered stay small.
+    names: set[int] = field(default_factory=set)
 
 
 class LoginThrottle:
     """Failed logins, per user name and per client address, with exponential back-off.
 
-    A key (``user:<name>``, ``address:<ip>``) that failed ``failures`` times, each within
-    ``window`` seconds of the one before, is locked for ``base_delay`` seconds, and each
-    further failure doubles that, up to ``max_delay``; a login for a locked user name or
-    from a locked address is refused without asking the external auth. A right password
-    clears its user name (not its address: one valid account must not reset a guesser's
-    count). At most ``max_keys`` keys are remembered, the least recently failed forgotten
-    first, so a flood of made-up names cannot fill the memory. Used from the event loop's
-    thread only."""
+    A user name (``user:<name>``) that failed ``failures`` times, each within ``window``
+    seconds of the one before, from anywhere, is locked for ``base_delay`` seconds, and
+    each further failure doubles that, up to ``max_delay``. An address (``address:<ip>``;
+    an IPv6 address by its /64, which one host is given whole) is locked the same way once
+    its failures spread over ``address_names`` user names: one user mistyping a password
+    from 127.0.0.1, where an SSH tunnel or a local proxy puts everyone, locks that user
+    only, while a guesser going through a list of names locks the address. A login for a
+    locked name or from a locked address is refused without asking the external auth.
+
+    The price: anyone can slow down a named user's logins by failing them on purpose (the
+    lock is the user's whatever the address), as with any per-account lock-out; the
+    back-off caps it at ``max_delay`` per failure. A right password clears its user name
+    (not its address: one valid account must not reset a guesser's count). At most
+    ``max_keys`` keys are remembered, the least recently failed forgotten first, so a
+    flood of made-up names cannot fill the memory. Used from the event loop's thread
+    only."""
 
     FAILURES = 5
+    ADDRESS_NAMES = 20
 
     def __init__(
         self,
@@ -208,7 +281,7 @@ class LoginThrottle:
         base_delay: float = 1.0,
         max_delay: float = 60.0,
         max_keys: int = 10_000,
-        per_key: int = LOGINS_PER_KEY,
+        address_names: int = ADDRESS_NAMES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.failures = failures
@@ -216,16 +289,17 @@ class LoginThrottle:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_keys = max_keys
-        self.per_key = per_key
+        self.address_names = address_names
         self.clock = clock
         self._failed: OrderedDict[str, _Failures] = OrderedDict()
-        self._waiting: dict[str, int] = {}  # logins waiting for the external auth, by key
 
     @staticmethod
     def keys(user: str, address: str | None) -> tuple[str, str]:
-        # Casefolded: an external auth that ignores case (LDAP) must not give each spelling
-        # of a name its own count. Cut short: a key's size is bounded.
-        return f"user:{user.casefold()[:256]}", f"address:{address}"
+        """``(user key, address key)``. The name normalised (NFKC, trimmed, casefolded): an
+        external auth that ignores case or spacing (LDAP) must not give each spelling of
+        a name its own count; cut short, so that a key's size is bounded."""
+        name = unicodedata.normalize("NFKC", user).strip().casefold()[:256]
+        return f"user:{name}", f"address:{_address_key(address)}"
 
     def __len__(self) -> int:
         return len(self._failed)
@@ -236,41 +310,50 @@ class LoginThrottle:
         found = (self._failed.get(key) for key in keys)
         return max([0.0, *(f.locked_until - now for f in found if f is not None)])
 
-    def busy(self, keys: Iterable[str]) -> bool:
-        return any(self._waiting.get(key, 0) >= self.per_key for key in keys)
-
-    def begin(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._waiting[key] = self._waiting.get(key, 0) + 1
-
-    def end(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            left = self._waiting.get(key, 0) - 1
-            if left > 0:
-                self._waiting[key] = left
-            else:
-                self._waiting.pop(key, None)
-
-    def failed(self, keys: Iterable[str]) -> float:
-        """Count a failed login; returns the longest lock it started (0: none)."""
+    def suspect(self, keys: Iterable[str]) -> bool:
+        """Whether a login for these keys failed within the window (its name, or from its
+        address): such a login waits on the suspect threads, not on everyone's."""
         now = self.clock()
-        locked = 0.0
-        for key in keys:
-            entry = self._failed.pop(key, None)
-            if entry is None or now - entry.last > self.window:
-                entry = _Failures(count=0, last=now)
-            entry.count += 1
-            entry.last = now
-            if entry.count >= self.failures:
-                doublings = min(entry.count - self.failures, 32)
-                delay = min(self.base_delay * 2**doublings, self.max_delay)
-                entry.locked_until = now + delay
-                locked = max(locked, delay)
-            self._failed[key] = entry  # now the most recent
+        found = (self._failed.get(key) for key in keys)
+        return any(f is not None and now - f.last <= self.window for f in found)
+
+    def failed(self, keys: tuple[str, str]) -> float:
+        """Count a failed login for ``keys`` (:meth:`keys`); returns the longest lock it
+        started (0: none)."""
+        user_key, address_key = keys
+        now = self.clock()
+        locked = max(self._fail(user_key, now, None), self._fail(address_key, now, user_key))
         while len(self._failed) > self.max_keys:
             self._failed.popitem(last=False)
         self.prune()
         return locked
+
+    def _fail(self, key: str, now: float, name: str | None) -> float:
+        """Count one failure of ``key`` (an address's: of the user name ``name``); returns
+        the lock it started. An address counts each name once until ``address_names``
+        names have failed there, then every failure: one name failing again and again
+        locks that name alone."""
+        entry = self._failed.pop(key, None)
+        if entry is None or now - entry.last > self.window:
+            entry = _Failures(count=0, last=now)
+        threshold = self.failures
+        if name is None:
+            entry.count += 1
+        else:
+            threshold = self.address_names
+            spread = len(entry.names) >= self.address_names
+            if spread or hash(name) not in entry.names:
+                entry.count += 1
+                if not spread:  # bounded: the names up to the threshold, no more
+                    entry.names.add(hash(name))
+        entry.last = now
+        self._failed[key] = entry  # now the most recent
+        if entry.count < threshold:
+            return 0.0
+        doublings = min(entry.count - threshold, 32)
+        delay = min(self.base_delay * 2**doublings, self.max_delay)
+        entry.locked_until = now + delay
+        return delay
 
     def succeeded(self, user_key: str) -> None:
         self._failed.pop(user_key, None)
@@ -283,6 +366,75 @@ class LoginThrottle:
             if now - entry.last <= self.window or entry.locked_until > now:
                 break
             del self._failed[key]
+
+
+def _address_key(address: str | None) -> str | None:
+    """An address as the throttle counts it: an IPv6 address by its /64 (a host is given
+    a whole /64, and could otherwise fail from a new address each time)."""
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+class Slots:
+    """Calls of one kind on a pool of threads of their own, bounded: at most ``total``
+    running or waiting for a thread, and ``per_key`` for any one key (a user; a user name
+    and an address). A slot is given back when its call's thread is done with it (or the
+    call was dropped before it started), not when its request was answered 503: a call
+    still waiting for a minion, or for the external auth, keeps its slot, so that asking
+    again cannot pile calls up behind it. Counted on the event loop's thread only."""
+
+    def __init__(
+        self, name: str, threads: int, total: int, per_key: int, busy: str, full: str
+    ) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"halite-{name}")
+        self.total = total
+        self.per_key = per_key
+        self.busy_message = busy  # a key has per_key calls running
+        self.full_message = full  # total calls are running
+        self.in_use = 0
+        self._by_key: dict[str, int] = {}
+
+    def busy(self, keys: Iterable[str]) -> bool:
+        """Whether one of ``keys`` has ``per_key`` calls running or waiting."""
+        return any(self._by_key.get(key, 0) >= self.per_key for key in keys)
+
+    def refusal(self, keys: Iterable[str]) -> str | None:
+        """Why a call for ``keys`` cannot have a slot now, or None."""
+        if self.busy(keys):
+            return self.busy_message
+        if self.in_use >= self.total:
+            return self.full_message
+        return None
+
+    def take(self, keys: Iterable[str]) -> Callable[[], None]:
+        """Take a slot; returns what gives it back (once, however often it is called)."""
+        held = tuple(keys)
+        self.in_use += 1
+        for key in held:
+            self._by_key[key] = self._by_key.get(key, 0) + 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            self.in_use -= 1
+            for key in held:
+                left = self._by_key.get(key, 0) - 1
+                if left > 0:
+                    self._by_key[key] = left
+                else:
+                    self._by_key.pop(key, None)
+
+        return give_back
 
 
 class Sessions:
@@ -369,6 +521,9 @@ class Base(tornado.web.RequestHandler):
     def initialize(self, app: WebApp) -> None:
         self.web = app
 
+    def prepare(self) -> None:
+        _use_client_address(self.request, self.web.proxy_header)
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -394,13 +549,27 @@ class Base(tornado.web.RequestHandler):
         return self.web.sessions.user(self.token())
 
     def args(self, allowed: tuple[str, ...]) -> dict[str, str] | None:
-        """The query parameters, or None (after answering 400) for one not in ``allowed``."""
-        unknown = sorted(set(self.request.arguments) - set(allowed))
+        """The query parameters as sent, or None (after answering 400) for one not in
+        ``allowed`` or given more than once. Not get_argument: it strips spaces and
+        control characters, so ``search=%00`` reached the service as an empty search
+        (every job) instead of the NUL the service refuses."""
+        given = self.request.query_arguments
+        unknown = sorted(set(given) - set(allowed))
         if unknown:
             self.write_json(400, {"error": f"unknown parameter {unknown[0]!r}; known: "
                                            f"{', '.join(allowed)}"})  # fmt: skip
             return None
-        return {k: self.get_argument(k) for k in self.request.arguments}
+        repeated = sorted(name for name, values in given.items() if len(values) > 1)
+        if repeated:
+            self.write_json(400, {"error": f"parameter {repeated[0]!r} is given more than "
+                                           "once: give it once"})  # fmt: skip
+            return None
+        # decode_argument answers 400 for bytes that are not UTF-8. Spaces around a value
+        # (a filter typed into the page) are trimmed, nothing else.
+        return {
+            name: self.decode_argument(values[-1], name).strip(" ")
+            for name, values in given.items()
+        }
 
     def refuse(self, status: int, error: str, retry_after: float) -> None:
         """Answer ``status`` (429, 503) with a Retry-After: the caller may try again."""
@@ -416,6 +585,8 @@ class Base(tornado.web.RequestHandler):
             return
         try:
             data = await self.web.run(method, user, *args, **(kwargs or {}))
+        except Busy as exc:
+            self.refuse(429, str(exc), exc.retry_after)
         except UnknownJob as exc:
             self.write_json(404, {"error": str(exc)})
         except Denied as exc:
@@ -452,27 +623,26 @@ class Login(Base):
         if wait > 0:
             self.refuse(429, f"too many failed logins: try again in {math.ceil(wait)} s", wait)
             return
-        if web.throttle.busy(keys):
-            self.refuse(429, "a login for this user or from this address is already waiting "
-                             "for the external auth: try again shortly", 1)  # fmt: skip
+        # Failures are counted before a login may wait: one whose name or address failed
+        # lately, or has a login waiting already (which may be failing), waits on the
+        # suspect lane, and a flood fills that lane only.
+        slots = web.login_slots
+        if web.throttle.suspect(keys) or slots.busy(keys):
+            slots = web.suspect_login_slots
+        refusal = slots.refusal(keys)
+        if refusal is not None:
+            self.refuse(429, refusal, 1)
             return
-        if web.logins_waiting >= LOGINS_WAITING:
-            self.refuse(429, "too many logins in progress: try again shortly", 1)
-            return
-        web.throttle.begin(keys)  # these counters are only touched on the event loop's thread
-        web.logins_waiting += 1
         try:
             ok = await web.bounded(
-                web.login_pool, web.request_timeout,
+                slots.pool, web.request_timeout,
                 lambda: web.authenticate(username, password, eauth),
                 f"the external auth did not answer within {web.request_timeout:g} s",
+                done=slots.take(keys),
             )  # fmt: skip
         except Unavailable as exc:
             self.refuse(503, str(exc), RETRY_AFTER)
             return
-        finally:
-            web.throttle.end(keys)
-            web.logins_waiting -= 1
         if not ok:
             locked = web.throttle.failed(keys)
             reason = "authentication failed"
@@ -492,7 +662,8 @@ def _login_fields(body: bytes | None, default_eauth: str) -> tuple[str, str, str
     try:
         given = json.loads(body or b"{}")
         fields = (given["username"], given["password"], given.get("eauth") or default_eauth)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        # RecursionError: arrays nested some thousands deep exhaust the decoder's stack.
         return None
     if not all(isinstance(field, str) and "\x00" not in field for field in fields):
         return None
@@ -523,38 +694,17 @@ class Jobs(Base):
         args = self.args(JOB_PARAMS)
         if args is None:
             return
-        live = args.pop("live", "false").lower() in ("1", "true", "yes")
+        try:
+            live = flag_arg("live", args.pop("live", False))
+        except QueryError as exc:
+            self.write_json(400, {"error": str(exc)})
+            return
         if "user" in args:
             args["user_filter"] = args.pop("user")
         if live:
-            await self.live(args.get("limit", 50))
+            await self.call("live_jobs", args.get("limit", 50))
         else:
             await self.call("jobs", kwargs=args)
-
-    async def live(self, limit: object) -> None:
-        """One live listing per user at a time, LIVE_CALLS in all: each may wait for a
-        minion that is down, and they must not pile up (they have their own threads)."""
-        web, user = self.web, self.user()
-        if user is None:
-            self.write_json(401, {"error": "log in first: POST /api/login"})
-            return
-        if web.live_by_user.get(user, 0) >= LIVE_PER_USER:
-            self.refuse(429, "a live listing of yours is already running: wait for its answer",
-                        web.salt_timeout)  # fmt: skip
-            return
-        if web.live_calls >= LIVE_CALLS:
-            self.refuse(429, "too many live listings are running: try again shortly",
-                        web.salt_timeout)  # fmt: skip
-            return
-        web.live_calls += 1  # only touched on the event loop's thread
-        web.live_by_user[user] = web.live_by_user.get(user, 0) + 1
-        try:
-            await self.call("live_jobs", limit)
-        finally:
-            web.live_calls -= 1
-            web.live_by_user[user] -= 1
-            if not web.live_by_user[user]:
-                del web.live_by_user[user]
 
 
 class Job(Base):
@@ -640,6 +790,15 @@ class Stream(Base):
 
 
 class Page(tornado.web.StaticFileHandler):
+    def initialize(  # type: ignore[override]
+        self, path: str, default_filename: str | None = None, proxy_header: str | None = None
+    ) -> None:
+        super().initialize(path, default_filename)
+        self.proxy_header = proxy_header
+
+    def prepare(self) -> None:
+        _use_client_address(self.request, self.proxy_header)
+
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
@@ -653,7 +812,15 @@ class Page(tornado.web.StaticFileHandler):
 
 class NotFound(Base):
     def prepare(self) -> None:
+        super().prepare()
         self.write_json(404, {"error": f"no such resource: {self.request.path}"})
+
+
+def _use_client_address(request: tornado.httputil.HTTPServerRequest, header: str | None) -> None:
+    """Behind a proxy, the request's address is the client's (:func:`client_address`), for
+    the login throttle, the audit log and the access log alike."""
+    if header is not None:
+        request.remote_ip = client_address(request.remote_ip, request.headers, header)
 
 
 def _log(handler: tornado.web.RequestHandler) -> None:
@@ -670,8 +837,9 @@ class WebApp:
 
     ``request_timeout`` bounds how long a request waits for the database, ``salt_timeout``
     how much longer a kill or a live listing waits for the minions; past the bound the
-    request is answered 503 (the work itself carries on in its thread: a kill may still be
-    carried out, and is audited)."""
+    request is answered 503. Work that had a thread by then carries on in it (a kill may
+    still be carried out, and is audited); work still waiting for a thread is dropped, and
+    the answer says so (a kill that was not carried out)."""
 
     def __init__(
         self,
@@ -693,13 +861,35 @@ class WebApp:
         self.sessions = Sessions()
         self.hub = Hub()
         self.throttle = throttle if throttle is not None else LoginThrottle()
+        self.proxy_header: str | None = None  # set by serve()
         self.pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="halite-web")
-        self.login_pool = ThreadPoolExecutor(LOGIN_THREADS, thread_name_prefix="halite-login")
-        self.live_pool = ThreadPoolExecutor(LIVE_THREADS, thread_name_prefix="halite-live")
-        # Counted on the event loop's thread only.
-        self.logins_waiting = 0
-        self.live_calls = 0
-        self.live_by_user: dict[str, int] = {}
+        waiting = "a login for this user or from this address is already waiting for the" \
+                  " external auth: try again shortly"  # fmt: skip
+        self.login_slots = Slots(
+            "login", LOGIN_THREADS, LOGINS_WAITING, 1, waiting,
+            "too many logins in progress: try again shortly",
+        )  # fmt: skip
+        self.suspect_login_slots = Slots(
+            "login-failed", SUSPECT_THREADS, SUSPECT_WAITING, LOGINS_PER_KEY - 1, waiting,
+            "too many logins from addresses or for names that failed lately are in"
+            " progress: try again shortly",
+        )  # fmt: skip
+        self.live_slots = Slots(
+            "live", LIVE_THREADS, LIVE_CALLS, LIVE_PER_USER,
+            "a live listing of yours is already running: wait for its answer",
+            "too many live listings are running: try again shortly",
+        )  # fmt: skip
+        self.kill_slots = Slots(
+            "kill", KILL_THREADS, KILL_CALLS, KILLS_PER_USER,
+            f"{KILLS_PER_USER} kills of yours are still waiting for their minions: wait for"
+            " an answer",
+            "too many kills are waiting for their minions: try again shortly",
+        )  # fmt: skip
+
+    @property
+    def logins_waiting(self) -> int:
+        """Logins waiting for the external auth (running or queued), of every kind."""
+        return self.login_slots.in_use + self.suspect_login_slots.in_use
 
     def me(self, user: str) -> dict[str, Any]:
         grants = self.service.grants(user)
@@ -714,29 +904,70 @@ class WebApp:
         }
 
     @staticmethod
-    async def bounded(pool: Executor, timeout: float, work: Callable[[], T], late: str) -> T:
+    async def bounded(
+        pool: Executor,
+        timeout: float,
+        work: Callable[[], T],
+        late: str,
+        done: Callable[[], None] | None = None,
+    ) -> T:
         """``work()`` on ``pool``; raises Unavailable(``late``) past ``timeout`` seconds.
-        Work still queued then is dropped; work already running finishes in its thread."""
-        future = asyncio.get_running_loop().run_in_executor(pool, work)
+        Work still queued then is dropped (``started`` False); work already running
+        finishes in its thread. ``done`` is called on this event loop once the thread is
+        done with the work (or it was dropped), not at the 503: a slot is held as long as
+        its thread is."""
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(future, timeout)
+            future = pool.submit(work)
+        except BaseException:
+            if done is not None:
+                done()
+            raise
+        if done is not None:
+            future.add_done_callback(lambda _: _call_soon(loop, done))
+        answer = asyncio.wrap_future(future, loop=loop)
+        try:
+            # shield: past the timeout ``answer`` still gets the work's outcome (a late
+            # failure is logged); ``future`` is cancelled below only if it never started.
+            return await asyncio.wait_for(asyncio.shield(answer), timeout)
         except asyncio.TimeoutError:
-            raise Unavailable(late) from None
+            started = not future.cancel()
+            answer.add_done_callback(_log_late_failure)
+            raise Unavailable(late, started) from None
 
     async def run(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
+        """A service call on its pool, bounded; a kill or a live listing takes one of its
+        slots first (Busy, a 429, when there is none)."""
+        slots: Slots | None = None
         if method == "live_jobs":
-            pool, timeout = self.live_pool, self.request_timeout + self.salt_timeout
+            slots, timeout = self.live_slots, self.request_timeout + self.salt_timeout
             late = f"the minions or the master's job cache did not answer within {timeout:g} s"
         elif method == "kill":
-            pool, timeout = self.pool, self.request_timeout + self.salt_timeout
+            slots, timeout = self.kill_slots, self.request_timeout + self.salt_timeout
             late = (f"no answer within {timeout:g} s from halite's database or the minions; "
                     "the kill may still be carried out: see the audit log")  # fmt: skip
         else:
-            pool, timeout = self.pool, self.request_timeout
+            timeout = self.request_timeout
             late = f"halite's database did not answer within {timeout:g} s; try again shortly"
-        return await self.bounded(
-            pool, timeout, lambda: self._dispatch(method, user, *args, **kwargs), late
-        )
+        done = None
+        if slots is not None:
+            refusal = slots.refusal((user,))
+            if refusal is not None:
+                raise Busy(refusal, self.salt_timeout)
+            done = slots.take((user,))
+        try:
+            return await self.bounded(
+                slots.pool if slots is not None else self.pool, timeout,
+                lambda: self._dispatch(method, user, *args, **kwargs), late, done,
+            )  # fmt: skip
+        except Unavailable as exc:
+            if method != "kill" or exc.started:
+                raise
+            raise Unavailable(
+                f"the kill was not carried out: it waited {timeout:g} s for one of halite's"
+                " kill threads (all were busy with other kills, waiting for their minions or"
+                " the database) and nothing was sent; try again shortly", started=False,
+            ) from None  # fmt: skip
 
     def _dispatch(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
         if method == "live_jobs":
@@ -760,6 +991,7 @@ class WebApp:
                       user[:256], address, exc)  # fmt: skip
 
     def application(self) -> tornado.web.Application:
+        page = {"path": str(STATIC), "proxy_header": self.proxy_header}
         routes: list[Any] = [
             (r"/api/login", Login, {"app": self}),
             (r"/api/logout", Logout, {"app": self}),
@@ -773,8 +1005,8 @@ class WebApp:
             (r"/api/jobs/([^/]+)/kill", Kill, {"app": self}),
             (r"/api/audit", Audit, {"app": self}),
             (r"/api/.*", NotFound, {"app": self}),
-            (r"/()", Page, {"path": str(STATIC), "default_filename": "index.html"}),
-            (r"/(.+)", Page, {"path": str(STATIC)}),
+            (r"/()", Page, {**page, "default_filename": "index.html"}),
+            (r"/(.+)", Page, page),
         ]
         return tornado.web.Application(routes, compress_response=True, log_function=_log)
 
@@ -783,15 +1015,18 @@ class WebApp:
         host: str,
         port: int,
         ssl: Mapping[str, str] | None = None,
-        proxy_headers: bool = False,
+        proxy_headers: str | None = None,
     ) -> tornado.httpserver.HTTPServer:
         """Listen on ``host:port`` (TLS with ``certfile``/``keyfile``) in this thread's
-        event loop, which must be running or run afterwards. ``proxy_headers``: the client
-        address is the one a reverse proxy puts in X-Real-Ip / X-Forwarded-For (it is what
-        logins are throttled by). Raises ConfigError when it cannot."""
+        event loop, which must be running or run afterwards. ``proxy_headers``: the header
+        a reverse proxy sets, x-forwarded-for or x-real-ip (:func:`client_address`); the
+        client address it gives is what logins are throttled by. Not Tornado's xheaders:
+        it prefers X-Real-Ip, which a proxy that appends X-Forwarded-For passes on from
+        the client. Raises ConfigError when it cannot."""
+        self.proxy_header = _proxy_header(proxy_headers)
         server = tornado.httpserver.HTTPServer(
             self.application(), ssl_options=_tls(ssl) if ssl else None,
-            max_body_size=MAX_BODY, max_buffer_size=MAX_BODY * 4, xheaders=proxy_headers,
+            max_body_size=MAX_BODY, max_buffer_size=MAX_BODY * 4,
         )  # fmt: skip
         try:
             server.listen(port, address=host)
@@ -807,7 +1042,7 @@ class WebApp:
         host: str,
         port: int,
         ssl: Mapping[str, str] | None = None,
-        proxy_headers: bool = False,
+        proxy_headers: str | None = None,
     ) -> threading.Thread:
         """Run the server in a thread of its own (the engine's loop stays synchronous);
         raises, in the calling thread, what kept it from listening."""
@@ -835,6 +1070,26 @@ class WebApp:
         log.info("halite: Jobs page and API on %s://%s:%d/", "https" if ssl else "http", host,
                  port)  # fmt: skip
         return thread
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """``callback`` on ``loop``'s thread, from any thread; nothing once the loop is closed
+    (the server is gone, and its counters with it)."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass
+
+
+def _log_late_failure(answer: asyncio.Future[Any]) -> None:
+    """The outcome of work answered 503 before it ended: its failure goes to the log (and
+    is retrieved, so asyncio does not warn of it at exit)."""
+    if answer.cancelled():
+        return
+    exc = answer.exception()
+    if exc is not None:
+        log.warning("halite http: a call answered 503 failed later: %s: %s",
+                    type(exc).__name__, exc)  # fmt: skip
 
 
 def _tls(ssl: Mapping[str, str]) -> ssl_module.SSLContext:
