@@ -23,14 +23,18 @@ Configuration, in the master config (every option may be left out):
           batch_size: 1000      # write sooner once this many changes are waiting
           write_returns: auto   # index returns too; auto: unless master_job_cache is halite
           http:                 # the HTTP API and the Jobs page; off unless given
+                                # (`http: {}` serves it with these defaults)
             host: 127.0.0.1
             port: 8765
             eauth: pam          # the external auth the login form uses by default
             certfile: /etc/pki/halite.crt   # both for HTTPS, or neither
             keyfile: /etc/pki/halite.key
             request_timeout: 30 # seconds a request waits for the database, then 503
-            proxy_headers: false  # true behind a reverse proxy that sets X-Real-Ip or
-                                  # X-Forwarded-For: logins are throttled by that address
+            proxy_headers: false  # behind a reverse proxy: the header it sets, whose
+                                  # address logins are throttled by: x-forwarded-for
+                                  # (the right-most address, which the proxy appends)
+                                  # or x-real-ip (which the proxy sets, replacing the
+                                  # client's)
 
     external_auth:              # who may log in to the page: Salt's own external auth;
                                 # a user (or group) must be listed here, as for salt-api
@@ -139,15 +143,18 @@ def _publish_bus(publish, tag, data):
 
 
 def serve_http(config):
-    """Start the HTTP API and the Jobs page in a thread; returns the hub's publish. Bad
-    ``http:`` options, unreadable TLS files or a port in use raise ConfigError, which
-    names the option, before anything is served."""
+    """Start the HTTP API and the Jobs page in a thread; returns the hub's publish, or
+    None when ``config`` is None or false (the page is off). An empty mapping serves it
+    with the defaults. Bad ``http:`` options, unreadable TLS files or a port in use raise
+    ConfigError, which names the option, before anything is served."""
     import threading
 
     import salt.auth
 
     from halite_core.web import HttpOptions, WebApp
 
+    if config is None or config is False:
+        return None
     options = HttpOptions.from_config(config)
     settings = Settings.from_opts(
         __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
@@ -215,7 +222,7 @@ def start(**options):
     http = options.pop("http", None)
     engine = build(options)
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
-    publish = serve_http(http) if http else None
+    publish = serve_http(http)  # None: off; `http: {}` serves with the defaults
     try:
         engine.recover()
         while True:
