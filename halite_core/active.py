@@ -40,6 +40,8 @@ from typing import Any
 from sqlalchemy import select
 
 from halite_core import jids
+from halite_core.config import flag_option, number_option
+from halite_core.errors import ConfigError
 from halite_core.jobcache import (
     FIND_JOB,
     JOB_EVENT,
@@ -77,19 +79,22 @@ class EngineOptions:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> EngineOptions:
-        """``config`` from the engine's entry, ``defaults`` for keys it leaves out."""
+        """``config`` from the engine's entry, ``defaults`` for keys it leaves out; a
+        :class:`ConfigError` (a ``ValueError``) names an option that is not usable."""
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
             default: Any = spec.default
             raw = config.get(spec.name, defaults.get(spec.name, default))
-            kind = bool if spec.name == "write_returns" else type(default)
+            name = f"halite engine option {spec.name}"
+            if spec.name == "write_returns":
+                values[spec.name] = flag_option(name, raw)
+                continue
             try:
-                value = kind(raw)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"halite engine option {spec.name}: {raw!r} is not valid") from exc
-            if kind is not bool and value <= 0:
-                raise ValueError(f"halite engine option {spec.name} must be > 0, not {raw!r}")
-            values[spec.name] = value
+                values[spec.name] = number_option(name, raw, type(default))
+            except ConfigError as exc:
+                if isinstance(raw, (bool, str)) and "must be a number" in str(exc):
+                    raise ConfigError(f"{name}: {raw!r} is not valid (a number)") from exc
+                raise
         return cls(**values)
 
 

@@ -18,19 +18,27 @@
       keep_running_seconds: 604800   # a running job idle this long is cleaned all the same
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
       system_functions:              # bookkeeping jobs, hidden from listings; replaces
-        - saltutil.find_job          # the default, SYSTEM_FUNCTIONS below
+        - saltutil.find_job          # the default, SYSTEM_FUNCTIONS below ([]: none)
         - runner.jobs.*
+
+``db_url`` must be an SQLAlchemy URL of SQLite or PostgreSQL. Numbers must be finite
+(``.inf`` and ``.nan`` are refused), seconds at most 1,000,000, counts and sizes whole
+numbers; a wrong option is a :class:`ConfigError` that names it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from halite_core.errors import ConfigError
 
@@ -46,6 +54,14 @@ DEFAULTS: dict[str, Any] = {
     "request_timeout": 30.0,
     "keep_running_seconds": 7 * 86400,
 }
+# The databases halite's schema and queries are written for (db.py refuses others too).
+DIALECTS = ("sqlite", "postgresql")
+# Seconds are waited on with threading (whose bound is some 292 years) and SQLite's busy
+# timeout (milliseconds in a C int): a million seconds is far beyond any sensible setting.
+MAX_SECONDS = 1_000_000
+MAX_COUNT = 2**63 - 1  # what PostgreSQL binds as a bigint (LIMIT, sizes)
+FLAGS = {"true": True, "yes": True, "on": True, "1": True,
+         "false": False, "no": False, "off": False, "0": False}  # fmt: skip
 # Bookkeeping: jobs that only read what Salt or halite already know, made by people and
 # consoles reading the history (SaltGUI polls jobs.*, manage.versions and the wheel's key
 # and config reads through salt-api) and by Salt itself. Listed, they would bury the jobs
@@ -107,15 +123,12 @@ class Settings:
         if not isinstance(section, Mapping):
             raise ConfigError("the 'halite' option must be a mapping")
         cachedir = str(opts.get("cachedir") or os.getcwd())
-        db_url = section.get("db_url") or "sqlite:///" + os.path.join(cachedir, "halite.db")
-        spool_dir = section.get("spool_dir") or os.path.join(cachedir, "halite", "spool")
-        journal_dir = section.get("journal_dir") or os.path.join(cachedir, "halite", "journal")
-        jid_dir = section.get("jid_dir") or os.path.join(cachedir, "halite", "jids")
+        default_url = "sqlite:///" + os.path.join(cachedir, "halite.db")
         return cls(
-            db_url=str(db_url),
-            spool_dir=str(spool_dir),
-            journal_dir=str(journal_dir),
-            jid_dir=str(jid_dir),
+            db_url=_db_url(section.get("db_url") or default_url),
+            spool_dir=_directory(section, "spool_dir", cachedir, "spool"),
+            journal_dir=_directory(section, "journal_dir", cachedir, "journal"),
+            jid_dir=_directory(section, "jid_dir", cachedir, "jids"),
             master_id=opts.get("id"),
             jid_utc=jid_utc,
             keep_jobs_seconds=_keep_jobs_seconds(opts),
@@ -163,17 +176,81 @@ def _keep_jobs_seconds(opts: Mapping[str, Any]) -> int:
 
 def _patterns(section: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     value = section.get(key, default)
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"halite:{key} must be a list of function names or globs")
+    # A mapping or a string is iterable too, and would be taken key by key or letter by
+    # letter; null is most likely a list left empty by mistake: [] says "none".
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(
+            f"halite:{key} must be a list of function names or globs ([] for none), not {value!r}"
+        )
     return tuple(value)
 
 
-def _positive(section: Mapping[str, Any], key: str, kind: type, zero: bool = False) -> Any:
-    value = section.get(key, DEFAULTS[key])
+def _db_url(value: object) -> str:
+    """The URL as given, once SQLAlchemy can parse it and it names a supported database;
+    refused here, it would fail later, on the first write, as a traceback."""
+    hint = "e.g. sqlite:////var/cache/salt/master/halite.db or postgresql+psycopg://user@host/db"
+    if not isinstance(value, str):
+        raise ConfigError(f"halite:db_url is not a database URL ({hint})")
     try:
-        number = kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"halite:{key} must be a number, not {value!r}") from exc
+        url = make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        # The text itself is not shown: it may hold a password.
+        raise ConfigError(f"halite:db_url is not a database URL ({hint})") from exc
+    backend = url.get_backend_name()
+    if backend not in DIALECTS:
+        raise ConfigError(
+            f"halite:db_url uses {backend}; halite supports {' and '.join(DIALECTS)} ({hint})"
+        )
+    return value
+
+
+def _directory(section: Mapping[str, Any], key: str, cachedir: str, name: str) -> str:
+    value = section.get(key) or os.path.join(cachedir, "halite", name)
+    if not isinstance(value, str):
+        raise ConfigError(f"halite:{key} must be a directory path, not {value!r}")
+    return value
+
+
+def _positive(section: Mapping[str, Any], key: str, kind: type, zero: bool = False) -> Any:
+    return number_option(f"halite:{key}", section.get(key, DEFAULTS[key]), kind, zero)
+
+
+def number_option(name: str, value: object, kind: type, zero: bool = False) -> Any:
+    """``value`` as a finite ``kind`` (float: seconds; int: a count or a size) that is > 0
+    (>= 0 with ``zero``), or a :class:`ConfigError` naming the option ``name``. Numbers may
+    be written as text (``"20"``); true/false may not stand for 1/0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{name} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except OverflowError as exc:  # an int past float's range
+        raise ConfigError(f"{name} must be a finite number, not {value!r}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from exc
+    if not math.isfinite(number):
+        # inf would overflow every wait; nan passes every comparison below.
+        raise ConfigError(f"{name} must be a finite number, not {value!r}")
     if number < 0 or (number == 0 and not zero):
-        raise ConfigError(f"halite:{key} must be {'>= 0' if zero else '> 0'}, not {value!r}")
+        raise ConfigError(f"{name} must be {'>= 0' if zero else '> 0'}, not {value!r}")
+    if kind is int:
+        if not number.is_integer():
+            raise ConfigError(f"{name} must be a whole number, not {value!r}")
+        count = value if isinstance(value, int) else int(number)
+        if count > MAX_COUNT:
+            raise ConfigError(f"{name} must be at most {MAX_COUNT}, not {value!r}")
+        return count
+    if number > MAX_SECONDS:
+        raise ConfigError(f"{name} must be at most {MAX_SECONDS} seconds, not {value!r}")
     return number
+
+
+def flag_option(name: str, value: object) -> bool:
+    """A yes/no option: a boolean, 0/1, or true/false, yes/no, on/off as text (any case).
+    A quoted ``"false"`` in YAML is text, which bool() would take for True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in FLAGS:
+        return FLAGS[value.strip().lower()]
+    raise ConfigError(f"{name} must be true or false, not {value!r}")

@@ -7,6 +7,7 @@ import salt.loader
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
+from tests.helpers import free_port
 from tests.test_returner_loader import master_opts
 
 JID = "20261128120000000001"
@@ -65,3 +66,75 @@ def test_the_terminal_view_says_it_first(tmp_path):
     outputters = salt.loader.outputters(opts)
     table = outputters["halite_jobs"]({"jobs": [], "next": None, "warning": "nothing feeds"})
     assert table.splitlines()[0] == "WARNING: nothing feeds"
+
+
+# ------------------------------------------------ a configuration or a database it cannot use
+EVERY_RUNNER = [
+    ("halite.jobs", (), {}),
+    ("halite.jobs", (), {"live": True}),
+    ("halite.job", (JID,), {}),
+    ("halite.activity", (), {}),
+    ("halite.timeline", (), {}),
+    ("halite.kill", (JID,), {}),
+    ("halite.audit", (), {}),
+]
+
+
+def every_runner_answers(opts):
+    """Each runner's answer and the retcode salt-run would exit with."""
+    runners = salt.loader.runner(opts)
+    context = runners.pack["__context__"]  # what salt-run reads the exit code from
+    answers = {}
+    for name, args, kwargs in EVERY_RUNNER:
+        runners[name].__globals__["__user__"] = opts["user"]
+        context.pop("retcode", None)
+        answer = runners[name](*args, **kwargs)
+        answers[(name, tuple(kwargs))] = (answer, dict(context))
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        ({"request_timeout": float("inf")}, "halite:request_timeout must be a finite number"),
+        ({"request_timeout": float("nan")}, "halite:request_timeout must be a finite number"),
+        ({"read_timeout": float("nan")}, "halite:read_timeout must be a finite number"),
+        ({"system_functions": 5}, "halite:system_functions must be a list"),
+        ({"system_functions": None}, "halite:system_functions must be a list"),
+        ({"db_url": "not a url"}, "halite:db_url is not a database URL"),
+        ({"db_url": "mysql://x/y"}, "halite:db_url uses mysql"),
+        ({"flush_interval": -1}, "halite:flush_interval must be >= 0"),
+    ],
+)
+def test_a_bad_option_is_an_error_of_every_runner_never_a_traceback(tmp_path, section, says):
+    opts = master_opts(tmp_path, "halite")
+    opts["halite"] = section
+    for call, (answer, context) in every_runner_answers(opts).items():
+        assert says in answer["error"], call
+        assert answer["retcode"] == 1 and context["retcode"] == 1, call
+
+
+def test_an_unreachable_postgresql_is_a_clear_error_of_every_runner(tmp_path):
+    opts = master_opts(tmp_path, "halite")
+    # Nothing listens there: the connection is refused at once.
+    opts["halite"] = {"db_url": f"postgresql+psycopg://halite@127.0.0.1:{free_port()}/halite"}
+    answers = every_runner_answers(opts)
+    for call, (answer, context) in answers.items():
+        assert answer["retcode"] == 1 and context["retcode"] == 1, call
+    readers = {call: answer for call, (answer, _) in answers.items() if call[1] != ("live",)}
+    for call, answer in readers.items():
+        assert answer["error"].startswith("halite's database cannot be used: "), call
+        assert "Connection refused" in answer["error"], call
+        assert "[SQL:" not in answer["error"], call
+    # live=True reads no database; here no master answers either, which it says.
+    live, _ = answers[("halite.jobs", ("live",))]
+    assert "the salt master could not be contacted" in live["error"].lower()
+
+
+def test_a_database_path_that_cannot_be_made_is_a_clear_error(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    opts = master_opts(tmp_path, "halite")
+    opts["halite"] = {"db_url": f"sqlite:///{tmp_path}/a_file/halite.db"}
+    for call, (answer, _) in every_runner_answers(opts).items():
+        if call[1] != ("live",):
+            assert "a_file" in answer["error"] and answer["retcode"] == 1, call

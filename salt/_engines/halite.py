@@ -88,7 +88,7 @@ def __virtual__():
 def _write_returns(value):
     if value in (None, "auto"):
         return __opts__.get("master_job_cache") != "halite"
-    return bool(value)
+    return value  # EngineOptions.from_config reads it: a quoted "false" is false
 
 
 def build(options):

@@ -50,16 +50,20 @@ import logging
 
 import salt.client
 import salt.config
+import salt.exceptions
 import salt.minion
 
 try:
-    from halite_core.bounded import DatabaseTimeout, call_within
+    from sqlalchemy.exc import DBAPIError
+
+    from halite_core.bounded import call_within
     from halite_core.config import Settings, jid_utc_for
+    from halite_core.db import SchemaError
+    from halite_core.errors import HaliteError
     from halite_core.jobcache import JobStore
     from halite_core.live import live_limit, live_page, running_jids
     from halite_core.own_runners import feed_warning
-    from halite_core.permissions import ConfigError, Denied, policy_from_opts
-    from halite_core.queries import QueryError
+    from halite_core.permissions import policy_from_opts
     from halite_core.service import Service, flag_arg
 
     HAS_HALITE = True
@@ -118,9 +122,20 @@ def _caller():
 def _call(method, *args, outputter=None, **kwargs):
     """Run one service method as the caller; its errors become the runner's error."""
     try:
-        service = _service()
-    except ConfigError as exc:
+        data = _serve(method, args, kwargs)
+    except HaliteError as exc:  # a bad argument or option, a denial, a timeout
         return _failed(str(exc))
+    except (DBAPIError, SchemaError, OSError) as exc:
+        return _failed(_unusable_database(exc))
+    if isinstance(data, dict) and data.get("retcode"):
+        __context__["retcode"] = data["retcode"]
+    if method in READERS:
+        data = _with_feed_warning(data)
+    return _for_terminal(method, data, outputter)
+
+
+def _serve(method, args, kwargs):
+    service = _service()
     caller = _caller()
     try:
         # Bounded: a database that is locked or frozen gets a clear error, not a hang. A
@@ -129,16 +144,19 @@ def _call(method, *args, outputter=None, **kwargs):
         bound = service.store.settings.request_timeout
         if method == "kill":
             bound += float(__opts__.get("gather_job_timeout", 10))
-        data = call_within(bound, lambda: getattr(service, method)(caller, *args, **kwargs))
-    except (QueryError, Denied, ConfigError, DatabaseTimeout) as exc:
-        return _failed(str(exc))
+        return call_within(bound, lambda: getattr(service, method)(caller, *args, **kwargs))
     finally:
         service.close()
-    if isinstance(data, dict) and data.get("retcode"):
-        __context__["retcode"] = data["retcode"]
-    if method in READERS:
-        data = _with_feed_warning(data)
-    return _for_terminal(method, data, outputter)
+
+
+def _unusable_database(exc):
+    """A database that refuses the connection, is down or has a schema this halite cannot
+    use, as one line: the driver's message, without the SQL statement and parameters
+    SQLAlchemy adds."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = " ".join(str(cause).split("\n")[0].split()) or type(cause).__name__
+    log.warning("halite: the database cannot be used: %s", text)
+    return f"halite's database cannot be used: {text}"
 
 
 def _with_feed_warning(data):
@@ -228,7 +246,7 @@ def jobs(
     """
     try:
         live = flag_arg("live", live)
-    except QueryError as exc:
+    except HaliteError as exc:
         return _failed(str(exc))
     if live:
         try:
@@ -237,8 +255,10 @@ def jobs(
                 scope = service.view_scope(_caller(), "jobs", {"live": True, "limit": limit})
             finally:
                 service.close()
-        except (Denied, ConfigError) as exc:
+        except HaliteError as exc:
             return _failed(str(exc))
+        except (DBAPIError, SchemaError, OSError) as exc:
+            return _failed(_unusable_database(exc))
         return _live_jobs(limit, scope)
     return _call(
         "jobs", limit=limit, fun=fun, target=target, user_filter=user, status=status,
@@ -338,13 +358,18 @@ def audit_log(user=None, action=None, decision=None, start=None, end=None, limit
 def _live_jobs(limit, scope):
     try:
         size = live_limit(limit)
-    except QueryError as exc:
+    except HaliteError as exc:
         return _failed(str(exc))
     cache = __opts__["master_job_cache"]
     with salt.minion.MasterMinion(__opts__) as mminion:
         found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
-    client = salt.client.get_local_client(mopts=__opts__)
-    answers = client.cmd("*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10))
+    try:
+        client = salt.client.get_local_client(mopts=__opts__)
+        answers = client.cmd(
+            "*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10)
+        )
+    except salt.exceptions.SaltClientError as exc:
+        return _failed(f"live: cannot ask the minions: {exc}")
     utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
     page = live_page(found, running_jids(answers), scope, utc, __opts__.get("id"))
     return _for_terminal("jobs", page, "halite_jobs")
