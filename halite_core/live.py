@@ -16,8 +16,9 @@ MAX_LIVE = 500
 
 def live_limit(limit: object) -> int:
     try:
-        size = int(limit)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        # int(True) is 1 and int(.inf) an OverflowError: neither is a count.
+        size = 0 if isinstance(limit, bool) else int(limit)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
         size = 0
     if not 1 <= size <= MAX_LIVE:
         raise QueryError(f"limit must be a number from 1 to {MAX_LIVE}, not {limit!r}")

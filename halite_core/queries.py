@@ -98,6 +98,15 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     return moment, jid
 
 
+def _decode_jobs_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """A job listing's cursor ends in a jid: anything else is forged, and must not reach
+    the database (PostgreSQL refuses a NUL in text with an error, not an empty page)."""
+    moment, jid = decode_cursor(cursor)
+    if not jids.is_jid(jid):
+        raise QueryError(f"cursor {cursor!r} is not one this listing handed out")
+    return moment, jid
+
+
 def _glob(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
     """A shell glob on a column: equality when there is no wildcard (an index lookup),
     GLOB on SQLite and an escaped LIKE elsewhere (both case-sensitive, both use an index
@@ -114,6 +123,8 @@ def _glob(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
 
 def _limit(limit: object) -> int:
     try:
+        if isinstance(limit, bool):  # int(True) is 1
+            raise TypeError(limit)
         value = int(limit)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: limit=.inf
         raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}") from exc
@@ -275,7 +286,7 @@ def listing_query(
     if filters.end is not None:
         query = query.where(order_start < _aware(filters.end, "end"))
     if cursor:
-        after_start, after_jid = decode_cursor(cursor)
+        after_start, after_jid = _decode_jobs_cursor(cursor)
         query = query.where(
             or_(
                 order_start < after_start,
@@ -511,6 +522,8 @@ def activity(
     """Jobs started per hour over the last ``hours`` hours (the current, partial hour
     included, oldest first, empty hours as 0), and how many jobs are running now."""
     try:
+        if isinstance(hours, bool):  # int(True) is 1
+            raise TypeError(hours)
         span = int(hours)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: hours=.inf
         raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}") from exc
@@ -552,7 +565,7 @@ def timeline(
     """Jobs of the last ``window`` grouped by function or user, busiest row first; each
     job a bar from its start to its end (or now) with a status a chart can colour:
     ``running``, ``failed``, ``changed`` (a state changed something) or ``pass``."""
-    if window not in WINDOWS:
+    if not isinstance(window, str) or window not in WINDOWS:  # a list is not hashable
         raise QueryError(f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
     if group_by not in ("function", "user"):
         raise QueryError(f"group_by must be function or user, not {group_by!r}")

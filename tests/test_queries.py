@@ -525,3 +525,52 @@ def test_the_listing_itself_refuses_a_nul_character(index):
     for name in ("search", "fun", "target", "user", "minion", "master"):
         with pytest.raises(QueryError, match=f"{name} must not contain a NUL character"):
             listing(index, **{name: "a\x00"})
+
+
+@pytest.mark.parametrize("window", [["24h"], {"24h": 1}, None, 24])
+def test_a_window_that_is_not_text_is_a_clear_error(index, window):
+    with pytest.raises(QueryError, match="window must be one of 1h, 4h, 24h, 7d"):
+        _service(index).timeline("root", window)
+
+
+@pytest.mark.parametrize("hours", [True, False])
+def test_hours_must_be_a_number_not_true_or_false(index, hours):
+    with pytest.raises(QueryError, match="hours must be a number from 1 to 168"):
+        _service(index).activity("root", hours)
+
+
+@pytest.mark.parametrize("limit", [float("inf"), float("-inf"), float("nan"), 1e300, True, "x"])
+def test_a_live_limit_that_is_not_a_count_is_a_clear_error(limit):
+    from halite_core.live import live_limit
+
+    with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
+        live_limit(limit)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["\x00", "2026\x00", "x", "", "20261128120000000000 OR 1=1", "\ud800"],
+    ids=["nul", "digits-nul", "letter", "empty", "sql", "surrogate"],
+)
+def test_a_cursor_whose_jid_is_not_a_salt_jid_is_refused(index, key):
+    """A NUL reached PostgreSQL, which refused it with a 500 (DataError)."""
+    text = f"2026-11-28T12:00:00+00:00|{key}".encode("utf-8", "surrogatepass")
+    forged = base64.urlsafe_b64encode(text).decode().rstrip("=")
+    with pytest.raises(QueryError, match="not one this listing handed out"):
+        listing(index, cursor=forged)
+    with pytest.raises(QueryError, match="not one this listing handed out"):
+        _service(index).jobs("root", cursor=forged)
+
+
+def test_a_cursor_with_a_jid_and_pid_pages_on(index):
+    text = "2026-11-28T12:05:00+00:00|20261128120500000000_12"
+    forged = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    jids = [job["jid"] for job in listing(index, include_system=True, cursor=forged)["jobs"]]
+    assert jids[0] == "20261128120500000000"  # "_12" sorts after it: the same start, older
+
+
+def test_a_limit_of_true_is_not_one(index):
+    with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
+        _service(index).jobs("root", limit=True)
+    with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
+        _service(index).audit("root", limit=True)
