@@ -9,6 +9,7 @@ Arguments are stored with secrets redacted (:func:`redact`).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import uuid
 from collections.abc import Mapping
@@ -22,19 +23,39 @@ from halite_core.queries import QueryError, _aware, _limit, decode_cursor, encod
 
 # Which keys name a secret, by the words of the key: ``db_password``, ``X-Auth-Token`` and
 # ``clientSecret`` are split on ``_ - .``, spaces and case changes into lower-case words
-# (``db password``, ``x auth token``, ``client secret``). A key is secret when one of its
-# words is in SECRET_WORDS, when it ends in the word ``key``/``keys`` after another word
-# (``db_key``, ``apiKey``, ``private_key``; a lone ``key`` is a lookup name), or when it
-# holds one of SECRET_TEXTS anywhere (``dbpassword``: run-together words). Whole words,
-# so ``passive``, ``compass``, ``bypass``, ``tokenize`` and ``secretary`` stay readable.
+# (``db password``, ``x auth token``, ``client secret``). A key that only measures or
+# describes a secret (``token_count``, ``password_length``, ``max_tokens``: its last word
+# in MEASURE_WORDS or its first in COUNT_WORDS) is not one. Otherwise a key is secret when
+# one of its words is in SECRET_WORDS, when two of its words in a row are one of
+# SECRET_PAIRS (``db_url``, ``connection_string``, ``private_key_data``), when it ends in
+# the word ``key``/``keys`` after another word (``db_key``, ``apiKey``, ``private_key``) that
+# is not one of PLAIN_KEY_KINDS (``primary_key``, ``sort_key``, ``public_key``: names of
+# columns and public halves; a lone ``key`` is a lookup name), or when it holds one of
+# SECRET_TEXTS anywhere (``dbpassword``: run-together words). Whole words, so ``passive``,
+# ``compass``, ``bypass``, ``tokenize``, ``author`` and ``secretary`` stay readable.
 SECRET_WORDS = frozenset({
-    "password", "passwords", "passwd", "pwd", "pass", "passphrase", "passcode",
+    "password", "passwords", "passwd", "pwd", "pw", "pass", "passphrase", "passcode",
     "secret", "secrets", "token", "tokens", "credential", "credentials", "creds",
-    "authorization", "cookie", "cookies", "apikey", "privatekey", "secretkey", "accesskey",
-    "authtoken",
+    "authorization", "auth", "cookie", "cookies", "apikey", "privatekey", "secretkey",
+    "accesskey", "authtoken", "otp", "jwt", "bearer", "session", "sessionid", "dsn",
+    "dburl", "databaseurl", "connectionstring", "connstr", "keydata",
+})  # fmt: skip
+SECRET_PAIRS = frozenset({
+    ("db", "url"), ("db", "uri"), ("database", "url"), ("database", "uri"),
+    ("connection", "string"), ("connection", "url"), ("connection", "uri"),
+    ("conn", "str"), ("conn", "string"), ("key", "data"),
 })  # fmt: skip
 SECRET_TEXTS = ("password", "passwd", "passphrase")
 KEY_WORDS = ("key", "keys")
+PLAIN_KEY_KINDS = frozenset({
+    "primary", "foreign", "sort", "partition", "hash", "range", "public", "unique",
+    "composite", "natural", "index", "cache", "lookup", "dict", "group", "shard",
+})  # fmt: skip
+MEASURE_WORDS = frozenset({
+    "count", "counts", "length", "len", "size", "limit", "limits", "type", "kind",
+    "ttl", "timeout", "expiry", "expires", "lifetime",
+})  # fmt: skip
+COUNT_WORDS = frozenset({"max", "min", "num", "total"})
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 REDACTED = "***redacted***"
 DECISIONS = ("allow", "deny")
@@ -45,9 +66,13 @@ def is_secret(key: object) -> bool:
     """Whether a mapping key names a secret (see SECRET_WORDS for the rule)."""
     text = str(key)
     words = [word.lower() for word in _WORD.findall(text)]
+    if len(words) > 1 and (words[-1] in MEASURE_WORDS or words[0] in COUNT_WORDS):
+        return False
     if any(word in SECRET_WORDS for word in words):
         return True
-    if len(words) > 1 and words[-1] in KEY_WORDS:
+    if any(pair in SECRET_PAIRS for pair in itertools.pairwise(words)):
+        return True
+    if len(words) > 1 and words[-1] in KEY_WORDS and words[-2] not in PLAIN_KEY_KINDS:
         return True
     lowered = text.lower()
     return any(secret in lowered for secret in SECRET_TEXTS)
@@ -63,15 +88,33 @@ def redact(value: Any, _depth: int = 0) -> Any:
         out = {}
         for key, item in value.items():
             if is_secret(key):
-                out[str(key)] = REDACTED
+                out[storable(str(key))] = REDACTED
             else:
-                out[str(key)] = redact(item, _depth + 1)
+                out[storable(str(key))] = redact(item, _depth + 1)
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
         return [redact(item, _depth + 1) for item in value]
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        return value[:MAX_TEXT] + f"... ({len(value)} characters)"
+    if isinstance(value, str):
+        value = storable(value)
+        if len(value) > MAX_TEXT:
+            return value[:MAX_TEXT] + f"... ({len(value)} characters)"
     return value
+
+
+def storable(text: str) -> str:
+    """``text`` as both databases can store it, in a text column or a JSON one: a NUL
+    (which PostgreSQL refuses) as ``\\x00`` and a lone surrogate (not UTF-8: neither
+    database takes it) as ``\\udXXX``. An entry is about what someone sent, so what
+    cannot be kept is shown, not dropped, and the entry is never lost for it. Backslashes
+    are kept as they are (``DOMAIN\\user``), so a NUL and the four characters ``\\x00``
+    read alike: the log shows what was asked; it is not a means to replay it."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def entry(
@@ -93,7 +136,7 @@ def entry(
     return {
         "at": at or dt.datetime.now(dt.timezone.utc),
         "user": _short(user, 255),
-        "action": action[:32],
+        "action": storable(str(action))[:32],
         "resource": _short(resource, 255),
         "jid": _short(jid, 64),
         "decision": decision,
@@ -121,7 +164,7 @@ def record(conn: Connection, **fields: Any) -> int:
 def _short(value: object, size: int) -> str | None:
     if value is None:
         return None
-    return str(value)[:size]
+    return storable(str(value))[:size]
 
 
 def _decode(cursor: str) -> tuple[dt.datetime, int]:

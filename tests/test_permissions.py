@@ -1,6 +1,7 @@
 """Roles, users and the decisions of every runner function; the audit log; kill replies."""
 
 import datetime as dt
+import os
 
 import pytest
 
@@ -391,3 +392,69 @@ def test_one_config_error_for_every_option():
     assert issubclass(permissions.Denied, PermissionError)
     with pytest.raises(permissions.ConfigError, match="flush_interval must be >= 0"):
         config.Settings.from_opts({"cachedir": "/nonexistent", "halite": {"flush_interval": -1}})
+
+
+# ------------------------------------------- every entry is storable, whatever it names
+ODD_TEXTS = {"nul": "2026\x00", "surrogate": "vic\ud83d", "both": "\udcff\x00x"}
+
+
+@pytest.mark.parametrize("odd", ODD_TEXTS.values(), ids=ODD_TEXTS.keys())
+def test_an_entry_with_a_nul_or_a_lone_surrogate_is_written(store, odd):
+    """PostgreSQL refuses a NUL in text and neither database takes a lone surrogate (not
+    UTF-8): such an entry went to spool/rejected and was never in the log. A kill of jid
+    2026%00 through the API, or a login as "vic\\ud83d", must be audited all the same."""
+    store.record_audit(
+        audit.entry(
+            user=odd, action="kill", decision="deny", resource=f"job:{odd}", jid=odd,
+            master_id=odd, outcome={"error": f"{odd!r} is not a Salt job id", odd: odd},
+            arguments={"jid": odd, "nested": [{odd: [odd]}]},
+        )
+    )  # fmt: skip
+    store.record_audit(audit.entry(user="after", action="kill", decision="allow"))
+    store.flush()
+    with store.db.read() as conn:
+        entries = audit.list_entries(conn, action="kill")["entries"]
+    assert [e["user"] for e in entries] == ["after", audit.storable(odd)]
+    written = entries[1]
+    shown = audit.storable(odd)
+    assert "\x00" not in shown and shown.encode("utf-8")  # escaped visibly, valid UTF-8
+    assert (written["jid"], written["resource"], written["master_id"]) == (
+        shown, f"job:{shown}", shown
+    )  # fmt: skip
+    assert written["arguments"] == {"jid": shown, "nested": [{shown: [shown]}]}
+    assert written["outcome"][shown] == shown
+    rejected = os.path.join(store.settings.spool_dir, "rejected")
+    assert not os.path.isdir(rejected) or os.listdir(rejected) == []
+
+
+def test_storable_text_shows_what_was_sent():
+    assert audit.storable("2026\x00") == "2026\\x00"
+    assert audit.storable("vic\ud83d") == "vic\\ud83d"
+    assert audit.storable("DOMAIN\\alice") == "DOMAIN\\alice"  # kept as it is
+    assert audit.storable("ok") == "ok"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["auth", "http_auth", "basic_auth", "basicAuth", "pw", "db_pw", "otp", "otp_code", "jwt",
+     "bearer", "bearer_token", "session", "sessionid", "session_id", "sessionId", "cookie",
+     "dsn", "db_dsn", "db_url", "DATABASE_URL", "databaseUrl", "dburl", "db_uri",
+     "connection_string", "connectionString", "conn_str", "private_key_data",
+     "privateKeyData", "key_data", "password_data"],
+)  # fmt: skip
+def test_more_secret_keys_are_redacted_at_any_depth(key):
+    nested = {"kwarg": {"outer": [{"deeper": {key: "hunter2", "jid": "1"}}]}, key: ["x"]}
+    red = audit.redact(nested)
+    assert red["kwarg"]["outer"][0]["deeper"] == {key: audit.REDACTED, "jid": "1"}
+    assert red[key] == audit.REDACTED  # a list under a secret key goes as a whole
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["primary_key", "foreign_key", "sort_key", "partition_key", "hash_key", "public_key",
+     "token_count", "tokenCount", "max_tokens", "token_limit", "password_length",
+     "secret_type", "url", "base_url", "callback_url", "authority", "author"],
+)  # fmt: skip
+def test_keys_that_only_mention_a_secret_are_not_redacted(key):
+    nested = {"outer": [{"deeper": {key: "visible"}}]}
+    assert audit.redact(nested) == nested
