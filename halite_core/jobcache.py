@@ -877,10 +877,12 @@ class JobStore:
         value = load.get("return")
         inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
         summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
-        # halite's own runners: their answers are not kept (halite_core/own_runners.py).
-        encoded = own_runners.withheld_return(fun, value) or encoding.encode(
-            value, self.settings.max_return_bytes
-        )
+        # halite's and the jobs runner's answers are not kept, nor their copies inside
+        # other jobs where those name the runner (halite_core/own_runners.py).
+        limit = self.settings.max_return_bytes
+        encoded = own_runners.withheld_return(
+            fun, value, load.get("fun_args"), limit
+        ) or encoding.encode(value, limit)
         if encoded.truncated:
             log.warning(
                 "halite: return of %s for %s is %d bytes, over max_return_bytes=%d: truncated",

@@ -40,7 +40,10 @@ missing permission, exits non-zero and is written to the audit log, as is every 
 Each call is itself a Salt runner job. A successful one is recorded as a success (the
 answer is returned as it is: salt-api clients get the documented object), an error or a
 denial as a failure with a non-zero exit. The index keeps these jobs without their
-answers (a ``withheld`` marker): they copy data guarded by its own permissions. The
+answers (a ``withheld`` marker): they copy data guarded by its own permissions; so it
+keeps Salt's ``jobs.*`` runner jobs, ``saltutil.runner`` jobs and ``salt.runner`` states
+naming one of these runners (docs/runners.md). An unusable ``halite:`` option or a
+database that cannot be used is an error with a non-zero exit, as a bad argument. The
 readers (``jobs``, ``job``, ``activity``, ``timeline``) add a ``warning`` to their answer,
 and log it, when nothing on the master feeds the index (neither ``master_job_cache:
 halite`` nor ``event_return: halite``, and no halite engine).

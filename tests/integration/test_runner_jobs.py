@@ -251,3 +251,46 @@ def test_a_failed_state_run_stays_on_the_first_page_after_bookkeeping(master, mi
     ):
         assert shown.get(function) is True, function
     assert shown["state.apply"] is False
+
+
+# ------------------------------------------- item 4: the jobs runner and orchestrations
+def test_the_jobs_runner_copies_no_return_into_the_index(master, minion, index):
+    """jobs.lookup_jid copies another job's return: a user who may view runner.* jobs but
+    not cmd.run must not read a cmd.run return through it."""
+    target = run_job(master, minion, "test.echo", "only-for-test-viewers")
+    finished_job(index, target)
+    run = master.salt_run_cli()
+    looked, jid = indexed_call(
+        index, "runner.jobs.lookup_jid", lambda: run.run("jobs.lookup_jid", target)
+    )
+    assert looked.returncode == 0 and "only-for-test-viewers" in str(looked.data), looked
+    stored = the_return(index, jid)
+    assert stored["return_value"]["return"]["__halite_type__"] == WITHHELD
+    assert stored["success"] is True
+    assert "only-for-test-viewers" not in str(stored)
+
+
+def test_an_orchestration_keeps_no_copy_of_the_audit_log(master, minion, index, state_tree):
+    (state_tree / "halite_export_audit.sls").write_text(
+        "export:\n  salt.runner:\n    - name: halite.audit\n"
+    )
+    run = master.salt_run_cli()
+    assert run.run("halite.audit", env=as_user("bob")).returncode == 1  # an entry to copy
+    orch, jid = indexed_call(
+        index,
+        "runner.state.orchestrate",
+        lambda: run.run("state.orchestrate", "halite_export_audit", _timeout=120),
+    )
+    assert orch.returncode == 0, orch
+    assert "sudo_bob" in str(orch.data)  # the caller got the entries ...
+    stored = the_return(index, jid)
+    assert "sudo_bob" not in str(stored["return_value"])  # ... the index does not keep them
+    (states,) = stored["return_value"]["return"]["data"].values()
+    (state,) = states.values()
+    assert state["name"] == "halite.audit" and state["result"] is True
+    assert state["changes"]["return"]["__halite_type__"] == WITHHELD
+    assert stored["success"] is True
+    # Salt's own reader and halite's detail give the same, to a viewer too.
+    assert "sudo_bob" not in str(run.run("jobs.lookup_jid", jid).data)
+    detail = run.run("halite.job", jid, env=as_user("bob"))
+    assert detail.returncode == 0 and "sudo_bob" not in str(detail.data["minion_results"])
