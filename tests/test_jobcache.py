@@ -229,9 +229,7 @@ def test_jids_are_reserved_without_the_database(settings, tmp_path):
     """prep_jid runs on Salt's publish path: a database that cannot be reached (here: a
     file where its directory should be) must not stop or slow it."""
     (tmp_path / "blocker").write_text("")
-    down = JobStore(
-        dataclasses.replace(settings, db_url=f"sqlite:///{tmp_path}/blocker/halite.db")
-    )
+    down = JobStore(dataclasses.replace(settings, db_url=f"sqlite:///{tmp_path}/blocker/halite.db"))
     jids_given = {down.new_jid() for _ in range(100)}
     assert len(jids_given) == 100
 

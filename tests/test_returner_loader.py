@@ -94,7 +94,6 @@ class Master:
         }
         salt.utils.job.store_job(self.opts, load, mminion=self.mminion)
 
-
     def runner_job(self, jid, fun, kwargs):
         """A runner job as Salt's runner client stores it (salt/client/mixins.py), after
         the publish halite's engine writes first from ``salt/run/<jid>/new``."""
