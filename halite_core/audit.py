@@ -130,7 +130,7 @@ def entry(
     at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """One entry's columns, checked, shortened and redacted, ready to be journalled and
-    inserted (:func:`insert_entries`)."""
+    inserted (:meth:`JobStore.record_audit`)."""
     if decision not in DECISIONS:
         raise ValueError(f"decision must be allow or deny, not {decision!r}")
     return {
@@ -145,12 +145,6 @@ def entry(
         "master_id": _short(master_id, 255),
         "entry_id": uuid.uuid4().hex,
     }
-
-
-def insert_entries(conn: Connection, entries: list[dict[str, Any]]) -> None:
-    """Append entries, in order."""
-    if entries:
-        conn.execute(insert(audit_log), entries)
 
 
 def record(conn: Connection, **fields: Any) -> int:

@@ -60,7 +60,7 @@ from halite_core.writer import (
 
 log = logging.getLogger(__name__)
 
-NEW, RUNNING, COMPLETE = "new", "running", "complete"
+RUNNING, COMPLETE = "running", "complete"
 PENDING, RETURNED, NO_RETURN, KILLED = "pending", "returned", "no_return", "killed"
 FIND_JOB = "saltutil.find_job"
 # salt/job/<jid>/new, salt/job/<jid>/ret/<minion>, salt/run/<jid>/new, salt/run/<jid>/ret
@@ -957,19 +957,17 @@ class JobStore:
 
     def _known(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
         """Those of ``job_ids`` that have a row in jobs_index."""
-        wanted = sorted(set(job_ids))
-        if not wanted:
-            return set()
-        found = self._select_in(conn, select(jobs_index.c.jid), jobs_index.c.jid, wanted)
-        return {jid for (jid,) in found}
+        return self._jids_in(conn, jobs_index.c.jid, job_ids)
 
     def _cleaned(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
         """Those of ``job_ids`` (jobs without a row) that retention removed."""
+        return self._jids_in(conn, cleaned_jobs.c.jid, job_ids)
+
+    def _jids_in(self, conn: Connection, column: Any, job_ids: Iterable[str]) -> set[str]:
         wanted = sorted(set(job_ids))
         if not wanted:
             return set()
-        found = self._select_in(conn, select(cleaned_jobs.c.jid), cleaned_jobs.c.jid, wanted)
-        return {jid for (jid,) in found}
+        return {jid for (jid,) in self._select_in(conn, select(column), column, wanted)}
 
     def _lock_jobs(self, conn: Connection, jids: Iterable[str]) -> None:
         """PostgreSQL: before a transaction changes anything, lock every job it is about
