@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from halite_core.active import ActiveJobs, EngineOptions
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
-from halite_core.models import jobs_index
+from halite_core.store.schema import jobs_index
 
 BASE = 20261128000000000000
 STATE_RETURN = {

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from halite_core.db import get_database
 from halite_core.queries import JobFilter, job_detail, list_jobs
+from halite_core.store.db import get_database
 
 EPOCH = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
 STEP = dt.timedelta(seconds=5)  # one job every five seconds: 1M jobs cover ~58 days

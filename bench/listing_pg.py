@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from halite_core.db import Database  # noqa: E402
 from halite_core.queries import JobFilter, list_jobs  # noqa: E402
+from halite_core.store.db import Database  # noqa: E402
 
 EPOCH = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
 RARE_EVERY = 100_003  # a rare job every this many jobs

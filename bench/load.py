@@ -32,7 +32,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from halite_core.config import Settings  # noqa: E402
 from halite_core.jobcache import JobStore, flush_all  # noqa: E402
-from halite_core.models import job_returns  # noqa: E402
+from halite_core.store.schema import job_returns  # noqa: E402
 
 MINIONS_PER_JOB = 5
 BIG_EVERY = 200

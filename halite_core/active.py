@@ -41,6 +41,7 @@ from sqlalchemy import select
 
 from halite_core import jids
 from halite_core.config import flag_option, number_option
+from halite_core.durability.committer import SPOOL_OP
 from halite_core.errors import ConfigError
 from halite_core.jobcache import (
     FIND_JOB,
@@ -56,8 +57,7 @@ from halite_core.jobcache import (
     is_outage,
     item_to_line,
 )
-from halite_core.models import job_returns, jobs_index
-from halite_core.writer import SPOOL_OP
+from halite_core.store.schema import job_returns, jobs_index
 
 log = logging.getLogger(__name__)
 

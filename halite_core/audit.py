@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, insert, or_, select
 
 from halite_core import encoding
-from halite_core.models import audit_log
 from halite_core.queries import QueryError, _aware, _limit, decode_cursor, encode_cursor
+from halite_core.store.schema import audit_log
 
 # Which keys name a secret, by the words of the key: ``db_password``, ``X-Auth-Token`` and
 # ``clientSecret`` are split on ``_ - .``, spaces and case changes into lower-case words

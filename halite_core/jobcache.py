@@ -3,8 +3,9 @@
 :class:`JobStore` holds the writes (publish loads, minion returns, event batches) and the
 reads Salt's ``jobs`` runner and CLI make. :meth:`JobStore.record` is what Salt's job path
 calls: it never raises; writes are journalled and committed in batches by the process's
-:class:`~halite_core.writer.WriteBehind`, and a write the database cannot take goes to the
-:class:`~halite_core.spool.Spool`.
+:class:`~halite_core.durability.committer.WriteBehind`, and a write the database cannot
+take goes to the
+:class:`~halite_core.durability.spool.Spool`.
 """
 
 from __future__ import annotations
@@ -45,18 +46,18 @@ from sqlalchemy.sql.dml import Insert
 from halite_core import encoding, highstate, jids, own_runners
 from halite_core.bounded import call_within
 from halite_core.config import Settings
-from halite_core.db import Database, SchemaError, get_database
-from halite_core.models import audit_log, cleaned_jobs, engine_state, job_returns, jobs_index
-from halite_core.perprocess import PerProcess
-from halite_core.spool import CLAIMED, Spool, spool_order
-from halite_core.spool import SUFFIX as SPOOL_SUFFIX
-from halite_core.writer import (
+from halite_core.durability.committer import (
     JOURNAL_SUFFIX,
     RECOVERING,
     SPOOL_OP,
     WriteBehind,
     recover_journals,
 )
+from halite_core.durability.spool import CLAIMED, Spool, spool_order
+from halite_core.durability.spool import SUFFIX as SPOOL_SUFFIX
+from halite_core.perprocess import PerProcess
+from halite_core.store.db import Database, SchemaError, get_database
+from halite_core.store.schema import audit_log, cleaned_jobs, engine_state, job_returns, jobs_index
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from sqlalchemy import Connection, select
 
 from halite_core import jids
 from halite_core.jobcache import Journalled
-from halite_core.models import job_returns, jobs_index
 from halite_core.queries import QueryError, UnknownJob
+from halite_core.store.schema import job_returns, jobs_index
 
 SIGNALLED = "signalled"  # "Signal 9 sent to job <jid> at pid <pid>"
 NOT_RUNNING = "not_running"  # nothing by that jid was running on the minion

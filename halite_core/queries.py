@@ -35,7 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from halite_core import highstate, jids
 from halite_core.active import effective_status
 from halite_core.errors import HaliteError
-from halite_core.models import (
+from halite_core.store.schema import (
     PG_SEARCH_TEXT,
     engine_state,
     job_returns,

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 
 BIN = Path(sys.executable).parent
 MASTER_ID = "halite-demo-master"

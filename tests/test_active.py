@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from halite_core.active import ActiveJobs, EngineOptions, effective_status
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
 
 JID = "20261128120000000001"

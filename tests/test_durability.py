@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from halite_core import audit
 from halite_core.jobcache import JobStore
-from halite_core.models import audit_log
 from halite_core.permissions import Denied, Policy
 from halite_core.service import Service
+from halite_core.store.schema import audit_log
 from tests.conftest import sqlite_only
 from tests.helpers import publish, ret
 
@@ -93,7 +93,7 @@ def test_a_recovery_that_died_half_way_is_taken_up_again(store, settings):
     job = store.get_jid(JID)
     assert set(job) == {"m1", "m2"}
     with store.db.read() as conn:
-        from halite_core.models import jobs_index
+        from halite_core.store.schema import jobs_index
 
         assert conn.scalar(select(jobs_index.c.status).where(jobs_index.c.jid == JID)) == (
             "complete"
@@ -328,7 +328,7 @@ def test_a_runners_load_keeps_no_copy_of_its_return(store, settings):
     small.save_load(JID, {"id": "master", "tgt": "master", "jid": JID, "return": data,
                           "fun": "runner.test.arg", "user": "root"})  # fmt: skip
     with store.db.read() as conn:
-        from halite_core.models import jobs_index
+        from halite_core.store.schema import jobs_index
 
         stored = conn.scalar(select(jobs_index.c.load).where(jobs_index.c.jid == JID))
     assert "return" not in stored and stored["fun"] == "runner.test.arg"

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from halite_core.jobcache import JobStore, item_to_line, split_arguments
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
 from tests.helpers import publish, ret
 
@@ -367,8 +367,8 @@ def test_settling_while_a_return_batch_commits_counts_both(store, settings, sett
     import threading
     import time
 
-    from halite_core.db import Database
     from halite_core.jobcache import KilledItem, NoReturnItem, utcnow
+    from halite_core.store.db import Database
 
     publish(store, JID, minions=("m1", "m2"))
     engine = JobStore(settings, db=Database(store.db.url.render_as_string(False)))
@@ -405,7 +405,7 @@ def test_mirrored_batches_never_deadlock(store, settings):
     each waits for the other (PostgreSQL then aborts one of them)."""
     import threading
 
-    from halite_core.db import Database
+    from halite_core.store.db import Database
 
     url = store.db.url.render_as_string(False)
     workers = [JobStore(settings, db=Database(url)) for _ in range(2)]

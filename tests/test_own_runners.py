@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from halite_core.config import Settings
-from halite_core.models import job_returns
 from halite_core.own_runners import WITHHELD, feed_warning
+from halite_core.store.schema import job_returns
 
 JID = "20261128120000000001"
 MASTER = "master1_master"

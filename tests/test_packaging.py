@@ -43,7 +43,7 @@ def test_wheel_ships_loader_modules_behind_the_entry_point(tmp_path):
         )
         archive.extractall(tmp_path / "site")
     assert "halite_core/saltext/_returners/halite.py" in names
-    assert "halite_core/migrations/versions/0001_initial_schema.py" in names
+    assert "halite_core/store/migrations/versions/0001_initial_schema.py" in names
     assert not any(name.startswith("salt/") for name in names)  # never shadow Salt itself
     # Installed (not from this checkout), the entry point finds the shipped returner.
     out = subprocess.run(

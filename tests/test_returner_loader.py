@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from halite_core.config import Settings
 from halite_core.jobcache import flush_all, get_store
-from halite_core.models import jobs_index
+from halite_core.store.schema import jobs_index
 
 STATES = {
     "file_|-motd_|-/etc/motd_|-managed": {
@@ -274,7 +274,7 @@ def test_a_runners_store_job_keeps_the_engines_publish(masters):
 def test_an_index_that_cannot_be_opened_spools_where_replay_looks(tmp_path):
     """A halite: section the returner cannot use (here an unsupported database) must not
     break Salt's job path: the write goes to the configured spool_dir."""
-    from halite_core.spool import Spool
+    from halite_core.durability.spool import Spool
 
     master = Master(tmp_path / "broken", "halite")
     spool_dir = tmp_path / "my-spool"
@@ -343,7 +343,7 @@ def test_returner_never_raises_when_the_database_is_unusable(tmp_path):
     assert master.call("get_jid", "20261128120000000077") == {
         "m1": {"return": True, "retcode": 0, "success": True}
     }
-    from halite_core.db import get_database
+    from halite_core.store.db import get_database
 
     with get_database(f"sqlite:///{tmp_path}/good/halite.db").read() as conn:
         assert len(conn.execute(select(jobs_index.c.jid)).all()) == 2

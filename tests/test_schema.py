@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from halite_core import db as dbmod
-from halite_core.models import PG_SEARCH_TEXT, Base
+from halite_core.store import db as dbmod
+from halite_core.store.schema import PG_SEARCH_TEXT, Base
 from tests.conftest import postgresql_only, sqlite_only
 
 

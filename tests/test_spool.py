@@ -2,15 +2,15 @@
 
 import logging
 
-from halite_core import spool as spoolmod
-from halite_core.spool import Spool
+from halite_core.durability import spool as spoolmod
+from halite_core.durability.spool import Spool
 
 
 def test_spool_is_bounded_and_says_so(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(spoolmod, "GROWTH_LOG_FROM", 2000)
     spool = Spool(tmp_path / "spool", max_bytes=10_000)
     spool._logged_at = 1000
-    caplog.set_level(logging.WARNING, logger="halite_core.spool")
+    caplog.set_level(logging.WARNING, logger="halite_core.durability.spool")
     kept = [spool.put("save_return", {"jid": str(n), "return": "x" * 900}) for n in range(15)]
     stored = [path for path in kept if path is not None]
     assert 8 <= len(stored) <= 10 and spool.dropped == 15 - len(stored)

@@ -59,8 +59,8 @@ import salt.utils.minions
 try:
     from halite_core import jids
     from halite_core.config import Settings, jid_utc_for
+    from halite_core.durability.spool import Spool
     from halite_core.jobcache import get_store, is_return_load
-    from halite_core.spool import Spool
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""

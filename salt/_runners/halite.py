@@ -61,13 +61,13 @@ try:
 
     from halite_core.bounded import call_within
     from halite_core.config import Settings, jid_utc_for
-    from halite_core.db import SchemaError
     from halite_core.errors import HaliteError
     from halite_core.jobcache import JobStore
     from halite_core.live import live_limit, live_page, running_jids
     from halite_core.own_runners import feed_warning
     from halite_core.permissions import policy_from_opts
     from halite_core.service import Service, flag_arg
+    from halite_core.store.db import SchemaError
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""

@@ -9,7 +9,7 @@ import pytest
 from saltfactories.utils import random_string
 from sqlalchemy import select
 
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 from tests.integration.conftest import store_for, wait_for
 
 ENGINE = {"timeout": 2, "timeout_grace": 3, "flush_interval": 0.2}

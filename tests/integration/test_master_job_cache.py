@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 from tests.integration.conftest import store_for, wait_for
 
 

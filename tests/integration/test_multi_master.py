@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 from tests.helpers import publish, ret
 from tests.integration.conftest import _start_master
 from tests.integration.test_master_job_cache import finished_job, run_job

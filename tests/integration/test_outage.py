@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import select
 
-from halite_core.models import audit_log, job_returns
+from halite_core.store.schema import audit_log, job_returns
 from tests.conftest import postgresql_only, sqlite_only
 from tests.integration.conftest import as_user, wait_for
 from tests.integration.test_master_job_cache import finished_job, run_job

@@ -5,7 +5,7 @@ import shutil
 import yaml
 from sqlalchemy import select
 
-from halite_core.models import audit_log, job_returns
+from halite_core.store.schema import audit_log, job_returns
 from tests.integration.conftest import as_user, wait_for
 from tests.integration.test_master_job_cache import finished_job, returns_of, run_job
 

@@ -8,7 +8,7 @@ import salt.config
 import salt.netapi
 from sqlalchemy import func, select
 
-from halite_core.models import job_returns, jobs_index
+from halite_core.store.schema import job_returns, jobs_index
 from tests.integration.conftest import as_user, wait_for
 from tests.integration.test_master_job_cache import finished_job, returns_of, run_job
 

@@ -1,9 +1,9 @@
-"""Alembic environment for halite's schema; halite_core.db runs it with a live connection."""
+"""Alembic environment for halite's schema; halite_core.store.db runs it with a live connection."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from halite_core.models import Base
+from halite_core.store.schema import Base
 
 config = context.config
 connection = config.attributes.get("connection")

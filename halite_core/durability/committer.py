@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from halite_core.spool import Spool
+from halite_core.durability.spool import Spool
 
 log = logging.getLogger(__name__)
 

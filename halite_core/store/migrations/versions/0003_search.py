@@ -12,7 +12,7 @@ down_revision: str | None = "0002"
 branch_labels: str | None = None
 depends_on: str | None = None
 
-# The same statements as halite_core.models.SQLITE_SEARCH_DDL at this revision.
+# The same statements as halite_core.store.schema.SQLITE_SEARCH_DDL at this revision.
 DDL = (
     "CREATE TABLE job_search_keys (id INTEGER PRIMARY KEY, jid VARCHAR(64) NOT NULL UNIQUE)",
     "CREATE VIRTUAL TABLE job_search USING fts5(function, target, user, tokenize='trigram')",

@@ -29,8 +29,8 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 
 from halite_core import encoding
-from halite_core.models import Base
 from halite_core.perprocess import PerProcess
+from halite_core.store.schema import Base
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The tables of the job index. ``docs/schema.md`` documents each column for other tooling.
 
-Change the schema only together with a new Alembic revision in ``halite_core/migrations``.
+Change the schema only together with a new Alembic revision in ``halite_core/store/migrations``.
 """
 
 from __future__ import annotations

@@ -10,14 +10,14 @@ it is left out, with a warning, when this role may not create the pg_trgm extens
 
 from alembic import op
 
-from halite_core.models import create_pg_search_index
+from halite_core.store.schema import create_pg_search_index
 
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | None = None
 depends_on: str | None = None
 
-# The same statements as halite_core.models.PG_SEARCH_DDL at this revision.
+# The same statements as halite_core.store.schema.PG_SEARCH_DDL at this revision.
 SEARCH_TEXT = (
     "(coalesce(function, '') || ' ' || coalesce(target, '') || ' ' || coalesce(\"user\", ''))"
 )
