@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from halite_core.http.app import WebApp
+from halite_core.http.stream import bus_event
 from halite_core.permissions import Policy
 from halite_core.service import Service
-from halite_core.web import WebApp, bus_event
 from tests.conftest import postgresql_only
 from tests.helpers import free_port, publish, ret
 
@@ -301,14 +302,14 @@ def test_a_flood_of_wrong_passwords_throttles_that_user_name(store):
     """Failed logins back off per user name: the flood's name waits, from anywhere, and
     everyone else logs in, also from the flood's address; each failure is audited,
     without its password."""
-    from halite_core import web
+    from halite_core.http import limits
 
     clock = Clock()
     app = started(WebApp(policy_service(store), right_password, None, "auto",
-                         throttle=web.LoginThrottle(clock=clock)))  # fmt: skip
+                         throttle=limits.LoginThrottle(clock=clock)))  # fmt: skip
     try:
         flood = [log_in_from(app, "127.0.0.1", "vic", f"guess-{n}") for n in range(12)]
-        allowed = web.LoginThrottle.FAILURES
+        allowed = limits.LoginThrottle.FAILURES
         assert [status for status, _, _ in flood] == [401] * allowed + [429] * (12 - allowed)
         _, body, headers = flood[-1]
         assert "too many failed logins" in body["error"]
@@ -337,7 +338,7 @@ def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
     """Salt's external auth can take seconds to refuse (PAM: about 2 s). One user name or
     address has at most LOGINS_PER_KEY logins waiting for it; the rest are turned away at
     once, and other people's logins find a free thread."""
-    from halite_core import web
+    from halite_core.http import limits
 
     release, entered, answers = threading.Event(), [], []
 
@@ -356,15 +357,16 @@ def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
         ]  # fmt: skip
         for thread in flood:
             thread.start()
-        wait_until(lambda: len(entered) == web.LOGINS_PER_KEY and len(answers) == 8 - len(entered))
-        assert answers == [429] * (8 - web.LOGINS_PER_KEY)
+        per_key = limits.LOGINS_PER_KEY
+        wait_until(lambda: len(entered) == per_key and len(answers) == 8 - len(entered))
+        assert answers == [429] * (8 - limits.LOGINS_PER_KEY)
         status, me, _ = log_in_from(app, "127.0.0.2", "olga")
         assert status == 200
         assert call(app, "GET", "/api/jobs", me["token"])[0] == 200  # and the API answers
         release.set()
         for thread in flood:
             thread.join(30)
-        assert sorted(answers) == [401] * web.LOGINS_PER_KEY + [429] * (8 - web.LOGINS_PER_KEY)
+        assert sorted(answers) == [401] * per_key + [429] * (8 - per_key)
     finally:
         release.set()
         stopped(app)
@@ -373,7 +375,7 @@ def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
 def test_past_logins_waiting_a_login_is_turned_away_at_once(store):
     """However spread out, at most LOGINS_WAITING logins wait for the external auth;
     past that a login is answered 429 at once instead of queueing."""
-    from halite_core import web
+    from halite_core.http import limits
 
     release = threading.Event()
 
@@ -389,28 +391,28 @@ def test_past_logins_waiting_a_login_is_turned_away_at_once(store):
         slow = [
             threading.Thread(target=lambda n=n: answers.append(
                 log_in_from(app, f"127.0.1.{n + 1}", f"user{n}", "bad")[0]))
-            for n in range(web.LOGINS_WAITING)
+            for n in range(limits.LOGINS_WAITING)
         ]  # fmt: skip
         for thread in slow:
             thread.start()
-        wait_until(lambda: app.logins_waiting == web.LOGINS_WAITING)
+        wait_until(lambda: app.logins_waiting == limits.LOGINS_WAITING)
         status, body, _ = log_in_from(app, "127.0.2.1", "y", "b")
         assert status == 429 and "too many logins" in body["error"]
         assert call(app, "GET", "/api/jobs", token)[0] == 200  # the API still answers
         release.set()
         for thread in slow:
             thread.join(30)
-        assert answers == [401] * web.LOGINS_WAITING
+        assert answers == [401] * limits.LOGINS_WAITING
     finally:
         release.set()
         stopped(app)
 
 
 def test_the_login_throttle_is_bounded_and_forgets():
-    from halite_core import web
+    from halite_core.http import limits
 
     clock = Clock()
-    throttle = web.LoginThrottle(clock=clock, max_keys=50)
+    throttle = limits.LoginThrottle(clock=clock, max_keys=50)
     for n in range(1000):  # a new user name each time, from one address
         throttle.failed(throttle.keys(f"user{n}", "10.0.0.1"))
     assert len(throttle) <= 50
@@ -425,9 +427,9 @@ def test_the_login_throttle_is_bounded_and_forgets():
 def test_the_login_throttle_counts_a_name_however_spelled_and_a_host_by_its_addresses():
     """An external auth that ignores case or spacing (LDAP) takes " VIC" for vic: so does
     the throttle. An IPv6 host is given a whole /64: it counts as one address."""
-    from halite_core import web
+    from halite_core.http import limits
 
-    keys = web.LoginThrottle.keys
+    keys = limits.LoginThrottle.keys
     assert keys(" VIC\t", "10.0.0.1") == keys("vic", "10.0.0.1")
     assert keys("ｖｉｃ", "10.0.0.1") == keys("vic", "10.0.0.1")  # fullwidth letters (NFKC)
     assert keys("a", "2001:db8:1:2::1")[1] == keys("a", "2001:db8:1:2:ffff::9")[1]
@@ -438,7 +440,7 @@ def test_the_login_throttle_counts_a_name_however_spelled_and_a_host_by_its_addr
 def test_live_listings_never_hold_up_plain_reads(store):
     """Live listings (each asks every minion) run on their own threads, one per user at a
     time and LIVE_CALLS in all; plain reads answer while they wait."""
-    from halite_core import web
+    from halite_core.http import limits
 
     entered, release = [], threading.Event()
 
@@ -447,7 +449,7 @@ def test_live_listings_never_hold_up_plain_reads(store):
         release.wait(60)  # a minion that is down: Salt waits for it
         return {"jobs": [], "next": None, "live": True}
 
-    users = [f"viewer{n}" for n in range(web.LIVE_CALLS + 1)]
+    users = [f"viewer{n}" for n in range(limits.LIVE_CALLS + 1)]
     two_jobs(store)
     app = started(WebApp(policy_service(store, *users), right_password, live, "auto"))
     tokens = {user: login(app, user) for user in users}
@@ -456,12 +458,12 @@ def test_live_listings_never_hold_up_plain_reads(store):
     def live_call(user):
         answers[user] = call(app, "GET", "/api/jobs?live=true&limit=5", tokens[user])
 
-    waiting = [threading.Thread(target=live_call, args=(u,)) for u in users[: web.LIVE_CALLS]]
+    waiting = [threading.Thread(target=live_call, args=(u,)) for u in users[: limits.LIVE_CALLS]]
     try:
         for thread in waiting:
             thread.start()
-        wait_until(lambda: len(entered) == web.LIVE_THREADS
-                   and app.live_slots.in_use == web.LIVE_CALLS)  # fmt: skip
+        wait_until(lambda: len(entered) == limits.LIVE_THREADS
+                   and app.live_slots.in_use == limits.LIVE_CALLS)  # fmt: skip
         status, page = call(app, "GET", "/api/jobs", tokens[users[0]])
         assert status == 200 and len(page["jobs"]) == 2
         assert call(app, "GET", "/api/jobs/20261128120000000001", tokens[users[1]])[0] == 200
@@ -474,7 +476,7 @@ def test_live_listings_never_hold_up_plain_reads(store):
         for thread in waiting:
             thread.join(30)
         assert {user: answer[0] for user, answer in answers.items()} == {
-            user: 200 for user in users[: web.LIVE_CALLS]
+            user: 200 for user in users[: limits.LIVE_CALLS]
         }  # fmt: skip
         wait_until(lambda: app.live_slots.in_use == 0)  # given back once each thread is free
     finally:
@@ -628,7 +630,7 @@ def test_a_stopped_database_gets_a_clear_503(store, pg_server):
 
 def test_http_options_are_checked(tmp_path):
     from halite_core.config import ConfigError
-    from halite_core.web import HttpOptions
+    from halite_core.http.options import HttpOptions
 
     options = HttpOptions.from_config({"port": "8443", "certfile": "c", "keyfile": "k"})
     assert (options.host, options.port, options.ssl) == (
@@ -783,12 +785,12 @@ def test_failures_of_a_few_names_lock_those_names_not_their_address(store):
     """SSH tunnels and local proxies give every user the same address (127.0.0.1): failures
     for one user name, or a few, lock those names and the others log in from there; an
     address is locked only when its failures spread over many names."""
-    from halite_core import web
+    from halite_core.http import limits
 
     app = started(WebApp(policy_service(store), right_password, None, "auto",
-                         throttle=web.LoginThrottle(clock=Clock())))  # fmt: skip
+                         throttle=limits.LoginThrottle(clock=Clock())))  # fmt: skip
     try:
-        allowed = web.LoginThrottle.FAILURES
+        allowed = limits.LoginThrottle.FAILURES
         statuses = [log_in_from(app, "127.0.0.1", "mallory", "bad")[0] for _ in range(allowed + 1)]
         assert statuses == [401] * allowed + [429]
         for n in range(3):
@@ -796,7 +798,7 @@ def test_failures_of_a_few_names_lock_those_names_not_their_address(store):
         assert log_in_from(app, "127.0.0.1", "vic")[0] == 200
         assert log_in_from(app, "127.0.0.1", "mallory")[0] == 429  # her name waits
         # A guesser going through a list of names from one address: that address waits.
-        spread = web.LoginThrottle.ADDRESS_NAMES
+        spread = limits.LoginThrottle.ADDRESS_NAMES
         statuses = [log_in_from(app, "127.0.0.5", f"user{n}", "bad")[0] for n in range(spread + 1)]
         assert statuses == [401] * spread + [429]
         assert log_in_from(app, "127.0.0.5", "olga")[0] == 429
@@ -821,15 +823,15 @@ def test_behind_a_proxy_only_the_header_the_operator_names_counts(store):
     """A proxy that appends to X-Forwarded-For (nginx's $proxy_add_x_forwarded_for,
     HAProxy's forwardfor) passes on what the client sent: its X-Real-Ip and the left of
     X-Forwarded-For are the client's to forge. Only the right-most address counts."""
-    from halite_core import web
+    from halite_core.http import limits
 
     app = WebApp(policy_service(store), right_password, None, "auto",
-                 throttle=web.LoginThrottle(clock=Clock()))  # fmt: skip
+                 throttle=limits.LoginThrottle(clock=Clock()))  # fmt: skip
     port = free_port()
     app.serve_in_thread("127.0.0.1", port, proxy_headers="x-forwarded-for")
     app.base = f"http://127.0.0.1:{port}"
     try:
-        for n in range(web.LoginThrottle.ADDRESS_NAMES):
+        for n in range(limits.LoginThrottle.ADDRESS_NAMES):
             forged = {
                 "X-Real-Ip": f"198.51.100.{n}",
                 "X-Forwarded-For": f"203.0.113.{n}, 192.0.2.1",

@@ -1,0 +1,349 @@
+"""The application: :class:`WebApp` holds the service, the sessions, the event hub and
+the thread pools, routes requests to the handlers, and serves them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tornado.httpserver
+import tornado.web
+
+from halite_core.config import ConfigError
+from halite_core.http.handlers import (
+    Activity,
+    Audit,
+    Job,
+    Jobs,
+    Kill,
+    Login,
+    Logout,
+    Me,
+    NotFound,
+    OpenAPI,
+    Page,
+    Timeline,
+    _log,
+)
+from halite_core.http.limits import (
+    API_THREADS,
+    KILL_CALLS,
+    KILL_THREADS,
+    KILLS_PER_USER,
+    LIVE_CALLS,
+    LIVE_PER_USER,
+    LIVE_THREADS,
+    LOGIN_THREADS,
+    LOGINS_PER_KEY,
+    LOGINS_WAITING,
+    REQUEST_TIMEOUT,
+    SALT_TIMEOUT,
+    SUSPECT_THREADS,
+    SUSPECT_WAITING,
+    Busy,
+    LoginThrottle,
+    Slots,
+    Unavailable,
+)
+from halite_core.http.options import _proxy_header
+from halite_core.http.sessions import Sessions
+from halite_core.http.stream import Hub, Stream
+from halite_core.queries import QueryError
+from halite_core.service import Service
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent.parent / "static"
+MAX_BODY = 64 * 1024
+
+
+Authenticate = Callable[[str, str, str], bool]
+LiveLister = Callable[[object, "tuple[str, ...] | None"], Mapping[str, Any]]
+T = TypeVar("T")
+
+
+class WebApp:
+    """The application: a service, sessions, the event hub and Salt's authentication.
+
+    ``request_timeout`` bounds how long a request waits for the database, ``salt_timeout``
+    how much longer a kill or a live listing waits for the minions; past the bound the
+    request is answered 503. Work that had a thread by then carries on in it (a kill may
+    still be carried out, and is audited); work still waiting for a thread is dropped, and
+    the answer says so (a kill that was not carried out)."""
+
+    def __init__(
+        self,
+        service: Service,
+        authenticate: Authenticate,
+        live_jobs: LiveLister | None = None,
+        default_eauth: str = "pam",
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        salt_timeout: float = SALT_TIMEOUT,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
+        self.service = service
+        self.authenticate = authenticate
+        self.live_lister = live_jobs
+        self.default_eauth = default_eauth
+        self.request_timeout = request_timeout
+        self.salt_timeout = salt_timeout
+        self.sessions = Sessions()
+        self.hub = Hub()
+        self.throttle = throttle if throttle is not None else LoginThrottle()
+        self.proxy_header: str | None = None  # set by serve()
+        self.pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="halite-web")
+        waiting = "a login for this user or from this address is already waiting for the" \
+                  " external auth: try again shortly"  # fmt: skip
+        self.login_slots = Slots(
+            "login", LOGIN_THREADS, LOGINS_WAITING, 1, waiting,
+            "too many logins in progress: try again shortly",
+        )  # fmt: skip
+        self.suspect_login_slots = Slots(
+            "login-failed", SUSPECT_THREADS, SUSPECT_WAITING, LOGINS_PER_KEY - 1, waiting,
+            "too many logins from addresses or for names that failed lately are in"
+            " progress: try again shortly",
+        )  # fmt: skip
+        self.live_slots = Slots(
+            "live", LIVE_THREADS, LIVE_CALLS, LIVE_PER_USER,
+            "a live listing of yours is already running: wait for its answer",
+            "too many live listings are running: try again shortly",
+        )  # fmt: skip
+        self.kill_slots = Slots(
+            "kill", KILL_THREADS, KILL_CALLS, KILLS_PER_USER,
+            f"{KILLS_PER_USER} kills of yours are still waiting for their minions: wait for"
+            " an answer",
+            "too many kills are waiting for their minions: try again shortly",
+        )  # fmt: skip
+
+    @property
+    def logins_waiting(self) -> int:
+        """Logins waiting for the external auth (running or queued), of every kind."""
+        return self.login_slots.in_use + self.suspect_login_slots.in_use
+
+    def me(self, user: str) -> dict[str, Any]:
+        grants = self.service.grants(user)
+        return {
+            "user": user,
+            "roles": list(grants.roles),
+            "may": {
+                "view": grants.job_scope("view") != (),
+                "kill": grants.may_any("kill", "job"),
+                "audit": grants.allows("view", "audit", "*"),
+            },
+        }
+
+    @staticmethod
+    async def bounded(
+        pool: Executor,
+        timeout: float,
+        work: Callable[[], T],
+        late: str,
+        done: Callable[[], None] | None = None,
+    ) -> T:
+        """``work()`` on ``pool``; raises Unavailable(``late``) past ``timeout`` seconds.
+        Work still queued then is dropped (``started`` False); work already running
+        finishes in its thread. ``done`` is called on this event loop once the thread is
+        done with the work (or it was dropped), not at the 503: a slot is held as long as
+        its thread is."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = pool.submit(work)
+        except BaseException:
+            if done is not None:
+                done()
+            raise
+        if done is not None:
+            future.add_done_callback(lambda _: _call_soon(loop, done))
+        answer = asyncio.wrap_future(future, loop=loop)
+        try:
+            # shield: past the timeout ``answer`` still gets the work's outcome (a late
+            # failure is logged); ``future`` is cancelled below only if it never started.
+            return await asyncio.wait_for(asyncio.shield(answer), timeout)
+        except asyncio.TimeoutError:
+            started = not future.cancel()
+            answer.add_done_callback(_log_late_failure)
+            raise Unavailable(late, started) from None
+
+    async def run(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
+        """A service call on its pool, bounded; a kill or a live listing takes one of its
+        slots first (Busy, a 429, when there is none)."""
+        slots: Slots | None = None
+        if method == "live_jobs":
+            slots, timeout = self.live_slots, self.request_timeout + self.salt_timeout
+            late = f"the minions or the master's job cache did not answer within {timeout:g} s"
+        elif method == "kill":
+            slots, timeout = self.kill_slots, self.request_timeout + self.salt_timeout
+            late = (f"no answer within {timeout:g} s from halite's database or the minions; "
+                    "the kill may still be carried out: see the audit log")  # fmt: skip
+        else:
+            timeout = self.request_timeout
+            late = f"halite's database did not answer within {timeout:g} s; try again shortly"
+        done = None
+        if slots is not None:
+            refusal = slots.refusal((user,))
+            if refusal is not None:
+                raise Busy(refusal, self.salt_timeout)
+            done = slots.take((user,))
+        try:
+            return await self.bounded(
+                slots.pool if slots is not None else self.pool, timeout,
+                lambda: self._dispatch(method, user, *args, **kwargs), late, done,
+            )  # fmt: skip
+        except Unavailable as exc:
+            if method != "kill" or exc.started:
+                raise
+            raise Unavailable(
+                f"the kill was not carried out: it waited {timeout:g} s for one of halite's"
+                " kill threads (all were busy with other kills, waiting for their minions or"
+                " the database) and nothing was sent; try again shortly", started=False,
+            ) from None  # fmt: skip
+
+    def _dispatch(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "live_jobs":
+            if self.live_lister is None:
+                raise QueryError("live listing is not available here")
+            scope = self.service.view_scope(user, "jobs", {"live": True})
+            return self.live_lister(args[0], scope)
+        return getattr(self.service, method)(user, *args, **kwargs)
+
+    async def audit_failed_login(self, user: str, address: str | None, reason: str) -> None:
+        """Record a failed login, bounded; a failure to record is logged, never raised:
+        the caller is answered 401 all the same."""
+        try:
+            await self.bounded(
+                self.pool, self.request_timeout,
+                lambda: self.service.login_failed(user, address, reason),
+                f"the audit log did not answer within {self.request_timeout:g} s",
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - logged; the login is refused anyway
+            log.error("halite http: could not audit the failed login of %r from %s: %s",
+                      user[:256], address, exc)  # fmt: skip
+
+    def application(self) -> tornado.web.Application:
+        page = {"path": str(STATIC), "proxy_header": self.proxy_header}
+        routes: list[Any] = [
+            (r"/api/login", Login, {"app": self}),
+            (r"/api/logout", Logout, {"app": self}),
+            (r"/api/me", Me, {"app": self}),
+            (r"/api/openapi\.json", OpenAPI, {"app": self}),
+            (r"/api/jobs", Jobs, {"app": self}),
+            (r"/api/jobs/activity", Activity, {"app": self}),
+            (r"/api/jobs/timeline", Timeline, {"app": self}),
+            (r"/api/jobs/stream", Stream, {"app": self}),
+            (r"/api/jobs/([^/]+)", Job, {"app": self}),
+            (r"/api/jobs/([^/]+)/kill", Kill, {"app": self}),
+            (r"/api/audit", Audit, {"app": self}),
+            (r"/api/.*", NotFound, {"app": self}),
+            (r"/()", Page, {**page, "default_filename": "index.html"}),
+            (r"/(.+)", Page, page),
+        ]
+        return tornado.web.Application(routes, compress_response=True, log_function=_log)
+
+    def serve(
+        self,
+        host: str,
+        port: int,
+        ssl: Mapping[str, str] | None = None,
+        proxy_headers: str | None = None,
+    ) -> tornado.httpserver.HTTPServer:
+        """Listen on ``host:port`` (TLS with ``certfile``/``keyfile``) in this thread's
+        event loop, which must be running or run afterwards. ``proxy_headers``: the header
+        a reverse proxy sets, x-forwarded-for or x-real-ip (:func:`client_address`); the
+        client address it gives is what logins are throttled by. Not Tornado's xheaders:
+        it prefers X-Real-Ip, which a proxy that appends X-Forwarded-For passes on from
+        the client. Raises ConfigError when it cannot."""
+        self.proxy_header = _proxy_header(proxy_headers)
+        server = tornado.httpserver.HTTPServer(
+            self.application(), ssl_options=_tls(ssl) if ssl else None,
+            max_body_size=MAX_BODY, max_buffer_size=MAX_BODY * 4,
+        )  # fmt: skip
+        try:
+            server.listen(port, address=host)
+        except OSError as exc:
+            raise ConfigError(
+                f"http: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
+        self.hub.loop = asyncio.get_event_loop()
+        return server
+
+    def serve_in_thread(
+        self,
+        host: str,
+        port: int,
+        ssl: Mapping[str, str] | None = None,
+        proxy_headers: str | None = None,
+    ) -> threading.Thread:
+        """Run the server in a thread of its own (the engine's loop stays synchronous);
+        raises, in the calling thread, what kept it from listening."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                self.serve(host, port, ssl, proxy_headers)
+            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=main, name="halite-http", daemon=True)
+        thread.start()
+        started.wait(30)
+        if failure:
+            raise failure[0]
+        log.info("halite: Jobs page and API on %s://%s:%d/", "https" if ssl else "http", host,
+                 port)  # fmt: skip
+        return thread
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """``callback`` on ``loop``'s thread, from any thread; nothing once the loop is closed
+    (the server is gone, and its counters with it)."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass
+
+
+def _log_late_failure(answer: asyncio.Future[Any]) -> None:
+    """The outcome of work answered 503 before it ended: its failure goes to the log (and
+    is retrieved, so asyncio does not warn of it at exit)."""
+    if answer.cancelled():
+        return
+    exc = answer.exception()
+    if exc is not None:
+        log.warning("halite http: a call answered 503 failed later: %s: %s",
+                    type(exc).__name__, exc)  # fmt: skip
+
+
+def _tls(ssl: Mapping[str, str]) -> ssl_module.SSLContext:
+    """A server TLS context from ``certfile`` and ``keyfile``; ConfigError saying which
+    file cannot be read, or that the two are not a certificate and its key."""
+    for name in ("certfile", "keyfile"):
+        try:
+            with open(ssl[name], "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"http: cannot read {name} {ssl[name]}: {exc.strerror}") from exc
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(ssl["certfile"], ssl["keyfile"])
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(
+            f"http: cannot load certfile {ssl['certfile']} and keyfile {ssl['keyfile']} as a"
+            f" PEM certificate and its private key: {exc}"
+        ) from exc
+    return context

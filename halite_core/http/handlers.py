@@ -1,0 +1,320 @@
+"""The API's request handlers (one per route) and the page's static files."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy.exc
+import tornado.httputil
+import tornado.web
+
+from halite_core import permissions
+from halite_core.config import ConfigError
+from halite_core.http.limits import RETRY_AFTER, Busy, Unavailable
+from halite_core.openapi import SPEC
+from halite_core.permissions import Denied
+from halite_core.queries import QueryError, UnknownJob
+from halite_core.service import flag_arg
+
+if TYPE_CHECKING:
+    from halite_core.http.app import WebApp
+
+log = logging.getLogger(__name__)
+
+
+def client_address(
+    remote_ip: str | None, headers: tornado.httputil.HTTPHeaders, header: str | None
+) -> str | None:
+    """The client's address: the connection's, or behind a reverse proxy the one the
+    proxy put in ``header``. X-Forwarded-For: the right-most address (the one the proxy
+    appended; what is left of it came from the client, who may write anything there);
+    X-Real-Ip: its value (the proxy replaces the client's). A header missing or not an IP
+    address leaves the connection's (the proxy's) address."""
+    if header is None:
+        return remote_ip
+    values = headers.get_list(header)
+    if header == "x-forwarded-for":
+        given = [part.strip() for value in values for part in value.split(",")]
+    else:
+        given = [value.strip() for value in values]
+    try:
+        return str(ipaddress.ip_address(given[-1])) if given else remote_ip
+    except ValueError:
+        return remote_ip
+
+
+class Base(tornado.web.RequestHandler):
+    def initialize(self, app: WebApp) -> None:
+        self.web = app
+
+    def prepare(self) -> None:
+        _use_client_address(self.request, self.web.proxy_header)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, status: int, body: Any) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Never a stack trace: the reason only.
+        reason = self._reason if status_code != 500 else "internal error; see the master's log"
+        self.finish(json.dumps({"error": reason}))
+
+    def token(self) -> str | None:
+        header = self.request.headers.get("X-Auth-Token")
+        if header:
+            return header
+        auth = self.request.headers.get("Authorization", "")
+        return auth[7:] if auth.startswith("Bearer ") else None
+
+    def user(self) -> str | None:
+        return self.web.sessions.user(self.token())
+
+    def args(self, allowed: tuple[str, ...]) -> dict[str, str] | None:
+        """The query parameters as sent, or None (after answering 400) for one not in
+        ``allowed`` or given more than once. Not get_argument: it strips spaces and
+        control characters, so ``search=%00`` reached the service as an empty search
+        (every job) instead of the NUL the service refuses."""
+        given = self.request.query_arguments
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            self.write_json(400, {"error": f"unknown parameter {unknown[0]!r}; known: "
+                                           f"{', '.join(allowed)}"})  # fmt: skip
+            return None
+        repeated = sorted(name for name, values in given.items() if len(values) > 1)
+        if repeated:
+            self.write_json(400, {"error": f"parameter {repeated[0]!r} is given more than "
+                                           "once: give it once"})  # fmt: skip
+            return None
+        # decode_argument answers 400 for bytes that are not UTF-8. Spaces around a value
+        # (a filter typed into the page) are trimmed, nothing else.
+        return {
+            name: self.decode_argument(values[-1], name).strip(" ")
+            for name, values in given.items()
+        }
+
+    def refuse(self, status: int, error: str, retry_after: float) -> None:
+        """Answer ``status`` (429, 503) with a Retry-After: the caller may try again."""
+        self.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
+        self.write_json(status, {"error": error})
+
+    async def call(
+        self, method: str, *args: Any, status: int = 200, kwargs: Mapping[str, Any] | None = None
+    ) -> None:
+        user = self.user()
+        if user is None:
+            self.write_json(401, {"error": "log in first: POST /api/login"})
+            return
+        try:
+            data = await self.web.run(method, user, *args, **(kwargs or {}))
+        except Busy as exc:
+            self.refuse(429, str(exc), exc.retry_after)
+        except UnknownJob as exc:
+            self.write_json(404, {"error": str(exc)})
+        except Denied as exc:
+            self.write_json(403, {"error": str(exc), "missing": exc.needed})
+        except (QueryError, ConfigError, permissions.ConfigError) as exc:
+            self.write_json(400, {"error": str(exc)})
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+        except DATABASE_DOWN as exc:
+            # The driver's message may name the server and the statement: the log has it.
+            log.warning("halite http: %s %s: the database failed: %s", self.request.method,
+                        self.request.path, exc)  # fmt: skip
+            self.refuse(503, "halite's database is unavailable; try again shortly "
+                             "(the master's log says why)", RETRY_AFTER)  # fmt: skip
+        else:
+            self.write_json(status, data)
+
+
+# A database that refuses or drops connections, is locked, or has no connection to spare.
+DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
+
+
+class Login(Base):
+    async def post(self) -> None:
+        fields = _login_fields(self.request.body, self.web.default_eauth)
+        if fields is None:
+            self.write_json(400, {"error": 'send {"username", "password", "eauth"} as JSON '
+                                           "text, without NUL characters"})  # fmt: skip
+            return
+        username, password, eauth = fields
+        web, address = self.web, self.request.remote_ip
+        keys = web.throttle.keys(username, address)
+        wait = web.throttle.wait(keys)
+        if wait > 0:
+            self.refuse(429, f"too many failed logins: try again in {math.ceil(wait)} s", wait)
+            return
+        # Failures are counted before a login may wait: one whose name or address failed
+        # lately, or has a login waiting already (which may be failing), waits on the
+        # suspect lane, and a flood fills that lane only.
+        slots = web.login_slots
+        if web.throttle.suspect(keys) or slots.busy(keys):
+            slots = web.suspect_login_slots
+        refusal = slots.refusal(keys)
+        if refusal is not None:
+            self.refuse(429, refusal, 1)
+            return
+        try:
+            ok = await web.bounded(
+                slots.pool, web.request_timeout,
+                lambda: web.authenticate(username, password, eauth),
+                f"the external auth did not answer within {web.request_timeout:g} s",
+                done=slots.take(keys),
+            )  # fmt: skip
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+            return
+        if not ok:
+            locked = web.throttle.failed(keys)
+            reason = "authentication failed"
+            if locked:
+                reason += f"; logins for this user or from this address wait {locked:g} s"
+            await web.audit_failed_login(username, address, reason)
+            self.write_json(401, {"error": "authentication failed"})
+            return
+        web.throttle.succeeded(keys[0])
+        self.write_json(200, {"token": web.sessions.open(username), **web.me(username)})
+
+
+def _login_fields(body: bytes | None, default_eauth: str) -> tuple[str, str, str] | None:
+    """``(username, password, eauth)`` from a login's JSON body, or None. Text only and
+    without NUL: C libraries (PAM) would end a password there, and no user name holds one
+    (PostgreSQL could not even store it in the audit log)."""
+    try:
+        given = json.loads(body or b"{}")
+        fields = (given["username"], given["password"], given.get("eauth") or default_eauth)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        # RecursionError: arrays nested some thousands deep exhaust the decoder's stack.
+        return None
+    if not all(isinstance(field, str) and "\x00" not in field for field in fields):
+        return None
+    return fields
+
+
+class Logout(Base):
+    def post(self) -> None:
+        self.web.sessions.close(self.token())
+        self.write_json(200, {"ok": True})
+
+
+class Me(Base):
+    def get(self) -> None:
+        user = self.user()
+        if user is None:
+            self.write_json(401, {"error": "log in first: POST /api/login"})
+            return
+        self.write_json(200, self.web.me(user))
+
+
+JOB_PARAMS = ("limit", "fun", "target", "user", "status", "minion", "search", "start", "end",
+              "include_system", "master", "cursor", "live")  # fmt: skip
+
+
+class Jobs(Base):
+    async def get(self) -> None:
+        args = self.args(JOB_PARAMS)
+        if args is None:
+            return
+        try:
+            live = flag_arg("live", args.pop("live", False))
+        except QueryError as exc:
+            self.write_json(400, {"error": str(exc)})
+            return
+        if "user" in args:
+            args["user_filter"] = args.pop("user")
+        if live:
+            await self.call("live_jobs", args.get("limit", 50))
+        else:
+            await self.call("jobs", kwargs=args)
+
+
+class Job(Base):
+    async def get(self, jid: str) -> None:
+        await self.call("job", jid)
+
+
+class Kill(Base):
+    async def post(self, jid: str) -> None:
+        await self.call("kill", jid, status=202)
+
+
+class Activity(Base):
+    async def get(self) -> None:
+        args = self.args(("hours",))
+        if args is not None:
+            await self.call("activity", kwargs=args)
+
+
+class Timeline(Base):
+    async def get(self) -> None:
+        args = self.args(("window", "group_by"))
+        if args is not None:
+            await self.call("timeline", kwargs=args)
+
+
+class Audit(Base):
+    async def get(self) -> None:
+        args = self.args(("user", "action", "decision", "start", "end", "limit", "cursor"))
+        if args is None:
+            return
+        if "user" in args:
+            args["user_filter"] = args.pop("user")
+        await self.call("audit", kwargs=args)
+
+
+class OpenAPI(Base):
+    def get(self) -> None:
+        self.write_json(200, SPEC)
+
+
+class Page(tornado.web.StaticFileHandler):
+    def initialize(  # type: ignore[override]
+        self, path: str, default_filename: str | None = None, proxy_header: str | None = None
+    ) -> None:
+        super().initialize(path, default_filename)
+        self.proxy_header = proxy_header
+
+    def prepare(self) -> None:
+        _use_client_address(self.request, self.proxy_header)
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
+
+    def parse_url_path(self, url_path: str) -> str:
+        # No file name holds a NUL; the file system refuses one (ValueError, a 500).
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+
+class NotFound(Base):
+    def prepare(self) -> None:
+        super().prepare()
+        self.write_json(404, {"error": f"no such resource: {self.request.path}"})
+
+
+def _use_client_address(request: tornado.httputil.HTTPServerRequest, header: str | None) -> None:
+    """Behind a proxy, the request's address is the client's (:func:`client_address`), for
+    the login throttle, the audit log and the access log alike."""
+    if header is not None:
+        request.remote_ip = client_address(request.remote_ip, request.headers, header)
+
+
+def _log(handler: tornado.web.RequestHandler) -> None:
+    """Access log without query strings: the event stream's token may travel in one."""
+    request = handler.request
+    log.info(
+        "halite http: %d %s %s (%s) %.1f ms", handler.get_status(), request.method,
+        request.path, request.remote_ip, 1000.0 * request.request_time(),
+    )  # fmt: skip

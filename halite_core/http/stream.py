@@ -1,0 +1,109 @@
+"""The event stream: the engine's job events fanned out to Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import tornado.iostream
+
+from halite_core.http.handlers import Base
+from halite_core.http.limits import RETRY_AFTER, Unavailable
+from halite_core.permissions import Denied
+from halite_core.store.writes import function_name
+
+KEEPALIVE_SECONDS = 15.0
+
+
+class Hub:
+    """Fans the engine's job events out to the open streams. ``publish`` may be called from
+    any thread; each stream filters by what its user may view."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def publish(self, event: Mapping[str, Any]) -> None:
+        loop = self.loop
+        if loop is None or not self._queues:
+            return
+        loop.call_soon_threadsafe(self._deliver, dict(event))
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        for queue in list(self._queues):
+            if queue.qsize() < 1000:  # a stalled reader loses events, not the engine
+                queue.put_nowait(event)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._queues.discard(queue)
+
+
+def bus_event(tag: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stream's view of a bus event: ``new`` and ``return`` of jobs, else None."""
+    parts = tag.split("/") if isinstance(tag, str) else []
+    if len(parts) < 4 or parts[0] != "salt" or parts[1] != "job" or not isinstance(data, Mapping):
+        return None
+    jid, what = parts[2], parts[3]
+    if what == "new" and len(parts) == 4:
+        tgt = data.get("tgt")
+        return {
+            "type": "new", "jid": jid, "function": data.get("fun"), "user": data.get("user"),
+            "target": ",".join(map(str, tgt)) if isinstance(tgt, list) else tgt,
+            "target_type": data.get("tgt_type"), "minions": len(data.get("minions") or []),
+        }  # fmt: skip
+    if what == "ret" and len(parts) == 5:
+        return {
+            "type": "return", "jid": jid, "minion": parts[4], "function": data.get("fun"),
+            "success": data.get("success"), "retcode": data.get("retcode"),
+        }  # fmt: skip
+    return None
+
+
+class Stream(Base):
+    async def get(self) -> None:
+        token = self.token() or self.get_argument("token", None)
+        user = self.web.sessions.user(token)
+        if user is None:
+            self.write_json(401, {"error": "log in first: POST /api/login"})
+            return
+        try:  # the same check as the listings, audited when it refuses
+            await self.web.run("view_scope", user, "stream", {})
+        except Denied as denied:
+            self.write_json(403, {"error": str(denied), "missing": denied.needed})
+            return
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+            return
+        grants = self.web.service.grants(user)
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        queue = self.web.hub.subscribe()
+        try:
+            self.write(": halite job events\n\n")
+            await self.flush()
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    event = None
+                if self.web.sessions.user(token) != user:
+                    break  # logged out or expired: the stream ends with the session
+                if event is None:
+                    self.write(": keep-alive\n\n")
+                    await self.flush()
+                    continue
+                if not grants.allows("view", "job", function_name(event.get("function")) or ""):
+                    continue  # not this user's to see, nor to know of
+                self.write(f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n")
+                await self.flush()
+        except tornado.iostream.StreamClosedError:
+            pass
+        finally:
+            self.web.hub.unsubscribe(queue)
