@@ -41,7 +41,6 @@ from sqlalchemy import select
 
 from halite_core import jids
 from halite_core.config import flag_option, number_option
-from halite_core.durability.committer import SPOOL_OP
 from halite_core.errors import ConfigError
 from halite_core.jobcache import (
     FIND_JOB,
@@ -409,7 +408,7 @@ class ActiveJobs:
             len(self._queue) >= self.options.batch_size
             or now - (self._oldest or now) >= self.options.flush_interval
         ):
-            self.flush()
+            self.flush(commit=False)  # the bus loop never waits for the database
         if self._recovered and not self._reconciled and not self._unreconciled and not self._queue:
             # Only once written: readers report running jobs as unknown until then.
             self._reconciled = self._write_state(now, reconciled=True)
@@ -417,30 +416,19 @@ class ActiveJobs:
                 log.info("halite engine: reconciled the jobs that were running")
         elif now >= self._next_heartbeat:
             self._write_state(now)
-        # Journals of worker processes that died, and writes spooled while the database
-        # was away, are taken up here too: an idle master still replays them.
-        self.store.maybe_replay()
 
-    def flush(self) -> int:
-        """Write the queued changes in one transaction; returns how many."""
+    def flush(self, commit: bool = True) -> int:
+        """Journal the queued changes for the committer, which takes them with Salt's
+        writes through the one write path; ``commit``: and wait (within ``read_timeout``)
+        until they are in the database. Returns how many changes."""
         items, self._queue = self._queue, []
         oldest, self._oldest = self._oldest, None
-        if not items:
-            return 0
-        try:
-            self.store.apply_items(items)
-        except Exception as exc:  # noqa: BLE001 - the engine must keep following the bus
-            lines = [item_to_line(item) for item in items]
-            if is_outage(exc):
-                log.error(
-                    "halite engine: database unavailable (%s); %d changes spooled", exc, len(items)
-                )
-                self.store.spool.put(SPOOL_OP, lines, reason=str(exc))
-            else:
-                self.store.apply_entries(list(zip(lines, items, strict=True)))
+        if items:
+            self.store.submit([(item_to_line(item), item) for item in items])
+        if commit:
+            self.store.flush()
         if oldest is not None:
             self.max_delay = max(self.max_delay, self._clock() - oldest)
-        self.store.maybe_replay()
         return len(items)
 
     def _write_state(self, now: float, started: bool = False, reconciled: bool = False) -> bool:

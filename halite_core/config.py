@@ -111,6 +111,9 @@ class Settings:
     request_timeout: float = DEFAULTS["request_timeout"]
     keep_running_seconds: int = DEFAULTS["keep_running_seconds"]
     system_functions: tuple[str, ...] = SYSTEM_FUNCTIONS
+    # The halite engine is configured: its process commits every journal of this master,
+    # and Salt's worker processes only append (they commit themselves while it is down).
+    engine_commits: bool = False
 
     @classmethod
     def from_opts(cls, opts: Mapping[str, Any], jid_utc: bool = True) -> Settings:
@@ -143,6 +146,7 @@ class Settings:
             request_timeout=_positive(section, "request_timeout", float),
             keep_running_seconds=_positive(section, "keep_running_seconds", int, zero=True),
             system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
+            engine_commits=engine_configured(opts),
         )
 
     def is_system(self, function: object) -> bool:
@@ -254,3 +258,18 @@ def flag_option(name: str, value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in FLAGS:
         return FLAGS[value.strip().lower()]
     raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def engine_configured(opts: Mapping[str, Any]) -> bool:
+    """Whether the master's ``engines`` list starts the halite engine."""
+    engines = opts.get("engines") or []
+    if not isinstance(engines, (list, tuple)):
+        return False
+    for engine in engines:
+        if engine == "halite" or (isinstance(engine, Mapping) and "halite" in engine):
+            return True
+        if isinstance(engine, Mapping) and any(
+            isinstance(v, Mapping) and v.get("engine_module") == "halite" for v in engine.values()
+        ):
+            return True
+    return False

@@ -68,3 +68,9 @@ def minion_failed_sql(columns: Any) -> Any:
         ),
     )
     return or_(returned_failed, columns.state.in_([s.value for s in SETTLED_WITHOUT_RETURN]))
+
+
+# The stored strings, for SQL statements and comparisons with column values.
+RUNNING, COMPLETE = JobStatus.RUNNING.value, JobStatus.COMPLETE.value
+PENDING, RETURNED = MinionState.PENDING.value, MinionState.RETURNED.value
+NO_RETURN, KILLED = MinionState.NO_RETURN.value, MinionState.KILLED.value

@@ -34,3 +34,10 @@ def ret(jid, minion, value=True, fun="test.arg", retcode=0, success=True, **extr
         "success": success,
         **extra,
     }
+
+
+def untaken(settings):
+    """The journal lines no committer has taken yet (committed or spooled)."""
+    from halite_core.durability.journal import pending_lines
+
+    return pending_lines(settings.journal_dir, settings.spool_dir + "/none")

@@ -74,11 +74,13 @@ def feed(engine, *events):
 
 
 def job(store, jid=JID):
+    store.flush()  # the committer's next pass: what a reader sees within flush_interval
     with store.db.read() as conn:
         return conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).one()._asdict()
 
 
 def states(store, jid=JID):
+    store.flush()
     with store.db.read() as conn:
         rows = conn.execute(
             select(job_returns.c.minion, job_returns.c.state).where(job_returns.c.jid == jid)

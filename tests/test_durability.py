@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from halite_core import audit
+from halite_core.durability.journal import writer_for
 from halite_core.jobcache import JobStore
 from halite_core.permissions import Denied, Policy
 from halite_core.service import Service
@@ -85,11 +86,10 @@ def test_a_recovery_that_died_half_way_is_taken_up_again(store, settings):
     (journal,) = Path(settings.journal_dir).glob("*.jsonl")
     claim = journal.with_name(f".{pid}-00000000.jsonl.recovering-{pid}")
     os.rename(journal, claim)  # as left by a recovering process killed at that moment
-    worker._writer._pending.clear()  # this process "died" too: only the claim holds them
-    worker._writer._journal = worker._writer._fd = None
+    writer_for(settings.journal_dir).close()  # this process "died" too: only the claim holds them
     assert set(store.get_jid(JID)) == {"m1", "m2"}  # readers look into claims as well
-    assert JobStore(dataclasses.replace(settings, spool_replay_interval=0)).recover() == 1
-    assert list(Path(settings.journal_dir).iterdir()) == []
+    assert JobStore(dataclasses.replace(settings, spool_replay_interval=0)).recover() == 2
+    assert list(Path(settings.journal_dir).glob("*.jsonl*")) == []
     job = store.get_jid(JID)
     assert set(job) == {"m1", "m2"}
     with store.db.read() as conn:
@@ -263,7 +263,8 @@ def test_a_no_return_settle_committed_before_its_publish_is_kept(store):
 def test_an_audit_entry_replayed_after_its_commit_is_appended_once(store):
     """A process killed between committing its batch and removing its journal: the
     journal is replayed, and every entry in it is already in the log."""
-    from halite_core.jobcache import AuditItem, item_from_line, item_to_line
+    from halite_core.durability.journal import item_from_line, item_to_line
+    from halite_core.store.ops import AuditItem
 
     item = AuditItem(audit.entry(user="olga", action="kill", decision="allow", jid=JID))
     store.apply_items([item])
@@ -274,7 +275,7 @@ def test_an_audit_entry_replayed_after_its_commit_is_appended_once(store):
 def test_a_journal_renamed_while_a_reader_looks_is_still_seen(store, settings, monkeypatch):
     """Between listing the journals and reading one, a recovery renames it to its claim:
     the reader looks again instead of missing the write."""
-    from halite_core import jobcache
+    from halite_core.durability import journal as jobcache
 
     worker = _worker(settings)
     load = {"jid": JID, "fun": "test.ping", "arg": [], "tgt": "m1", "tgt_type": "glob"}
@@ -353,8 +354,7 @@ def test_a_journal_whose_pid_now_belongs_to_another_process_is_recovered(store, 
     (journal,) = Path(settings.journal_dir).glob("*.jsonl")
     live = os.getppid()  # a live process that did not write it
     journal.rename(journal.with_name(f"{live}-00000000-{live}.1{journal.name[-6:]}"))
-    worker._writer._pending.clear()
-    worker._writer._journal = worker._writer._fd = None
+    writer_for(settings.journal_dir).close()
     assert JobStore(dataclasses.replace(settings, spool_replay_interval=0)).recover() == 1
     assert set(store.get_jid(JID)) == {"m1"}
-    assert list(Path(settings.journal_dir).iterdir()) == []
+    assert list(Path(settings.journal_dir).glob("*.jsonl*")) == []

@@ -1,286 +1,444 @@
-"""Write-behind for Salt's job path: journal each write at once, commit them in batches.
+"""The committer: one per master, it drains every process's journal into the database.
 
-Salt calls the job cache once per minion return, from several worker processes. One SQL
-transaction per call costs more than everything else Salt does for a return, so a
-:class:`WriteBehind` keeps each write in memory and in an append-only journal file of its
-process, and a background thread commits what has gathered in one transaction every
-``flush_interval`` seconds (sooner when ``batch_size`` writes are waiting).
+Salt calls the job cache once per minion return, from several worker processes; they only
+append to their journals (halite_core.durability.journal). One committer takes the lines
+in order, journal by journal, and commits them in batches of ``batch_size`` every
+``flush_interval`` seconds, through the one path every write takes,
+:func:`commit_or_spool`: commit the batch; if the database is away, spool it; if the
+database refuses it, try each write alone and set aside (``rejected/``) those it refuses.
 
-Durability is that of Salt's own local_cache (a file write, no fsync): when a process dies
-before its batch was committed, the next process to start finds the dead process's journal
-and hands it to the spool, which replays it. Every write is idempotent, so replaying a
-journal whose batch was in fact committed changes nothing. A batch the database refuses is
-spooled the same way.
+Who commits is decided by two ``flock`` locks in the journal directory, which the kernel
+releases when their process dies:
+
+- ``.committer.lock``: held by the one process that commits. With the engine configured it
+  is the engine's process; without, the first Salt process that journals something.
+- ``.engine.lock``: held by the engine while it runs. A Salt worker that defers to the
+  engine commits only while no engine holds it (the engine is down or restarting).
+
+Crash safety: a line is in the journal before Salt's call returns. The committer records
+how far it has taken each journal in ``.committed`` only after the lines are committed or
+spooled, and removes a journal only once it is closed (its process moved on to a newer one,
+or died) and taken whole. A committer killed at any point leaves at worst lines committed
+that ``.committed`` does not count yet; they are committed again, and every write is
+idempotent.
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
+import fcntl
 import logging
 import multiprocessing.util
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from halite_core.durability.journal import (
+    SPOOL_OP,
+    alive,
+    item_from_line,
+    journal_owner,
+    owner_of,
+    read_committed,
+    write_committed,
+)
 from halite_core.durability.spool import Spool
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SUFFIX = ".jsonl"
-SPOOL_OP = "journal"
-_journal_seq = itertools.count()  # one sequence per process: several writers may share a dir
-_open_journals: set[Path] = set()  # journals this process is still writing
+LOCK = ".committer.lock"
+ENGINE_LOCK = ".engine.lock"
 CLOSE_SECONDS = 2.0  # longest a process's exit waits for its last batch
-IDLE_SECONDS = 1.0  # flush_interval 0: how often the idle writer still replays the spool
-RECOVERING = ".recovering-"
+IDLE_SECONDS = 0.01  # flush_interval 0: how often the committer looks for new lines
+READ_BYTES = 4 << 20  # read at most this much of a journal at once: memory stays bounded
+
+Entry = tuple[str, Any]  # a journal line and the operation it holds
+Apply = Callable[[Sequence[Entry]], object]
 
 
-def process_stamp(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or None
-    where that cannot be read: a pid alone may be reused by a new process."""
+def commit_or_spool(
+    apply: Apply,
+    spool: Spool,
+    entries: Sequence[Entry],
+    is_outage: Callable[[BaseException], bool],
+    on_outage: str = "spool",
+) -> bool:
+    """The one path of every write to the database: commit ``entries`` in one transaction;
+    if the database is away, spool them (``on_outage="raise"``: raise, for the spool's own
+    replay, which keeps the file); if it refuses the batch, try each write alone and set
+    aside in ``rejected/`` each one it refuses, so that one bad write does not take its
+    batch with it. False only when the writes could be neither committed nor spooled (the
+    spool is full): the caller keeps them."""
+    if not entries:
+        return True
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()
-    except (OSError, IndexError):
-        return None
+        apply(entries)
+        return True
+    except Exception as exc:  # noqa: BLE001
+        if is_outage(exc):
+            return _on_outage(spool, entries, exc, on_outage)
+        log.warning(
+            "halite: a batch of %d writes failed (%s); retrying one by one", len(entries), exc
+        )
+    for done, (line, item) in enumerate(entries):
+        try:
+            apply([(line, item)])
+        except Exception as exc:  # noqa: BLE001
+            if is_outage(exc):
+                return _on_outage(spool, entries[done:], exc, on_outage)
+            spool.reject(SPOOL_OP, [line], reason=f"{type(exc).__name__}: {exc}")
+    return True
 
 
-def _owner(pid: int) -> str:
-    """``<pid>`` or ``<pid>.<start>``: who owns a journal or a claim."""
-    stamp = process_stamp(pid)
-    return f"{pid}.{stamp}" if stamp else str(pid)
+def _on_outage(spool: Spool, entries: Sequence[Entry], exc: Exception, on_outage: str) -> bool:
+    if on_outage == "raise":
+        raise exc
+    log.error("halite: database unavailable (%s); %d writes spooled", exc, len(entries))
+    reason = f"{type(exc).__name__}: {exc}"
+    return spool.put(SPOOL_OP, [line for line, _ in entries], reason=reason) is not None
 
 
-def _alive(owner: str) -> bool:
-    """Whether the process named by :func:`_owner` still runs (the same process, not a
-    new one that got its pid)."""
-    pid_text, _, stamp = owner.partition(".")
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not stamp or process_stamp(pid) in (None, stamp)
+class _Lock:
+    """A non-blocking ``flock`` on a file of the journal directory, held by this process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def take(self) -> bool:
+        if self._fd is not None:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # The directory is unusable (a full or read-only disk): no process can journal
+            # there nor hold this lock, and the spool's claims keep replays apart.
+            log.error("halite: cannot take the lock %s (%s)", self.path, exc)
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def free(self) -> bool:
+        """Whether nobody holds the lock (taken and let go at once to find out)."""
+        if self._fd is not None:
+            return False
+        if not self.take():
+            return False
+        self.release()
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor lets go of the flock
+            self._fd = None
 
 
-class WriteBehind:
-    """One per process and database: queue + journal + flusher thread."""
+class Committer:
+    """Drains a journal directory into the database while this process holds its lock.
+
+    ``apply`` commits prepared entries (raising on failure); ``tick`` runs after each pass
+    (the spool's replay). ``engine``: this is the engine's committer, which takes the lock
+    whoever held it before. ``defer``: a Salt worker's, which commits only while no engine
+    runs."""
 
     def __init__(
         self,
-        apply: Callable[[list[tuple[str, Any]]], object],
+        directory: str | os.PathLike[str],
+        apply: Apply,
         spool: Spool,
-        journal_dir: str | os.PathLike[str],
+        is_outage: Callable[[BaseException], bool],
         interval: float,
         batch_size: int,
-        is_outage: Callable[[BaseException], bool],
         tick: Callable[[], object] | None = None,
+        engine: bool = False,
+        defer: bool = False,
     ) -> None:
+        self.directory = Path(directory)
         self._apply = apply
         self._spool = spool
-        self._dir = Path(journal_dir)
+        self._is_outage = is_outage
         self._interval = interval
         self._batch_size = batch_size
-        self._is_outage = is_outage
-        self._tick = tick  # run after every flush, e.g. to replay the spool
-        self._pid = os.getpid()
-        self._lock = threading.Lock()  # guards the queue and the current journal
-        self._flush_lock = threading.Lock()  # one batch at a time
+        self._tick = tick
+        self._engine = engine
+        self._defer = defer and not engine
+        self.pid = os.getpid()
+        self._lock = _Lock(self.directory / LOCK)
+        self._engine_lock = _Lock(self.directory / ENGINE_LOCK)
+        self._drain_lock = threading.Lock()
         self._wake = threading.Event()
-        self._pending: list[tuple[str, Any]] = []
-        self._journal: Path | None = None
-        self._fd: int | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._taken: dict[str, int] | None = None
+        self.committed = 0  # writes this committer committed or spooled
 
-    @property
-    def pid(self) -> int:
-        return self._pid
+    # ------------------------------------------------------------------ who commits
+    def holds_lock(self) -> bool:
+        return self._lock.held
 
-    # ------------------------------------------------------------------ producer side
-    def submit(self, entries: list[tuple[str, Any]]) -> None:
-        """Journal and queue writes, each a JSON line and its parsed item; returns at once,
-        whatever the state of the database: Salt's job path calls this."""
-        data = "".join(line + "\n" for line, _ in entries).encode("utf-8")
-        with self._lock:
-            try:
-                if self._fd is None:
-                    self._open_journal()
-                assert self._fd is not None
-                os.write(self._fd, data)
-            except OSError as exc:
-                # A full or read-only disk: the writes are held in memory only until the
-                # next commit (lost if this process dies first), never sent to the
-                # database from here.
-                log.error(
-                    "halite: cannot journal %d writes (%s); kept in memory", len(entries), exc
-                )
-            self._pending.extend(entries)
-            due = self._interval <= 0 or len(self._pending) >= self._batch_size
-        if self._thread is None:
-            self._start()
-        if due:
-            self._wake.set()
+    def _may_commit(self) -> bool:
+        if self._engine:
+            self._engine_lock.take()  # announce the engine, then wait for the lock
+        elif self._defer and not self._engine_lock.free():
+            if self._lock.held:
+                log.info("halite: the engine runs again; it commits the journals")
+                self._let_go()
+            return False
+        if not self._lock.held:
+            if not self._lock.take():
+                return False
+            self._taken = None  # read afresh: another process committed until now
+        return True
 
-    def _open_journal(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        name = f"{self._pid}-{next(_journal_seq):08d}-{_owner(self._pid)}{JOURNAL_SUFFIX}"
-        self._journal = self._dir / name
-        _open_journals.add(self._journal)
-        self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    def _let_go(self) -> None:
+        with self._drain_lock:
+            self._lock.release()
+            self._taken = None
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="halite-writer", daemon=True)
-            self._thread.start()
-        # A clean exit flushes; Salt's worker processes end through multiprocessing, which
-        # runs its finalizers but not atexit.
+    # ------------------------------------------------------------------ the thread
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="halite-committer", daemon=True)
+        self._thread.start()
+        # A clean exit commits what is left; Salt's worker processes end through
+        # multiprocessing, which runs its finalizers but not atexit.
         atexit.register(self.close)
         multiprocessing.util.Finalize(self, self.close, exitpriority=100)
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def _run(self) -> None:
-        while True:
-            # flush_interval 0: commit as soon as something is queued (a submit wakes us).
+        while not self._closed:
             self._wake.wait(self._interval if self._interval > 0 else IDLE_SECONDS)
             self._wake.clear()
             try:
-                self.flush()
-                if self._tick is not None and not self._closed:
-                    self._tick()
-            except Exception:  # noqa: BLE001 - the writer thread must survive anything
-                log.exception("halite: background flush failed")
-            if self._closed:
-                return
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the committer must survive anything
+                log.exception("halite: the committer's pass failed")
 
-    # ------------------------------------------------------------------ consumer side
-    def flush(self) -> int:
-        """Commit everything queued so far in one transaction; returns how many writes."""
-        with self._flush_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
-                journal, fd = self._journal, self._fd
-                self._journal = self._fd = None
-            if fd is not None:
-                os.close(fd)
-            if not batch:
-                self._drop(journal)
+    def run_once(self) -> int:
+        """One pass: take the lock if this process may commit, drain, then tick."""
+        if self._closed or not self._may_commit():
+            return 0
+        done = self.drain()
+        if self._tick is not None:
+            self._tick()
+        return done
+
+    # ------------------------------------------------------------------ draining
+    def drain(self) -> int:
+        """Commit every complete line the journals hold beyond what was taken; returns how
+        many writes were committed or spooled. Only while holding the lock."""
+        with self._drain_lock:
+            if not self._lock.held:
                 return 0
-            try:
-                self._apply(batch)
-            except Exception as exc:  # noqa: BLE001
-                reason = f"{type(exc).__name__}: {exc}"
-                if self._is_outage(exc):
-                    log.error(
-                        "halite: database unavailable (%s); %d writes spooled", exc, len(batch)
-                    )
-                else:
-                    log.error(
-                        "halite: batch of %d writes failed; spooled", len(batch), exc_info=True
-                    )
-                lines = [line for line, _ in batch]
-                if self._spool.put(SPOOL_OP, lines, reason=reason) is None:
-                    if journal is not None:
-                        _open_journals.discard(journal)  # left for recovery
-                    return 0
-            self._drop(journal)
-            return len(batch)
+            return self._drain()
 
-    @staticmethod
-    def _drop(journal: Path | None) -> None:
-        if journal is not None:
-            journal.unlink(missing_ok=True)
-            _open_journals.discard(journal)
+    def _drain(self) -> int:
+        if self._taken is None:
+            self._taken = read_committed(self.directory)
+        taken = self._taken
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return 0
+        journals: list[tuple[str, str, int]] = []  # (name, owner, sequence)
+        newest: dict[str, int] = {}
+        for name in names:
+            owned = journal_owner(name)
+            if owned is not None:
+                owner, seq, _ = owned
+                journals.append((name, owner, seq))
+                newest[owner] = max(seq, newest.get(owner, seq))
+        journals.sort(key=lambda j: (j[1], j[2]))
+        me = _me()
+        lives = {owner: owner == me or alive(owner) for owner in newest}
+        batch: list[Entry] = []
+        marks: dict[str, int] = {}
+        done = 0
+        finished: list[str] = []
+        for name, owner, seq in journals:
+            closed = not lives[owner] or seq < newest[owner]
+            path = self.directory / name
+            offset = taken.get(name, 0)
+            while True:
+                chunk = _read_chunk(path, offset)
+                if chunk is None:
+                    break
+                data, size = chunk
+                end = data.rfind(b"\n") + 1
+                if end == 0 and closed and data:
+                    end = len(data)  # a last line its dead writer never ended
+                for raw in data[:end].split(b"\n"):
+                    if raw.strip():
+                        entry = self._entry(raw)
+                        if entry is not None:
+                            batch.append(entry)
+                offset += end
+                marks[name] = offset
+                if len(batch) >= self._batch_size:
+                    if not self._commit(batch, marks):
+                        return done
+                    done += len(batch)
+                    batch, marks = [], {}
+                if end == 0 or offset >= size:
+                    if closed and offset >= size:
+                        finished.append(name)
+                    break
+        if not self._commit(batch, marks):
+            return done
+        done += len(batch)
+        for name in finished:
+            (self.directory / name).unlink(missing_ok=True)
+            taken.pop(name, None)
+        present = {name for name, _, _ in journals}
+        stale = [name for name in taken if name not in present]
+        for name in stale:
+            del taken[name]
+        if finished or stale:
+            self._save_taken()
+        self.committed += done
+        return done
 
+    def _entry(self, raw: bytes) -> Entry | None:
+        line = raw.decode("utf-8", errors="replace")
+        try:
+            return line, item_from_line(line)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            self._spool.reject(SPOOL_OP, [line], reason=f"unreadable journal line: {exc}")
+            return None
+
+    def _commit(self, batch: list[Entry], marks: dict[str, int]) -> bool:
+        if not commit_or_spool(self._apply, self._spool, batch, self._is_outage):
+            return False  # the spool is full: the lines stay in their journals
+        if marks:
+            assert self._taken is not None
+            self._taken.update(marks)
+            self._save_taken()
+        return True
+
+    def _save_taken(self) -> None:
+        assert self._taken is not None
+        try:
+            write_committed(self.directory, self._taken)
+        except OSError as exc:
+            log.error("halite: cannot record the committer's progress (%s)", exc)
+
+    # ------------------------------------------------------------------ the end
     def close(self, wait: float | None = None) -> bool:
-        """Commit what is queued before the process ends, waiting at most ``wait`` seconds
+        """Commit what is left before the process ends, waiting at most ``wait`` seconds
         (``CLOSE_SECONDS``): a database that is locked or frozen must not hold up the exit
-        of a Salt process. What is not committed by then stays in the journal, which the
-        next process to start (or the engine) recovers. True when all was committed."""
-        if self._closed or os.getpid() != self._pid:
+        of a Salt process. What is not committed by then stays in the journals, which the
+        next committer takes. True when all was committed."""
+        if self._closed or os.getpid() != self.pid:
             return True
         self._closed = True
         self._wake.set()
         thread = self._thread
-        if thread is None:
-            return True
-        thread.join(CLOSE_SECONDS if wait is None else wait)
-        if thread.is_alive():
-            log.warning(
-                "halite: the database did not take the last writes in time; they stay in "
-                "the journal %s for recovery",
-                self._dir,
-            )
+        if thread is not None:
+            thread.join(CLOSE_SECONDS if wait is None else wait)
+            if thread.is_alive():
+                log.warning(
+                    "halite: the database did not take the last writes in time; they stay "
+                    "in the journals of %s",
+                    self.directory,
+                )
+                return False
+        done = True
+        if self._lock.held or self._may_commit_now():
+            finished = threading.Event()
+
+            def last() -> None:
+                try:
+                    self.drain()
+                finally:
+                    finished.set()
+
+            worker = threading.Thread(target=last, name="halite-last-commit", daemon=True)
+            worker.start()
+            done = finished.wait(CLOSE_SECONDS if wait is None else wait)
+        if done:
+            self._lock.release()
+            self._engine_lock.release()
+        return done
+
+    def stop(self) -> None:
+        """Stop at once, without a last pass, and let go of the locks (a store for another
+        database takes this directory over)."""
+        self._closed = True
+        self._wake.set()
+        with self._drain_lock:
+            self._lock.release()
+            self._engine_lock.release()
+
+    def _may_commit_now(self) -> bool:
+        if self._defer and not self._engine_lock.free():
             return False
-        return True
+        if self._lock.take():
+            self._taken = None
+            return True
+        return False
 
 
-def _journal_owner(name: str) -> tuple[str, str] | None:
-    """``(journal name, the process that may still own it)`` for a journal file name: a
-    live journal ``<pid>-<seq>-<pid>.<start>.jsonl`` (owned by its writer; older names
-    ``<pid>-<seq>.jsonl``) or a claim ``.<journal>.recovering-<pid>.<start>`` (owned by
-    the process recovering it)."""
+def _me() -> str:
+    return owner_of(os.getpid())
+
+
+def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:
+    """Up to ``READ_BYTES`` of a journal from ``offset``, and the file's size; None when the
+    file is gone or holds nothing new."""
     try:
-        if name.endswith(JOURNAL_SUFFIX) and not name.startswith("."):
-            parts = name[: -len(JOURNAL_SUFFIX)].split("-")
-            owner = parts[2] if len(parts) > 2 else parts[0]
-            int(owner.partition(".")[0])
-            return name, owner
-        if name.startswith(".") and RECOVERING in name:
-            journal, claimer = name[1:].rsplit(RECOVERING, 1)
-            int(claimer.partition(".")[0])
-            if journal.endswith(JOURNAL_SUFFIX):
-                return journal, claimer
-    except ValueError:
-        return None
-    return None
-
-
-_recovering = threading.Lock()  # one recovery at a time in a process (claims carry its pid)
-
-
-def recover_journals(journal_dir: str | os.PathLike[str], spool: Spool) -> int:
-    """Hand the journals nobody writes any more (their process died, or an earlier process
-    with this pid did) to the spool, and so the claims of recoveries that died half-way;
-    returns how many."""
-    with _recovering:
-        return _recover_journals(Path(journal_dir), spool)
-
-
-def _recover_journals(directory: Path, spool: Spool) -> int:
-    try:
-        names = os.listdir(directory)
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= offset:
+                return b"", size
+            handle.seek(offset)
+            data = handle.read(READ_BYTES)
+            if len(data) == READ_BYTES and b"\n" not in data:
+                data += handle.readline()  # one line longer than a chunk: read it whole
+            return data, size
     except FileNotFoundError:
-        return 0
-    recovered = 0
-    for name in sorted(names):
-        owned = _journal_owner(name)
-        if owned is None:
-            continue
-        journal, owner = owned
-        path = directory / name
-        me = _owner(os.getpid())
-        if path in _open_journals or (owner != me and _alive(owner)):
-            continue  # still being written, or recovered by a live process
-        claimed = directory / f".{journal}{RECOVERING}{me}"
-        if path != claimed:
-            try:
-                os.rename(path, claimed)
-            except FileNotFoundError:
-                continue  # another process recovers it
-        text = claimed.read_text(encoding="utf-8", errors="replace")
-        lines = [line for line in text.split("\n") if line.strip()]
-        if lines and spool.put(SPOOL_OP, lines, reason=f"journal {journal}") is None:
-            os.rename(claimed, directory / journal)
-            continue
-        claimed.unlink(missing_ok=True)
-        recovered += 1
-        log.warning("halite: recovered %d unflushed writes of journal %s", len(lines), journal)
-    return recovered
+        return None
+
+
+_committers: dict[tuple[int, str], tuple[str, Committer]] = {}
+_committers_lock = threading.Lock()
+
+
+def committer_for(key: str, directory: str, build: Callable[[], Committer]) -> Committer:
+    """This process's committer for a journal directory; ``key`` names the database and
+    the role it commits for. A directory has one committer per process: a store with
+    another key (the configuration changed) replaces it."""
+    slot = (os.getpid(), directory)
+    found = _committers.get(slot)
+    if found is None or found[0] != key or found[1]._closed:
+        with _committers_lock:
+            found = _committers.get(slot)
+            if found is None or found[0] != key or found[1]._closed:
+                for stale in [k for k in _committers if k[0] != slot[0]]:
+                    del _committers[stale]  # inherited from the parent across fork
+                if found is not None:
+                    found[1].stop()
+                found = _committers[slot] = (key, build())
+    return found[1]
+
+
+def forget(committer: Committer) -> None:
+    with _committers_lock:
+        for slot, (_, found) in list(_committers.items()):
+            if found is committer:
+                del _committers[slot]

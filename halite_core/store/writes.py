@@ -1,0 +1,698 @@
+"""Writes to the index: publish loads, target lists, returns, settling marks, end times and
+audit entries, applied in one transaction per batch with their locks and recounts.
+
+Checking Salt's input (:meth:`Writes.items_for`) turns each of Salt's job cache writes into
+typed operations (halite_core.store.ops); :meth:`Writes.apply_items` commits a batch of them.
+Every operation is idempotent: applying a batch twice changes nothing, which is what lets the
+journal be replayed after a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from halite_core import encoding, highstate, jids, own_runners
+from halite_core.config import Settings
+from halite_core.states import COMPLETE, KILLED, NO_RETURN, PENDING, RETURNED, RUNNING
+from halite_core.store.db import Database
+from halite_core.store.ops import (
+    AuditItem,
+    EndtimeItem,
+    InvalidLoad,
+    Item,
+    KilledItem,
+    LoadItem,
+    MinionsItem,
+    NoReturnItem,
+    ReturnItem,
+    ReturnRow,
+    item_jid,
+    utcnow,
+)
+from halite_core.store.schema import audit_log, cleaned_jobs, job_returns, jobs_index
+
+log = logging.getLogger(__name__)
+
+
+FIND_JOB = "saltutil.find_job"
+
+
+# salt/job/<jid>/new, salt/job/<jid>/ret/<minion>, salt/run/<jid>/new, salt/run/<jid>/ret
+JOB_EVENT = re.compile(
+    r"^salt/(?P<kind>job|run)/(?P<jid>[^/]+)/(?P<what>new|ret)(?:/(?P<minion>.+))?$"
+)
+
+
+def split_arguments(arg: object) -> tuple[list[Any], dict[str, Any]]:
+    """Salt's ``arg`` list holds keyword arguments as dicts flagged ``__kwarg__: True``."""
+    if arg is None:
+        return [], {}
+    if not isinstance(arg, (list, tuple)):
+        return [arg], {}
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for item in arg:
+        if isinstance(item, Mapping) and item.get("__kwarg__") is True:
+            kwargs.update({str(k): v for k, v in item.items() if k != "__kwarg__"})
+        else:
+            args.append(item)
+    return args, kwargs
+
+
+def target_text(tgt: object) -> str | None:
+    """A target as people read it: list targets comma-separated."""
+    if tgt is None:
+        return None
+    if isinstance(tgt, (list, tuple, set)):
+        return ",".join(str(t) for t in tgt)
+    return str(tgt)
+
+
+def is_return_load(load: Mapping[str, Any]) -> bool:
+    """Salt's store_job hands every minion return to save_load too; those are not publishes."""
+    return "return" in load and "id" in load and "tgt" not in load
+
+
+def _retcode(value: object) -> int | None:
+    """A return's retcode as the INTEGER column holds it; anything that is not a whole
+    number in its 32-bit range is left out (the return itself keeps what was sent)."""
+    if value is None:
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+RETURN_COLUMNS = (
+    "state",
+    "function",
+    "returned_at",
+    "return_value",
+    "return_truncated",
+    "retcode",
+    "success",
+    "out",
+    "states_total",
+    "states_passed",
+    "states_failed",
+    "states_changed",
+    "states_duration_ms",
+)
+
+
+ZERO_COUNTS = {"minions_targeted": 0, "minions_returned": 0, "minions_failed": 0}
+
+
+STUB_COLUMNS = (
+    "jid",
+    "function",
+    "target",
+    "target_type",
+    "user",
+    "arguments",
+    "kwargs",
+    "start_time",
+    "status",
+    "master_id",
+    "load",
+    "system",
+    "created_at",
+)
+
+
+LOAD_COLUMNS = (
+    "function",
+    "target",
+    "target_type",
+    "user",
+    "arguments",
+    "kwargs",
+    "master_id",
+    "load",
+    "system",
+)
+
+
+ADVISORY_LOCKS = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(j, 0)) FROM unnest(:jids) AS j"
+).bindparams(bindparam("jids", type_=ARRAY(String())))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The write statements of the ingest path, built once with bind parameters."""
+
+    upsert_load: Any
+    fill_load: Any
+    target: Any
+    stub: Any
+    upsert_return: Any
+    recount: Any
+    settle: Any
+    endtime: Any
+    no_return: Any
+    killed: Any
+
+    @classmethod
+    def build(cls, insert_: Callable[[Any], Any]) -> _Statements:
+        j, r = jobs_index.c, job_returns.c
+
+        def binds(table: Any, names: Iterable[str]) -> dict[str, Any]:
+            return {name: bindparam(name, type_=table.c[name].type) for name in names}
+
+        load_insert = insert_(jobs_index).values({**binds(jobs_index, STUB_COLUMNS), **ZERO_COUNTS})
+        upsert_load = load_insert.on_conflict_do_update(
+            index_elements=["jid"],
+            set_={name: load_insert.excluded[name] for name in LOAD_COLUMNS},
+        )
+        # A publish known second-hand (the engine's bus events, Salt's store_job for runner
+        # and `req` jobs) fills a row that has no publish yet, and never replaces one.
+        fill_load = load_insert.on_conflict_do_update(
+            index_elements=["jid"],
+            set_={name: load_insert.excluded[name] for name in LOAD_COLUMNS},
+            where=j.load.is_(None),
+        )
+        placeholder = insert_(job_returns).values(
+            binds(job_returns, ("jid", "minion", "state", "expected", "start_time",
+                                "return_truncated"))
+        )  # fmt: skip
+        target = placeholder.on_conflict_do_update(
+            index_elements=["jid", "minion"], set_={"expected": True}
+        )
+        stub = insert_(jobs_index).values({**binds(jobs_index, STUB_COLUMNS), **ZERO_COUNTS})
+        return_insert = insert_(job_returns).values(
+            binds(job_returns, ("jid", "minion", "expected", "start_time", *RETURN_COLUMNS))
+        )
+        # A placeholder is filled; a row that already holds a return is left alone.
+        upsert_return = return_insert.on_conflict_do_update(
+            index_elements=["jid", "minion"],
+            set_={name: return_insert.excluded[name] for name in RETURN_COLUMNS},
+            where=r.state != RETURNED,
+        )
+        rows = job_returns.alias("rows")
+        of_job = rows.c.jid == j.jid
+        returned = rows.c.state == RETURNED
+        failed = or_(
+            rows.c.success.is_(False),
+            and_(rows.c.retcode.is_not(None), rows.c.retcode != 0),
+            rows.c.states_failed > 0,
+        )
+        this_job = j.jid == bindparam("k_jid")
+        recount = (
+            update(jobs_index)
+            .where(this_job)
+            .values(
+                minions_targeted=select(func.count()).where(of_job).scalar_subquery(),
+                minions_returned=select(func.count()).where(of_job, returned).scalar_subquery(),
+                # A minion that never answered failed the job, as Salt's CLI reports it.
+                minions_failed=select(func.count())
+                .where(
+                    of_job,
+                    or_(and_(returned, failed), rows.c.state == NO_RETURN, rows.c.state == KILLED),
+                )
+                .scalar_subquery(),
+                # Returns only: a minion settled no_return or killed did not return then.
+                last_return_at=select(func.max(rows.c.returned_at))
+                .where(of_job, returned)
+                .scalar_subquery(),
+            )
+        )
+        done = ~select(rows.c.minion).where(of_job, rows.c.state == PENDING).exists()
+        settle = (
+            update(jobs_index)
+            .where(this_job)
+            .values(
+                status=case((done, COMPLETE), else_=RUNNING),
+                # The job ended when its last minion returned or was settled (or killed).
+                end_time=case(
+                    (
+                        done,
+                        func.coalesce(
+                            select(func.max(rows.c.returned_at)).where(of_job).scalar_subquery(),
+                            j.last_return_at,
+                            j.start_time,
+                        ),
+                    ),
+                    else_=None,
+                ),
+            )
+        )
+        at = bindparam("at", type_=j.last_return_at.type)
+        endtime = (
+            update(jobs_index)
+            .where(this_job, or_(j.last_return_at.is_(None), j.last_return_at < at))
+            .values(last_return_at=at)
+        )
+        # Settling marks are upserts: one may be committed before the publish it refers
+        # to (they come from different processes' journals); the publish then finds it.
+        settle_insert = insert_(job_returns).values(
+            binds(job_returns, ("jid", "minion", "state", "expected", "start_time",
+                                "returned_at", "return_truncated"))
+        )  # fmt: skip
+        no_return = settle_insert.on_conflict_do_update(
+            index_elements=["jid", "minion"],
+            set_={"state": NO_RETURN, "returned_at": settle_insert.excluded.returned_at},
+            where=r.state == PENDING,
+        )
+        killed = settle_insert.on_conflict_do_update(
+            index_elements=["jid", "minion"],
+            set_={"state": KILLED, "returned_at": settle_insert.excluded.returned_at},
+            where=r.state == PENDING,
+        )
+        return cls(
+            upsert_load, fill_load, target, stub.on_conflict_do_nothing(), upsert_return,
+            recount, settle, endtime, no_return, killed,
+        )  # fmt: skip
+
+
+def function_name(value: object) -> str | None:
+    """A job's function as the index stores it and permissions match it: a string as it
+    is, anything else (a multi-function job's list) as its ``str``, at most 255 characters."""
+    return _text(value, 255)
+
+
+def _text(value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    return str(value)[:limit]
+
+
+def event_stamp(value: object) -> dt.datetime | None:
+    """An event's ``_stamp`` (UTC, ISO 8601 without offset) as an aware datetime."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+
+
+def insert_for(db: Database, table: Any) -> Insert:
+    """An INSERT that takes ON CONFLICT clauses (a dialect construct; Database admits only
+    these two)."""
+    if db.dialect_name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+class Writes:
+    """The write half of the index for one database."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._stmts: _Statements | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _insert(self, table: Any) -> Insert:
+        # ON CONFLICT upserts are dialect constructs; Database admits only these two.
+        if self.db.dialect_name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def start_time(self, jid: str) -> dt.datetime:
+        return jids.start_time(jid, self.settings.jid_utc)
+
+    # ------------------------------------------------------------------ writes
+    def items_for(self, op: str, *args: Any) -> list[Item]:
+        """Check and prepare one of Salt's job cache writes; raises :class:`InvalidLoad`."""
+        if op == "save_load":
+            return self._load_items(*args)
+        if op == "save_return":
+            return [self.return_item(*args)]
+        if op == "save_minions":
+            jid, minions = args[0], args[1]
+            if not jids.is_jid(jid):
+                raise InvalidLoad(f"save_minions: {jid!r} is not a Salt job id")
+            return [MinionsItem(jid, sorted({str(m) for m in minions or []}))]
+        if op == "save_events":
+            return self._event_items(*args)
+        if op == "update_endtime":
+            jid, when = args
+            if not jids.is_jid(jid):
+                raise InvalidLoad(f"update_endtime: {jid!r} is not a Salt job id")
+            if not isinstance(when, dt.datetime) or when.tzinfo is None:
+                raise InvalidLoad(f"update_endtime: {when!r} is not a time with a timezone")
+            return [EndtimeItem(jid, when)]
+        raise InvalidLoad(f"unknown write {op!r}")
+
+    def _load_items(
+        self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None
+    ) -> list[Item]:
+        if not jids.is_jid(jid):
+            raise InvalidLoad(f"save_load: {jid!r} is not a Salt job id")
+        if not isinstance(load, Mapping):
+            raise InvalidLoad(
+                f"save_load: the load for {jid} is a {type(load).__name__}, not a dict"
+            )
+        if is_return_load(load):
+            return []  # Salt's store_job passes every return here too; the returner indexes it
+        if minions is None:
+            minions = load.get("minions")
+        listed = None if minions is None else sorted({str(m) for m in minions})
+        # Salt's store_job also hands over a runner's return (and a `req` job's) as a load
+        # with a target: it describes a job whose publish may already be indexed (the
+        # engine's salt/run/<jid>/new, with the arguments), so it only fills a row without one.
+        second_hand = "return" in load and "id" in load
+        if second_hand:
+            # Its target is the one id, the master's. The copy of the return it carries is
+            # the returner's to store (within max_return_bytes; a halite runner's answer
+            # not at all), not the load's.
+            load = {"tgt_type": "list", **{k: v for k, v in load.items() if k != "return"}}
+        return [LoadItem(jid, dict(load), listed, only_new=second_hand)]
+
+    def return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:
+        row = self.prepare_return(load, returned_at)
+        stub = {k: load.get(k) for k in ("fun", "fun_args", "arg", "user") if k in load}
+        stub["id"] = row.minion
+        return ReturnItem(row, stub)
+
+    def _event_items(self, events: Sequence[Mapping[str, Any]]) -> list[Item]:
+        items: list[Item] = []
+        for event in events:
+            tag = event.get("tag") if isinstance(event, Mapping) else None
+            data = event.get("data") if isinstance(event, Mapping) else None
+            match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
+            if match is None or match["kind"] != "job" or not isinstance(data, Mapping):
+                continue
+            if not jids.is_jid(match["jid"]):
+                continue
+            if match["what"] == "new" and match["minion"] is None:
+                items.extend(self._load_items(match["jid"], data))
+            elif match["what"] == "ret" and match["minion"]:
+                data = {**data, "jid": match["jid"], "id": match["minion"]}
+                items.append(self.return_item(data, event_stamp(data.get("_stamp"))))
+        return items
+
+    def apply_items(self, items: Sequence[Item]) -> int:
+        """Apply prepared writes in one transaction; returns how many returns were stored."""
+        if not items:
+            return 0
+        with self.db.write() as conn:
+            return self._apply_items(conn, items)
+
+    def _apply_items(self, conn: Connection, items: Sequence[Item]) -> int:
+        stmts = self._statements()
+        self._lock_jobs(conn, {jid for jid in map(item_jid, items) if jid is not None})
+        loads = [item for item in items if isinstance(item, LoadItem)]
+        returns = [item for item in items if isinstance(item, ReturnItem)]
+        touched: set[str] = set()
+        self._save_loads(conn, loads, touched)
+        minion_jobs = {item.jid for item in items if isinstance(item, MinionsItem)}
+        cleaned = self._cleaned(conn, minion_jobs - self._known(conn, minion_jobs))
+        for item in items:
+            if isinstance(item, MinionsItem) and item.jid not in cleaned:
+                self._ensure_jobs(conn, {item.jid: {}})
+                self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
+                touched.add(item.jid)
+        stored = self._save_returns(conn, returns, touched)
+        # After the returns of the same batch: a minion that did return stays returned.
+        for kind, state, stmt in (
+            (NoReturnItem, NO_RETURN, stmts.no_return),
+            (KilledItem, KILLED, stmts.killed),
+        ):
+            marked = [item for item in items if isinstance(item, kind)]
+            if not marked:
+                continue
+            self._ensure_jobs(conn, {item.jid: {} for item in marked})
+            rows = [
+                {"jid": item.jid, "minion": minion, "state": state, "expected": True,
+                 "start_time": self.start_time(item.jid), "returned_at": item.at,
+                 "return_truncated": False}
+                for item in marked
+                for minion in item.minions
+            ]  # fmt: skip
+            self.db.executemany(conn, stmt, rows)
+            touched.update(item.jid for item in marked)
+        self._recount(conn, touched)
+        entries = [item.entry for item in items if isinstance(item, AuditItem)]
+        if entries:
+            # Each entry once, however often its journal line is replayed.
+            appended = self._insert(audit_log).on_conflict_do_nothing(index_elements=["entry_id"])  # type: ignore[attr-defined]
+            conn.execute(appended, entries)
+        endtimes: dict[str, dt.datetime] = {}
+        for item in items:
+            if isinstance(item, EndtimeItem):
+                endtimes[item.jid] = max(item.at, endtimes.get(item.jid, item.at))
+        self.db.executemany(
+            conn, stmts.endtime, [{"k_jid": jid, "at": at} for jid, at in endtimes.items()]
+        )
+        return stored
+
+    def _save_loads(self, conn: Connection, items: Sequence[LoadItem], touched: set[str]) -> None:
+        """Index publish loads and their target lists; counters follow in :meth:`_recount`."""
+        if not items:
+            return
+        loads: dict[str, LoadItem] = {}
+        for item in items:  # a repeated publish: the last one wins, but first-hand over second
+            if not (item.only_new and item.jid in loads and not loads[item.jid].only_new):
+                loads[item.jid] = item
+        rows: list[dict[str, Any]] = []
+        fill_only: list[dict[str, Any]] = []
+        placeholders: list[dict[str, Any]] = []
+        now = utcnow()
+        for jid, item in loads.items():
+            start = self.start_time(jid)
+            args, kwargs = split_arguments(item.load.get("arg", item.load.get("fun_args")))
+            (fill_only if item.only_new else rows).append(
+                {
+                    "jid": jid,
+                    "function": function_name(item.load.get("fun")),
+                    "target": target_text(item.load.get("tgt")),
+                    "target_type": _text(item.load.get("tgt_type", "glob"), 32),
+                    "user": _text(item.load.get("user"), 255),
+                    "arguments": encoding.encode(args),
+                    "kwargs": encoding.encode(kwargs),
+                    "master_id": self.settings.master_id,
+                    "load": encoding.encode(item.load),
+                    "start_time": start,
+                    "status": RUNNING,
+                    "system": self.settings.is_system(item.load.get("fun")),
+                    "created_at": now,
+                }
+            )
+            placeholders.extend(self._placeholders(jid, start, item.minions or []))
+        stmts = self._statements()
+        self.db.executemany(conn, stmts.upsert_load, rows)
+        self.db.executemany(conn, stmts.fill_load, fill_only)
+        self.db.executemany(conn, stmts.target, placeholders)
+        touched.update(loads)
+
+    @staticmethod
+    def _placeholders(jid: str, start: dt.datetime, minions: Iterable[str]) -> list[dict[str, Any]]:
+        return [
+            {"jid": jid, "minion": m, "state": PENDING, "expected": True, "start_time": start,
+             "return_truncated": False}
+            for m in minions
+        ]  # fmt: skip
+
+    def _add_minions(
+        self, conn: Connection, jid: str, start: dt.datetime, minions: Iterable[str]
+    ) -> None:
+        self.db.executemany(
+            conn, self._statements().target, self._placeholders(jid, start, minions)
+        )
+
+    def _recount(self, conn: Connection, job_ids: Iterable[str]) -> None:
+        """Set the counters, status and end time of jobs from their job_returns rows.
+
+        Recounting (an indexed range scan of the job's rows) rather than incrementing keeps
+        the counters exact whatever order and however often writes arrive.
+        """
+        params = [{"k_jid": jid} for jid in sorted(job_ids)]
+        stmts = self._statements()
+        self.db.executemany(conn, stmts.recount, params)
+        self.db.executemany(conn, stmts.settle, params)
+
+    def _ensure_jobs(self, conn: Connection, stubs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Create job rows for JIDs seen before their publish load (which fills them later)."""
+        rows = [self._stub_params(jid, stub) for jid, stub in stubs.items()]
+        self.db.executemany(conn, self._statements().stub, rows)
+
+    def _stub_params(self, jid: str, stub: Mapping[str, Any]) -> dict[str, Any]:
+        args, kwargs = split_arguments(stub.get("fun_args", stub.get("arg")))
+        return {
+            "jid": jid,
+            "function": function_name(stub.get("fun")),
+            "target": target_text(stub.get("id")),
+            "target_type": "list" if stub.get("id") else None,
+            "user": _text(stub.get("user"), 255),
+            "arguments": encoding.encode(args),
+            "kwargs": encoding.encode(kwargs),
+            "start_time": self.start_time(jid),
+            "status": RUNNING,
+            "master_id": self.settings.master_id,
+            "load": encoding.encode(dict(stub)) if stub.get("fun") else None,
+            "system": self.settings.is_system(stub.get("fun")),
+            "created_at": utcnow(),
+        }
+
+    def prepare_return(
+        self, load: Mapping[str, Any], returned_at: dt.datetime | None = None
+    ) -> ReturnRow:
+        if not isinstance(load, Mapping):
+            raise InvalidLoad(f"a return must be a dict, not {type(load).__name__}")
+        jid, minion = load.get("jid"), load.get("id")
+        if not jids.is_jid(jid):
+            raise InvalidLoad(f"return from {minion!r} has no valid jid: {jid!r}")
+        if not isinstance(minion, str) or not minion:
+            raise InvalidLoad(f"return for {jid} has no minion id: {minion!r}")
+        assert isinstance(jid, str)
+        fun = load.get("fun")
+        value = load.get("return")
+        inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
+        summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
+        # halite's and the jobs runner's answers are not kept, nor their copies inside
+        # other jobs where those name the runner (halite_core/own_runners.py).
+        limit = self.settings.max_return_bytes
+        encoded = own_runners.withheld_return(
+            fun, value, load.get("fun_args"), limit
+        ) or encoding.encode(value, limit)
+        if encoded.truncated:
+            log.warning(
+                "halite: return of %s for %s is %d bytes, over max_return_bytes=%d: truncated",
+                minion,
+                jid,
+                encoded.size,
+                self.settings.max_return_bytes,
+            )
+        elif encoded.converted:
+            log.info(
+                "halite: return of %s for %s held non-JSON values, stored with type markers",
+                minion,
+                jid,
+            )
+        success = load.get("success", runner_success)
+        if success is None:
+            success = runner_success
+        out = load.get("out")
+        return ReturnRow(
+            jid=jid,
+            minion=minion[:255],
+            function=function_name(fun),
+            start_time=self.start_time(jid),
+            returned_at=returned_at or utcnow(),
+            value=encoded,
+            retcode=_retcode(load.get("retcode", runner_retcode)),
+            success=success if isinstance(success, bool) else None,
+            out=out[:64] if isinstance(out, str) else None,
+            summary=summary,
+        )
+
+    def _save_returns(
+        self, conn: Connection, items: Sequence[ReturnItem], touched: set[str]
+    ) -> int:
+        """Store a batch of returns; the first return of a minion for a job wins.
+        Returns how many were stored (the others were duplicates)."""
+        if not items:
+            return 0
+        first: dict[tuple[str, str], int] = {}
+        stubs: dict[str, dict[str, Any]] = {}
+        for i, item in enumerate(items):
+            key = (item.row.jid, item.row.minion)
+            if key in first:
+                continue
+            first[key] = i
+            stubs.setdefault(item.row.jid, item.stub)
+        known = self._known(conn, stubs)
+        cleaned = self._cleaned(conn, set(stubs) - known)
+        if cleaned:
+            # As Salt's local_cache: a return for a job that retention removed is dropped.
+            log.info(
+                "halite: %d returns dropped for jobs already cleaned: %s",
+                sum(1 for key in first if key[0] in cleaned),
+                ", ".join(sorted(cleaned)),
+            )
+            first = {key: i for key, i in first.items() if key[0] not in cleaned}
+            stubs = {jid: stub for jid, stub in stubs.items() if jid not in cleaned}
+        self._ensure_jobs(conn, {jid: stub for jid, stub in stubs.items() if jid not in known})
+        self._lock_jobs(conn, stubs)  # the rows just created as well
+        rows = []
+        for (jid, minion), i in first.items():
+            row = items[i].row
+            rows.append(
+                {"jid": jid, "minion": minion, "expected": False, "start_time": row.start_time,
+                 **row.columns()}
+            )  # fmt: skip
+        stored = self.db.executemany(conn, self._statements().upsert_return, rows)
+        if stored < len(items):
+            log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
+        touched.update(stubs)
+        return stored
+
+    def _known(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` that have a row in jobs_index."""
+        return self._jids_in(conn, jobs_index.c.jid, job_ids)
+
+    def _cleaned(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` (jobs without a row) that retention removed."""
+        return self._jids_in(conn, cleaned_jobs.c.jid, job_ids)
+
+    def _jids_in(self, conn: Connection, column: Any, job_ids: Iterable[str]) -> set[str]:
+        wanted = sorted(set(job_ids))
+        if not wanted:
+            return set()
+        return {jid for (jid,) in self._select_in(conn, select(column), column, wanted)}
+
+    def _lock_jobs(self, conn: Connection, jids: Iterable[str]) -> None:
+        """PostgreSQL: before a transaction changes anything, lock every job it is about
+        to touch, in jid order: a transaction-scoped advisory lock per jid (which also
+        covers jobs whose rows do not exist yet) and the rows that exist. Concurrent
+        writers (other processes, other masters, the engine settling, a kill) then take
+        turns per job without deadlocking, and each recount sees every return committed
+        before it: a recount blocked behind another writer would otherwise count from a
+        snapshot taken before that writer committed."""
+        if self.db.dialect_name != "postgresql":
+            return  # SQLite: BEGIN IMMEDIATE already serialises writers
+        ordered = sorted(set(jids))
+        if not ordered:
+            return
+        # unnest() yields the array in order, and each row takes its lock in turn.
+        conn.execute(ADVISORY_LOCKS, {"jids": ordered})
+        self._select_in(
+            conn,
+            select(jobs_index.c.jid).order_by(jobs_index.c.jid).with_for_update(),
+            jobs_index.c.jid,
+            ordered,
+        )
+
+    @staticmethod
+    def _select_in(
+        conn: Connection, query: Any, column: Any, values: Sequence[Any], chunk: int = 400
+    ) -> set[tuple[Any, ...]]:
+        found: set[tuple[Any, ...]] = set()
+        for start in range(0, len(values), chunk):
+            part = values[start : start + chunk]
+            found.update(tuple(row) for row in conn.execute(query.where(column.in_(part))))
+        return found
+
+    def _statements(self) -> _Statements:
+        # Built once per store: a statement object reused with new parameters skips
+        # SQLAlchemy's construction and compilation, which dominate the ingest path otherwise.
+        if self._stmts is None:
+            self._stmts = _Statements.build(self._insert)
+        return self._stmts
