@@ -15,7 +15,8 @@ from sqlalchemy import Connection, select
 
 from halite_core import jids
 from halite_core.jobcache import Journalled
-from halite_core.queries import QueryError, UnknownJob
+from halite_core.queries import RESERVED, QueryError, UnknownJob
+from halite_core.states import MinionState
 from halite_core.store.schema import job_returns, jobs_index
 
 SIGNALLED = "signalled"  # "Signal 9 sent to job <jid> at pid <pid>"
@@ -43,12 +44,12 @@ def plan(
     row = conn.execute(
         select(jobs_index.c.function, jobs_index.c.status).where(jobs_index.c.jid == jid)
     ).first()
-    if (row is None or row.status == "new") and not waiting.published:
+    if (row is None or row.status == RESERVED) and not waiting.published:
         raise UnknownJob(f"no job with jid {jid} in the index")
     function = row.function if row is not None and row.function else waiting.function
     r = job_returns.c
     states = dict(conn.execute(select(r.minion, r.state).where(r.jid == jid)).all())
-    running = {minion for minion, state in states.items() if state == "pending"}
+    running = {minion for minion, state in states.items() if state == MinionState.PENDING}
     running |= {minion for minion in waiting.targets if minion not in states}
     pending = sorted(running - waiting.settled)
     if not pending:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from halite_core import jids
+from halite_core.api import Job, Page
 from halite_core.queries import QueryError
+from halite_core.states import JobStatus
 
 MAX_LIVE = 500
 
@@ -42,16 +44,17 @@ def live_page(
     scope: tuple[str, ...] | None,
     jid_utc: bool,
     master_id: str | None,
-) -> dict[str, Any]:
+) -> Page:
     """``get_jids_filter``'s jobs as a listing page, newest first; ``running`` if a minion
     said it runs the job. ``scope`` keeps the functions the caller may view."""
-    listed = []
+    listed: list[Job] = []
     for job in sorted(found, key=lambda j: str(j.get("JID")), reverse=True):
         function = str(job.get("Function"))
         if scope is not None and not any(fnmatch.fnmatchcase(function, p) for p in scope):
             continue
         target = job.get("Target")
         jid = str(job.get("JID"))
+        status = JobStatus.RUNNING if jid in running else JobStatus.COMPLETE
         listed.append(
             {
                 "jid": jid,
@@ -62,7 +65,7 @@ def live_page(
                 "start_time": jids.start_time(jid, jid_utc).isoformat() if jids.is_jid(jid)
                 else None,
                 "end_time": None,
-                "status": "running" if jid in running else "complete",
+                "status": cast(Any, status.value),
                 "minions": {"targeted": None, "returned": None, "failed": None},
                 "system": False,
                 "master_id": master_id,

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import datetime as dt
-import gc
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -34,7 +31,30 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from halite_core import highstate, jids
 from halite_core.active import effective_status
-from halite_core.errors import HaliteError
+from halite_core.api import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_TEXT,
+    STATUSES,
+    WINDOWS,
+    Activity,
+    ActivityQuery,
+    Bar,
+    HourCount,
+    Job,
+    JobDetail,
+    JobFilter,
+    MinionResult,
+    Page,
+    QueryError,
+    StateTotals,
+    Timeline,
+    TimelineQuery,
+    UnknownJob,
+    count_arg,
+    preview,
+)
+from halite_core.states import JobStatus, MinionState, minion_failed
 from halite_core.store.schema import (
     PG_SEARCH_TEXT,
     engine_state,
@@ -44,36 +64,16 @@ from halite_core.store.schema import (
     jobs_index,
 )
 
-DEFAULT_LIMIT = 50
-MAX_TEXT = 1024
-MAX_LIMIT = 500
-STATUSES = ("running", "complete")
+# The arguments and answers are defined in halite_core.api; these names stay importable
+# from here for the callers of the queries (audit, kill, the benchmarks).
+__all__ = [
+    "DEFAULT_LIMIT", "MAX_LIMIT", "MAX_TEXT", "STATUSES", "JobFilter", "QueryError",
+    "UnknownJob", "activity", "job_detail", "list_jobs", "listing_query", "timeline",
+]  # fmt: skip
 
-
-class QueryError(HaliteError, ValueError):
-    """A listing argument that cannot be used; the message says which and why."""
-
-
-class UnknownJob(QueryError):
-    """No job with that jid in the index."""
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    """What to list; every field optional. Globs use ``*`` and ``?``, case-sensitive."""
-
-    fun: str | None = None
-    target: str | None = None
-    user: str | None = None
-    status: str | None = None
-    minion: str | None = None
-    search: str | None = None
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-    include_system: bool = False
-    master: str | None = None
-    # The function globs the asking user may view (``None``: all); see permissions.py.
-    functions: tuple[str, ...] | None = None
+# The status of a jid reserved by older halites, before its job was published: not a job.
+RESERVED = "new"
+EVERY_JOB = JobFilter()
 
 
 def encode_cursor(start_time: dt.datetime, jid: str) -> str:
@@ -122,15 +122,7 @@ def _glob(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
 
 
 def _limit(limit: object) -> int:
-    try:
-        if isinstance(limit, bool):  # int(True) is 1
-            raise TypeError(limit)
-        value = int(limit)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: limit=.inf
-        raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}") from exc
-    if not 1 <= value <= MAX_LIMIT:
-        raise QueryError(f"limit must be a number from 1 to {MAX_LIMIT}, not {limit!r}")
-    return value
+    return count_arg("limit", limit, MAX_LIMIT)
 
 
 # A glob with few matching values (``state.*``: state.apply, state.sls, ...) is listed as
@@ -156,23 +148,30 @@ class Plan:
 
 def list_jobs(
     conn: Connection,
-    filters: JobFilter = JobFilter(),
-    limit: object = DEFAULT_LIMIT,
+    filters: JobFilter = EVERY_JOB,
+    limit: object = None,
     cursor: str | None = None,
     now: dt.datetime | None = None,
-) -> dict[str, Any]:
-    """``{"jobs": [...], "next": cursor or None}``: one page, newest first."""
-    size = _limit(limit)
+    functions: tuple[str, ...] | None = None,
+) -> Page:
+    """One page, newest first: ``filters.limit`` jobs after ``filters.cursor`` (``limit``
+    and ``cursor``, when given, page through the same filter instead). ``functions``: the
+    function globs the asking user may view (``None``: all); see permissions.py."""
+    size = filters.limit if limit is None else _limit(limit)
+    after = filters.cursor if cursor is None else cursor
     dialect = conn.dialect.name
     plan = Plan(values=_expand_glob(conn, filters))
+
+    def page(how: Plan) -> list[Any]:
+        query = listing_query(filters, size + 1, after, dialect, how, functions=functions)
+        return list(conn.execute(query).all())
+
     if filters.search and len(filters.search) >= 3:
-        scan = replace(plan, search="scan")
-        rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, scan)).all()
+        rows = page(replace(plan, search="scan"))
         if len(rows) <= size:
-            fts = replace(plan, search="fts")
-            rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, fts)).all()
+            rows = page(replace(plan, search="fts"))
     else:
-        rows = conn.execute(listing_query(filters, size + 1, cursor, dialect, plan)).all()
+        rows = page(plan)
     engines = {row.master_id: dict(row._mapping) for row in conn.execute(select(engine_state))}
     moment = now or dt.datetime.now(dt.timezone.utc)
     jobs = [_job(dict(row._mapping), engines, moment) for row in rows[:size]]
@@ -237,18 +236,10 @@ def listing_query(
     cursor: str | None = None,
     dialect: str = "sqlite",
     plan: Plan = Plan(),
+    functions: tuple[str, ...] | None = None,
 ) -> Select[Any]:
-    """The SQL of a listing page (``limit`` rows after ``cursor``), newest first."""
-    for name in ("fun", "target", "user", "minion", "search", "master"):
-        value = getattr(filters, name)
-        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
-            raise QueryError(
-                f"{name} must be text of at most {MAX_TEXT} characters, not {_preview(value)}"
-            )
-        if value is not None and "\x00" in value:  # SQLite would end the text there
-            raise QueryError(f"{name} must not contain a NUL character")
-    if filters.status is not None and filters.status not in STATUSES:
-        raise QueryError(f"status must be one of {', '.join(STATUSES)}, not {filters.status!r}")
+    """The SQL of a listing page (``limit`` rows after ``cursor``), newest first; the
+    filter's values were checked by :class:`~halite_core.api.JobFilter`."""
     j = jobs_index.c
     if filters.minion is not None:
         # Newest jobs of a minion: one range of job_returns' (minion, start_time) index.
@@ -262,7 +253,7 @@ def listing_query(
     else:
         order_start, order_jid = j.start_time, j.jid
         query = select(jobs_index)
-    query = query.where(j.status != "new")  # a reserved jid is not a job yet
+    query = query.where(j.status != RESERVED)
     if not filters.include_system:
         query = query.where(j.system.is_(False))
     expanded = plan.values[0] if plan.values else None
@@ -274,7 +265,7 @@ def listing_query(
         query = query.where(j.user == filters.user)
     if filters.master:
         query = query.where(j.master_id == filters.master)
-    query = query.where(*_scope(j.function, filters.functions, dialect))
+    query = query.where(*_scope(j.function, functions, dialect))
     if filters.status is not None:
         query = query.where(j.status == filters.status)
     if filters.search and plan.search != "scan":
@@ -282,9 +273,9 @@ def listing_query(
         if plan.search == "fts":
             query = query.where(j.jid.in_(_fts_candidates(filters.search, dialect)))
     if filters.start is not None:
-        query = query.where(order_start >= _aware(filters.start, "start"))
+        query = query.where(order_start >= filters.start)
     if filters.end is not None:
-        query = query.where(order_start < _aware(filters.end, "end"))
+        query = query.where(order_start < filters.end)
     if cursor:
         after_start, after_jid = _decode_jobs_cursor(cursor)
         query = query.where(
@@ -371,9 +362,7 @@ def _fts_candidates(needle: str, dialect: str) -> Any:
     return union_all(indexed, by_jid)
 
 
-def _preview(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
+_preview = preview  # audit.py's name for it
 
 
 def _aware(value: dt.datetime, name: str) -> dt.datetime:
@@ -384,7 +373,8 @@ def _aware(value: dt.datetime, name: str) -> dt.datetime:
 
 def _job(
     row: Mapping[str, Any], engines: Mapping[str | None, Mapping[str, Any]], now: dt.datetime
-) -> dict[str, Any]:
+) -> Job:
+    status = effective_status(row["status"], engines.get(row["master_id"]), now)
     return {
         "jid": row["jid"],
         "function": row["function"],
@@ -393,7 +383,7 @@ def _job(
         "user": row["user"],
         "start_time": row["start_time"].isoformat(),
         "end_time": row["end_time"].isoformat() if row["end_time"] else None,
-        "status": effective_status(row["status"], engines.get(row["master_id"]), now),
+        "status": cast(Any, status),  # one of JobStatus's values
         "minions": {
             "targeted": row["minions_targeted"],
             "returned": row["minions_returned"],
@@ -404,104 +394,76 @@ def _job(
     }
 
 
+# A minion's state as the detail shows it: one still pending is running the job.
 MINION_STATES = {
-    "pending": "running",
-    "returned": "returned",
-    "no_return": "no_return",
-    "killed": "killed",
+    MinionState.PENDING.value: JobStatus.RUNNING.value,
+    MinionState.RETURNED.value: MinionState.RETURNED.value,
+    MinionState.NO_RETURN.value: MinionState.NO_RETURN.value,
+    MinionState.KILLED.value: MinionState.KILLED.value,
 }
 
 
-_gc_lock = threading.Lock()
-_gc_pause = {"depth": 0, "was_enabled": False}
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Any:
-    """Pause the cyclic garbage collector while a large acyclic answer is built: a
-    highstate on 1,000 minions is ~100,000 new dicts, and the collections they trigger
-    cost more than a third of the time (the answer holds no cycles to collect). Nested
-    and concurrent pauses restore the collector once, when the last one ends."""
-    with _gc_lock:
-        if _gc_pause["depth"] == 0:
-            _gc_pause["was_enabled"] = gc.isenabled()
-            gc.disable()
-        _gc_pause["depth"] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pause["depth"] -= 1
-            if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
-                gc.enable()
-
-
-def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> dict[str, Any]:
+def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> JobDetail:
     """One job: its metadata and one entry per targeted minion, failures first; for
-    ``state.*`` jobs each return parsed into states (see :func:`highstate.parse`)."""
-    with _gc_paused():
-        return _job_detail(conn, jid, now)
-
-
-def _job_detail(conn: Connection, jid: str, now: dt.datetime | None) -> dict[str, Any]:
+    ``state.*`` jobs each return parsed into states (see :func:`highstate.parse`). A
+    minion failed by :func:`~halite_core.states.minion_failed`, the rule the job's
+    ``minions.failed`` count is recounted with."""
     if not jids.is_jid(jid):
         raise QueryError(f"{jid!r} is not a Salt job id (20 digits, optional _pid)")
     row = conn.execute(select(jobs_index).where(jobs_index.c.jid == jid)).first()
-    if row is None or row.status == "new":
+    if row is None or row.status == RESERVED:
         raise UnknownJob(f"no job with jid {jid} in the index")
     engines = {r.master_id: dict(r._mapping) for r in conn.execute(select(engine_state))}
     job = _job(dict(row._mapping), engines, now or dt.datetime.now(dt.timezone.utc))
-    job["arguments"] = row.arguments
-    job["kwargs"] = row.kwargs
     r = job_returns.c
     returns = conn.execute(
         select(
             r.minion, r.state, r.success, r.retcode, r.out, r.returned_at,
-            r.return_value, r.return_truncated,
+            r.return_value, r.return_truncated, r.states_failed,
         ).where(r.jid == jid)
     ).all()  # fmt: skip
     is_state_job = highstate.is_state_function(row.function)
-    minions = []
-    totals = {"states": 0, "passed": 0, "failed": 0, "changed": 0, "duration_ms": 0.0}
+    minions: list[MinionResult] = []
+    totals: StateTotals = {"states": 0, "passed": 0, "failed": 0, "changed": 0,
+                           "duration_ms": 0.0}  # fmt: skip
     for ret in returns:
-        entry: dict[str, Any] = {
+        failed = minion_failed(ret.state, ret.success, ret.retcode, ret.states_failed)
+        entry: MinionResult = {
             "minion": ret.minion,
-            "state": MINION_STATES.get(ret.state, ret.state),
+            "state": cast(Any, MINION_STATES.get(ret.state, ret.state)),
             "success": ret.success,
             "retcode": ret.retcode,
             "returned_at": ret.returned_at.isoformat() if ret.returned_at else None,
             "return": ret.return_value,
             "truncated": ret.return_truncated,
-            "failed": bool(
-                ret.state in ("no_return", "killed")
-                or ret.success is False
-                or (ret.retcode is not None and ret.retcode != 0)
-            ),
+            "failed": failed,
         }
-        if is_state_job and ret.state == "returned":
+        if is_state_job and ret.state == MinionState.RETURNED:
             value, _, _ = highstate.runner_payload(row.function, ret.return_value)
-            parsed = highstate.parse(value, succeeded=not entry["failed"])
+            parsed = highstate.parse(value, succeeded=not failed)
             entry["highstate"] = parsed
             if parsed["kind"] == "states":
                 counts = parsed["counts"]
-                for key, name in (("states", "total"), ("passed", "passed"),
-                                  ("failed", "failed"), ("changed", "changed"),
-                                  ("duration_ms", "duration_ms")):  # fmt: skip
-                    totals[key] += counts[name]
-                entry["failed"] = entry["failed"] or bool(parsed["failing"])
-            elif parsed["kind"] in ("render_error", "already_running"):
-                entry["failed"] = True
+                totals["states"] += counts["total"]
+                totals["passed"] += counts["passed"]
+                totals["failed"] += counts["failed"]
+                totals["changed"] += counts["changed"]
+                totals["duration_ms"] += counts["duration_ms"]
         minions.append(entry)
     # What a person looks at first: minions that failed, then the rest, each by name.
     minions.sort(key=lambda m: (not m["failed"], m["minion"]))
-    job["minion_results"] = minions
+    detail: JobDetail = {
+        **job,
+        "arguments": row.arguments,
+        "kwargs": row.kwargs,
+        "minion_results": minions,
+    }
     if is_state_job:
         totals["duration_ms"] = round(totals["duration_ms"], 3)
-        job["states"] = totals
-    return job
+        detail["states"] = totals
+    return detail
 
 
-WINDOWS = {"1h": 1, "4h": 4, "24h": 24, "7d": 168}
 MAX_BARS = 2000
 
 
@@ -518,17 +480,10 @@ def activity(
     hours: object = 24,
     now: dt.datetime | None = None,
     functions: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
+) -> Activity:
     """Jobs started per hour over the last ``hours`` hours (the current, partial hour
     included, oldest first, empty hours as 0), and how many jobs are running now."""
-    try:
-        if isinstance(hours, bool):  # int(True) is 1
-            raise TypeError(hours)
-        span = int(hours)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: hours=.inf
-        raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}") from exc
-    if not 1 <= span <= 168:
-        raise QueryError(f"hours must be a number from 1 to 168, not {hours!r}")
+    span = ActivityQuery.parse({"hours": hours}).hours
     moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     first = moment.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=span - 1)
     j = jobs_index.c
@@ -536,17 +491,17 @@ def activity(
     counted: dict[str, int] = dict(
         conn.execute(
             select(bucket, func.count())
-            .where(j.start_time >= first, j.status != "new", j.system.is_(False))
+            .where(j.start_time >= first, j.status != RESERVED, j.system.is_(False))
             .where(*_scope(j.function, functions, conn.dialect.name))
             .group_by(bucket)
         ).all()
     )
-    running = conn.scalar(
+    running = conn.execute(
         select(func.count())
-        .where(j.status == "running", j.system.is_(False))
+        .where(j.status == JobStatus.RUNNING.value, j.system.is_(False))
         .where(*_scope(j.function, functions, conn.dialect.name))
-    )
-    buckets = []
+    ).scalar_one()
+    buckets: list[HourCount] = []
     for n in range(span):
         hour = first + dt.timedelta(hours=n)
         buckets.append(
@@ -561,16 +516,13 @@ def timeline(
     group_by: object = "function",
     now: dt.datetime | None = None,
     functions: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
+) -> Timeline:
     """Jobs of the last ``window`` grouped by function or user, busiest row first; each
     job a bar from its start to its end (or now) with a status a chart can colour:
     ``running``, ``failed``, ``changed`` (a state changed something) or ``pass``."""
-    if not isinstance(window, str) or window not in WINDOWS:  # a list is not hashable
-        raise QueryError(f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
-    if group_by not in ("function", "user"):
-        raise QueryError(f"group_by must be function or user, not {group_by!r}")
+    asked = TimelineQuery.parse({"window": window, "group_by": group_by})
     moment = now or dt.datetime.now(dt.timezone.utc)
-    since = moment - dt.timedelta(hours=WINDOWS[str(window)])
+    since = moment - dt.timedelta(hours=WINDOWS[asked.window])
     j, r = jobs_index.c, job_returns.c
     changed = (
         select(func.count())
@@ -591,16 +543,16 @@ def timeline(
             j.minions_failed,
             changed,
         )  # fmt: skip
-        .where(j.start_time >= since, j.status != "new", j.system.is_(False))
+        .where(j.start_time >= since, j.status != RESERVED, j.system.is_(False))
         .where(*_scope(j.function, functions, conn.dialect.name))
         .order_by(j.start_time.desc(), j.jid.desc())
         .limit(MAX_BARS + 1)
     ).all()
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[Bar]] = {}
     for row in rows[:MAX_BARS]:
-        key = (row.function if group_by == "function" else row.user) or "(unknown)"
+        key = (row.function if asked.group_by == "function" else row.user) or "(unknown)"
         status = (
-            "running" if row.status == "running"
+            "running" if row.status == JobStatus.RUNNING
             else "failed" if row.minions_failed
             else "changed" if row.changed
             else "pass"
@@ -613,15 +565,15 @@ def timeline(
                 "target": row.target,
                 "start": row.start_time.isoformat(),
                 "end": (row.end_time or moment).isoformat(),
-                "status": status,
+                "status": cast(Any, status),
                 "minions": row.minions_targeted,
                 "failed_minions": row.minions_failed,
             }
         )
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
     return {
-        "window": window,
-        "group_by": group_by,
+        "window": asked.window,
+        "group_by": asked.group_by,
         "rows": [{"key": key, "bars": bars} for key, bars in ordered],
         "truncated": len(rows) > MAX_BARS,
     }

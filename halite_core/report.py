@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from halite_core.states import MinionState
+
 JOB_COLUMNS = (
     ("JID", "jid"),
     ("FUNCTION", "function"),
@@ -88,7 +90,7 @@ def job_report(data: Mapping[str, Any]) -> str:
 def _minion_body(minion: Mapping[str, Any]) -> list[str]:
     parsed = minion.get("highstate")
     if parsed is None:
-        if minion["state"] != "returned":
+        if minion["state"] != MinionState.RETURNED:
             return []
         text = json.dumps(minion.get("return"))
         return [f"  return: {text if len(text) <= 200 else text[:197] + '...'}"]

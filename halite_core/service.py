@@ -10,17 +10,31 @@ command line or a query string gives them: text, numbers, booleans; they are che
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 from halite_core import audit
 from halite_core import kill as killing
+from halite_core.api import (
+    Activity,
+    Arguments,
+    AuditFilter,
+    AuditPage,
+    JobDetail,
+    JobFilter,
+    KillOutcome,
+    MinionKill,
+    Page,
+    Timeline,
+    flag_arg,
+    parse_time,
+    text_arg,
+)
 from halite_core.bounded import DatabaseTimeout, call_within
 from halite_core.jobcache import JobStore
 from halite_core.permissions import Denied, Grants, Policy
 from halite_core.queries import (
-    JobFilter,
     QueryError,
     UnknownJob,
     activity,
@@ -28,56 +42,15 @@ from halite_core.queries import (
     list_jobs,
     timeline,
 )
+from halite_core.states import JobStatus
+
+# The argument checks live with the models; these names stay importable from here.
+__all__ = ["KillSender", "Service", "flag_arg", "parse_time", "text_arg"]
 
 # Sends saltutil.kill_job <jid> to a list of minions; answers {minion: reply}.
 KillSender = Callable[[str, list[str]], Mapping[str, Any]]
-
-
-def parse_time(name: str, value: object) -> dt.datetime | None:
-    """An ISO 8601 time, in UTC; without an offset it is read as UTC, as the index stores
-    times. One whose UTC falls outside the years 1 to 9999 (``9999-12-31T23:59:59-23:59``)
-    is refused here: the database drivers cannot bind it."""
-    if value is None or value == "":
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise QueryError(
-            f"{name}: {value!r} is not an ISO 8601 date and time (e.g. 2026-11-28T12:00:00Z)"
-        ) from exc
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.timezone.utc)
-    try:
-        return moment.astimezone(dt.timezone.utc)
-    except OverflowError as exc:
-        raise QueryError(
-            f"{name}: {value!r} is out of range: in UTC it is not within the years 1 to 9999"
-        ) from exc
-
-
-def text_arg(name: str, value: object) -> str | None:
-    """Text as a command line or query string gives it: numbers (``user=1001``) are taken
-    as text; lists, mappings and booleans are refused."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise QueryError(f"{name} must be text, not {type(value).__name__}")
-    text = str(value)
-    if "\x00" in text:
-        # SQLite ends the text at the NUL (search=%00 matched every job); PostgreSQL
-        # refuses it. No function, target, user or jid holds one.
-        raise QueryError(f"{name} must not contain a NUL character")
-    return text
-
-
-def flag_arg(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-        return value.lower() in ("true", "yes", "1")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise QueryError(f"{name} must be True or False, not {value!r}")
+A = TypeVar("A", bound=Arguments)
+NOTHING: Mapping[str, object] = MappingProxyType({})  # no arguments given
 
 
 def _unknown(jid: str) -> UnknownJob:
@@ -86,9 +59,25 @@ def _unknown(jid: str) -> UnknownJob:
     return UnknownJob(f"no job with jid {jid} in the index")
 
 
-def _given(**arguments: Any) -> dict[str, Any]:
+def _given(asked: Arguments | Mapping[str, object]) -> dict[str, Any]:
     """The arguments a caller gave, for the audit log."""
-    return {name: value for name, value in arguments.items() if value is not None}
+    if isinstance(asked, Arguments):
+        return asked.given()
+    return {name: value for name, value in asked.items() if value is not None}
+
+
+def _merged(
+    asked: A | Mapping[str, object], given: Mapping[str, object]
+) -> A | Mapping[str, object]:
+    if not given:
+        return asked
+    if isinstance(asked, Arguments):
+        raise TypeError("give a filter or arguments, not both")
+    return {**asked, **given}
+
+
+def _checked(model: type[A], asked: A | Mapping[str, object]) -> A:
+    return asked if isinstance(asked, model) else model.parse(cast(Mapping[str, object], asked))
 
 
 class Service:
@@ -105,9 +94,10 @@ class Service:
         self.send_kill = send_kill
 
     def close(self) -> None:
-        """Commit what this service journalled (audit entries, kill marks), waiting a
-        bounded time, and release the database."""
-        self.store.close()
+        """Commit what this service journalled (audit entries, kill marks), waiting at
+        most ``read_timeout`` (what is left stays journalled for recovery). The database
+        is not disposed: its engine is shared by every store of the process."""
+        self._commit_own_writes()
 
     # ------------------------------------------------------------------ checks and audit
     def grants(self, user: str | None) -> Grants:
@@ -186,42 +176,20 @@ class Service:
     def jobs(
         self,
         user: str | None,
-        limit: object = 50,
-        fun: object = None,
-        target: object = None,
-        user_filter: object = None,
-        status: object = None,
-        minion: object = None,
-        search: object = None,
-        start: object = None,
-        end: object = None,
-        include_system: object = False,
-        cursor: object = None,
-        master: object = None,
-    ) -> dict[str, Any]:
-        arguments = _given(
-            limit=limit, fun=fun, target=target, user=user_filter, status=status,
-            minion=minion, search=search, start=start, end=end,
-            include_system=include_system, cursor=cursor, master=master,
-        )  # fmt: skip
-        scope = self.view_scope(user, "jobs", arguments)
-        filters = JobFilter(
-            fun=text_arg("fun", fun),
-            target=text_arg("target", target),
-            user=text_arg("user", user_filter),
-            status=text_arg("status", status),
-            minion=text_arg("minion", minion),
-            search=text_arg("search", search),
-            start=parse_time("start", start),
-            end=parse_time("end", end),
-            include_system=flag_arg("include_system", include_system),
-            functions=scope,
-            master=text_arg("master", master),
-        )
+        asked: JobFilter | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> Page:
+        """A page of jobs. ``asked`` is a filter, or the arguments as a caller gave them
+        (a mapping, or keywords: ``jobs("root", user="bob")``), checked after the
+        permission (a refusal is audited with what was asked)."""
+        asked = _merged(asked, given)
+        scope = self.view_scope(user, "jobs", _given(asked))
+        filters = _checked(JobFilter, asked)
         with self.store.db.read() as conn:
-            return list_jobs(conn, filters, limit, text_arg("cursor", cursor))
+            return list_jobs(conn, filters, functions=scope)
 
-    def job(self, user: str | None, jid: object) -> dict[str, Any]:
+    def job(self, user: str | None, jid: object) -> JobDetail:
         arguments = {"jid": jid}
         grants = self.grants(user)
         if grants.job_scope("view") == ():
@@ -237,14 +205,14 @@ class Service:
         detail["may_kill"] = grants.allows("kill", "job", function)
         return detail
 
-    def activity(self, user: str | None, hours: object = 24) -> dict[str, Any]:
+    def activity(self, user: str | None, hours: object = 24) -> Activity:
         scope = self.view_scope(user, "activity", {"hours": hours})
         with self.store.db.read() as conn:
             return activity(conn, hours, functions=scope)
 
     def timeline(
         self, user: str | None, window: object = "24h", group_by: object = "function"
-    ) -> dict[str, Any]:
+    ) -> Timeline:
         scope = self.view_scope(user, "timeline", {"window": window, "group_by": group_by})
         with self.store.db.read() as conn:
             return timeline(conn, window, group_by, functions=scope)
@@ -252,30 +220,25 @@ class Service:
     def audit(
         self,
         user: str | None,
-        user_filter: object = None,
-        action: object = None,
-        decision: object = None,
-        start: object = None,
-        end: object = None,
-        limit: object = 50,
-        cursor: object = None,
-    ) -> dict[str, Any]:
-        arguments = _given(
-            user=user_filter, action=action, decision=decision, start=start, end=end,
-            limit=limit, cursor=cursor,
-        )  # fmt: skip
+        asked: AuditFilter | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> AuditPage:
+        """A page of the audit log; ``asked`` and ``given`` as for :meth:`jobs`."""
+        asked = _merged(asked, given)
         if not self.grants(user).allows("view", "audit", "*"):
-            raise self._deny(user, "audit", "view:audit:*", arguments)
+            raise self._deny(user, "audit", "view:audit:*", _given(asked))
+        filters = _checked(AuditFilter, asked)
         self._commit_own_writes()
         with self.store.db.read() as conn:
-            return audit.list_entries(
-                conn, user=text_arg("user", user_filter), action=text_arg("action", action),
-                decision=text_arg("decision", decision), start=parse_time("start", start),
-                end=parse_time("end", end), limit=limit, cursor=text_arg("cursor", cursor),
+            entries = audit.list_entries(
+                conn, user=filters.user, action=filters.action, decision=filters.decision,
+                start=filters.start, end=filters.end, limit=filters.limit, cursor=filters.cursor,
             )  # fmt: skip
+        return cast(AuditPage, entries)
 
     # ------------------------------------------------------------------ kill
-    def kill(self, user: str | None, jid: object) -> dict[str, Any]:
+    def kill(self, user: str | None, jid: object) -> KillOutcome:
         """Signal the minions still running ``jid``; see :mod:`halite_core.kill`. The
         answer carries ``retcode: 1`` when no minion could be signalled."""
         arguments = {"jid": jid}
@@ -324,7 +287,8 @@ class Service:
             self.store.mark_killed(target["jid"], signalled)
             # The marks are committed with the next batch: the job is complete once every
             # minion still running it has confirmed the signal.
-            status = "complete" if set(signalled) == set(target["minions"]) else "running"
+            done = set(signalled) == set(target["minions"])
+            status = JobStatus.COMPLETE.value if done else JobStatus.RUNNING.value
         except Exception as exc:
             # Every kill is audited, also one that failed half-way (the signal may be out).
             outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -335,12 +299,12 @@ class Service:
         # The marks and the entry are journalled: commit them now if the database takes
         # them within read_timeout, so that the job read right after shows the kill.
         self._commit_own_writes()
-        answer: dict[str, Any] = {
+        answer: KillOutcome = {
             "jid": target["jid"],
             "function": function,
             "signalled": signalled,
-            "minions": results,
-            "status": status,
+            "minions": cast(dict[str, MinionKill], results),
+            "status": cast(Any, status),
         }
         if not signalled:
             answer["retcode"] = 1

@@ -44,7 +44,7 @@ def listing(store, **kwargs):
     limit = kwargs.pop("limit", 50)
     cursor = kwargs.pop("cursor", None)
     with store.db.read() as conn:
-        return list_jobs(conn, JobFilter(**kwargs), limit=limit, cursor=cursor)
+        return list_jobs(conn, JobFilter.parse(kwargs), limit=limit, cursor=cursor)
 
 
 def jids(page):
@@ -475,7 +475,7 @@ def _service(store):
         ({"search": "\x00"}, "search must not contain a NUL character"),
         ({"search": "ping\x00"}, "search must not contain a NUL character"),
         ({"fun": "test.*\x00"}, "fun must not contain a NUL character"),
-        ({"user_filter": "\x00"}, "user must not contain a NUL character"),
+        ({"user": "\x00"}, "user must not contain a NUL character"),
         ({"target": "\x00", "minion": "m1"}, "target must not contain a NUL"),
         ({"minion": "m1\x00"}, "minion must not contain a NUL character"),
         ({"master": "\x00"}, "master must not contain a NUL character"),
@@ -486,17 +486,17 @@ def _service(store):
 )
 def test_extreme_times_and_nul_characters_are_clear_errors(index, arguments, message):
     with pytest.raises(QueryError, match=message):
-        _service(index).jobs("root", **arguments)
+        _service(index).jobs("root", arguments)
 
 
 def test_extreme_times_within_range_are_answered(index):
     service = _service(index)
-    assert len(service.jobs("root", end="9999-12-31T23:59:59.999999")["jobs"]) == 10
-    assert len(service.jobs("root", end="9999-12-31T23:59:59+14:00")["jobs"]) == 10
-    assert service.jobs("root", start="9999-12-31T23:59:59.999999")["jobs"] == []
-    assert len(service.jobs("root", start="0001-01-01T00:00:00")["jobs"]) == 10
-    assert len(service.jobs("root", start="0001-01-01T23:59:59+14:00")["jobs"]) == 10
-    assert service.jobs("root", end="0001-01-01T00:00:00-23:59")["jobs"] == []
+    assert len(service.jobs("root", {"end": "9999-12-31T23:59:59.999999"})["jobs"]) == 10
+    assert len(service.jobs("root", {"end": "9999-12-31T23:59:59+14:00"})["jobs"]) == 10
+    assert service.jobs("root", {"start": "9999-12-31T23:59:59.999999"})["jobs"] == []
+    assert len(service.jobs("root", {"start": "0001-01-01T00:00:00"})["jobs"]) == 10
+    assert len(service.jobs("root", {"start": "0001-01-01T23:59:59+14:00"})["jobs"]) == 10
+    assert service.jobs("root", {"end": "0001-01-01T00:00:00-23:59"})["jobs"] == []
 
 
 def test_a_forged_cursor_with_an_extreme_time_is_refused(index):
@@ -505,15 +505,15 @@ def test_a_forged_cursor_with_an_extreme_time_is_refused(index):
         with pytest.raises(QueryError, match="not one this listing handed out"):
             listing(index, cursor=forged)
         with pytest.raises(QueryError, match="not one this listing handed out"):
-            _service(index).audit("root", cursor=forged)
+            _service(index).audit("root", {"cursor": forged})
 
 
 def test_the_audit_log_refuses_extreme_times_and_nul_characters(index):
     service = _service(index)
     with pytest.raises(QueryError, match="start: .* is out of range"):
-        service.audit("root", start="9999-12-31T23:59:59-23:59")
+        service.audit("root", {"start": "9999-12-31T23:59:59-23:59"})
     with pytest.raises(QueryError, match="user must not contain a NUL character"):
-        service.audit("root", user_filter="root\x00")
+        service.audit("root", {"user": "root\x00"})
 
 
 def test_activity_refuses_an_infinite_number_of_hours(index):
@@ -559,7 +559,7 @@ def test_a_cursor_whose_jid_is_not_a_salt_jid_is_refused(index, key):
     with pytest.raises(QueryError, match="not one this listing handed out"):
         listing(index, cursor=forged)
     with pytest.raises(QueryError, match="not one this listing handed out"):
-        _service(index).jobs("root", cursor=forged)
+        _service(index).jobs("root", {"cursor": forged})
 
 
 def test_a_cursor_with_a_jid_and_pid_pages_on(index):
@@ -571,6 +571,6 @@ def test_a_cursor_with_a_jid_and_pid_pages_on(index):
 
 def test_a_limit_of_true_is_not_one(index):
     with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
-        _service(index).jobs("root", limit=True)
+        _service(index).jobs("root", {"limit": True})
     with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
-        _service(index).audit("root", limit=True)
+        _service(index).audit("root", {"limit": True})

@@ -14,9 +14,10 @@ import tornado.httputil
 import tornado.web
 
 from halite_core import permissions
+from halite_core.api import ActivityQuery, AuditFilter, JobsQuery, TimelineQuery
 from halite_core.config import ConfigError
+from halite_core.http.contract import SPEC
 from halite_core.http.limits import RETRY_AFTER, Busy, Unavailable
-from halite_core.openapi import SPEC
 from halite_core.permissions import Denied
 from halite_core.queries import QueryError, UnknownJob
 from halite_core.service import flag_arg
@@ -216,8 +217,7 @@ class Me(Base):
         self.write_json(200, self.web.me(user))
 
 
-JOB_PARAMS = ("limit", "fun", "target", "user", "status", "minion", "search", "start", "end",
-              "include_system", "master", "cursor", "live")  # fmt: skip
+JOB_PARAMS = tuple(JobsQuery.model_fields)  # the query parameters are the models' fields
 
 
 class Jobs(Base):
@@ -230,12 +230,10 @@ class Jobs(Base):
         except QueryError as exc:
             self.write_json(400, {"error": str(exc)})
             return
-        if "user" in args:
-            args["user_filter"] = args.pop("user")
         if live:
             await self.call("live_jobs", args.get("limit", 50))
         else:
-            await self.call("jobs", kwargs=args)
+            await self.call("jobs", args)
 
 
 class Job(Base):
@@ -250,26 +248,23 @@ class Kill(Base):
 
 class Activity(Base):
     async def get(self) -> None:
-        args = self.args(("hours",))
+        args = self.args(tuple(ActivityQuery.model_fields))
         if args is not None:
             await self.call("activity", kwargs=args)
 
 
 class Timeline(Base):
     async def get(self) -> None:
-        args = self.args(("window", "group_by"))
+        args = self.args(tuple(TimelineQuery.model_fields))
         if args is not None:
             await self.call("timeline", kwargs=args)
 
 
 class Audit(Base):
     async def get(self) -> None:
-        args = self.args(("user", "action", "decision", "start", "end", "limit", "cursor"))
-        if args is None:
-            return
-        if "user" in args:
-            args["user_filter"] = args.pop("user")
-        await self.call("audit", kwargs=args)
+        args = self.args(tuple(AuditFilter.model_fields))
+        if args is not None:
+            await self.call("audit", args)
 
 
 class OpenAPI(Base):

@@ -50,20 +50,24 @@ halite`` nor ``event_return: halite``, and no halite engine).
 """
 
 import logging
+import re
+import textwrap
 
 import salt.client
 import salt.config
 import salt.exceptions
 import salt.minion
+import salt.utils.args
 
 try:
     from sqlalchemy.exc import DBAPIError
 
+    from halite_core.api import AuditFilter, JobsQuery
     from halite_core.bounded import call_within
     from halite_core.config import Settings, jid_utc_for
     from halite_core.errors import HaliteError
     from halite_core.jobcache import JobStore
-    from halite_core.live import live_limit, live_page, running_jids
+    from halite_core.live import live_page, running_jids
     from halite_core.own_runners import feed_warning
     from halite_core.permissions import policy_from_opts
     from halite_core.service import Service, flag_arg
@@ -193,81 +197,33 @@ def _for_terminal(method, data, outputter):
     return {**data, "outputter": outputter}
 
 
-def jobs(
-    limit=50,
-    fun=None,
-    target=None,
-    user=None,
-    status=None,
-    minion=None,
-    search=None,
-    start=None,
-    end=None,
-    include_system=False,
-    cursor=None,
-    live=False,
-    master=None,
-):
+def jobs(**kwargs):
     """
     List jobs, newest first: ``{"jobs": [...], "next": <cursor or None>}``. Bad arguments
     give ``{"error": "<what is wrong>", "retcode": 1}`` and a non-zero exit.
 
-    limit
-        Jobs per page, 1 to 500 (default 50).
-    fun, target
-        Shell globs (``*``, ``?``) on the function and on the target.
-    user
-        The Salt user who published the job, exactly.
-    status
-        ``running`` or ``complete``.
-    minion
-        Jobs that targeted, or returned from, this minion.
-    search
-        Text at the start of the jid, or anywhere in the function, target or user
-        (ignoring ASCII case).
-    start, end
-        ISO 8601 times (UTC when no offset is given): jobs started at or after
-        ``start`` and before ``end``.
-    include_system
-        Also list Salt's own bookkeeping jobs (``saltutil.find_job``, ...).
-    cursor
-        The ``next`` value of the previous page.
-    master
-        Jobs published by this master (its ``id``), where several masters share one
-        database.
-    live
-        Bypass the index: read the newest ``limit`` jobs (at most 500) from the master's
-        job cache and ask every minion which jobs it is running (``saltutil.running``).
-        For the rare case where the index is suspect; the other filters do not apply.
+    The arguments are halite's job filter, the same as the query parameters of the HTTP
+    API's ``GET /api/jobs`` (both are read from one definition, ``halite_core.api``):
+
+    ARGUMENTS
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run halite.jobs fun='state.*' user=sudo_alice
+        salt-run halite.jobs minion=web1 status=running limit=20 --out=json
         salt-run halite.jobs cursor=MjAyNi0xMS0yOFQxMjowMDowMCswMDowMHwyMDI2MTEyODEyMDAwMDAwMDAwMA
+        salt-run halite.jobs live=True limit=20
     """
+    asked = salt.utils.args.clean_kwargs(**kwargs)  # without Salt's __pub_* keys
     try:
-        live = flag_arg("live", live)
+        live = flag_arg("live", asked.pop("live", False))
     except HaliteError as exc:
         return _failed(str(exc))
     if live:
-        try:
-            service = _service()
-            try:
-                scope = service.view_scope(_caller(), "jobs", {"live": True, "limit": limit})
-            finally:
-                service.close()
-        except HaliteError as exc:
-            return _failed(str(exc))
-        except (DBAPIError, SchemaError, OSError) as exc:
-            return _failed(_unusable_database(exc))
-        return _live_jobs(limit, scope)
-    return _call(
-        "jobs", limit=limit, fun=fun, target=target, user_filter=user, status=status,
-        minion=minion, search=search, start=start, end=end, include_system=include_system,
-        cursor=cursor, master=master, outputter="halite_jobs",
-    )  # fmt: skip
+        return _live_jobs(asked)
+    return _call("jobs", asked, outputter="halite_jobs")
 
 
 def job(jid):
@@ -339,12 +295,15 @@ def kill(jid):
     return _call("kill", jid)
 
 
-def audit_log(user=None, action=None, decision=None, start=None, end=None, limit=50, cursor=None):
+def audit_log(**kwargs):
     """
     The audit log, newest first: ``{"entries": [...], "next": <cursor or None>}``. Each
     entry: ``id``, ``at``, ``user``, ``action`` (``kill``, ``jobs``, ``job``, ...),
     ``resource``, ``jid``, ``decision`` (``allow``/``deny``), ``outcome`` and the
-    ``arguments`` with secrets redacted. Needs ``view:audit:*``.
+    ``arguments`` with secrets redacted. Needs ``view:audit:*``. The arguments, as the
+    query parameters of ``GET /api/audit``:
+
+    ARGUMENTS
 
     CLI Example:
 
@@ -352,17 +311,23 @@ def audit_log(user=None, action=None, decision=None, start=None, end=None, limit
 
         salt-run halite.audit user=sudo_bob decision=deny --out=json
     """
-    return _call(
-        "audit", user_filter=user, action=action, decision=decision, start=start, end=end,
-        limit=limit, cursor=cursor,
-    )  # fmt: skip
+    return _call("audit", salt.utils.args.clean_kwargs(**kwargs))
 
 
-def _live_jobs(limit, scope):
+def _live_jobs(asked):
+    """The live listing: every argument is checked (after the permission, as for a
+    listing from the index); only ``limit`` applies."""
     try:
-        size = live_limit(limit)
+        service = _service()
+        try:
+            scope = service.view_scope(_caller(), "jobs", {"live": True, **asked})
+        finally:
+            service.close()
+        size = JobsQuery.parse({**asked, "live": True}).limit
     except HaliteError as exc:
         return _failed(str(exc))
+    except (DBAPIError, SchemaError, OSError) as exc:
+        return _failed(_unusable_database(exc))
     cache = __opts__["master_job_cache"]
     with salt.minion.MasterMinion(__opts__) as mminion:
         found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
@@ -376,3 +341,21 @@ def _live_jobs(limit, scope):
     utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
     page = live_page(found, running_jids(answers), scope, utc, __opts__.get("id"))
     return _for_terminal("jobs", page, "halite_jobs")
+
+
+def _documented(function, model):
+    """The function's docstring with ``ARGUMENTS`` replaced by the model's fields, each
+    with its description and default, as Salt's runner documentation shows them."""
+    lines = []
+    for name, field in model.model_fields.items():
+        text = re.sub(r"`([^`]+)`", r"``\1``", field.description or "")
+        if field.default not in (None, False):
+            text += f" Default: ``{field.default}``."
+        lines.append(f"    {name}")
+        lines.extend(textwrap.wrap(text, 84, initial_indent=" " * 8, subsequent_indent=" " * 8))
+    function.__doc__ = function.__doc__.replace("    ARGUMENTS\n", "\n".join(lines) + "\n")
+
+
+if HAS_HALITE:
+    _documented(jobs, JobsQuery)
+    _documented(audit_log, AuditFilter)
