@@ -374,7 +374,7 @@ def test_settling_while_a_return_batch_commits_counts_both(store, settings, sett
     publish(store, JID, minions=("m1", "m2"))
     engine = JobStore(settings, db=Database(store.db.url.render_as_string(False)))
     with store.db.write() as conn:  # the worker's batch, held open
-        store._apply_items(conn, store.items_for("save_return", ret(JID, "m2")))
+        store.writes._apply_items(conn, store.items_for("save_return", ret(JID, "m2")))
         if settle == "no_return":
             work = lambda: engine.apply_items([NoReturnItem(JID, ["m1"], utcnow())])  # noqa: E731
         else:

@@ -64,7 +64,7 @@ import salt.utils.event
 try:
     from halite_core.active import ActiveJobs, EngineOptions
     from halite_core.config import Settings, jid_utc_for
-    from halite_core.jobcache import JobStore
+    from halite_core.jobcache import get_store
     from halite_core.permissions import policy_from_opts
     from halite_core.service import Service
 
@@ -107,9 +107,9 @@ def build(options):
         log.info("halite engine: asking %s whether they still run %s", ", ".join(minions), jid)
         return client.cmd_async(minions, "saltutil.find_job", [jid], tgt_type="list") or None
 
-    return ActiveJobs(
-        JobStore(settings), EngineOptions.from_config(options, defaults), send_find_job
-    )
+    store = get_store(settings)
+    store.committer(engine=True)  # this process commits every journal of the master
+    return ActiveJobs(store, EngineOptions.from_config(options, defaults), send_find_job)
 
 
 def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
@@ -135,7 +135,7 @@ def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
 
 
 def _publish_bus(publish, tag, data):
-    from halite_core.web import bus_event
+    from halite_core.http.stream import bus_event
 
     streamed = bus_event(tag, data)
     if streamed is not None:
@@ -151,7 +151,8 @@ def serve_http(config):
 
     import salt.auth
 
-    from halite_core.web import HttpOptions, WebApp
+    from halite_core.http.app import WebApp
+    from halite_core.http.options import HttpOptions
 
     if config is None or config is False:
         return None
@@ -199,7 +200,7 @@ def serve_http(config):
         return live_page(found, running_jids(answers), scope, settings.jid_utc,
                          __opts__.get("id"))  # fmt: skip
 
-    service = Service(JobStore(settings), policy_from_opts(__opts__), __opts__.get("id"),
+    service = Service(get_store(settings), policy_from_opts(__opts__), __opts__.get("id"),
                       send_kill)  # fmt: skip
     app = WebApp(service, authenticate, live_jobs, default_eauth=options.eauth,
                  request_timeout=options.request_timeout, salt_timeout=gather_timeout)  # fmt: skip
@@ -229,4 +230,5 @@ def start(**options):
             run_once(engine, bus, publish=publish)
     finally:
         engine.flush()
+        engine.store.close()
         bus.destroy()
