@@ -1,8 +1,12 @@
 """The HTTP API on a real server (in a thread, on loopback) over halite's own service.
 
-Salt's external auth is the engine's to call (tests/integration/test_http.py logs in
-through Salt's `auto` eauth); here a function accepting one password stands in for it."""
+Sessions are Salt's own tokens, made and checked by a real ``salt.auth.LoadAuth`` with a
+master's opts in a temporary directory and Salt's `auto` eauth enabled (as Salt's own
+auth tests do). `auto` takes any password, so most tests put a function accepting one
+password in front of it, standing in for PAM (tests/integration/test_http.py logs in
+through a real master); the tests of the sessions themselves use Salt's eauth alone."""
 
+import copy
 import http.client
 import json
 import re
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from halite_core.http.app import WebApp
+from halite_core.http.sessions import SaltSessions
 from halite_core.http.stream import bus_event
 from halite_core.permissions import Policy
 from halite_core.service import Service
@@ -27,6 +32,44 @@ POLICY = {
 }
 
 
+def master_opts(root, **options):
+    """A master's opts in ``root``: Salt's defaults, `auto` eauth granting every user
+    something (``options`` may say otherwise), tokens in ``cachedir``."""
+    import salt.config
+
+    opts = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
+    opts.update(root_dir=str(root), cachedir=str(root / "cache"), pki_dir=str(root / "pki"),
+                sock_dir=str(root / "sock"), extension_modules=str(root / "extmods"), id="m1",
+                __role="master", external_auth={"auto": {"*": ["@runner"]}})  # fmt: skip
+    opts.update(options)
+    return opts
+
+
+class PasswordSessions(SaltSessions):
+    """Salt's tokens, Salt's `auto` eauth, and ``authenticate`` before it: a test's
+    stand-in for a real external auth (a wrong password, a slow refusal)."""
+
+    def __init__(self, opts, authenticate):
+        super().__init__(opts)
+        self.authenticate = authenticate
+
+    def login(self, username, password, eauth):
+        if not self.authenticate(username, password, eauth):
+            return None
+        return super().login(username, password, eauth)
+
+
+@pytest.fixture
+def salt_opts(tmp_path):
+    return master_opts(tmp_path / "master")
+
+
+@pytest.fixture
+def sessions(salt_opts):
+    """``sessions(authenticate)``: Salt's token sessions behind that password check."""
+    return lambda authenticate: PasswordSessions(salt_opts, authenticate)
+
+
 def two_jobs(store):
     """test.sleep still running on b; grains.items complete."""
     publish(store, "20261128120000000001", fun="test.sleep", minions=["a", "b"])
@@ -36,7 +79,7 @@ def two_jobs(store):
 
 
 @pytest.fixture
-def server(store):
+def server(store, sessions):
     kills = []
 
     def send_kill(jid, minions):
@@ -45,7 +88,7 @@ def server(store):
 
     service = Service(store, Policy.from_config(POLICY["roles"], POLICY["users"], "salt"),
                       "m1", send_kill)  # fmt: skip
-    app = WebApp(service, lambda user, password, eauth: password == "secret", None, "auto")
+    app = WebApp(service, sessions(right_password), None, "auto")
     port = free_port()
     app.serve_in_thread("127.0.0.1", port)
     two_jobs(store)
@@ -298,14 +341,14 @@ def right_password(user, password, eauth):
     return password == "secret"
 
 
-def test_a_flood_of_wrong_passwords_throttles_that_user_name(store):
+def test_a_flood_of_wrong_passwords_throttles_that_user_name(store, sessions):
     """Failed logins back off per user name: the flood's name waits, from anywhere, and
     everyone else logs in, also from the flood's address; each failure is audited,
     without its password."""
     from halite_core.http import limits
 
     clock = Clock()
-    app = started(WebApp(policy_service(store), right_password, None, "auto",
+    app = started(WebApp(policy_service(store), sessions(right_password), None, "auto",
                          throttle=limits.LoginThrottle(clock=clock)))  # fmt: skip
     try:
         flood = [log_in_from(app, "127.0.0.1", "vic", f"guess-{n}") for n in range(12)]
@@ -334,7 +377,7 @@ def test_a_flood_of_wrong_passwords_throttles_that_user_name(store):
         stopped(app)
 
 
-def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
+def test_slow_refusals_for_one_user_never_hold_up_other_logins(store, sessions):
     """Salt's external auth can take seconds to refuse (PAM: about 2 s). One user name or
     address has at most LOGINS_PER_KEY logins waiting for it; the rest are turned away at
     once, and other people's logins find a free thread."""
@@ -348,7 +391,7 @@ def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
             release.wait(30)  # a slow refusal, held until the test lets it go
         return password == "secret"
 
-    app = started(WebApp(policy_service(store), authenticate, None, "auto"))
+    app = started(WebApp(policy_service(store), sessions(authenticate), None, "auto"))
     try:
         flood = [
             threading.Thread(target=lambda: answers.append(
@@ -372,7 +415,7 @@ def test_slow_refusals_for_one_user_never_hold_up_other_logins(store):
         stopped(app)
 
 
-def test_past_logins_waiting_a_login_is_turned_away_at_once(store):
+def test_past_logins_waiting_a_login_is_turned_away_at_once(store, sessions):
     """However spread out, at most LOGINS_WAITING logins wait for the external auth;
     past that a login is answered 429 at once instead of queueing."""
     from halite_core.http import limits
@@ -384,7 +427,7 @@ def test_past_logins_waiting_a_login_is_turned_away_at_once(store):
             release.wait(30)
         return password == "secret"
 
-    app = started(WebApp(policy_service(store), authenticate, None, "auto"))
+    app = started(WebApp(policy_service(store), sessions(authenticate), None, "auto"))
     try:
         token = login(app, "vic")
         answers = []
@@ -437,7 +480,7 @@ def test_the_login_throttle_counts_a_name_however_spelled_and_a_host_by_its_addr
     assert keys("a", "::ffff:192.0.2.1")[1] == keys("a", "192.0.2.1")[1]
 
 
-def test_live_listings_never_hold_up_plain_reads(store):
+def test_live_listings_never_hold_up_plain_reads(store, sessions):
     """Live listings (each asks every minion) run on their own threads, one per user at a
     time and LIVE_CALLS in all; plain reads answer while they wait."""
     from halite_core.http import limits
@@ -451,7 +494,7 @@ def test_live_listings_never_hold_up_plain_reads(store):
 
     users = [f"viewer{n}" for n in range(limits.LIVE_CALLS + 1)]
     two_jobs(store)
-    app = started(WebApp(policy_service(store, *users), right_password, live, "auto"))
+    app = started(WebApp(policy_service(store, *users), sessions(right_password), live, "auto"))
     tokens = {user: login(app, user) for user in users}
     answers = {}
 
@@ -484,7 +527,7 @@ def test_live_listings_never_hold_up_plain_reads(store):
         stopped(app)
 
 
-def test_https_with_a_certificate(store, tmp_path):
+def test_https_with_a_certificate(store, tmp_path, sessions):
     """certfile/keyfile serve the API over TLS (a self-signed certificate made here)."""
     import datetime as dt
     import ssl
@@ -509,7 +552,7 @@ def test_https_with_a_certificate(store, tmp_path):
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))  # fmt: skip
     service = Service(store, Policy.from_config({}, {"vic": ["viewer"]}, "salt"), "m1")
-    app = WebApp(service, lambda user, password, eauth: True)
+    app = WebApp(service, sessions(lambda user, password, eauth: True))
     port = free_port()
     app.serve_in_thread("127.0.0.1", port, {"certfile": str(certfile), "keyfile": str(keyfile)})
     try:
@@ -570,7 +613,7 @@ def frozen_postgresql(pg_server):
 
 
 @postgresql_only("freezes the PostgreSQL server (SIGSTOP); SQLite's readers never wait")
-def test_a_frozen_database_gets_a_bounded_503(store, pg_server):
+def test_a_frozen_database_gets_a_bounded_503(store, pg_server, sessions):
     """A database that does not answer at all (no error, no timeout of its own): every
     request is answered 503 within its bound; a kill may still be carried out, audited."""
     two_jobs(store)
@@ -580,8 +623,8 @@ def test_a_frozen_database_gets_a_bounded_503(store, pg_server):
         sent.append(jid)
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 
-    app = started(WebApp(policy_service(store, send_kill=send_kill), right_password, None,
-                         "auto", request_timeout=1, salt_timeout=0.5))  # fmt: skip
+    app = started(WebApp(policy_service(store, send_kill=send_kill), sessions(right_password),
+                         None, "auto", request_timeout=1, salt_timeout=0.5))  # fmt: skip
     try:
         vic, olga = login(app, "vic"), login(app, "olga")
         assert call(app, "GET", "/api/jobs", vic)[0] == 200
@@ -607,9 +650,9 @@ def test_a_frozen_database_gets_a_bounded_503(store, pg_server):
 
 
 @postgresql_only("stops the PostgreSQL server")
-def test_a_stopped_database_gets_a_clear_503(store, pg_server):
+def test_a_stopped_database_gets_a_clear_503(store, pg_server, sessions):
     two_jobs(store)
-    app = started(WebApp(policy_service(store), right_password, None, "auto"))
+    app = started(WebApp(policy_service(store), sessions(right_password), None, "auto"))
     try:
         vic = login(app, "vic")
         assert call(app, "GET", "/api/jobs", vic)[0] == 200
@@ -661,10 +704,10 @@ def test_http_options_are_checked(tmp_path):
             HttpOptions.from_config(config)
 
 
-def test_unusable_tls_files_fail_at_start_with_a_clear_error(store, tmp_path):
+def test_unusable_tls_files_fail_at_start_with_a_clear_error(store, tmp_path, sessions):
     from halite_core.config import ConfigError
 
-    app = WebApp(policy_service(store), right_password)
+    app = WebApp(policy_service(store), sessions(right_password))
     missing = {"certfile": str(tmp_path / "no.crt"), "keyfile": str(tmp_path / "no.key")}
     with pytest.raises(ConfigError, match="http: cannot read certfile .*no.crt"):
         app.serve_in_thread("127.0.0.1", free_port(), missing)
@@ -675,7 +718,7 @@ def test_unusable_tls_files_fail_at_start_with_a_clear_error(store, tmp_path):
                             {"certfile": str(garbage), "keyfile": str(garbage)})  # fmt: skip
 
 
-def test_the_port_already_taken_fails_at_start_with_a_clear_error(store):
+def test_the_port_already_taken_fails_at_start_with_a_clear_error(store, sessions):
     import socket
 
     from halite_core.config import ConfigError
@@ -684,7 +727,7 @@ def test_the_port_already_taken_fails_at_start_with_a_clear_error(store):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        app = WebApp(policy_service(store), right_password)
+        app = WebApp(policy_service(store), sessions(right_password))
         with pytest.raises(ConfigError, match=f"http: cannot listen on 127.0.0.1:{port}"):
             app.serve_in_thread("127.0.0.1", port)
 
@@ -744,7 +787,7 @@ def test_the_engine_serves_http_with_defaults_when_given_an_empty_mapping(tmp_pa
 # ---------------------------------------------------------------- found in review
 
 
-def test_a_flood_from_ten_addresses_leaves_room_for_clean_logins(store):
+def test_a_flood_from_ten_addresses_leaves_room_for_clean_logins(store, sessions):
     """Ten client addresses, each with failed logins behind it and two more waiting for a
     slow external auth (PAM: about 2 s a failure): a right password for a user whose name
     and address never failed logs in at once. Logins with a recent failure behind their
@@ -756,7 +799,7 @@ def test_a_flood_from_ten_addresses_leaves_room_for_clean_logins(store):
             release.wait(30)  # a slow refusal, held until the test lets it go
         return password == "secret"
 
-    app = started(WebApp(policy_service(store), authenticate, None, "auto"))
+    app = started(WebApp(policy_service(store), sessions(authenticate), None, "auto"))
     flood = [f"127.0.0.{10 + n}" for n in range(10)]
     try:
         for address in flood:
@@ -781,13 +824,13 @@ def test_a_flood_from_ten_addresses_leaves_room_for_clean_logins(store):
         stopped(app)
 
 
-def test_failures_of_a_few_names_lock_those_names_not_their_address(store):
+def test_failures_of_a_few_names_lock_those_names_not_their_address(store, sessions):
     """SSH tunnels and local proxies give every user the same address (127.0.0.1): failures
     for one user name, or a few, lock those names and the others log in from there; an
     address is locked only when its failures spread over many names."""
     from halite_core.http import limits
 
-    app = started(WebApp(policy_service(store), right_password, None, "auto",
+    app = started(WebApp(policy_service(store), sessions(right_password), None, "auto",
                          throttle=limits.LoginThrottle(clock=Clock())))  # fmt: skip
     try:
         allowed = limits.LoginThrottle.FAILURES
@@ -819,13 +862,13 @@ def log_in_through_proxy(app, user, password, headers):
         return exc.code
 
 
-def test_behind_a_proxy_only_the_header_the_operator_names_counts(store):
+def test_behind_a_proxy_only_the_header_the_operator_names_counts(store, sessions):
     """A proxy that appends to X-Forwarded-For (nginx's $proxy_add_x_forwarded_for,
     HAProxy's forwardfor) passes on what the client sent: its X-Real-Ip and the left of
     X-Forwarded-For are the client's to forge. Only the right-most address counts."""
     from halite_core.http import limits
 
-    app = WebApp(policy_service(store), right_password, None, "auto",
+    app = WebApp(policy_service(store), sessions(right_password), None, "auto",
                  throttle=limits.LoginThrottle(clock=Clock()))  # fmt: skip
     port = free_port()
     app.serve_in_thread("127.0.0.1", port, proxy_headers="x-forwarded-for")
@@ -849,8 +892,8 @@ def test_behind_a_proxy_only_the_header_the_operator_names_counts(store):
         stopped(app)
 
 
-def test_behind_a_proxy_that_sets_x_real_ip_only_that_header_counts(store):
-    app = WebApp(policy_service(store), right_password, None, "auto")
+def test_behind_a_proxy_that_sets_x_real_ip_only_that_header_counts(store, sessions):
+    app = WebApp(policy_service(store), sessions(right_password), None, "auto")
     port = free_port()
     app.serve_in_thread("127.0.0.1", port, proxy_headers="x-real-ip")
     app.base = f"http://127.0.0.1:{port}"
@@ -889,7 +932,7 @@ def test_query_values_reach_the_service_as_sent(server):
     assert status == 400 and "user must not contain a NUL character" in body["error"]
 
 
-def test_kills_waiting_for_minions_have_threads_of_their_own(store):
+def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
     """Kills wait for the minions (gather_job_timeout for one that is down), on threads of
     their own with a limit per user: plain reads answer while they wait, and a kill that
     never got a thread is answered 503 saying it was not carried out, and never is."""
@@ -905,7 +948,7 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store):
         publish(store, jid, fun="test.sleep", minions=["down1"])
     store.flush()
     service = policy_service(store, send_kill=send_kill, operators=("otto",))
-    app = started(WebApp(service, right_password, None, "auto", request_timeout=1,
+    app = started(WebApp(service, sessions(right_password), None, "auto", request_timeout=1,
                          salt_timeout=1))  # fmt: skip
     olga, otto = login(app, "olga"), login(app, "otto")
     held = [
@@ -939,14 +982,14 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store):
         stopped(app)
 
 
-def test_a_live_listing_answered_503_keeps_its_slot_until_its_thread_is_free(store):
+def test_a_live_listing_answered_503_keeps_its_slot_until_its_thread_is_free(store, sessions):
     release = threading.Event()
 
     def live(limit, scope):
         release.wait(60)  # every minion asked, one is down
         return {"jobs": [], "next": None, "live": True}
 
-    app = started(WebApp(policy_service(store), right_password, live, "auto",
+    app = started(WebApp(policy_service(store), sessions(right_password), live, "auto",
                          request_timeout=0.5, salt_timeout=0.5))  # fmt: skip
     try:
         olga = login(app, "olga")
@@ -961,7 +1004,7 @@ def test_a_live_listing_answered_503_keeps_its_slot_until_its_thread_is_free(sto
         stopped(app)
 
 
-def test_a_login_answered_503_keeps_its_slot_until_the_external_auth_answers(store):
+def test_a_login_answered_503_keeps_its_slot_until_the_external_auth_answers(store, sessions):
     release = threading.Event()
 
     def authenticate(user, password, eauth):
@@ -969,7 +1012,8 @@ def test_a_login_answered_503_keeps_its_slot_until_the_external_auth_answers(sto
             release.wait(60)  # an external auth that hangs
         return password == "secret"
 
-    app = started(WebApp(policy_service(store), authenticate, None, "auto", request_timeout=0.5))
+    app = started(WebApp(policy_service(store), sessions(authenticate), None, "auto",
+                         request_timeout=0.5))  # fmt: skip
     try:
         for _ in range(2):  # LOGINS_PER_KEY
             assert log_in_from(app, "127.0.0.1", "x", "slow")[0] == 503
@@ -988,3 +1032,160 @@ def test_a_deeply_nested_login_body_is_a_bad_request(server):
         status, body = call(server, "POST", "/api/login", raw=raw)
         assert status == 400, body
     assert login(server, "vic")  # and logins go on
+
+
+# ------------------------------------------------- sessions are Salt's tokens (salt-api's)
+
+
+def salt_app(store, opts, **kwargs):
+    """A started app whose logins are Salt's alone: its `auto` eauth and external_auth."""
+    return started(WebApp(policy_service(store), SaltSessions(opts), None, "auto", **kwargs))
+
+
+def salt_api_token(opts, user, **load):
+    """A token as salt-api's /login makes it: LoadAuth.mk_token with the master's opts."""
+    import salt.auth
+
+    with salt.auth.LoadAuth(opts) as load_auth:
+        return load_auth.mk_token({"eauth": "auto", "username": user, "password": "x", **load})
+
+
+def token_data(opts, token):
+    """What Salt's token store holds for ``token`` ({} once it is gone or expired)."""
+    import salt.auth
+
+    with salt.auth.LoadAuth(opts) as load_auth:
+        return load_auth.get_tok(token)
+
+
+def test_a_login_is_a_salt_token_that_lasts_token_expire(store, tmp_path):
+    opts = master_opts(tmp_path / "master", token_expire=3600)
+    app = salt_app(store, opts)
+    try:
+        status, me = call(app, "POST", "/api/login", body={"username": "olga", "password": "x"})
+        assert status == 200, me
+        stored = token_data(opts, me["token"])
+        assert (stored["name"], stored["eauth"]) == ("olga", "auto")
+        assert round(stored["expire"] - stored["start"]) == 3600  # two calls of time.time()
+        assert call(app, "GET", "/api/me", me["token"])[1]["user"] == "olga"
+    finally:
+        stopped(app)
+
+
+def test_an_expired_token_is_refused(store, tmp_path):
+    """A token past its expiry (made here with its expiry in the past, as a user allowed
+    to choose token_expire can) is no session, and Salt removes it."""
+    opts = master_opts(tmp_path / "master", token_expire_user_override=True)
+    expired = salt_api_token(opts, "olga", token_expire=-60)["token"]
+    app = salt_app(store, opts)
+    try:
+        status, body = call(app, "GET", "/api/jobs", expired)
+        assert (status, body) == (401, {"error": "log in first: POST /api/login"})
+        assert token_data(opts, expired) == {}
+    finally:
+        stopped(app)
+
+
+def test_a_session_outlives_a_restart_of_the_engine(store, tmp_path):
+    opts = master_opts(tmp_path / "master")
+    first = salt_app(store, opts)
+    try:
+        token = login(first, "vic")
+    finally:
+        stopped(first)
+    again = salt_app(store, opts)  # a new engine process: nothing in memory
+    try:
+        status, page = call(again, "GET", "/api/jobs", token)
+        assert status == 200, page
+        assert call(again, "GET", "/api/me", token)[1]["user"] == "vic"
+    finally:
+        stopped(again)
+
+
+def test_a_salt_api_token_works_and_logout_removes_it(store, tmp_path):
+    opts = master_opts(tmp_path / "master")
+    token = salt_api_token(opts, "olga")["token"]
+    two_jobs(store)
+    app = salt_app(store, opts)
+    try:
+        status, page = call(app, "GET", "/api/jobs", token)
+        assert status == 200, page
+        assert len(page["jobs"]) == 2
+        request = urllib.request.Request(app.base + "/api/me")
+        request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["user"] == "olga"
+        assert call(app, "POST", "/api/logout", token)[0] == 200
+        assert token_data(opts, token) == {}  # salt-api's session of it ends too
+        assert call(app, "GET", "/api/me", token)[0] == 401
+    finally:
+        stopped(app)
+
+
+def test_salts_eauth_checks_apply_to_logins_and_tokens(store, tmp_path):
+    """As today: a right password is not enough, the user (or a group) must be granted
+    something under external_auth:<eauth>; a token of a user who is not (salt-api's
+    /login does not check), or of an eauth no longer enabled, is no session either."""
+    opts = master_opts(tmp_path / "master", external_auth={"auto": {"olga": ["@runner"]}})
+    app = salt_app(store, opts)
+    try:
+        assert call(app, "POST", "/api/login", body={"username": "olga", "password": "x"})[0] == 200
+        status, body = call(app, "POST", "/api/login",
+                            body={"username": "mallory", "password": "x"})  # fmt: skip
+        assert (status, body) == (401, {"error": "authentication failed"})
+        status, _ = call(app, "POST", "/api/login",
+                         body={"username": "olga", "password": "x", "eauth": "pam"})  # fmt: skip
+        assert status == 401  # not enabled on this master
+        ungranted = salt_api_token(opts, "mallory")["token"]
+        assert call(app, "GET", "/api/me", ungranted)[0] == 401
+        granted = salt_api_token(opts, "olga")["token"]
+    finally:
+        stopped(app)
+    disabled = salt_app(store, master_opts(tmp_path / "master", external_auth={"pam": {}}))
+    try:
+        assert call(disabled, "GET", "/api/me", granted)[0] == 401
+    finally:
+        stopped(disabled)
+
+
+def test_unknown_and_forged_tokens_are_refused_and_touch_nothing(store, tmp_path):
+    """A token is looked up by file name in Salt's cache: one that is not a token's shape
+    ("../" in it) never reaches the store, so it cannot read (or, as an expired token,
+    remove) another file of the master's cache."""
+    opts = master_opts(tmp_path / "master")
+    victim = Path(opts["cachedir"]) / "victim.p"
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"the master's own cache file")
+    app = salt_app(store, opts)
+    try:
+        for token in ("0" * 64, "../victim", "forged-token", "a" * 300):
+            status, body = call(app, "GET", "/api/jobs", token)
+            assert (status, body) == (401, {"error": "log in first: POST /api/login"}), token
+            assert call(app, "POST", "/api/logout", token)[0] == 200
+        assert victim.read_bytes() == b"the master's own cache file"
+    finally:
+        stopped(app)
+
+
+def test_a_token_store_that_hangs_gets_a_bounded_503(store, salt_opts):
+    """Tokens are looked up on threads of their own, within request_timeout."""
+    release = threading.Event()
+
+    class Hanging(SaltSessions):
+        def find(self, token):
+            release.wait(60)  # a cache backend that does not answer
+            return super().find(token)
+
+    app = started(WebApp(policy_service(store), Hanging(salt_opts), None, "auto",
+                         request_timeout=0.5))  # fmt: skip
+    try:
+        token = login(app, "vic")
+        status, body, headers = call_from(app, "127.0.0.1", "GET", "/api/jobs", token)
+        assert status == 503, body
+        assert body["error"] == "Salt's token store did not answer within 0.5 s"
+        assert int(headers["Retry-After"]) > 0
+        release.set()
+        assert call(app, "GET", "/api/me", token)[1]["user"] == "vic"
+    finally:
+        release.set()
+        stopped(app)

@@ -45,6 +45,7 @@ from halite_core.http.limits import (
     LOGINS_WAITING,
     REQUEST_TIMEOUT,
     SALT_TIMEOUT,
+    SESSION_THREADS,
     SUSPECT_THREADS,
     SUSPECT_WAITING,
     Busy,
@@ -53,8 +54,8 @@ from halite_core.http.limits import (
     Unavailable,
 )
 from halite_core.http.options import _proxy_header
-from halite_core.http.sessions import Sessions
-from halite_core.http.stream import Hub, Stream
+from halite_core.http.sessions import Session, Sessions
+from halite_core.http.stream import ENDED, Hub, Stream
 from halite_core.queries import QueryError
 from halite_core.service import Service
 
@@ -64,13 +65,12 @@ STATIC = Path(__file__).parent.parent / "static"
 MAX_BODY = 64 * 1024
 
 
-Authenticate = Callable[[str, str, str], bool]
 LiveLister = Callable[[object, "tuple[str, ...] | None"], Mapping[str, Any]]
 T = TypeVar("T")
 
 
 class WebApp:
-    """The application: a service, sessions, the event hub and Salt's authentication.
+    """The application: a service, the sessions (Salt's tokens), the event hub.
 
     ``request_timeout`` bounds how long a request waits for the database, ``salt_timeout``
     how much longer a kill or a live listing waits for the minions; past the bound the
@@ -81,7 +81,7 @@ class WebApp:
     def __init__(
         self,
         service: Service,
-        authenticate: Authenticate,
+        sessions: Sessions,
         live_jobs: LiveLister | None = None,
         default_eauth: str = "pam",
         *,
@@ -90,16 +90,21 @@ class WebApp:
         throttle: LoginThrottle | None = None,
     ) -> None:
         self.service = service
-        self.authenticate = authenticate
+        self.sessions = sessions
         self.live_lister = live_jobs
         self.default_eauth = default_eauth
         self.request_timeout = request_timeout
         self.salt_timeout = salt_timeout
-        self.sessions = Sessions()
         self.hub = Hub()
+        # The open event streams of each token, so that a logout here ends them at once.
+        self.streams: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self.throttle = throttle if throttle is not None else LoginThrottle()
         self.proxy_header: str | None = None  # set by serve()
         self.pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="halite-web")
+        # Every request looks its token up in Salt's token store, on threads of their own:
+        # a database that hangs must not keep anyone from being told so (nor logging out).
+        self.session_pool = ThreadPoolExecutor(SESSION_THREADS,
+                                               thread_name_prefix="halite-session")  # fmt: skip
         waiting = "a login for this user or from this address is already waiting for the" \
                   " external auth: try again shortly"  # fmt: skip
         self.login_slots = Slots(
@@ -121,6 +126,35 @@ class WebApp:
             f"{KILLS_PER_USER} kills of yours are still waiting for their minions: wait for"
             " an answer",
             "too many kills are waiting for their minions: try again shortly",
+        )  # fmt: skip
+
+    async def session(self, token: str | None) -> Session | None:
+        """The session of ``token`` (None: no token, unknown, expired or no longer
+        granted), from Salt's token store within ``request_timeout``; Unavailable when the
+        store did not answer, or failed (the log says why)."""
+        if not token:
+            return None
+        late = f"Salt's token store did not answer within {self.request_timeout:g} s"
+        try:
+            return await self.bounded(
+                self.session_pool, self.request_timeout, lambda: self.sessions.find(token), late
+            )
+        except Unavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a 503 that says where to look
+            log.error("halite http: Salt's token store failed: %s: %s", type(exc).__name__, exc)
+            raise Unavailable("Salt's token store failed; see the master's log") from None
+
+    async def log_out(self, token: str | None) -> None:
+        """End the token's event streams here, and remove it from Salt's token store
+        (within ``request_timeout``, else Unavailable)."""
+        if not token:
+            return
+        for queue in self.streams.pop(token, set()):
+            queue.put_nowait(ENDED)
+        await self.bounded(
+            self.session_pool, self.request_timeout, lambda: self.sessions.close(token),
+            f"Salt's token store did not answer within {self.request_timeout:g} s",
         )  # fmt: skip
 
     @property

@@ -18,6 +18,7 @@ from halite_core.api import ActivityQuery, AuditFilter, JobsQuery, TimelineQuery
 from halite_core.config import ConfigError
 from halite_core.http.contract import SPEC
 from halite_core.http.limits import RETRY_AFTER, Busy, Unavailable
+from halite_core.http.sessions import Session
 from halite_core.permissions import Denied
 from halite_core.queries import QueryError, UnknownJob
 from halite_core.service import flag_arg
@@ -77,8 +78,18 @@ class Base(tornado.web.RequestHandler):
         auth = self.request.headers.get("Authorization", "")
         return auth[7:] if auth.startswith("Bearer ") else None
 
-    def user(self) -> str | None:
-        return self.web.sessions.user(self.token())
+    async def session(self, token: str | None = None) -> Session | None:
+        """The session of ``token`` (by default the request's), or None after answering
+        401 (no token, or not a session: unknown, expired, logged out) or 503 (Salt's
+        token store did not answer)."""
+        try:
+            session = await self.web.session(token or self.token())
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+            return None
+        if session is None:
+            self.write_json(401, {"error": "log in first: POST /api/login"})
+        return session
 
     def args(self, allowed: tuple[str, ...]) -> dict[str, str] | None:
         """The query parameters as sent, or None (after answering 400) for one not in
@@ -111,12 +122,11 @@ class Base(tornado.web.RequestHandler):
     async def call(
         self, method: str, *args: Any, status: int = 200, kwargs: Mapping[str, Any] | None = None
     ) -> None:
-        user = self.user()
-        if user is None:
-            self.write_json(401, {"error": "log in first: POST /api/login"})
+        session = await self.session()
+        if session is None:
             return
         try:
-            data = await self.web.run(method, user, *args, **(kwargs or {}))
+            data = await self.web.run(method, session.user, *args, **(kwargs or {}))
         except Busy as exc:
             self.refuse(429, str(exc), exc.retry_after)
         except UnknownJob as exc:
@@ -166,16 +176,16 @@ class Login(Base):
             self.refuse(429, refusal, 1)
             return
         try:
-            ok = await web.bounded(
+            session = await web.bounded(
                 slots.pool, web.request_timeout,
-                lambda: web.authenticate(username, password, eauth),
+                lambda: web.sessions.login(username, password, eauth),
                 f"the external auth did not answer within {web.request_timeout:g} s",
                 done=slots.take(keys),
             )  # fmt: skip
         except Unavailable as exc:
             self.refuse(503, str(exc), RETRY_AFTER)
             return
-        if not ok:
+        if session is None:
             locked = web.throttle.failed(keys)
             reason = "authentication failed"
             if locked:
@@ -184,7 +194,7 @@ class Login(Base):
             self.write_json(401, {"error": "authentication failed"})
             return
         web.throttle.succeeded(keys[0])
-        self.write_json(200, {"token": web.sessions.open(username), **web.me(username)})
+        self.write_json(200, {"token": session.token, **web.me(session.user)})
 
 
 def _login_fields(body: bytes | None, default_eauth: str) -> tuple[str, str, str] | None:
@@ -203,18 +213,20 @@ def _login_fields(body: bytes | None, default_eauth: str) -> tuple[str, str, str
 
 
 class Logout(Base):
-    def post(self) -> None:
-        self.web.sessions.close(self.token())
+    async def post(self) -> None:
+        try:
+            await self.web.log_out(self.token())
+        except Unavailable as exc:
+            self.refuse(503, str(exc), RETRY_AFTER)
+            return
         self.write_json(200, {"ok": True})
 
 
 class Me(Base):
-    def get(self) -> None:
-        user = self.user()
-        if user is None:
-            self.write_json(401, {"error": "log in first: POST /api/login"})
-            return
-        self.write_json(200, self.web.me(user))
+    async def get(self) -> None:
+        session = await self.session()
+        if session is not None:
+            self.write_json(200, self.web.me(session.user))
 
 
 JOB_PARAMS = tuple(JobsQuery.model_fields)  # the query parameters are the models' fields

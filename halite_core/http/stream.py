@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,10 +12,13 @@ import tornado.iostream
 
 from halite_core.http.handlers import Base
 from halite_core.http.limits import RETRY_AFTER, Unavailable
+from halite_core.http.sessions import Session
 from halite_core.permissions import Denied
 from halite_core.store.writes import function_name
 
 KEEPALIVE_SECONDS = 15.0
+# Put into a stream's queue when its session is logged out: the stream ends.
+ENDED: dict[str, Any] = {"type": "ended"}
 
 
 class Hub:
@@ -67,35 +71,45 @@ def bus_event(tag: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 class Stream(Base):
+    """Server-Sent Events for one session. It ends with its session: at once on a logout
+    here, at the token's expiry, and at the next keep-alive once the token is gone from
+    Salt's store (logged out through salt-api, or on another master sharing the store)."""
+
     async def get(self) -> None:
+        # EventSource cannot send headers: the page passes its token in the query string
+        # (which the access log leaves out).
         token = self.token() or self.get_argument("token", None)
-        user = self.web.sessions.user(token)
-        if user is None:
-            self.write_json(401, {"error": "log in first: POST /api/login"})
+        session = await self.session(token)
+        if session is None:
             return
         try:  # the same check as the listings, audited when it refuses
-            await self.web.run("view_scope", user, "stream", {})
+            await self.web.run("view_scope", session.user, "stream", {})
         except Denied as denied:
             self.write_json(403, {"error": str(denied), "missing": denied.needed})
             return
         except Unavailable as exc:
             self.refuse(503, str(exc), RETRY_AFTER)
             return
-        grants = self.web.service.grants(user)
+        grants = self.web.service.grants(session.user)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         queue = self.web.hub.subscribe()
+        streams = self.web.streams.setdefault(session.token, set())
+        streams.add(queue)
         try:
             self.write(": halite job events\n\n")
             await self.flush()
             while True:
+                left = session.expire - time.time()
                 try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    event = await asyncio.wait_for(queue.get(), min(KEEPALIVE_SECONDS, left))
                 except asyncio.TimeoutError:
                     event = None
-                if self.web.sessions.user(token) != user:
-                    break  # logged out or expired: the stream ends with the session
+                if event is ENDED or time.time() >= session.expire:
+                    break  # logged out here, or expired: the stream ends with the session
                 if event is None:
+                    if not await self._still_valid(session):
+                        break
                     self.write(": keep-alive\n\n")
                     await self.flush()
                     continue
@@ -107,3 +121,14 @@ class Stream(Base):
             pass
         finally:
             self.web.hub.unsubscribe(queue)
+            streams.discard(queue)
+            if not streams and self.web.streams.get(session.token) is streams:
+                del self.web.streams[session.token]
+
+    async def _still_valid(self, session: Session) -> bool:
+        """Whether the token is still in Salt's store. A store that does not answer keeps
+        the stream until the next keep-alive (the token's expiry ends it regardless)."""
+        try:
+            return await self.web.session(session.token) is not None
+        except Unavailable:
+            return True
