@@ -622,6 +622,7 @@ def get_store(settings: Settings) -> JobStore:
     return _stores.get(settings)
 
 
-def flush_all() -> int:
-    """Commit every write this process has journalled, for every database."""
-    return sum(store.flush() for store in _stores.mine())
+def flush_all(timeout: float | None = None) -> int:
+    """Commit every write this process has journalled, for every database (waiting at
+    most ``timeout`` seconds for another process's committer, ``read_timeout`` if None)."""
+    return sum(store.flush(timeout) for store in _stores.mine())
