@@ -104,6 +104,32 @@ def test_api_through_salts_eauth_and_a_real_kill(web_master, web_minion):
     assert call(base, "GET", "/api/jobs?live=true&limit=501", bob)[0] == 400
 
 
+def test_sessions_are_the_masters_salt_tokens(web_master):
+    """A login is a token in the master's token store, as salt-api's are; a token the
+    master makes for salt-api (asked over its request server, as rest_cherrypy's /login
+    does) is a session of halite's API, with the same eauth checks; logging out of halite
+    removes it from the master."""
+    import salt.auth
+    import salt.config
+
+    base = web_master.base
+    resolver = salt.auth.Resolver(salt.config.master_config(web_master.config_file))
+    bob = login(base, "sudo_bob")
+    assert resolver.get_token(bob)["name"] == "sudo_bob"
+    made = resolver.mk_token({"eauth": "auto", "username": "sudo_carol", "password": "any"})
+    status, me = call(base, "GET", "/api/me", made["token"])
+    assert status == 200, me
+    assert me["user"] == "sudo_carol"
+    assert call(base, "GET", "/api/audit?limit=1", made["token"])[0] == 200  # an auditor's
+    assert call(base, "POST", "/api/logout", made["token"])[0] == 200
+    assert not resolver.get_token(made["token"])
+    assert call(base, "GET", "/api/me", made["token"])[0] == 401
+    # The master makes a token for any right password; halite also wants a grant under
+    # external_auth:auto, which root has not.
+    root = resolver.mk_token({"eauth": "auto", "username": "root", "password": "any"})
+    assert call(base, "GET", "/api/me", root["token"])[0] == 401
+
+
 def _states(base, token, jid):
     """the states of the job's minions"""
     status, detail = call(base, "GET", f"/api/jobs/{jid}", token)
