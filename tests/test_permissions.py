@@ -458,3 +458,38 @@ def test_more_secret_keys_are_redacted_at_any_depth(key):
 def test_keys_that_only_mention_a_secret_are_not_redacted(key):
     nested = {"outer": [{"deeper": {key: "visible"}}]}
     assert audit.redact(nested) == nested
+
+
+def test_a_kill_answers_its_typed_outcome(store):
+    from pydantic import TypeAdapter
+
+    from halite_core.api import AuditPage, KillOutcome
+    from tests.helpers import publish
+
+    def signal(jid, minions):
+        return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions[:1]}
+
+    publish(store, "20261128120000000001", fun="test.sleep", minions=["m1", "m2"])
+    service = _kill_service(store, signal)
+    answer = service.kill("kim", "20261128120000000001")
+    assert TypeAdapter(KillOutcome).validate_python(answer, strict=True) == answer
+    assert answer["status"] == "running" and answer["minions"]["m2"]["outcome"] == "no_answer"
+    page = service.audit("salt", {"action": "kill"})
+    assert TypeAdapter(AuditPage).validate_python(page, strict=True) == page
+
+
+def test_closing_a_service_commits_its_writes_and_keeps_the_shared_engine(store):
+    """A Service does not own the database engine (one per process, shared by every
+    store on that database): closing it commits what it journalled, nothing more."""
+    from tests.helpers import publish
+
+    publish(store, "20261128120000000001", fun="test.sleep", minions=["m1"])
+    service = _kill_service(store, lambda jid, minions: {})
+    with pytest.raises(Exception, match="kill:job"):
+        service.kill("mallory", "20261128120000000001")  # a denial, journalled
+    pool = store.db.engine.pool
+    service.close()
+    assert store.db.engine.pool is pool  # disposing the engine replaces its pool
+    with store.db.read() as conn:  # committed by close, not by a flush of the test's
+        entries = audit.list_entries(conn, action="kill")["entries"]
+    assert [e["user"] for e in entries] == ["mallory"]

@@ -574,3 +574,73 @@ def test_a_limit_of_true_is_not_one(index):
         _service(index).jobs("root", {"limit": True})
     with pytest.raises(QueryError, match="limit must be a number from 1 to 500"):
         _service(index).audit("root", {"limit": True})
+
+
+def test_a_minion_whose_states_failed_has_failed_as_the_recount_says(settings):
+    """A return too large to keep is stored truncated, but its states were counted as it
+    came in: the job's failed count counted the minion (states.minion_failed, in SQL),
+    and the detail now says so too (it read only the truncated return before)."""
+    import dataclasses
+
+    from halite_core.jobcache import JobStore
+    from halite_core.queries import job_detail
+
+    store = JobStore(dataclasses.replace(settings, max_return_bytes=100))
+    jid = "20261128120000000078"
+    states = {f"cmd_|-s{n}_|-false_|-run": {"result": n != 3, "comment": "x" * 50,
+                                           "changes": {}, "__run_num__": n}
+              for n in range(5)}  # fmt: skip
+    publish(store, jid, fun="state.apply", minions=["m1"])
+    store.save_return(ret(jid, "m1", states, fun="state.apply", retcode=0, success=True))
+    store.flush()
+    with store.db.read() as conn:
+        detail = job_detail(conn, jid)
+    store.db.dispose()
+    assert detail["minion_results"][0]["truncated"] is True
+    assert detail["minions"]["failed"] == 1
+    assert detail["minion_results"][0]["failed"] is True
+
+
+def test_the_answers_are_what_their_typed_models_say(index):
+    """The answers are built as typed dicts (no validation on the way out): here each
+    is checked against its model, strictly and with no key the model does not name."""
+    from pydantic import TypeAdapter
+
+    from halite_core.api import Activity, AuditPage, JobDetail, Page, Timeline
+
+    service = _service(index)
+    page = service.jobs("root", {"limit": 3, "include_system": "true"})
+    assert TypeAdapter(Page).validate_python(page, strict=True) == page
+    detail = service.job("root", page["jobs"][0]["jid"])
+    assert TypeAdapter(JobDetail).validate_python(detail, strict=True) == detail
+    hours = service.activity("root", 2)
+    assert TypeAdapter(Activity).validate_python(hours, strict=True) == hours
+    bars = service.timeline("root", "24h", "user")
+    assert TypeAdapter(Timeline).validate_python(bars, strict=True) == bars
+    log = service.audit("root")
+    assert TypeAdapter(AuditPage).validate_python(log, strict=True) == log
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"colour": "red"}, "unknown argument 'colour'; known: limit, fun, target"),
+        ({"user_filter": "bob"}, "unknown argument 'user_filter'"),
+        ({"include_system": "maybe"}, "include_system must be True or False, not 'maybe'"),
+        ({"fun": ["a", "b"]}, "fun must be text, not list"),
+        ({"status": ""}, "status must be one of running, complete, not ''"),
+        ({"fun": "x" * 1025}, "fun must be text of at most 1024 characters"),
+    ],
+)
+def test_the_filter_names_the_argument_it_refuses(index, arguments, message):
+    with pytest.raises(QueryError, match=message):
+        _service(index).jobs("root", arguments)
+
+
+def test_a_filter_given_as_text_or_as_values_is_the_same(index):
+    as_text = JobFilter.parse({"limit": "2", "include_system": "yes", "user": 1001,
+                               "start": "2026-11-28T12:00:00"})  # fmt: skip
+    as_values = JobFilter(limit=2, include_system=True, user="1001",
+                          start=dt.datetime(2026, 11, 28, 12, tzinfo=UTC))  # fmt: skip
+    assert as_text == as_values
+    assert _service(index).jobs("root", as_text) == _service(index).jobs("root", as_values)

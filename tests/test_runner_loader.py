@@ -138,3 +138,38 @@ def test_a_database_path_that_cannot_be_made_is_a_clear_error(tmp_path):
     for call, (answer, _) in every_runner_answers(opts).items():
         if call[1] != ("live",):
             assert "a_file" in answer["error"] and answer["retcode"] == 1, call
+
+
+# ------------------------------------------------ the arguments are the filter's
+def test_the_jobs_runner_takes_the_filters_arguments(tmp_path):
+    """halite.jobs takes the fields of halite_core.api.JobsQuery (the HTTP API's query
+    parameters), as salt-run gives them (text), with Salt's __pub_* keys left out."""
+    opts = master_opts(tmp_path, "halite")
+    with_one_job(opts)
+    runners = runners_of(opts)
+    context = runners.pack["__context__"]
+    page = runners["halite.jobs"](fun="test.*", limit="1", include_system="false",
+                                  __pub_user="root", __pub_jid=JID)  # fmt: skip
+    assert [job["jid"] for job in page["jobs"]] == [JID]
+    assert "retcode" not in context
+    for kwargs, says in (
+        ({"colour": "red"}, "unknown argument 'colour'; known: limit, fun, target"),
+        ({"limit": "1;2"}, "limit must be a number from 1 to 500"),
+        ({"user": [1, 2]}, "user must be text, not list"),
+    ):
+        context.pop("retcode", None)
+        answer = runners["halite.jobs"](**kwargs)
+        assert says in answer["error"], kwargs
+        assert answer["retcode"] == 1 and context["retcode"] == 1, kwargs
+
+
+@pytest.mark.parametrize(("runner", "model"), [("halite.jobs", "JobsQuery"),
+                                                ("halite.audit", "AuditFilter")])  # fmt: skip
+def test_each_argument_is_documented_where_salt_shows_the_runner(tmp_path, runner, model):
+    from halite_core import api
+
+    documented = salt.loader.runner(master_opts(tmp_path, "halite"))[runner].__doc__
+    assert "CLI Example:" in documented and "ARGUMENTS" not in documented
+    for name, field in getattr(api, model).model_fields.items():
+        assert f"\n    {name}\n        " in documented, name
+        assert field.description.split()[0] in documented, name

@@ -1189,3 +1189,42 @@ def test_a_token_store_that_hangs_gets_a_bounded_503(store, salt_opts):
     finally:
         release.set()
         stopped(app)
+
+
+def test_the_generated_document_matches_the_server(server, tmp_path):
+    """schemathesis generates requests from /api/openapi.json (generated from the models
+    of halite_core.api) and checks every answer of this server against it: status codes,
+    content types, response schemas (no key a model does not name), never a 5xx.
+    tests/integration/test_http.py does the same against a real master."""
+    import subprocess
+    import sys
+
+    token = login(server, "olga")
+    cli = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(cli), "run", server.base + "/api/openapi.json", "-H", f"X-Auth-Token: {token}",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+         "response_schema_conformance", "--exclude-path", "/api/jobs/stream",
+         "--exclude-path", "/api/logout", "--exclude-path", "/api/login",
+         "-n", "15", "--seed", "1", "--request-timeout", "60"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_each_routes_parameters_are_its_models_fields(server):
+    """The query parameters a handler accepts are the fields of the model it parses them
+    with, and the document lists exactly those."""
+    from halite_core.api import ActivityQuery, AuditFilter, JobsQuery, TimelineQuery
+
+    spec = call(server, "GET", "/api/openapi.json")[1]
+    token = login(server, "audrey")
+    routes = {"/api/jobs": JobsQuery, "/api/jobs/activity": ActivityQuery,
+              "/api/jobs/timeline": TimelineQuery, "/api/audit": AuditFilter}  # fmt: skip
+    for path, model in routes.items():
+        listed = [p["name"] for p in spec["paths"][path]["get"]["parameters"]]
+        assert listed == list(model.model_fields), path
+        status, body = call(server, "GET", f"{path}?colour=red", token)
+        assert (status, body["error"]) == (
+            400, f"unknown parameter 'colour'; known: {', '.join(model.model_fields)}"
+        ), path  # fmt: skip
