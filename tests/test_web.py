@@ -1058,6 +1058,13 @@ def token_data(opts, token):
         return load_auth.get_tok(token)
 
 
+def stored_tokens(opts):
+    import salt.auth
+
+    with salt.auth.LoadAuth(opts) as load_auth:
+        return list(load_auth.list_tokens())
+
+
 def test_a_login_is_a_salt_token_that_lasts_token_expire(store, tmp_path):
     opts = master_opts(tmp_path / "master", token_expire=3600)
     app = salt_app(store, opts)
@@ -1133,6 +1140,7 @@ def test_salts_eauth_checks_apply_to_logins_and_tokens(store, tmp_path):
         status, body = call(app, "POST", "/api/login",
                             body={"username": "mallory", "password": "x"})  # fmt: skip
         assert (status, body) == (401, {"error": "authentication failed"})
+        assert len(stored_tokens(opts)) == 1  # olga's: mallory's refused login left none
         status, _ = call(app, "POST", "/api/login",
                          body={"username": "olga", "password": "x", "eauth": "pam"})  # fmt: skip
         assert status == 401  # not enabled on this master

@@ -70,8 +70,11 @@ T = TypeVar("T")
 
 
 class WebApp:
-    """The application: a service, the sessions (Salt's tokens), the event hub.
+    """The application: a service, the sessions, the event hub.
 
+    ``sessions`` makes the logins and looks up every request's token: on a master,
+    :class:`~halite_core.http.sessions.SaltSessions`, Salt's own tokens (the engine builds
+    it all from the master's opts: :func:`halite_core.http.salt_glue.serve`).
     ``request_timeout`` bounds how long a request waits for the database, ``salt_timeout``
     how much longer a kill or a live listing waits for the minions; past the bound the
     request is answered 503. Work that had a thread by then carries on in it (a kill may

@@ -81,18 +81,24 @@ class SaltSessions:
         try:
             # Salt's eauth check (every failure as slow as the slowest yet), then the token.
             token = auth.mk_token(load)
-            if not token or "token" not in token:
-                return None
-            # As salt-api and the runners: the user, or a group of theirs (the token
-            # holds them), must be granted something under external_auth:<eauth>.
-            if not auth.get_auth_list(load, token):
-                auth.rm_token(token["token"])
-                return None
         except Exception:  # noqa: BLE001 - an external auth that fails refuses the login
             log.warning("halite http: external auth %s failed for %r", eauth, username[:256],
                         exc_info=True)  # fmt: skip
             return None
-        return _session(token, str(token["token"]))
+        if not token or "token" not in token:
+            return None
+        # As for the runners and salt-api's publishes: the user, or a group of theirs (the
+        # token holds them), must be granted something under external_auth:<eauth>.
+        granted = None
+        try:
+            granted = auth.get_auth_list(load, token)
+        except Exception:  # noqa: BLE001 - an ACL that cannot be read grants nothing
+            log.warning("halite http: the grants of %r under external_auth:%s could not be"
+                        " read", username[:256], eauth, exc_info=True)  # fmt: skip
+        session = _session(token, str(token["token"])) if granted else None
+        if session is None:
+            auth.rm_token(token["token"])  # no token left behind for a refused login
+        return session
 
     def find(self, token: str) -> Session | None:
         if not _TOKEN.fullmatch(token):
