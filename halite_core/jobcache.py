@@ -92,13 +92,28 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+# SQLSTATE classes of a PostgreSQL that cannot take a write now but will later: connection
+# exceptions, insufficient resources (a full disk), operator intervention (a shutdown, a
+# cancelled statement), system errors, transaction rollbacks (a deadlock), a lock not
+# available. Others (a row too large for an index, bad data) refuse the write for good.
+OUTAGE_SQLSTATES = ("08", "53", "57", "58", "40", "55")
+
+
 def is_outage(exc: BaseException) -> bool:
     """True when the database could not be reached or written at all (down, refusing
-    connections, locked, its disk full): worth spooling. The SQLite bulk path raises the
-    driver's own errors, unwrapped."""
-    if isinstance(exc, (OperationalError, SchemaError, OSError, sqlite3.OperationalError)):
+    connections, locked, its disk full): worth spooling. False for a write the database
+    refuses whatever its state, which is set aside. The SQLite bulk path raises the driver's
+    own errors, unwrapped."""
+    if isinstance(exc, (SchemaError, OSError, sqlite3.OperationalError)):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        state = getattr(exc.orig, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state.startswith(OUTAGE_SQLSTATES)
+        return isinstance(exc, OperationalError)
+    return False
 
 
 @dataclass(frozen=True)

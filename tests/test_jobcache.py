@@ -592,3 +592,32 @@ def test_a_write_the_database_refuses_does_not_take_its_batch_along(store):
     assert set(store.get_jid(JID)) == {"m1", "m3"}
     (rejected,) = store.spool.rejected.iterdir()
     assert "IntegrityError" in json.loads(rejected.read_text())["reason"]
+
+
+def test_a_publish_to_thousands_of_listed_minions_is_stored(store):
+    """A list target of 3,000 minions (21,000 characters) made a row PostgreSQL's index on
+    the target refuses, and the publish was spooled for ever: the column keeps 600
+    characters, the load the whole target."""
+    minions = [f"m{i:05d}" for i in range(3000)]
+    publish(store, JID, minions=minions)
+    row = job_row(store, JID)
+    assert len(row["target"]) == 600
+    assert row["target"].startswith("m00000,m00001,") and row["target"].endswith("...")
+    assert store.get_load(JID)["tgt"] == minions
+    assert row["minions_targeted"] == 3000
+
+
+@postgresql_only("a PostgreSQL error that refuses a write for good")
+def test_a_write_postgresql_refuses_for_good_is_not_an_outage(store):
+    """PostgreSQL's "index row requires 10032 bytes" arrives as an OperationalError: it is
+    not an outage (spooling it would retry it for ever), a lost connection is."""
+    import sqlalchemy
+
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as refused:
+        with store.db.write() as conn:
+            conn.exec_driver_sql("CREATE TEMP TABLE wide (t text)")
+            conn.exec_driver_sql("CREATE INDEX ON wide (t)")
+            conn.exec_driver_sql("INSERT INTO wide SELECT string_agg(md5(g::text), '') "
+                                 "FROM generate_series(1, 400) g")  # fmt: skip
+    assert isinstance(refused.value, sqlalchemy.exc.OperationalError)
+    assert is_outage(refused.value) is False

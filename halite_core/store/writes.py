@@ -80,13 +80,20 @@ def split_arguments(arg: object) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
+TARGET_CHARS = 600  # the indexed column: PostgreSQL's B-tree takes at most 2,704 bytes a row
+
+
 def target_text(tgt: object) -> str | None:
-    """A target as people read it: list targets comma-separated."""
+    """A target as people read it: list targets comma-separated, at most ``TARGET_CHARS``
+    characters (a longer one ends in ``...``; the load keeps it whole). A list of thousands
+    of minions otherwise makes a row PostgreSQL's index refuses, and its publish is lost."""
     if tgt is None:
         return None
     if isinstance(tgt, (list, tuple, set)):
-        return ",".join(str(t) for t in tgt)
-    return str(tgt)
+        text = ",".join(str(t) for t in tgt)
+    else:
+        text = str(tgt)
+    return text if len(text) <= TARGET_CHARS else text[: TARGET_CHARS - 3] + "..."
 
 
 def is_return_load(load: Mapping[str, Any]) -> bool:
