@@ -17,7 +17,7 @@ from halite_core.config import Settings, jid_utc_for
 from halite_core.http.app import WebApp
 from halite_core.http.options import HttpOptions
 from halite_core.http.sessions import SaltSessions
-from halite_core.jobcache import JobStore
+from halite_core.jobcache import get_store
 from halite_core.permissions import policy_from_opts
 from halite_core.service import Service
 
@@ -40,7 +40,8 @@ def serve(opts: dict[str, Any], config: object) -> Publish | None:
     settings = Settings.from_opts(opts, jid_utc=jid_utc_for(opts, salt.config.DEFAULT_MASTER_OPTS))
     gather_timeout = float(opts.get("gather_job_timeout", 10))
     send_kill = _kill_sender(opts, gather_timeout)
-    service = Service(JobStore(settings), policy_from_opts(opts), opts.get("id"), send_kill)
+    # The process's one store for these settings: the engine's own, not a second one.
+    service = Service(get_store(settings), policy_from_opts(opts), opts.get("id"), send_kill)
     app = WebApp(
         service, SaltSessions(opts), _live_lister(opts, settings, gather_timeout),
         default_eauth=options.eauth, request_timeout=options.request_timeout,
