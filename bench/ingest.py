@@ -21,7 +21,6 @@ Usage: python bench/ingest.py [--jobs 2000] [--minions 5] [--rounds 3]
 
 import argparse
 import copy
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -33,9 +32,9 @@ from pathlib import Path
 import salt.config
 import salt.loader
 import salt.utils.job
+from committer import EngineCommitter
 
-from halite_core.config import Settings
-from halite_core.jobcache import JobStore, flush_all
+from halite_core.jobcache import flush_all
 
 STATE_RETURN = {
     f"file_|-conf{i}_|-/etc/app/conf{i}_|-managed": {
@@ -108,29 +107,6 @@ def workload(jobs: int, minions: int):
             for name in names
         ]
         yield jid, load, names, returns
-
-
-def engine_committer(opts: dict, ready, stop) -> None:
-    """The engine's committer, in a process of its own as on a master."""
-    store = JobStore(Settings.from_opts(opts))
-    committer = store.committer(engine=True)
-    while not committer.holds_lock():
-        committer.run_once()
-        time.sleep(0.01)
-    ready.set()
-    stop.wait()
-    store.close(wait=30)
-
-
-def start_engine(master) -> tuple:
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    opts = {k: master.opts[k] for k in ("cachedir", "id", "engines")}
-    proc = ctx.Process(target=engine_committer, args=(opts, ready, stop))
-    proc.start()
-    if not ready.wait(60):
-        raise RuntimeError("the engine's committer did not start")
-    return proc, stop
 
 
 def run(master, jobs: int, minions: int, via_store_job: bool) -> dict:
@@ -233,14 +209,12 @@ def main() -> None:
                     master = make_master(root, cache.split("+")[0], engine=engine)
                     key = f"{cache}{' store_job' if via else ''}"
                     os.sync()
-                    proc, stop = start_engine(master) if engine else (None, None)
-                    try:
+                    if engine:
+                        with EngineCommitter(master.opts):
+                            res = run(master, args.jobs, args.minions, via)
+                    else:
                         res = run(master, args.jobs, args.minions, via)
-                        verify(master, args.jobs, args.minions)
-                    finally:
-                        if proc is not None:
-                            stop.set()
-                            proc.join(60)
+                    verify(master, args.jobs, args.minions)
                     rates.setdefault(key, []).append(res["returns"] / res["seconds"])
                     if not via:
                         details.setdefault(key, {"p50": [], "p99": []})

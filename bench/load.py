@@ -9,7 +9,17 @@ the returner call (the time the master's worker spends in halite), errors (calls
 raised or writes set aside; must be 0) and rows lost (returns not in the database
 afterwards; must be 0). PostgreSQL is a throw-away server on loopback, as in the tests.
 
+Two ways to commit, as on a master: ``engine``, the master's config lists the halite engine
+and the engine's committer (in a process of its own) commits every worker's journal; ``own``,
+no engine, and the first worker that journals commits for all.
+
+A third run stops the database (SQLite: another program holds its write lock; PostgreSQL:
+the server is stopped) for a burst of ``--burst`` returns, and reports the committer's peak
+resident memory while the journals and the spool take the burst on disk, then that every
+return is in the database once it is back.
+
 Usage: python bench/load.py [--returns 20000] [--workers 8] [--backend sqlite,postgresql]
+       [--committer engine,own] [--burst 20000]
 """
 
 from __future__ import annotations
@@ -28,10 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from committer import EngineCommitter  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from halite_core.config import Settings  # noqa: E402
-from halite_core.jobcache import JobStore, flush_all  # noqa: E402
+from halite_core.jobcache import JobStore  # noqa: E402
 from halite_core.store.schema import job_returns  # noqa: E402
 
 MINIONS_PER_JOB = 5
@@ -87,15 +98,26 @@ def worker(settings: Settings, index: int, jobs: int, start_gate, results) -> No
                 errors += 1
             latencies.append(time.perf_counter() - c0)
             count += op == "save_return"
-    store.flush()
-    flush_all()
+    store.flush(timeout=600)  # until a committer has taken every write of this worker
     elapsed = time.perf_counter() - t0
     rejected = len(list(Path(settings.spool_dir, "rejected").glob("*.json")))
     results.put((count, elapsed, latencies, errors, len(store.spool.pending()), rejected))
 
 
-def run(backend: str, url: str, root: Path, returns: int, workers: int) -> dict:
+def run(backend: str, url: str, root: Path, returns: int, workers: int, how: str) -> dict:
     opts = {"cachedir": str(root / "cache"), "id": "load_master", "halite": {"db_url": url}}
+    if how == "engine":
+        opts["engines"] = [{"halite": {}}]
+        with EngineCommitter(opts) as engine:
+            found = _run(backend, opts, returns, workers)
+        found["rss_mb"] = engine.peak_rss_mb
+    else:
+        found = _run(backend, opts, returns, workers)
+    found["how"] = how
+    return found
+
+
+def _run(backend: str, opts: dict, returns: int, workers: int) -> dict:
     settings = Settings.from_opts(opts)
     # The master's defaults: commits batched every 0.1 s by each worker's flush thread.
     settings = dataclasses.replace(settings, spool_replay_interval=0)
@@ -141,10 +163,10 @@ def main() -> None:
     parser.add_argument("--returns", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--backend", default="sqlite,postgresql")
+    parser.add_argument("--committer", default="engine,own")
     args = parser.parse_args()
     rows = []
     for backend in args.backend.split(","):
-        root = Path(tempfile.mkdtemp(prefix=f"halite-load-{backend}-"))
         server = None
         try:
             if backend == "postgresql":
@@ -152,25 +174,31 @@ def main() -> None:
 
                 server = PostgresServer().start()
                 server.wait_ready()
-                url = server.create_database("load")
-            else:
-                url = f"sqlite:///{root}/halite.db"
-            rows.append(run(backend, url, root, args.returns, args.workers))
+            for n, how in enumerate(args.committer.split(",")):
+                root = Path(tempfile.mkdtemp(prefix=f"halite-load-{backend}-{how}-"))
+                try:
+                    if server is not None:
+                        url = server.create_database(f"load{n}")
+                    else:
+                        url = f"sqlite:///{root}/halite.db"
+                    rows.append(run(backend, url, root, args.returns, args.workers, how))
+                finally:
+                    shutil.rmtree(root, ignore_errors=True)
         finally:
             if server is not None:
                 server.destroy()
-            shutil.rmtree(root, ignore_errors=True)
     print(
         f"load: {args.workers} worker processes at once, {args.returns:,} returns "
         f"(a publish per {MINIONS_PER_JOB} returns; 1 return in {BIG_EVERY} a 1 MB highstate), "
         f"{os.cpu_count()} cores"
     )
-    print(f"  {'backend':<11} {'returns/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'errors':>7} {'lost':>5}")  # fmt: skip
+    print(f"  {'backend':<11} {'committer':<10} {'returns/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8} {'errors':>7} {'lost':>5} {'committer RSS':>14}")  # fmt: skip
     for r in rows:
+        rss = f"{r['rss_mb']:.0f} MB" if "rss_mb" in r else "(in a worker)"
         print(
-            f"  {r['backend']:<11} {r['rate']:>10,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} "
-            f"{r['max_ms']:>8.1f} {r['errors']:>7} {r['lost']:>5}"
+            f"  {r['backend']:<11} {r['how']:<10} {r['rate']:>10,.0f} {r['p50_ms']:>8.3f} "
+            f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {r['lost']:>5} {rss:>14}"
         )
 
 

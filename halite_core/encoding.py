@@ -131,6 +131,11 @@ def dumps(value: Any) -> tuple[str, bool]:
 def encode(value: Any, max_bytes: int | None = None) -> Encoded:
     """Encode ``value`` for storage, truncating it to ``max_bytes`` of JSON with a marker."""
     text, converted = dumps(value)
+    return limited(text, converted, max_bytes)
+
+
+def limited(text: str, converted: bool = False, max_bytes: int | None = None) -> Encoded:
+    """JSON text from :func:`dumps`, truncated to ``max_bytes`` with a marker."""
     size = len(text.encode("utf-8")) if max_bytes is not None and len(text) * 4 > max_bytes else 0
     if max_bytes is not None and size > max_bytes:
         preview = text[:PREVIEW_CHARS]

@@ -77,6 +77,7 @@ from halite_core.store.writes import (
     event_stamp,
     function_name,
     is_return_load,
+    plain_return,
     split_arguments,
     target_text,
 )
@@ -237,7 +238,7 @@ class JobStore:
         if not isinstance(item, RawReturn):
             return item
         try:
-            return self.writes.return_item(item.load, item.at)
+            return self._prepared(item)
         except (InvalidLoad, ValueError, TypeError):
             return None
 
@@ -485,7 +486,7 @@ class JobStore:
         input goes to the spool's ``rejected/``. True when journalled, None when set aside."""
         try:
             if op == "save_return":
-                lines = [self._raw_return_line(*args)]
+                lines = [self._return_line(*args)]
             else:
                 lines = [item_to_line(item) for item in self.items_for(op, *args)]
         except InvalidLoad as exc:
@@ -499,18 +500,24 @@ class JobStore:
             self._journal(lines)
         return True
 
-    def _raw_return_line(self, load: object, returned_at: dt.datetime | None = None) -> str:
-        """A minion return, checked as far as the journal needs (a job and a minion) and
-        encoded as Salt sent it: the committer prepares it (summary, size limit, ...)."""
+    def _return_line(self, load: object, returned_at: dt.datetime | None = None) -> str:
+        """A minion return as a journal line. A plain function's return (most of them) is
+        checked as far as the journal needs (a job and a minion) and encoded once, as Salt
+        sent it: the committer stores that text. A state run, a runner's payload or one
+        of halite's own answers is prepared in full here (summary, withheld parts)."""
         if not isinstance(load, Mapping):
             raise InvalidLoad(f"a return must be a dict, not {type(load).__name__}")
+        if not plain_return(load.get("fun"), load.get("fun_args")):
+            return item_to_line(self.writes.return_item(load, returned_at or utcnow()))
         jid, minion = load.get("jid"), load.get("id")
         if not jids.is_jid(jid):
             raise InvalidLoad(f"return from {minion!r} has no valid jid: {jid!r}")
         if not isinstance(minion, str) or not minion:
             raise InvalidLoad(f"return for {jid} has no minion id: {minion!r}")
+        value, converted = encoding.dumps(load.get("return"))
+        head = {k: v for k, v in load.items() if k != "return"}
         at = returned_at.timestamp() if returned_at is not None else time.time()
-        return raw_return_line(load, at)
+        return raw_return_line(head, value, converted, at)
 
     def submit(self, entries: Sequence[tuple[str, Item]]) -> None:
         """Journal prepared writes (the engine's changes, kill marks, audit entries)."""
@@ -528,7 +535,8 @@ class JobStore:
 
     def _prepared(self, item: Item) -> Item:
         if isinstance(item, RawReturn):
-            return self.writes.return_item(item.load, item.at)
+            encoded = encoding.Encoded(item.value, item.converted)
+            return self.writes.return_item(item.load, item.at, encoded)
         return item
 
     def apply_entries(self, entries: Sequence[tuple[str, Item]]) -> None:

@@ -108,11 +108,11 @@ def journal_owner(name: str) -> tuple[str, int, str] | None:
 
 
 # ---------------------------------------------------------------------- codec
-def raw_return_line(load: Mapping[str, Any], at: float) -> str:
-    """A minion return as Salt handed it over, with the time it was accepted: all Salt's
-    worker encodes. The committer prepares it (:meth:`Writes.prepare_return`)."""
-    text, _ = encoding.dumps(load if type(load) is dict else dict(load))
-    return f'{{"op":"raw","at":{at!r},"load":{text}}}'
+def raw_return_line(load: Mapping[str, Any], value: str, converted: bool, at: float) -> str:
+    """A minion return as Salt handed it over (without its ``return``), the return's JSON
+    text and the time it was accepted: all Salt's worker encodes for a plain function."""
+    head, _ = encoding.dumps({"op": "raw", "at": at, "converted": converted, "load": load})
+    return f"{head}\t{value}"
 
 
 def item_to_line(item: Item) -> str:
@@ -135,10 +135,11 @@ def item_to_line(item: Item) -> str:
                 "stub": item.stub,
             }
         )[0]
-        # The return is already JSON: splice it in rather than encode it twice.
-        return f'{head[:-1]},"value":{row.value.text}}}'
+        # The return is already JSON: it follows the head after a tab (which JSON text never
+        # holds unescaped), so that reading the line back does not parse it again.
+        return f"{head}\t{row.value.text}"
     if isinstance(item, RawReturn):
-        return raw_return_line(item.load, item.at.timestamp())
+        return raw_return_line(item.load, item.value, item.converted, item.at.timestamp())
     fields: dict[str, Any]
     if isinstance(item, LoadItem):
         fields = {"op": "load", "jid": item.jid, "load": item.load, "minions": item.minions}
@@ -159,17 +160,19 @@ def item_to_line(item: Item) -> str:
 def item_from_line(line: str) -> Item:
     """The operation a journal line holds; raises ValueError (or KeyError, TypeError) for a
     line that is not one."""
-    data = json.loads(line)
+    head, tab, value = line.partition("\t")
+    data = json.loads(head)
     op = data["op"]
     if op == "raw":
         load = data["load"]
-        if encoding.MARKER in line:
+        if encoding.MARKER in head:
             load = encoding.restore(load)
         at = dt.datetime.fromtimestamp(float(data["at"]), dt.timezone.utc)
-        return RawReturn(load, at)
+        return RawReturn(load, value, bool(data.get("converted")), at)
     if op == "ret":
         summary = data["summary"]
-        text = json.dumps(data["value"], separators=(",", ":"))
+        # An earlier version spliced the value into the head's JSON.
+        text = value if tab else json.dumps(data["value"], separators=(",", ":"))
         row = ReturnRow(
             jid=data["jid"],
             minion=data["minion"],

@@ -93,11 +93,14 @@ class ReturnItem(NamedTuple):
 
 @dataclass(frozen=True)
 class RawReturn:
-    """A minion return as Salt handed it to the returner, and when it was accepted: what
-    Salt's worker journals. :meth:`Writes.prepare_return` turns it into a
-    :class:`ReturnItem` on its way to the database."""
+    """A minion return of a plain function as Salt handed it to the returner (``load``
+    without its ``return``), the return's JSON text as :func:`encoding.dumps` made it, and
+    when it was accepted: what Salt's worker journals. :meth:`Writes.prepare_return` makes
+    a :class:`ReturnItem` of it without parsing the return again."""
 
     load: dict[str, Any]
+    value: str
+    converted: bool
     at: dt.datetime
 
 

@@ -295,6 +295,20 @@ class _Statements:
         )  # fmt: skip
 
 
+def plain_return(function: object, fun_args: object) -> bool:
+    """Whether a return of ``function`` is stored as it is, its JSON text as Salt's worker
+    made it: not a state run (summarised, and maybe withheld in part), not a runner or wheel
+    job (a payload holding the outcome), not one of halite's or the jobs runner's answers
+    (withheld; see own_runners.py). The others are prepared in full where they arrive."""
+    return (
+        isinstance(function, str)
+        and not highstate.is_state_function(function)
+        and not function.startswith(("runner.", "wheel."))
+        and not own_runners.is_own_runner(function)
+        and not own_runners.calls_withheld_runner(function, fun_args)
+    )
+
+
 def function_name(value: object) -> str | None:
     """A job's function as the index stores it and permissions match it: a string as it
     is, anything else (a multi-function job's list) as its ``str``, at most 255 characters."""
@@ -392,8 +406,13 @@ class Writes:
             load = {"tgt_type": "list", **{k: v for k, v in load.items() if k != "return"}}
         return [LoadItem(jid, dict(load), listed, only_new=second_hand)]
 
-    def return_item(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> Item:
-        row = self.prepare_return(load, returned_at)
+    def return_item(
+        self,
+        load: Mapping[str, Any],
+        returned_at: dt.datetime | None = None,
+        encoded: encoding.Encoded | None = None,
+    ) -> ReturnItem:
+        row = self.prepare_return(load, returned_at, encoded)
         stub = {k: load.get(k) for k in ("fun", "fun_args", "arg", "user") if k in load}
         stub["id"] = row.minion
         return ReturnItem(row, stub)
@@ -559,8 +578,14 @@ class Writes:
         }
 
     def prepare_return(
-        self, load: Mapping[str, Any], returned_at: dt.datetime | None = None
+        self,
+        load: Mapping[str, Any],
+        returned_at: dt.datetime | None = None,
+        encoded: encoding.Encoded | None = None,
     ) -> ReturnRow:
+        """A minion return as its row. ``encoded``: the return's JSON text, already made
+        (a journalled :class:`RawReturn` of a function whose return :func:`plain_return`
+        says is stored as it is); ``load["return"]`` is then not looked at."""
         if not isinstance(load, Mapping):
             raise InvalidLoad(f"a return must be a dict, not {type(load).__name__}")
         jid, minion = load.get("jid"), load.get("id")
@@ -570,15 +595,21 @@ class Writes:
             raise InvalidLoad(f"return for {jid} has no minion id: {minion!r}")
         assert isinstance(jid, str)
         fun = load.get("fun")
-        value = load.get("return")
-        inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
-        summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
-        # halite's and the jobs runner's answers are not kept, nor their copies inside
-        # other jobs where those name the runner (halite_core/own_runners.py).
         limit = self.settings.max_return_bytes
-        encoded = own_runners.withheld_return(
-            fun, value, load.get("fun_args"), limit
-        ) or encoding.encode(value, limit)
+        summary = None
+        runner_success: bool | None = None
+        runner_retcode: object = None
+        if encoded is not None:
+            encoded = encoding.limited(encoded.text, encoded.converted, limit)
+        else:
+            value = load.get("return")
+            inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
+            summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
+            # halite's and the jobs runner's answers are not kept, nor their copies inside
+            # other jobs where those name the runner (halite_core/own_runners.py).
+            encoded = own_runners.withheld_return(
+                fun, value, load.get("fun_args"), limit
+            ) or encoding.encode(value, limit)
         if encoded.truncated:
             log.warning(
                 "halite: return of %s for %s is %d bytes, over max_return_bytes=%d: truncated",

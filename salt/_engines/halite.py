@@ -41,6 +41,10 @@ Configuration, in the master config (every option may be left out):
       pam:
         alice: ['@runner']
 
+    token_expire: 43200         # Salt's own option: a session is a Salt eauth token and
+                                # lasts this long from the login (across restarts); a
+                                # salt-api token works too (X-Auth-Token)
+
     halite:
       system_functions:         # bookkeeping jobs (hidden by default); replaces the default
         - saltutil.find_job     # list: Salt's and halite's reads of the history and what
@@ -65,8 +69,6 @@ try:
     from halite_core.active import ActiveJobs, EngineOptions
     from halite_core.config import Settings, jid_utc_for
     from halite_core.jobcache import get_store
-    from halite_core.permissions import policy_from_opts
-    from halite_core.service import Service
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -143,69 +145,11 @@ def _publish_bus(publish, tag, data):
 
 
 def serve_http(config):
-    """Start the HTTP API and the Jobs page in a thread; returns the hub's publish, or
-    None when ``config`` is None or false (the page is off). An empty mapping serves it
-    with the defaults. Bad ``http:`` options, unreadable TLS files or a port in use raise
-    ConfigError, which names the option, before anything is served."""
-    import threading
+    """Start the HTTP API and the Jobs page (halite_core.http.salt_glue.serve); returns
+    the hub's publish, or None when ``config`` is None or false (the page is off)."""
+    from halite_core.http.salt_glue import serve
 
-    import salt.auth
-
-    from halite_core.http.app import WebApp
-    from halite_core.http.options import HttpOptions
-
-    if config is None or config is False:
-        return None
-    options = HttpOptions.from_config(config)
-    settings = Settings.from_opts(
-        __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
-    )
-    gather_timeout = float(__opts__.get("gather_job_timeout", 10))
-    # Salt's clients and loaders are not thread-safe, and the API answers from several
-    # threads: shared, one call's replies reach another (a kill answered not_running while
-    # its minion was signalled). A LocalClient per call, a LoadAuth per login thread.
-    auths = threading.local()
-
-    def authenticate(username, password, eauth):
-        if not hasattr(auths, "load_auth"):
-            auths.load_auth = salt.auth.LoadAuth(__opts__)
-        load = {"eauth": eauth, "username": username, "password": password}
-        try:
-            if not auths.load_auth.authenticate_eauth(load):
-                return False
-            # As salt-api: a right password is not enough, the user (or a group of theirs)
-            # must be granted something under external_auth:<eauth>.
-            return bool(auths.load_auth.get_auth_list(load))
-        except Exception:  # pylint: disable=broad-except
-            log.warning("halite: external auth %s failed for %s", eauth, username, exc_info=True)
-            return False
-
-    def send_kill(jid, minions):
-        with salt.client.get_local_client(mopts=__opts__) as client:
-            return client.cmd(
-                minions, "saltutil.kill_job", [jid], tgt_type="list", timeout=gather_timeout
-            )
-
-    def live_jobs(limit, scope):
-        import salt.minion
-
-        from halite_core.live import live_limit, live_page, running_jids
-
-        size = live_limit(limit)
-        cache = __opts__["master_job_cache"]
-        with salt.minion.MasterMinion(__opts__) as mminion:
-            found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
-        with salt.client.get_local_client(mopts=__opts__) as client:
-            answers = client.cmd("*", "saltutil.running", timeout=gather_timeout)
-        return live_page(found, running_jids(answers), scope, settings.jid_utc,
-                         __opts__.get("id"))  # fmt: skip
-
-    service = Service(get_store(settings), policy_from_opts(__opts__), __opts__.get("id"),
-                      send_kill)  # fmt: skip
-    app = WebApp(service, authenticate, live_jobs, default_eauth=options.eauth,
-                 request_timeout=options.request_timeout, salt_timeout=gather_timeout)  # fmt: skip
-    app.serve_in_thread(options.host, options.port, options.ssl, options.proxy_headers)
-    return app.hub.publish
+    return serve(__opts__, config)
 
 
 def _safely(call, *args):
