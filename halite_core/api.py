@@ -153,14 +153,16 @@ def _hours(value: object, info: ValidationInfo) -> int:
     return count_arg(str(info.field_name), value, MAX_HOURS)
 
 
-def _one_of(choices: tuple[str, ...], optional: bool = False) -> Any:
+def _one_of(choices: tuple[str, ...], optional: bool = False, say: str | None = None) -> Any:
+    """A validator taking one of ``choices``; the error says it as ``say`` (by default
+    ``one of a, b, c``)."""
+    expected = say or f"one of {', '.join(choices)}"
+
     def check(value: object, info: ValidationInfo) -> str | None:
         if value is None and optional:
             return None
         if not isinstance(value, str) or value not in choices:  # a list is not hashable
-            raise QueryError(
-                f"{info.field_name} must be one of {', '.join(choices)}, not {value!r}"
-            )
+            raise QueryError(f"{info.field_name} must be {expected}, not {value!r}")
         return value
 
     return check
@@ -266,7 +268,9 @@ class AuditFilter(Arguments):
         default=None, description="kill, login, jobs, job, activity, timeline, stream or audit."
     )
     decision: Annotated[
-        str | None, BeforeValidator(_one_of(DECISIONS, optional=True)), _enum(DECISIONS)
+        str | None,
+        BeforeValidator(_one_of(DECISIONS, optional=True, say="allow or deny")),
+        _enum(DECISIONS),
     ] = Field(default=None, description="`allow` or `deny`.")
     start: Time = Field(default=None, description="ISO 8601: entries at or after it.")
     end: Time = Field(default=None, description="ISO 8601: entries before it.")
@@ -285,9 +289,9 @@ class TimelineQuery(Arguments):
     window: Annotated[str, BeforeValidator(_one_of(tuple(WINDOWS))), _enum(tuple(WINDOWS))] = Field(
         default="24h", description="1h, 4h, 24h or 7d."
     )
-    group_by: Annotated[str, BeforeValidator(_one_of(GROUPINGS)), _enum(GROUPINGS)] = Field(
-        default="function", description="function or user."
-    )
+    group_by: Annotated[
+        str, BeforeValidator(_one_of(GROUPINGS, say="function or user")), _enum(GROUPINGS)
+    ] = Field(default="function", description="function or user.")
 
 
 # ---------------------------------------------------------------------- answers
