@@ -2,10 +2,12 @@
 (``salt-run halite.*``) and the HTTP API.
 
 Every method takes the caller's user name first, checks the permission it needs, records
-what the audit log must hold (every kill, every refusal), and answers with plain data or
-raises :class:`~halite_core.queries.QueryError` (a bad argument, an unknown job) or
+what the audit log must hold (every kill, every refusal), and answers with the typed
+answers of :mod:`halite_core.api` (plain dicts and lists) or raises
+:class:`~halite_core.queries.QueryError` (a bad argument, an unknown job) or
 :class:`~halite_core.permissions.Denied` (a missing permission). Arguments arrive as a
-command line or a query string gives them: text, numbers, booleans; they are checked here.
+command line or a query string gives them: text, numbers, booleans; the models of
+:mod:`halite_core.api` check them, after the permission.
 """
 
 from __future__ import annotations
