@@ -447,7 +447,11 @@ class Writes:
         loads = [item for item in items if isinstance(item, LoadItem)]
         returns = [item for item in items if isinstance(item, ReturnItem)]
         touched: set[str] = set()
-        self._save_loads(conn, loads, touched)
+        # A targeted minion whose return is in the same batch gets its returned row at once,
+        # not a pending row first: half the row writes of a publish and its returns.
+        returned = {(item.row.jid, item.row.minion) for item in returns}
+        expected: set[tuple[str, str]] = set()
+        self._save_loads(conn, loads, touched, returned, expected)
         minion_jobs = {item.jid for item in items if isinstance(item, MinionsItem)}
         cleaned = self._cleaned(conn, minion_jobs - self._known(conn, minion_jobs))
         for item in items:
@@ -455,7 +459,7 @@ class Writes:
                 self._ensure_jobs(conn, {item.jid: {}})
                 self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
                 touched.add(item.jid)
-        stored = self._save_returns(conn, returns, touched)
+        stored = self._save_returns(conn, returns, touched, expected)
         # After the returns of the same batch: a minion that did return stays returned.
         for kind, state, stmt in (
             (NoReturnItem, NO_RETURN, stmts.no_return),
@@ -489,7 +493,14 @@ class Writes:
         )
         return stored
 
-    def _save_loads(self, conn: Connection, items: Sequence[LoadItem], touched: set[str]) -> None:
+    def _save_loads(
+        self,
+        conn: Connection,
+        items: Sequence[LoadItem],
+        touched: set[str],
+        returned: set[tuple[str, str]],
+        expected: set[tuple[str, str]],
+    ) -> None:
         """Index publish loads and their target lists; counters follow in :meth:`_recount`."""
         if not items:
             return
@@ -521,7 +532,10 @@ class Writes:
                     "created_at": now,
                 }
             )
-            placeholders.extend(self._placeholders(jid, start, item.minions or []))
+            targets = item.minions or []
+            expected.update((jid, minion) for minion in targets if (jid, minion) in returned)
+            pending = [m for m in targets if (jid, m) not in returned]
+            placeholders.extend(self._placeholders(jid, start, pending))
         stmts = self._statements()
         self.db.executemany(conn, stmts.upsert_load, rows)
         self.db.executemany(conn, stmts.fill_load, fill_only)
@@ -642,7 +656,11 @@ class Writes:
         )
 
     def _save_returns(
-        self, conn: Connection, items: Sequence[ReturnItem], touched: set[str]
+        self,
+        conn: Connection,
+        items: Sequence[ReturnItem],
+        touched: set[str],
+        expected: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
     ) -> int:
         """Store a batch of returns; the first return of a minion for a job wins.
         Returns how many were stored (the others were duplicates)."""
@@ -673,7 +691,8 @@ class Writes:
         for (jid, minion), i in first.items():
             row = items[i].row
             rows.append(
-                {"jid": jid, "minion": minion, "expected": False, "start_time": row.start_time,
+                {"jid": jid, "minion": minion, "expected": (jid, minion) in expected,
+                 "start_time": row.start_time,
                  **row.columns()}
             )  # fmt: skip
         stored = self.db.executemany(conn, self._statements().upsert_return, rows)
