@@ -1,7 +1,6 @@
 import pytest
 
-from halite_core.active import EngineOptions
-from halite_core.config import ConfigError, Settings
+from halite_core.config import ConfigError, EngineOptions, Settings
 
 
 def test_defaults_live_in_the_masters_cachedir():
@@ -120,7 +119,7 @@ def test_directories_must_be_paths(key):
         ({"flush_interval": "nan"}, "halite engine option flush_interval must be a finite"),
         ({"batch_size": 0}, "batch_size must be > 0"),
         ({"batch_size": 2.5}, "halite engine option batch_size must be a whole number"),
-        ({"timeout": "soon"}, "timeout: 'soon' is not valid"),
+        ({"timeout": "soon"}, "timeout must be a number, not 'soon'"),
         ({"write_returns": "sometimes"}, "halite engine option write_returns must be true"),
         ({"write_returns": 2}, "halite engine option write_returns must be true"),
     ],
@@ -161,3 +160,13 @@ def test_the_engine_reads_write_returns_as_written(tmp_path, value, expected):
     engine = engines["halite.build"]({"write_returns": value})
     assert engine.options.write_returns is expected
     engine.store.db.dispose()
+
+
+def test_an_unknown_option_is_refused_not_ignored():
+    """A misspelt option (flush_intervall) would leave the default in force unseen."""
+    known = "known: db_url"
+    with pytest.raises(ConfigError, match=f"halite: unknown option 'flush_intervall'; {known}"):
+        Settings.from_opts({"cachedir": "/c", "halite": {"flush_intervall": 0}})
+    with pytest.raises(ConfigError, match="halite engine: unknown option 'timout'; known: timeout"):
+        EngineOptions.from_config({"timout": 5}, {})
+    assert Settings.from_opts({"cachedir": "/c", "halite": {"roles": {}, "users": {}}}).db_url
