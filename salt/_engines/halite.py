@@ -61,13 +61,12 @@ CLI Example:
 
 import logging
 
-import salt.client
-import salt.config
 import salt.utils.event
 
 try:
-    from halite_core.active import ActiveJobs, EngineOptions
-    from halite_core.config import Settings, jid_utc_for
+    from halite_core import salt_adapter
+    from halite_core.active import ActiveJobs
+    from halite_core.config import EngineOptions
     from halite_core.jobcache import get_store
 
     HAS_HALITE = True
@@ -95,20 +94,13 @@ def _write_returns(value):
 
 def build(options):
     """The engine for these options, on this master (used by start() and by tests)."""
-    settings = Settings.from_opts(
-        __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
-    )
+    settings = salt_adapter.settings_from(__opts__)
     defaults = {
         "timeout": __opts__.get("timeout", 5),
         "timeout_grace": __opts__.get("gather_job_timeout", 10),
     }
     options = dict(options, write_returns=_write_returns(options.get("write_returns")))
-    client = salt.client.get_local_client(mopts=__opts__)
-
-    def send_find_job(jid, minions):
-        log.info("halite engine: asking %s whether they still run %s", ", ".join(minions), jid)
-        return client.cmd_async(minions, "saltutil.find_job", [jid], tgt_type="list") or None
-
+    send_find_job = salt_adapter.find_job_sender(__opts__)
     store = get_store(settings)
     store.committer(engine=True)  # this process commits every journal of the master
     return ActiveJobs(store, EngineOptions.from_config(options, defaults), send_find_job)

@@ -51,14 +51,12 @@ import logging
 import os
 import threading
 
-import salt.config
 import salt.utils.jid
 import salt.utils.job
 import salt.utils.minions
 
 try:
-    from halite_core import jids
-    from halite_core.config import Settings, jid_utc_for
+    from halite_core import jids, salt_adapter
     from halite_core.durability.spool import Spool
     from halite_core.jobcache import get_store, is_return_load
 
@@ -80,7 +78,7 @@ def __virtual__():
 
 
 def _jid_utc():
-    return jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
+    return salt_adapter.jid_utc(__opts__)
 
 
 _STORES = {}
@@ -95,7 +93,7 @@ def _store():
     cached = _STORES.get((os.getpid(), id(opts)))
     if cached is not None and cached[0] is opts and cached[1] is section:
         return cached[2]
-    store = get_store(Settings.from_opts(opts, jid_utc=_jid_utc()))
+    store = get_store(salt_adapter.settings_from(opts))
     _STORES.clear()
     _STORES[(os.getpid(), id(opts))] = (opts, section, store)
     return store

@@ -53,24 +53,18 @@ import logging
 import re
 import textwrap
 
-import salt.client
-import salt.config
 import salt.exceptions
-import salt.minion
 import salt.utils.args
 
 try:
     from sqlalchemy.exc import DBAPIError
 
+    from halite_core import salt_adapter
     from halite_core.api import AuditFilter, JobsQuery
     from halite_core.bounded import call_within
-    from halite_core.config import Settings, jid_utc_for
     from halite_core.errors import HaliteError
-    from halite_core.jobcache import JobStore
-    from halite_core.live import live_page, running_jids
     from halite_core.own_runners import feed_warning
-    from halite_core.permissions import policy_from_opts
-    from halite_core.service import Service, flag_arg
+    from halite_core.service import flag_arg
     from halite_core.store.db import SchemaError
 
     HAS_HALITE = True
@@ -94,19 +88,7 @@ def __virtual__():
 
 
 def _service():
-    settings = Settings.from_opts(
-        __opts__, jid_utc=jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
-    )
-    return Service(JobStore(settings), policy_from_opts(__opts__), __opts__.get("id"), _send_kill)
-
-
-def _send_kill(jid, minions):
-    """saltutil.kill_job to the minions still running the job: a list target, never *."""
-    client = salt.client.get_local_client(mopts=__opts__)
-    return client.cmd(
-        minions, "saltutil.kill_job", [jid], tgt_type="list",
-        timeout=__opts__.get("gather_job_timeout", 10),
-    )  # fmt: skip
+    return salt_adapter.service_for(__opts__)
 
 
 def _failed(message):
@@ -328,18 +310,10 @@ def _live_jobs(asked):
         return _failed(str(exc))
     except (DBAPIError, SchemaError, OSError) as exc:
         return _failed(_unusable_database(exc))
-    cache = __opts__["master_job_cache"]
-    with salt.minion.MasterMinion(__opts__) as mminion:
-        found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
     try:
-        client = salt.client.get_local_client(mopts=__opts__)
-        answers = client.cmd(
-            "*", "saltutil.running", timeout=__opts__.get("gather_job_timeout", 10)
-        )
+        page = salt_adapter.live_listing(__opts__, size, scope)
     except salt.exceptions.SaltClientError as exc:
         return _failed(f"live: cannot ask the minions: {exc}")
-    utc = jid_utc_for(__opts__, salt.config.DEFAULT_MASTER_OPTS)
-    page = live_page(found, running_jids(answers), scope, utc, __opts__.get("id"))
     return _for_terminal("jobs", page, "halite_jobs")
 
 

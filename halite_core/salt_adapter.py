@@ -1,0 +1,101 @@
+"""All that halite needs of Salt, built from a master's options, in one place: the loader
+modules (returner, engine, runners) and the HTTP API call these instead of each building
+its own settings and clients.
+
+- :func:`settings_from` -- halite's :class:`~halite_core.config.Settings` of a master, with
+  the JID clock of this Salt version;
+- :func:`service_for` -- the checked, audited operations for the runners and the API;
+- :func:`kill_sender`, :func:`find_job_sender` -- what the kill and the engine send to
+  minions, through a LocalClient per call (Salt's clients are not thread-safe, and shared
+  ones hand one call's replies to another);
+- :func:`live_listing` -- the live listing: the master's job cache and
+  ``saltutil.running`` on every minion.
+
+Salt is imported inside the functions: halite_core stays importable (and its tests run)
+where only the returner's dependencies are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from halite_core.api import Page
+from halite_core.config import Settings, jid_utc_for
+from halite_core.jobcache import JobStore, get_store
+from halite_core.live import live_page, running_jids
+from halite_core.permissions import policy_from_opts
+from halite_core.service import Service
+
+log = logging.getLogger(__name__)
+
+SendKill = Callable[[str, list[str]], Mapping[str, Any]]
+SendFindJob = Callable[[str, list[str]], "str | None"]
+
+
+def jid_utc(opts: Mapping[str, Any]) -> bool:
+    """Whether this Salt writes JIDs in UTC (see :func:`halite_core.config.jid_utc_for`)."""
+    import salt.config
+
+    return jid_utc_for(opts, salt.config.DEFAULT_MASTER_OPTS)
+
+
+def settings_from(opts: Mapping[str, Any]) -> Settings:
+    """halite's settings of the master whose options are ``opts``."""
+    return Settings.from_opts(opts, jid_utc=jid_utc(opts))
+
+
+def gather_timeout(opts: Mapping[str, Any]) -> float:
+    return float(opts.get("gather_job_timeout", 10))
+
+
+def service_for(opts: Mapping[str, Any], shared_store: bool = False) -> Service:
+    """The service of this master. ``shared_store``: the process's one store for these
+    settings (the engine's process); else a store of its own (a runner's call)."""
+    settings = settings_from(opts)
+    store = get_store(settings) if shared_store else JobStore(settings)
+    return Service(store, policy_from_opts(opts), opts.get("id"), kill_sender(opts))
+
+
+def kill_sender(opts: Mapping[str, Any]) -> SendKill:
+    """``saltutil.kill_job`` to the minions still running a job: a list target, never ``*``."""
+    timeout = gather_timeout(opts)
+
+    def send_kill(jid: str, minions: list[str]) -> Mapping[str, Any]:
+        import salt.client
+
+        with salt.client.get_local_client(mopts=opts) as client:
+            return client.cmd(minions, "saltutil.kill_job", [jid], tgt_type="list", timeout=timeout)
+
+    return send_kill
+
+
+def find_job_sender(opts: Mapping[str, Any]) -> SendFindJob:
+    """``saltutil.find_job`` to the minions the engine asks about a job, without waiting
+    for the answers (they arrive on the bus); the find_job's jid, or None."""
+    import salt.client
+
+    # The engine's main loop is its one thread that asks: one client for it.
+    client = salt.client.get_local_client(mopts=opts)
+
+    def send_find_job(jid: str, minions: list[str]) -> str | None:
+        log.info("halite engine: asking %s whether they still run %s", ", ".join(minions), jid)
+        return client.cmd_async(minions, "saltutil.find_job", [jid], tgt_type="list") or None
+
+    return send_find_job
+
+
+def live_listing(opts: Mapping[str, Any], size: int, scope: tuple[str, ...] | None) -> Page:
+    """The ``size`` newest jobs of the master's job cache, with those that some minion
+    still runs (``saltutil.running``) marked running, within the caller's ``scope``.
+    Raises Salt's SaltClientError when the minions cannot be asked."""
+    import salt.client
+    import salt.minion
+
+    cache = opts["master_job_cache"]
+    with salt.minion.MasterMinion(opts) as mminion:
+        found = mminion.returners[f"{cache}.get_jids_filter"](size, True)
+    with salt.client.get_local_client(mopts=opts) as client:
+        answers = client.cmd("*", "saltutil.running", timeout=gather_timeout(opts))
+    return live_page(found, running_jids(answers), scope, jid_utc(opts), opts.get("id"))
