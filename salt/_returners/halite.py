@@ -7,8 +7,10 @@ inspecting jobs is an indexed query instead of a walk over the job cache directo
 Salt's own ``jobs`` runner keeps working on top of it.
 
 Salt's job path never waits for the database: jids are reserved with files, writes are
-journalled at once and committed in batches by a thread of the process (at most
-``flush_interval`` later), and reads also look into the journals. A write the database
+appended to the worker's journal and committed in batches by the master's one committer
+(the halite engine's process when it is listed under ``engines``, otherwise the first
+Salt process that journals; at most ``flush_interval`` later), and reads also look into
+the journals. A write the database
 cannot take never breaks the job: it is kept in a spool under the master's cachedir and
 replayed once the database answers again.
 
