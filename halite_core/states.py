@@ -67,7 +67,10 @@ def minion_failed_sql(columns: Any) -> Any:
             columns.states_failed > 0,
         ),
     )
-    return or_(returned_failed, columns.state.in_([s.value for s in SETTLED_WITHOUT_RETURN]))
+    # Equalities, not IN: the statement is compiled once and run with executemany, where
+    # an expanding IN list cannot be bound.
+    settled = [columns.state == state.value for state in SETTLED_WITHOUT_RETURN]
+    return or_(returned_failed, *settled)
 
 
 # The stored strings, for SQL statements and comparisons with column values.

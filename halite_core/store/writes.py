@@ -20,7 +20,6 @@ from sqlalchemy import (
     ARRAY,
     Connection,
     String,
-    and_,
     bindparam,
     case,
     func,
@@ -34,7 +33,15 @@ from sqlalchemy.sql.dml import Insert
 
 from halite_core import encoding, highstate, jids, own_runners
 from halite_core.config import Settings
-from halite_core.states import COMPLETE, KILLED, NO_RETURN, PENDING, RETURNED, RUNNING
+from halite_core.states import (
+    COMPLETE,
+    KILLED,
+    NO_RETURN,
+    PENDING,
+    RETURNED,
+    RUNNING,
+    minion_failed_sql,
+)
 from halite_core.store.db import Database
 from halite_core.store.ops import (
     AuditItem,
@@ -222,11 +229,6 @@ class _Statements:
         rows = job_returns.alias("rows")
         of_job = rows.c.jid == j.jid
         returned = rows.c.state == RETURNED
-        failed = or_(
-            rows.c.success.is_(False),
-            and_(rows.c.retcode.is_not(None), rows.c.retcode != 0),
-            rows.c.states_failed > 0,
-        )
         this_job = j.jid == bindparam("k_jid")
         recount = (
             update(jobs_index)
@@ -236,10 +238,7 @@ class _Statements:
                 minions_returned=select(func.count()).where(of_job, returned).scalar_subquery(),
                 # A minion that never answered failed the job, as Salt's CLI reports it.
                 minions_failed=select(func.count())
-                .where(
-                    of_job,
-                    or_(and_(returned, failed), rows.c.state == NO_RETURN, rows.c.state == KILLED),
-                )
+                .where(of_job, minion_failed_sql(rows.c))
                 .scalar_subquery(),
                 # Returns only: a minion settled no_return or killed did not return then.
                 last_return_at=select(func.max(rows.c.returned_at))
