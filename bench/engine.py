@@ -20,8 +20,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from halite_core.active import ActiveJobs, EngineOptions
-from halite_core.config import Settings
+from halite_core.active import ActiveJobs
+from halite_core.config import EngineOptions, Settings
 from halite_core.jobcache import JobStore
 from halite_core.store.schema import jobs_index
 

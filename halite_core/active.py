@@ -28,7 +28,6 @@ Nothing here knows Salt: the event source and the ``find_job`` sender are handed
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -40,8 +39,7 @@ from typing import Any
 from sqlalchemy import select
 
 from halite_core import jids
-from halite_core.config import flag_option, number_option
-from halite_core.errors import ConfigError
+from halite_core.config import EngineOptions
 from halite_core.jobcache import (
     FIND_JOB,
     JOB_EVENT,
@@ -64,37 +62,6 @@ EARLY_RETURNS_KEPT = 10_000
 HEARTBEAT_SECONDS = 5.0
 UNSENDABLE_TRIES = 3  # find_job sent to nobody this many times in a row: settle the minions
 RECOVER_RETRY_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The engine's options (``engines: [{halite: {...}}]``), with their defaults."""
-
-    timeout: float = 5.0  # seconds a job runs before its pending minions are asked
-    timeout_grace: float = 10.0  # seconds to wait for saltutil.find_job answers
-    flush_interval: float = 0.25  # longest delay before a change is in the database
-    batch_size: int = 1000  # write sooner once this many changes are waiting
-    write_returns: bool = False  # also index returns (when halite is not the job cache)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> EngineOptions:
-        """``config`` from the engine's entry, ``defaults`` for keys it leaves out; a
-        :class:`ConfigError` (a ``ValueError``) names an option that is not usable."""
-        values: dict[str, Any] = {}
-        for spec in dataclasses.fields(cls):
-            default: Any = spec.default
-            raw = config.get(spec.name, defaults.get(spec.name, default))
-            name = f"halite engine option {spec.name}"
-            if spec.name == "write_returns":
-                values[spec.name] = flag_option(name, raw)
-                continue
-            try:
-                values[spec.name] = number_option(name, raw, type(default))
-            except ConfigError as exc:
-                if isinstance(raw, (bool, str)) and "must be a number" in str(exc):
-                    raise ConfigError(f"{name}: {raw!r} is not valid (a number)") from exc
-                raise
-        return cls(**values)
 
 
 @dataclass

@@ -23,11 +23,14 @@
 
 ``db_url`` must be an SQLAlchemy URL of SQLite or PostgreSQL. Numbers must be finite
 (``.inf`` and ``.nan`` are refused), seconds at most 1,000,000, counts and sizes whole
-numbers; a wrong option is a :class:`ConfigError` that names it.
+numbers; a wrong or unknown option is a :class:`ConfigError` that names it. The engine's options
+(:class:`EngineOptions`) and its ``http:`` options (:class:`HttpOptions`) are checked here
+too, with errors of the same form: ``<section>:<option> must be ..., not <value>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import math
@@ -41,6 +44,23 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from halite_core.errors import ConfigError
+
+__all__ = [
+    "ConfigError",
+    "EngineOptions",
+    "HttpOptions",
+    "Settings",
+    "flag_option",
+    "number_option",
+]
+
+# Every option of the halite: section; roles and users are the permissions' (permissions.py).
+HALITE_OPTIONS = (
+    "db_url", "flush_interval", "batch_size", "journal_dir", "jid_dir", "max_return_bytes",
+    "spool_dir", "spool_replay_interval", "spool_max_bytes", "sqlite_busy_timeout",
+    "read_timeout", "request_timeout", "keep_running_seconds", "clean_batch_size",
+    "system_functions", "roles", "users",
+)  # fmt: skip
 
 DEFAULTS: dict[str, Any] = {
     "flush_interval": 0.1,
@@ -125,6 +145,12 @@ class Settings:
         section = opts.get("halite") or {}
         if not isinstance(section, Mapping):
             raise ConfigError("the 'halite' option must be a mapping")
+        unknown = sorted(str(key) for key in section if key not in HALITE_OPTIONS)
+        if unknown:
+            # A misspelt option would otherwise be ignored, and its default used silently.
+            raise ConfigError(
+                f"halite: unknown option {unknown[0]!r}; known: {', '.join(HALITE_OPTIONS)}"
+            )
         cachedir = str(opts.get("cachedir") or os.getcwd())
         default_url = "sqlite:///" + os.path.join(cachedir, "halite.db")
         return cls(
@@ -273,3 +299,149 @@ def engine_configured(opts: Mapping[str, Any]) -> bool:
         ):
             return True
     return False
+
+
+# ---------------------------------------------------------------------- the engine
+# The engine's own options (engines: [{halite: {...}}]); ``http`` is the HTTP API's.
+ENGINE_OPTIONS = ("timeout", "timeout_grace", "flush_interval", "batch_size", "write_returns",
+                  "http")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's options (``engines: [{halite: {...}}]``), with their defaults."""
+
+    timeout: float = 5.0  # seconds a job runs before its pending minions are asked
+    timeout_grace: float = 10.0  # seconds to wait for saltutil.find_job answers
+    flush_interval: float = 0.25  # longest delay before a change is in the database
+    batch_size: int = 1000  # write sooner once this many changes are waiting
+    write_returns: bool = False  # also index returns (when halite is not the job cache)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> EngineOptions:
+        """``config`` from the engine's entry, ``defaults`` for keys it leaves out; a
+        :class:`ConfigError` (a ``ValueError``) names an option that is not usable, or
+        one the engine does not know."""
+        unknown = sorted(str(key) for key in config if key not in ENGINE_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"halite engine: unknown option {unknown[0]!r}; known: {', '.join(ENGINE_OPTIONS)}"
+            )
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            default: Any = spec.default
+            raw = config.get(spec.name, defaults.get(spec.name, default))
+            name = f"halite engine option {spec.name}"
+            if spec.name == "write_returns":
+                values[spec.name] = flag_option(name, raw)
+                continue
+            values[spec.name] = number_option(name, raw, type(default))
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------- the HTTP API
+REQUEST_TIMEOUT = 30.0
+HTTP_OPTIONS = ("host", "port", "eauth", "certfile", "keyfile", "request_timeout",
+                "proxy_headers")  # fmt: skip
+# The headers a reverse proxy may be trusted to set, as proxy_headers names them.
+PROXY_HEADERS = ("x-forwarded-for", "x-real-ip")
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """The engine's ``http:`` options, checked: :meth:`from_config` raises ConfigError
+    naming the option, so that a bad one stops the engine at start with a clear error."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    eauth: str = "pam"
+    certfile: str | None = None
+    keyfile: str | None = None
+    request_timeout: float = REQUEST_TIMEOUT
+    proxy_headers: str | None = None  # the header the proxy sets: one of PROXY_HEADERS
+
+    @property
+    def ssl(self) -> dict[str, str] | None:
+        if self.certfile is None or self.keyfile is None:
+            return None
+        return {"certfile": self.certfile, "keyfile": self.keyfile}
+
+    @classmethod
+    def from_config(cls, config: object) -> HttpOptions:
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"the engine's http must be a mapping of options ({', '.join(HTTP_OPTIONS)}),"
+                f" not {config!r}"
+            )
+        unknown = sorted(str(key) for key in config if key not in HTTP_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"http: unknown option {unknown[0]!r}; known: {', '.join(HTTP_OPTIONS)}"
+            )
+        certfile = _optional_text(config, "certfile")
+        keyfile = _optional_text(config, "keyfile")
+        if (certfile is None) != (keyfile is None):
+            given, missing = ("certfile", "keyfile") if keyfile is None else ("keyfile", "certfile")
+            raise ConfigError(f"http: {given} without {missing}: HTTPS needs both")
+        return cls(
+            host=_text_option(config, "host", cls.host, "a host name or an address"),
+            port=_port(config.get("port", cls.port)),
+            eauth=_text_option(config, "eauth", cls.eauth, "the name of an external auth"),
+            certfile=certfile,
+            keyfile=keyfile,
+            request_timeout=_seconds(config, "request_timeout", cls.request_timeout),
+            proxy_headers=proxy_header(config.get("proxy_headers")),
+        )
+
+
+def _text_option(config: Mapping[str, Any], key: str, default: str, what: str) -> str:
+    value = config.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"http:{key} must be {what}, not {value!r}")
+    return value
+
+
+def _optional_text(config: Mapping[str, Any], key: str) -> str | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"http:{key} must be the path of a PEM file, not {value!r}")
+    return value
+
+
+def _port(value: object) -> int:
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or not 1 <= number <= 65535:
+        raise ConfigError(f"http:port must be a number from 1 to 65535, not {value!r}")
+    return number
+
+
+def _seconds(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number > 0 or math.isinf(number):
+        raise ConfigError(f"http:{key} must be a number of seconds > 0, not {value!r}")
+    return number
+
+
+def proxy_header(value: object) -> str | None:
+    """The header a reverse proxy sets, or None (off). ``true`` is refused: which header
+    the proxy sets decides which is safe to read (a proxy that appends X-Forwarded-For
+    passes the client's own X-Real-Ip on)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() in PROXY_HEADERS:
+        return value.strip().lower()
+    raise ConfigError(
+        "http:proxy_headers must be false or the header the proxy sets, x-forwarded-for"
+        " (the address it appends) or x-real-ip (the one it sets, replacing the"
+        f" client's), not {value!r}"
+    )

@@ -5,7 +5,8 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
-from halite_core.active import ActiveJobs, EngineOptions, effective_status
+from halite_core.active import ActiveJobs, effective_status
+from halite_core.config import EngineOptions
 from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
 
@@ -280,7 +281,7 @@ def test_options_have_defaults_and_clear_errors():
     assert EngineOptions.from_config({"batch_size": "20"}, {}).batch_size == 20
     with pytest.raises(ValueError, match="batch_size must be > 0"):
         EngineOptions.from_config({"batch_size": 0}, {})
-    with pytest.raises(ValueError, match="timeout: 'soon' is not valid"):
+    with pytest.raises(ValueError, match="timeout must be a number, not 'soon'"):
         EngineOptions.from_config({"timeout": "soon"}, {})
 
 

@@ -672,8 +672,7 @@ def test_a_stopped_database_gets_a_clear_503(store, pg_server, sessions):
 
 
 def test_http_options_are_checked(tmp_path):
-    from halite_core.config import ConfigError
-    from halite_core.http.options import HttpOptions
+    from halite_core.config import ConfigError, HttpOptions
 
     options = HttpOptions.from_config({"port": "8443", "certfile": "c", "keyfile": "k"})
     assert (options.host, options.port, options.ssl) == (

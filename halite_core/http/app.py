@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import tornado.httpserver
 import tornado.web
 
-from halite_core.config import ConfigError
+from halite_core.config import REQUEST_TIMEOUT, ConfigError, proxy_header
 from halite_core.http.handlers import (
     Activity,
     Audit,
@@ -43,7 +43,6 @@ from halite_core.http.limits import (
     LOGIN_THREADS,
     LOGINS_PER_KEY,
     LOGINS_WAITING,
-    REQUEST_TIMEOUT,
     SALT_TIMEOUT,
     SESSION_THREADS,
     SUSPECT_THREADS,
@@ -53,7 +52,6 @@ from halite_core.http.limits import (
     Slots,
     Unavailable,
 )
-from halite_core.http.options import _proxy_header
 from halite_core.http.sessions import Session, Sessions
 from halite_core.http.stream import ENDED, Hub, Stream
 from halite_core.queries import QueryError
@@ -297,7 +295,7 @@ class WebApp:
         client address it gives is what logins are throttled by. Not Tornado's xheaders:
         it prefers X-Real-Ip, which a proxy that appends X-Forwarded-For passes on from
         the client. Raises ConfigError when it cannot."""
-        self.proxy_header = _proxy_header(proxy_headers)
+        self.proxy_header = proxy_header(proxy_headers)
         server = tornado.httpserver.HTTPServer(
             self.application(), ssl_options=_tls(ssl) if ssl else None,
             max_body_size=MAX_BODY, max_buffer_size=MAX_BODY * 4,

@@ -38,9 +38,8 @@ KILL_CALLS = 8
 KILLS_PER_USER = 4
 API_THREADS = 4
 SESSION_THREADS = 4  # looking tokens up in Salt's token store
-# How long a request waits for the database before it is answered 503; kills and live
-# listings also wait for the minions (salt_timeout) on top of it.
-REQUEST_TIMEOUT = 30.0
+# A request waits http:request_timeout (config.REQUEST_TIMEOUT) for the database before it
+# is answered 503; kills and live listings also wait for the minions (salt_timeout).
 SALT_TIMEOUT = 10.0
 RETRY_AFTER = 5  # seconds, in a 503's Retry-After
 
