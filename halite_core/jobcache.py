@@ -343,21 +343,28 @@ class JobStore:
                 conn.execute(
                     select(
                         r.minion, _raw(r.return_value, self.db.is_sqlite), r.retcode, r.success,
-                        r.out, r.function,
+                        r.out, r.function, r.returned_at,
                     ).where(r.jid == jid, r.state == RETURNED)
                 )
             )  # fmt: skip
 
         ret: dict[str, dict[str, Any]] = {}
-        for minion, value, retcode, success, out, function in self._from_db(read, []):
+        arrived: dict[str, dt.datetime] = {}
+        for minion, value, retcode, success, out, function, at in self._from_db(read, []):
             ret[minion] = _salt_return(encoding.loads(value), retcode, success, out, function)
+            arrived[minion] = at
         for item in pending:
-            if isinstance(item, ReturnItem) and item.row.minion not in ret:
-                row = item.row
-                ret[row.minion] = _salt_return(
-                    encoding.loads(row.value.text), row.retcode, row.success, row.out,
-                    row.function,
-                )  # fmt: skip
+            if not isinstance(item, ReturnItem):
+                continue
+            row = item.row
+            known = arrived.get(row.minion)
+            # The first return of a minion wins, by when it arrived, as the committer keeps it.
+            if row.minion in ret and (known is None or known <= row.returned_at):
+                continue
+            ret[row.minion] = _salt_return(
+                encoding.loads(row.value.text), row.retcode, row.success, row.out, row.function
+            )
+            arrived[row.minion] = row.returned_at
         return ret
 
     def _pending_loads(self) -> tuple[dict[str, LoadItem], dict[str, dt.datetime]]:
@@ -524,11 +531,14 @@ class JobStore:
         self._journal([line for line, _ in entries])
 
     def _journal(self, lines: list[str]) -> None:
-        if not writer_for(self.settings.journal_dir).append(lines):
-            # The journal's disk refuses: the spool (maybe elsewhere) keeps them instead,
-            # else the writer holds them in memory and journals them with the next write.
-            if self.spool.put(SPOOL_OP, lines, reason="the journal cannot be written"):
-                writer_for(self.settings.journal_dir).drop_held()
+        writer = writer_for(self.settings.journal_dir)
+        if writer.append(lines):
+            # The journal's disk refuses: the spool (maybe elsewhere) keeps what the writer
+            # holds instead; else the writer keeps holding them and journals them with the
+            # next write.
+            held = writer.take_held()
+            if held and not self.spool.put(SPOOL_OP, held, reason="the journal cannot be written"):
+                writer.hold(held)
         committer = self.committer()
         if self.settings.flush_interval <= 0:
             committer.wake()

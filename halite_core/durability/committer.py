@@ -31,11 +31,13 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from halite_core.durability.journal import (
+    COMMITTED,
     SPOOL_OP,
     alive,
     item_from_line,
@@ -106,6 +108,8 @@ class _Lock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._pid = os.getpid()
+        _locks.add(self)
 
     @property
     def held(self) -> bool:
@@ -143,6 +147,27 @@ class _Lock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor lets go of the flock
             self._fd = None
+
+
+_locks: weakref.WeakSet[_Lock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A flock belongs to the open file, which a forked child shares: a child that kept
+    # the descriptor (Salt forks runner jobs from its workers) would hold the lock for as
+    # long as it lives, and no engine could take it. The child closes it; the parent
+    # keeps its lock.
+    for lock in list(_locks):
+        if lock._fd is not None and lock._pid != os.getpid():
+            try:
+                os.close(lock._fd)
+            except OSError:
+                pass
+            lock._fd = None
+    _committers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Committer:
@@ -259,6 +284,8 @@ class Committer:
         journals: list[tuple[str, str, int]] = []  # (name, owner, sequence)
         newest: dict[str, int] = {}
         for name in names:
+            if name.startswith(COMMITTED + ".") and name.endswith(".tmp"):
+                _remove_stale_progress(self.directory, name)
             owned = journal_owner(name)
             if owned is not None:
                 owner, seq, _ = owned
@@ -266,7 +293,7 @@ class Committer:
                 newest[owner] = max(seq, newest.get(owner, seq))
         journals.sort(key=lambda j: (j[1], j[2]))
         me = _me()
-        lives = {owner: owner == me or alive(owner) for owner in newest}
+        lives = {owner: owner == me or _writes_still(owner, me) for owner in newest}
         batch: list[Entry] = []
         marks: dict[str, int] = {}
         done = 0
@@ -282,7 +309,18 @@ class Committer:
                 data, size = chunk
                 end = data.rfind(b"\n") + 1
                 if end == 0 and closed and data:
-                    end = len(data)  # a last line its dead writer never ended
+                    # A last line its writer never ended: the write was cut (the process
+                    # died in it, the disk was full), so its call never returned. Kept in
+                    # rejected/ for a person to see, never applied.
+                    self._spool.reject(
+                        SPOOL_OP, [data.decode("utf-8", "replace")],
+                        reason=f"a line of {name} cut short by the end of its writer",
+                    )  # fmt: skip
+                    offset += len(data)
+                    marks[name] = offset
+                    if offset >= size:
+                        finished.append(name)
+                    break
                 for raw in data[:end].split(b"\n"):
                     if raw.strip():
                         entry = self._entry(raw)
@@ -396,6 +434,26 @@ class Committer:
 
 def _me() -> str:
     return owner_of(os.getpid())
+
+
+def _writes_still(owner: str, me: str) -> bool:
+    """Whether the process that owns a journal may still write to it. An owner named by
+    its pid alone, where this process is named with its start time too, wrote the journal
+    with an earlier version of halite, before the master restarted: whatever process has
+    that pid now is another one."""
+    if "." not in owner and "." in me:
+        return False
+    return alive(owner)
+
+
+def _remove_stale_progress(directory: Path, name: str) -> None:
+    """A ``.committed.<pid>.tmp`` left by a committer that died while writing it."""
+    try:
+        pid = int(name[len(COMMITTED) + 1 : -len(".tmp")])
+    except ValueError:
+        return
+    if pid != os.getpid() and not alive(str(pid)):
+        (directory / name).unlink(missing_ok=True)
 
 
 def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,9 @@ def item_from_line(line: str) -> Item:
 
 # ---------------------------------------------------------------------- writing
 class JournalWriter:
-    """A process's journal in one directory: appends whole lines with one ``write`` (so a
-    line is never interleaved with another process's, nor half-read once its newline is
-    there), and starts a new file every ``ROTATE_BYTES``. Thread-safe."""
+    """A process's journal in one directory: appends whole lines (so a line is never
+    interleaved with another process's), and starts a new file every ``ROTATE_BYTES``.
+    A write the disk cuts short is undone back to the last whole line. Thread-safe."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -219,32 +220,57 @@ class JournalWriter:
         self._fd: int | None = None
         self._name: str | None = None
         self._size = 0
-        self._held: list[bytes] = []  # lines a failed write could not journal yet
+        self._held: list[str] = []  # lines the disk refused, in order
+        _open_writers.add(self)
 
-    def append(self, lines: list[str]) -> bool:
-        """Journal ``lines``; False when the disk refused them (they are then held in memory
-        and written with the next append; lost if the process dies first)."""
-        data = "".join(line + "\n" for line in lines).encode("utf-8", "surrogatepass")
+    def append(self, lines: list[str]) -> list[str]:
+        """Journal ``lines`` (after those held from an earlier failure); returns the lines
+        the disk refused, now held in memory (empty when all are journalled). The caller
+        keeps them elsewhere and calls :meth:`take_held`; else they are journalled with the
+        next append (and lost if the process dies first)."""
         with self._lock:
-            if self._held:
-                data = b"".join(self._held) + data
-                self._held = []
+            waiting = self._held + lines
+            data = "".join(line + "\n" for line in waiting).encode("utf-8", "surrogatepass")
             try:
                 if self._fd is None or self._size >= ROTATE_BYTES:
                     self._open()
                 assert self._fd is not None
-                os.write(self._fd, data)
-                self._size += len(data)
-                return True
+                self._write_all(self._fd, data)
             except OSError as exc:
                 log.error("halite: cannot journal %d writes (%s); kept in memory", len(lines), exc)
-                self._held.append(data)
-                return False
-
-    def drop_held(self) -> None:
-        """Forget the lines a failed write held: they were kept elsewhere (the spool)."""
-        with self._lock:
+                self._held = waiting
+                return list(waiting)
             self._held = []
+            self._size += len(data)
+            return []
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        except OSError:
+            if done:
+                # A full disk cut the write short: undo the part written, so that the next
+                # line does not land on the end of a cut one.
+                try:
+                    os.ftruncate(fd, self._size)
+                except OSError:
+                    self._fd = None  # cannot undo: the next append starts a new journal
+                    os.close(fd)
+            raise
+
+    def take_held(self) -> list[str]:
+        """The lines held after a failed write, no longer held: the caller keeps them."""
+        with self._lock:
+            held, self._held = self._held, []
+            return held
+
+    def hold(self, lines: list[str]) -> None:
+        """Hold ``lines`` again (before any held since), when keeping them elsewhere failed."""
+        with self._lock:
+            self._held = lines + self._held
 
     def position(self) -> tuple[str | None, int]:
         """The current journal's name and how many bytes this process wrote to it."""
@@ -269,6 +295,23 @@ class JournalWriter:
 
 _writers: dict[tuple[int, str], JournalWriter] = {}
 _writers_lock = threading.Lock()
+_open_writers: weakref.WeakSet[JournalWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (Salt forks its workers, and runner jobs from them) must not write to
+    # its parent's journal, nor keep its descriptors open.
+    for writer in list(_open_writers):
+        if writer.pid != os.getpid() and writer._fd is not None:
+            try:
+                os.close(writer._fd)
+            except OSError:
+                pass
+            writer._fd = None
+    _writers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def writer_for(directory: str) -> JournalWriter:
@@ -331,7 +374,9 @@ def _is_spooled(name: str) -> bool:
 
 
 def _lines_of(data: bytes, needle: bytes | None) -> Iterator[str]:
-    for raw in data.split(b"\n"):
+    # Whole lines only: a line without its newline is still being written (a reader may
+    # see part of a write), or was cut by the death of its writer (its call never returned).
+    for raw in data[: data.rfind(b"\n") + 1].split(b"\n"):
         if raw and (needle is None or needle in raw):
             yield raw.decode("utf-8", errors="replace")
 

@@ -220,11 +220,16 @@ class _Statements:
         return_insert = insert_(job_returns).values(
             binds(job_returns, ("jid", "minion", "expected", "start_time", *RETURN_COLUMNS))
         )
-        # A placeholder is filled; a row that already holds a return is left alone.
+        # A placeholder is filled; a row that already holds a return is left alone, unless
+        # this one was accepted earlier (two workers' journals reach the committer in no
+        # particular order): the first return of a minion wins, by when it arrived.
         upsert_return = return_insert.on_conflict_do_update(
             index_elements=["jid", "minion"],
             set_={name: return_insert.excluded[name] for name in RETURN_COLUMNS},
-            where=r.state != RETURNED,
+            where=or_(
+                r.state != RETURNED,
+                r.returned_at > return_insert.excluded.returned_at,
+            ),
         )
         rows = job_returns.alias("rows")
         of_job = rows.c.jid == j.jid
@@ -669,8 +674,8 @@ class Writes:
         stubs: dict[str, dict[str, Any]] = {}
         for i, item in enumerate(items):
             key = (item.row.jid, item.row.minion)
-            if key in first:
-                continue
+            if key in first and items[first[key]].row.returned_at <= item.row.returned_at:
+                continue  # the earliest accepted wins
             first[key] = i
             stubs.setdefault(item.row.jid, item.stub)
         known = self._known(conn, stubs)
