@@ -179,3 +179,43 @@ def test_restart_in_the_middle_of_a_job_recovers(engine_master, silent_minion, i
 
     state = wait_for(reconciled, timeout=30)
     assert state["reconciled_at"] >= state["started_at"]
+
+
+def _lock_holders(directory):
+    """``{lock file name: pid}`` of the flock locks held on the files of ``directory``,
+    from the kernel's own table (/proc/locks)."""
+    import os
+    from pathlib import Path
+
+    inodes = {}
+    for name in (".committer.lock", ".engine.lock"):
+        path = Path(directory, name)
+        if path.exists():
+            stat = path.stat()
+            inodes[(os.major(stat.st_dev), os.minor(stat.st_dev), stat.st_ino)] = name
+    holders = {}
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields:
+            continue  # a waiter, not a holder
+        pid, device = fields[4], fields[5]
+        major, minor, inode = device.split(":")
+        key = (int(major, 16), int(minor, 16), int(inode))
+        if key in inodes:
+            holders[inodes[key]] = int(pid)
+    return holders
+
+
+def test_the_engines_process_is_the_one_committer(engine_master, busy_minion, index):
+    """With the engine configured, Salt's workers only append to their journals: the
+    process that holds the committer's lock is the engine's, and the returns of a job
+    the workers journalled reach the index through it."""
+    from tests.helpers import untaken
+
+    jid = publish(engine_master, busy_minion.id, "test.ping")
+    wait_for(lambda: (job(index, jid) or {}).get("status") == "complete")
+    holders = _lock_holders(index.settings.journal_dir)
+    assert set(holders) == {".committer.lock", ".engine.lock"}
+    assert holders[".committer.lock"] == holders[".engine.lock"]
+    assert holders[".committer.lock"] != engine_master.pid  # not the master's main process
+    wait_for(lambda: untaken(index.settings) == [])
