@@ -14,13 +14,15 @@ import os
 import re
 import threading
 
+from halite_core.errors import HaliteError
+
 _JID_RE = re.compile(r"^(\d{20})(?:_(\d+))?$")
 _MONTHS = list(calendar.month_abbr)
 _last_jid: dt.datetime | None = None
 _last_jid_lock = threading.Lock()
 
 
-class InvalidJid(ValueError):
+class InvalidJid(HaliteError, ValueError):
     """Not a Salt job id."""
 
 

@@ -34,6 +34,7 @@ from halite_core.config import Settings
 from halite_core.durability.committer import Committer, commit_or_spool, committer_for, forget
 from halite_core.durability.journal import (
     SPOOL_OP,
+    item_from_line,
     item_to_line,
     pending_items,
     raw_return_line,
@@ -56,6 +57,7 @@ from halite_core.store.ops import (
     NoReturnItem,
     RawReturn,
     ReturnItem,
+    SaltWrite,
     SettledItem,
     item_jid,
     utcnow,
@@ -145,9 +147,6 @@ class JobStore:
         self._as_engine = False
 
     # ------------------------------------------------------------------ jids
-    def start_time(self, jid: str) -> dt.datetime:
-        return jids.start_time(jid, self.settings.jid_utc)
-
     def reserve_jid(self, jid: str) -> bool:
         """Claim a freshly generated JID for this master; False if another process already
         holds it. A file, never the database: this runs on Salt's publish path."""
@@ -171,31 +170,6 @@ class JobStore:
     def apply_items(self, items: Sequence[Item]) -> int:
         """Apply prepared writes in one transaction; returns how many returns were stored."""
         return self.writes.apply_items([self._prepared(item) for item in items])
-
-    # The synchronous forms, for callers outside Salt's job path and for tests.
-    def save_load(
-        self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None
-    ) -> None:
-        """Index a job's publish load and the minions it targeted."""
-        self.apply_items(self.items_for("save_load", jid, load, minions))
-
-    def save_minions(self, jid: str, minions: Iterable[str], syndic_id: str | None = None) -> None:
-        """Add minions a syndic matched to a job's target list."""
-        self.apply_items(self.items_for("save_minions", jid, minions, syndic_id))
-
-    def save_return(self, load: Mapping[str, Any], returned_at: dt.datetime | None = None) -> bool:
-        """Index one minion return; the first for a (jid, minion) wins. False for a duplicate."""
-        return self.apply_items(self.items_for("save_return", load, returned_at)) == 1
-
-    def save_events(self, events: Sequence[Mapping[str, Any]]) -> int:
-        """Index ``salt/job/<jid>/new`` and ``.../ret/<minion>`` events in one transaction."""
-        items = self.items_for("save_events", events)
-        self.apply_items(items)
-        return len(items)
-
-    def update_endtime(self, jid: str, when: dt.datetime) -> None:
-        """Salt's job_cache_store_endtime hook: the latest time a return was stored."""
-        self.apply_items(self.items_for("update_endtime", jid, when))
 
     def mark_killed(self, jid: str, minions: Iterable[str], at: dt.datetime | None = None) -> None:
         """Mark the minions still ``pending`` in ``jid`` as ``killed`` (they were sent
@@ -487,15 +461,16 @@ class JobStore:
     # ------------------------------------------------------------------ Salt's job path
 
     # ------------------------------------------------------------------ Salt's job path
-    def record(self, op: str, *args: Any) -> bool | None:
+    def record(self, write: SaltWrite | str, *args: Any) -> bool | None:
         """A write from Salt's job path: checked, encoded and journalled; the committer
         commits it with its next batch. Never raises and never waits for the database: bad
         input goes to the spool's ``rejected/``. True when journalled, None when set aside."""
+        op = str(getattr(write, "value", write))  # how the spool names it
         try:
-            if op == "save_return":
+            if write == SaltWrite.SAVE_RETURN:
                 lines = [self._return_line(*args)]
             else:
-                lines = [item_to_line(item) for item in self.items_for(op, *args)]
+                lines = [item_to_line(item) for item in self.items_for(write, *args)]
         except InvalidLoad as exc:
             self.spool.reject(op, *args, reason=str(exc))
             return None
@@ -629,8 +604,6 @@ class JobStore:
 
     def _apply_spooled(self, op: str, args: list[Any]) -> None:
         if op == SPOOL_OP:
-            from halite_core.durability.journal import item_from_line
-
             entries = []
             for line in args[0]:
                 try:
@@ -638,14 +611,16 @@ class JobStore:
                 except (ValueError, KeyError, TypeError) as exc:
                     self.spool.reject(SPOOL_OP, [line], reason=f"unreadable journal line: {exc}")
             commit_or_spool(self.apply_entries, self.spool, entries, is_outage, on_outage="raise")
-        elif op in _SPOOLABLE:
-            getattr(self, op)(*args)
         else:
-            raise InvalidLoad(f"unknown spooled operation {op!r}")
+            # One of Salt's writes, spooled before it could be checked (the returner could
+            # not even open the index): checked now, and committed through the one path.
+            try:
+                items = self.items_for(SaltWrite(op), *args)
+            except ValueError as exc:  # InvalidLoad too: set aside by the spool
+                raise InvalidLoad(f"unknown or invalid spooled operation {op!r}: {exc}") from exc
+            entries = [(item_to_line(item), item) for item in items]
+            commit_or_spool(self.apply_entries, self.spool, entries, is_outage, on_outage="raise")
 
-
-# Writes spooled by name: by the returner when the index could not even be opened.
-_SPOOLABLE = {"save_load", "save_return", "save_minions", "save_events", "update_endtime"}
 
 _stores: PerProcess[Settings, JobStore] = PerProcess(JobStore, lambda store: None)
 

@@ -19,7 +19,7 @@ def publish(store, jid, fun="test.arg", minions=("m1", "m2"), arg=(), user="root
         "user": user,
         **extra,
     }
-    store.save_load(jid, load, list(minions))
+    save_load(store, jid, load, list(minions))
     return load
 
 
@@ -41,3 +41,13 @@ def untaken(settings):
     from halite_core.durability.journal import pending_lines
 
     return pending_lines(settings.journal_dir, settings.spool_dir + "/none")
+
+
+def save_load(store, jid, load, minions=None):
+    """Index a publish at once (the committer's path, without the journal)."""
+    store.apply_items(store.items_for("save_load", jid, load, minions))
+
+
+def save_return(store, load, returned_at=None):
+    """Index one minion return at once; False for a duplicate (the first return wins)."""
+    return store.apply_items(store.items_for("save_return", load, returned_at)) == 1

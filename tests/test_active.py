@@ -9,6 +9,7 @@ from halite_core.active import ActiveJobs, effective_status
 from halite_core.config import EngineOptions
 from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
+from tests.helpers import save_load, save_return
 
 JID = "20261128120000000001"
 UTC = dt.timezone.utc
@@ -179,11 +180,11 @@ def test_returner_and_engine_in_either_order(store, clock, find_job):
     # With halite as the job cache the engine leaves returns to the returner.
     engine = make_engine(store, clock, find_job, write_returns=False)
     feed(engine, new(JID, ["m1", "m2"]))
-    store.save_return(ret(JID, "m1")[1])  # the returner, before the engine's event
+    save_return(store, ret(JID, "m1")[1])  # the returner, before the engine's event
     feed(engine, ret(JID, "m1"), ret(JID, "m2"))
     assert JID not in engine.jobs
     assert states(store) == {"m1": "returned", "m2": "pending"}  # m2's return not yet cached
-    store.save_return(ret(JID, "m2")[1])
+    save_return(store, ret(JID, "m2")[1])
     assert job(store)["status"] == "complete"
 
 
@@ -241,7 +242,7 @@ def test_a_runners_publish_wins_over_its_store_job_load_in_either_order(engine, 
                        "return": {"fun": "runner.state.orchestrate", "return": {}}}  # fmt: skip
         if engine_first:
             feed(engine, event)
-        store.save_load(jid, second_hand)
+        save_load(store, jid, second_hand)
         if not engine_first:
             feed(engine, event)
         row = job(store, jid)
@@ -334,7 +335,7 @@ def test_full_disk_spools_and_replays(store, settings):
         else:
             conn.exec_driver_sql("PRAGMA max_page_count = 1073741823")
 
-    patient.save_load(JID, {"jid": JID, "fun": "test.arg", "tgt": ["m1", "m2"],
+    save_load(patient, JID, {"jid": JID, "fun": "test.arg", "tgt": ["m1", "m2"],
                             "tgt_type": "list"}, ["m1", "m2"])  # fmt: skip
     full["on"] = True
     big = {"data": "x" * 200_000}

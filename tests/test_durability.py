@@ -22,7 +22,7 @@ from halite_core.permissions import Denied, Policy
 from halite_core.service import Service
 from halite_core.store.schema import audit_log
 from tests.conftest import sqlite_only
-from tests.helpers import publish, ret
+from tests.helpers import publish, ret, save_load, save_return
 
 UTC = dt.timezone.utc
 JID = "20261128120000000001"
@@ -67,7 +67,7 @@ def test_reads_see_what_another_process_accepted_but_did_not_commit(store, setti
 
 def test_the_first_return_still_wins_while_journalled(store, settings):
     publish(store, JID, minions=("m1",))
-    store.save_return(ret(JID, "m1", "first"))
+    save_return(store, ret(JID, "m1", "first"))
     worker = _worker(settings)
     worker.record("save_return", ret(JID, "m1", "repeat"), dt.datetime.now(UTC))
     assert store.get_jid(JID)["m1"]["return"] == "first"
@@ -238,7 +238,7 @@ def test_a_running_job_is_cleaned_once_idle_for_keep_running_seconds(store, sett
     while it may still run, but not forever."""
     bounded = JobStore(dataclasses.replace(settings, keep_running_seconds=86400), store.db)
     publish(bounded, JID, minions=("m1", "down"))
-    bounded.save_return(ret(JID, "m1"))
+    save_return(bounded, ret(JID, "m1"))
     now = dt.datetime.now(UTC)
     assert bounded.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(hours=1)) == 0
     assert bounded.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=2)) == 1
@@ -301,7 +301,7 @@ def test_a_journalled_publish_wins_over_a_placeholder_committed_first(store, set
     load = {"jid": JID, "fun": "test.arg", "arg": ["x"], "tgt": "m1", "tgt_type": "glob",
             "user": "alice"}  # fmt: skip
     worker.record("save_load", JID, load, ["m1"])
-    store.save_return(ret(JID, "m1"))
+    save_return(store, ret(JID, "m1"))
     assert store.get_load(JID) == {**load, "Minions": ["m1"]}
     assert store.newest_loads(1) == [(JID, load)]
 
@@ -326,7 +326,7 @@ def test_a_runners_load_keeps_no_copy_of_its_return(store, settings):
     small = JobStore(dataclasses.replace(settings, max_return_bytes=1000), store.db)
     data = {"fun": "runner.test.arg", "fun_args": [], "jid": JID, "user": "root",
             "return": "x" * 10_000, "success": True}  # fmt: skip
-    small.save_load(JID, {"id": "master", "tgt": "master", "jid": JID, "return": data,
+    save_load(small, JID, {"id": "master", "tgt": "master", "jid": JID, "return": data,
                           "fun": "runner.test.arg", "user": "root"})  # fmt: skip
     with store.db.read() as conn:
         from halite_core.store.schema import jobs_index
@@ -337,11 +337,11 @@ def test_a_runners_load_keeps_no_copy_of_its_return(store, settings):
 
 def test_a_return_long_after_its_job_was_cleaned_is_still_dropped(store):
     publish(store, JID, minions=("m1",))
-    store.save_return(ret(JID, "m1"))
+    save_return(store, ret(JID, "m1"))
     now = dt.datetime.now(UTC)
     assert store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(minutes=5)) == 1
     store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=3))
-    store.save_return(ret(JID, "m2", "very late"))
+    save_return(store, ret(JID, "m2", "very late"))
     assert store.get_jid(JID) == {}
 
 

@@ -3,6 +3,7 @@ import decimal
 import json
 
 from halite_core import encoding
+from tests.helpers import save_return
 
 
 class Opaque:
@@ -123,7 +124,7 @@ def test_returns_and_loads_with_nul_keys_are_stored_exactly(store):
 
     jid = "20261128120000000001"
     publish(store, jid, fun="test.arg", minions=["m1"], kwargs={"opt\x00": 1, "opt\\x00": 2})
-    store.save_return(ret(jid, "m1", value=NUL_KEYS))
+    save_return(store, ret(jid, "m1", value=NUL_KEYS))
     store.flush()
     assert store.get_jid(jid)["m1"]["return"] == NUL_KEYS
     assert store.get_load(jid)["kwargs"] == {"opt\x00": 1, "opt\\x00": 2}

@@ -13,7 +13,7 @@ from halite_core.durability.committer import commit_or_spool
 from halite_core.jobcache import JobStore, is_outage, item_to_line, split_arguments
 from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
-from tests.helpers import publish, ret, untaken
+from tests.helpers import publish, ret, save_return, untaken
 
 UTC = dt.timezone.utc
 JID = "20261128120000000001"
@@ -42,12 +42,12 @@ def test_publish_then_returns_keeps_counts_and_status_exact(store):
 
     t1 = dt.datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
     t2 = t1 + dt.timedelta(seconds=3)
-    store.save_return(ret(JID, "m1"), t1)
-    store.save_return(ret(JID, "m2", False, retcode=1, success=False), t2)
+    save_return(store, ret(JID, "m1"), t1)
+    save_return(store, ret(JID, "m2", False, retcode=1, success=False), t2)
     job = job_row(store, JID)
     assert job["status"] == "running"
     assert (job["minions_returned"], job["minions_failed"]) == (2, 1)
-    store.save_return(ret(JID, "m3"), t1)  # arrives last but stamped earlier
+    save_return(store, ret(JID, "m3"), t1)  # arrives last but stamped earlier
     job = job_row(store, JID)
     assert job["status"] == "complete"
     assert job["end_time"] == t2 and job["last_return_at"] == t2
@@ -58,14 +58,14 @@ def test_publish_then_returns_keeps_counts_and_status_exact(store):
 
 def test_repeated_return_keeps_the_first(store):
     publish(store, JID, minions=("m1",))
-    assert store.save_return(ret(JID, "m1", "first"))
-    assert not store.save_return(ret(JID, "m1", "second"))
+    assert save_return(store, ret(JID, "m1", "first"))
+    assert not save_return(store, ret(JID, "m1", "second"))
     assert store.get_jid(JID)["m1"]["return"] == "first"
     assert job_row(store, JID)["minions_returned"] == 1
 
 
 def test_return_before_publish_then_publish_reconciles(store):
-    store.save_return(ret(JID, "m1", fun="test.ping"))
+    save_return(store, ret(JID, "m1", fun="test.ping"))
     job = job_row(store, JID)
     assert job["function"] == "test.ping" and job["minions_returned"] == 1
     publish(store, JID, fun="test.ping", minions=("m1", "m2"))
@@ -77,8 +77,8 @@ def test_return_before_publish_then_publish_reconciles(store):
 
 def test_unexpected_minion_counts_as_targeted(store):
     publish(store, JID, minions=("m1",))
-    store.save_return(ret(JID, "m1"))
-    store.save_return(ret(JID, "surprise"))
+    save_return(store, ret(JID, "m1"))
+    save_return(store, ret(JID, "surprise"))
     job = job_row(store, JID)
     assert (job["minions_targeted"], job["minions_returned"]) == (2, 2)
     assert store.get_load(JID)["Minions"] == ["m1"]  # the target list Salt computed
@@ -100,7 +100,7 @@ def test_state_run_summary_is_stored(store):
         "cmd_|-b_|-false_|-run": {"result": False, "comment": "boom", "changes": {}, "duration": 3},
     }
     publish(store, JID, fun="state.apply", minions=("m1",))
-    store.save_return(ret(JID, "m1", states, fun="state.apply", retcode=2, success=False))
+    save_return(store, ret(JID, "m1", states, fun="state.apply", retcode=2, success=False))
     row = return_rows(store, JID)["m1"]
     assert (row["states_total"], row["states_passed"], row["states_failed"]) == (2, 1, 1)
     assert (row["states_changed"], row["states_duration_ms"]) == (1, 5.0)
@@ -109,11 +109,11 @@ def test_state_run_summary_is_stored(store):
 
 def test_non_dict_and_odd_returns_are_stored_faithfully(store):
     publish(store, JID, minions=("a", "b", "c", "d", "e"))
-    store.save_return(ret(JID, "a", ["Rendering SLS 'base:web' failed: boom"], fun="state.apply"))
-    store.save_return(ret(JID, "b", None))
-    store.save_return(ret(JID, "c", {b"k": {1, 2}}))
-    store.save_return({"jid": JID, "id": "d", "return": 5})  # no retcode, success, fun
-    store.save_return(ret(JID, "e", 2**64))  # a bare number past SQLite's 64-bit integers
+    save_return(store, ret(JID, "a", ["Rendering SLS 'base:web' failed: boom"], fun="state.apply"))
+    save_return(store, ret(JID, "b", None))
+    save_return(store, ret(JID, "c", {b"k": {1, 2}}))
+    save_return(store, {"jid": JID, "id": "d", "return": 5})  # no retcode, success, fun
+    save_return(store, ret(JID, "e", 2**64))  # a bare number past SQLite's 64-bit integers
     got = store.get_jid(JID)
     assert got["a"]["return"] == ["Rendering SLS 'base:web' failed: boom"]
     assert got["b"]["return"] is None
@@ -129,7 +129,7 @@ def test_odd_retcodes_never_lose_the_return(store):
     sent = {"a": float("inf"), "b": 2**40, "c": "3", "d": "x", "e": 1.0, "f": -1, "g": True}
     publish(store, JID, minions=tuple(sent))
     for minion, retcode in sent.items():
-        assert store.save_return(ret(JID, minion, minion, retcode=retcode)) is not False
+        assert save_return(store, ret(JID, minion, minion, retcode=retcode)) is not False
     store.flush()
     rows = return_rows(store, JID)
     got = {minion: rows[minion]["retcode"] for minion in sent}
@@ -140,7 +140,7 @@ def test_odd_retcodes_never_lose_the_return(store):
 def test_oversized_return_is_truncated_with_a_marker(store):
     small = JobStore(dataclasses.replace(store.settings, max_return_bytes=1024), store.db)
     publish(small, JID, minions=("m1",))
-    small.save_return(ret(JID, "m1", "x" * 5000))
+    save_return(small, ret(JID, "m1", "x" * 5000))
     row = return_rows(small, JID)["m1"]
     assert row["return_truncated"] is True
     assert row["return_value"]["__halite_type__"] == "truncated"
@@ -178,8 +178,8 @@ def test_clean_old_jobs_deletes_jobs_and_returns_together(store):
     done, running = "20261128110000000000", "20261128110000000001"
     for jid in (done, running):
         publish(store, jid, minions=("m1", "m2"))
-        store.save_return(ret(jid, "m1"))
-    store.save_return(ret(done, "m2"))
+        save_return(store, ret(jid, "m1"))
+    save_return(store, ret(done, "m2"))
     later = dt.datetime.now(UTC) + dt.timedelta(hours=2)
     assert store.clean_old_jobs(keep_seconds=3600, now=later) == 1
     with store.db.read() as conn:
@@ -201,18 +201,18 @@ def test_retention_ages_jobs_by_activity_and_never_deletes_a_running_one(store):
     sleeping, old_jid = "20261128110000000002", "20261101000000000003"
     publish(store, sleeping, fun="test.sleep", minions=("m1",))  # still running
     publish(store, old_jid, minions=("m1",))  # a job stored now under an old jid (a syndic's)
-    store.save_return(ret(old_jid, "m1"))
+    save_return(store, ret(old_jid, "m1"))
     now = dt.datetime.now(UTC)
     assert store.clean_old_jobs(keep_seconds=30, now=now) == 0
     assert job_row(store, old_jid)["status"] == "complete"
     assert store.clean_old_jobs(keep_seconds=30, now=now + dt.timedelta(seconds=60)) == 1
     assert job_row(store, sleeping)["status"] == "running"  # kept while it runs
     assert store.get_load(old_jid) == {}
-    store.save_return(ret(old_jid, "m2", "late"))  # a return after its job was cleaned
+    save_return(store, ret(old_jid, "m2", "late"))  # a return after its job was cleaned
     assert store.get_jid(old_jid) == {}
     with store.db.read() as conn:
         assert conn.scalar(select(func.count()).where(jobs_index.c.jid == old_jid)) == 0
-    store.save_return(ret(sleeping, "m1", "woke up"), now + dt.timedelta(seconds=60))
+    save_return(store, ret(sleeping, "m1", "woke up"), now + dt.timedelta(seconds=60))
     assert store.get_jid(sleeping)["m1"]["return"] == "woke up"
     assert store.clean_old_jobs(keep_seconds=30, now=now + dt.timedelta(seconds=60)) == 0
     assert store.clean_old_jobs(keep_seconds=30, now=now + dt.timedelta(seconds=120)) == 1
@@ -264,7 +264,9 @@ def test_event_batch_indexes_publish_and_returns(store):
         },
         {"tag": f"salt/job/{JID}/ret/m2", "data": {"return": True, "retcode": 0, "success": True}},
     ]
-    assert store.save_events(events) == 3
+    items = store.items_for("save_events", events)
+    store.apply_items(items)
+    assert len(items) == 3
     job = job_row(store, JID)
     assert (job["user"], job["target"], job["status"], job["minions_returned"]) == (
         "sudo_alice",
@@ -452,7 +454,7 @@ def test_a_settled_minion_ends_the_job_but_is_no_return(store):
     t1 = dt.datetime(2026, 11, 28, 12, 0, 1, tzinfo=UTC)
     t2 = dt.datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
     publish(store, JID, minions=("m1", "m2"))
-    store.save_return(ret(JID, "m1"), t1)
+    save_return(store, ret(JID, "m1"), t1)
     store.apply_items([NoReturnItem(JID, ["m2"], t2)])
     row = job_row(store, JID)
     assert (row["status"], row["last_return_at"], row["end_time"]) == ("complete", t1, t2)

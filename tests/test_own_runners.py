@@ -8,6 +8,7 @@ from sqlalchemy import select
 from halite_core.config import Settings
 from halite_core.own_runners import WITHHELD, feed_warning
 from halite_core.store.schema import job_returns
+from tests.helpers import save_load, save_return
 
 JID = "20261128120000000001"
 MASTER = "master1_master"
@@ -31,8 +32,8 @@ def store_job(store, fun, answer, success=True):
     """What Salt's store_job does with a runner's return: a load, then the return."""
     ret = payload(fun, answer, success)
     load = {"id": MASTER, "tgt": MASTER, "jid": JID, "return": ret, "fun": fun, "user": "root"}
-    store.save_load(JID, load)
-    store.save_return(load)
+    save_load(store, JID, load)
+    save_return(store, load)
 
 
 def test_a_halite_runner_answer_is_withheld_and_its_outcome_kept(store):
@@ -55,8 +56,8 @@ def test_a_failed_halite_runner_keeps_its_retcode(store):
 
 def test_a_return_without_its_function_is_judged_by_its_payload(store):
     load = {"id": MASTER, "jid": JID, "return": payload("runner.halite.audit", ENTRIES)}
-    store.save_load(JID, load)
-    store.save_return(load)
+    save_load(store, JID, load)
+    save_return(store, load)
     assert "entries" not in str(store.get_jid(JID)) and "entries" not in str(store.get_load(JID))
 
 
@@ -65,7 +66,7 @@ def test_the_engines_bare_answer_is_withheld_too(store):
     return, the success beside it."""
     event = {"fun": "runner.halite.jobs", "jid": JID, "id": MASTER, "user": "root",
              "return": {"jobs": [{"jid": "x"}], "next": None}, "success": True}  # fmt: skip
-    store.save_return(event)
+    save_return(store, event)
     stored = store.get_jid(JID)[MASTER]
     assert stored["return"] == WITHHELD
     assert row(store).success is True
@@ -80,7 +81,7 @@ def test_other_jobs_keep_their_returns(store, fun):
 
 
 def test_a_minions_own_marker_lookalike_is_not_taken_for_withheld(store):
-    store.save_return({"fun": "test.echo", "jid": JID, "id": "m1", "return": dict(WITHHELD)})
+    save_return(store, {"fun": "test.echo", "jid": JID, "id": "m1", "return": dict(WITHHELD)})
     assert store.get_jid(JID)["m1"]["return"] == WITHHELD  # given back as the minion sent it
 
 
@@ -170,8 +171,8 @@ def minion_return(fun, fun_args, answer, minion="master1"):
     ],
 )
 def test_a_minion_running_a_withheld_runner_has_its_return_withheld(store, fun, fun_args):
-    store.save_load(JID, {"fun": fun, "arg": fun_args, "tgt": "master1", "user": "root"})
-    store.save_return(minion_return(fun, fun_args, ENTRIES))
+    save_load(store, JID, {"fun": fun, "arg": fun_args, "tgt": "master1", "user": "root"})
+    save_return(store, minion_return(fun, fun_args, ENTRIES))
     assert store.get_jid(JID)["master1"]["return"] == WITHHELD
     assert "sudo_bob" not in str(store.get_jid(JID))
 
@@ -181,7 +182,7 @@ def test_a_minion_running_a_withheld_runner_has_its_return_withheld(store, fun, 
     [("saltutil.runner", ["manage.up"]), ("saltutil.runner", []), ("test.arg", ["halite.audit"])],
 )
 def test_a_minion_running_another_runner_keeps_its_return(store, fun, fun_args):
-    store.save_return(minion_return(fun, fun_args, ENTRIES))
+    save_return(store, minion_return(fun, fun_args, ENTRIES))
     assert store.get_jid(JID)["master1"]["return"] == ENTRIES
 
 
@@ -238,7 +239,7 @@ def test_orchestrate_single_and_high_answers_are_looked_into(store):
 def test_a_minions_state_run_with_a_runner_state_is_withheld_there(store):
     """The master's own minion can run salt.runner states with state.apply."""
     states = runner_state("halite.audit", ENTRIES)
-    store.save_return(minion_return("state.apply", ["export"], states))
+    save_return(store, minion_return("state.apply", ["export"], states))
     ran = store.get_jid(JID)["master1"]["return"]
     assert ran["salt_|-audit_|-halite.audit_|-runner"]["changes"] == {"return": WITHHELD}
 
@@ -247,7 +248,7 @@ def test_the_engines_bare_orchestration_answer_is_withheld_there(store):
     event = {"fun": "runner.state.orchestrate", "jid": JID, "id": MASTER, "user": "root",
              "return": orchestration(runner_state("halite.audit", ENTRIES)),
              "success": True}  # fmt: skip
-    store.save_return(event)
+    save_return(store, event)
     ran = store.get_jid(JID)[MASTER]["return"]["data"][MASTER]
     assert ran["salt_|-audit_|-halite.audit_|-runner"]["changes"] == {"return": WITHHELD}
 
@@ -267,7 +268,7 @@ def test_a_withheld_state_run_keeps_odd_values_and_is_truncated_as_any(settings)
     small = dataclasses.replace(settings, max_return_bytes=200)
     store = JobStore(small)
     try:
-        store.save_return(minion_return("state.apply", [], states, minion="m2"))
+        save_return(store, minion_return("state.apply", [], states, minion="m2"))
         stored = store.get_jid(JID)["m2"]["return"]
         assert stored["__halite_type__"] == "truncated"
         assert "sudo_bob" not in stored["preview"]

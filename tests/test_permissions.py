@@ -7,6 +7,7 @@ import pytest
 
 from halite_core import audit, kill
 from halite_core.permissions import ConfigError, Policy, policy_from_opts
+from tests.helpers import save_return
 
 CONFIG = {
     "roles": {
@@ -198,7 +199,7 @@ def test_kill_plan_and_marks(store):
 
     jid = "20261128120000000009"
     publish(store, jid, fun="test.sleep", minions=["done", "busy1", "busy2"])
-    store.save_return(ret(jid, "done", fun="test.sleep"))
+    save_return(store, ret(jid, "done", fun="test.sleep"))
     with store.db.read() as conn:
         assert kill.plan(conn, jid)["minions"] == ["busy1", "busy2"]
         for bad, message in ((123, "is not a Salt job id"), ("2026", "is not a Salt job id"),
@@ -218,7 +219,7 @@ def test_kill_plan_and_marks(store):
         ("busy1", "killed"), ("busy2", "killed"), ("done", "returned")
     ]  # fmt: skip
     # A return that arrives after the kill after all is the truth, and replaces the mark.
-    store.save_return(ret(jid, "busy1", fun="test.sleep"))
+    save_return(store, ret(jid, "busy1", fun="test.sleep"))
     with store.db.read() as conn:
         assert job_detail(conn, jid)["minions"]["failed"] == 1
 
@@ -270,13 +271,13 @@ def test_a_finished_job_the_user_may_not_kill_is_a_denial(store):
     from tests.helpers import publish, ret
 
     publish(store, "20261128120000000001", fun="state.apply", minions=["m1"])
-    store.save_return(ret("20261128120000000001", "m1", fun="state.apply"))
+    save_return(store, ret("20261128120000000001", "m1", fun="state.apply"))
     with pytest.raises(Denied, match="kill:job:state.apply"):
         _kill_service(store, None).kill("kim", "20261128120000000001")
     (entry,) = _audited(store)
     assert entry["decision"] == "deny"
     publish(store, "20261128120000000002", fun="test.sleep", minions=["m1"])
-    store.save_return(ret("20261128120000000002", "m1", fun="test.sleep"))
+    save_return(store, ret("20261128120000000002", "m1", fun="test.sleep"))
     with pytest.raises(kill.NothingToKill, match="already complete"):  # kim may kill test.*
         _kill_service(store, None).kill("kim", "20261128120000000002")
 
@@ -308,7 +309,7 @@ def test_a_job_outside_the_scope_answers_as_an_unknown_one_and_is_audited(store)
     from tests.helpers import publish, ret
 
     publish(store, "20261128120000000001", fun="cmd.run", minions=["m1"])
-    store.save_return(ret("20261128120000000001", "m1", fun="cmd.run"))
+    save_return(store, ret("20261128120000000001", "m1", fun="cmd.run"))
     service = _scoped_service(store)
     hidden = _answer(lambda: service.job("dave", "20261128120000000001"))
     unknown = _answer(lambda: service.job("dave", "20261128120000000002"))
@@ -328,7 +329,7 @@ def test_a_kill_of_a_job_the_user_may_not_view_answers_as_an_unknown_one(store):
 
     publish(store, "20261128120000000001", fun="cmd.run", minions=["m1"])  # running
     publish(store, "20261128120000000002", fun="cmd.run", minions=["m1"])  # finished
-    store.save_return(ret("20261128120000000002", "m1", fun="cmd.run"))
+    save_return(store, ret("20261128120000000002", "m1", fun="cmd.run"))
     service = _scoped_service(store)
     unknown = "20261128120000000009"
     for user in ("dora", "dave"):

@@ -24,7 +24,7 @@ from halite_core.durability import journal
 from halite_core.durability.journal import raw_return_line, read_committed
 from halite_core.jobcache import JobStore
 from halite_core.store.schema import audit_log, job_returns, jobs_index
-from tests.helpers import publish, ret, untaken
+from tests.helpers import publish, ret, save_return, untaken
 from tests.servant import Worker, now
 
 JID = "20261128120000000001"
@@ -125,7 +125,7 @@ def test_a_reader_during_a_big_write_still_answers(store, settings):
     left out, not read as a return with cut JSON: else reading the job fails and Salt's
     returner answers nothing for the whole job."""
     publish(store, JID, minions=["m1", "m2"])
-    store.save_return(ret(JID, "m1", "one"))
+    save_return(store, ret(JID, "m1", "one"))
     w = Worker(_slow(settings))
     try:
         w("record", "save_return", ret(JID, "m0", "zero"), now())  # opens its journal

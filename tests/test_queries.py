@@ -14,7 +14,7 @@ from halite_core.queries import (
     listing_query,
 )
 from tests.conftest import postgresql_only, sqlite_only
-from tests.helpers import publish, ret
+from tests.helpers import publish, ret, save_return
 
 UTC = dt.timezone.utc
 
@@ -36,7 +36,7 @@ def index(store):
         publish(store, jid, fun=fun, minions=minions, user=user)
         if minute % 3 != 2:  # some jobs stay running
             for minion in minions:
-                store.save_return(ret(jid, minion, fun=fun))
+                save_return(store, ret(jid, minion, fun=fun))
     return store
 
 
@@ -171,10 +171,10 @@ def test_job_detail_puts_failures_first_and_parses_states(store):
     publish(store, jid, fun="state.apply", minions=["a-ok", "b-bad", "c-late", "d-busy"],
             arg=["app", {"__kwarg__": True, "test": True}])  # fmt: skip
     ok = {k: {**v, "result": True} for k, v in states.items()}
-    store.save_return(ret(jid, "a-ok", ok, fun="state.apply"))
-    store.save_return(ret(jid, "b-bad", states, fun="state.apply", retcode=2, success=False))
+    save_return(store, ret(jid, "a-ok", ok, fun="state.apply"))
+    save_return(store, ret(jid, "b-bad", states, fun="state.apply", retcode=2, success=False))
     busy = ['The function "state.apply" is running as PID 7 and was started at x with jid y']
-    store.save_return(ret(jid, "d-busy", busy, fun="state.apply", retcode=1, success=False))
+    save_return(store, ret(jid, "d-busy", busy, fun="state.apply", retcode=1, success=False))
     with store.db.read() as conn:
         detail = job_detail(conn, jid)
     assert detail["arguments"] == ["app"] and detail["kwargs"] == {"test": True}
@@ -395,7 +395,7 @@ def test_search_index_follows_updates_and_deletes(store):
     """The trigram index is kept by triggers: a job first known from a return (no
     function yet) is found by function once its publish arrives; deleted jobs are gone."""
     jid = "20261128120000000001"
-    store.save_return(ret(jid, "web1", fun="pkg.refresh_db"))
+    save_return(store, ret(jid, "web1", fun="pkg.refresh_db"))
     publish(store, jid, fun="pkg.refresh_db", minions=["web1"], user="carol")
     assert jids(listing(store, search="carol")) == [jid]
     assert jids(listing(store, search="refresh_d")) == [jid]
@@ -413,10 +413,10 @@ def test_a_successful_list_of_strings_is_not_a_render_error(store):
     from halite_core.queries import job_detail
 
     publish(store, "20261128120000000001", fun="state.show_states", minions=["m1"])
-    store.save_return(ret("20261128120000000001", "m1", ["core", "edit.vim"],
+    save_return(store, ret("20261128120000000001", "m1", ["core", "edit.vim"],
                           fun="state.show_states"))  # fmt: skip
     publish(store, "20261128120000000002", fun="state.apply", minions=["m1"])
-    store.save_return(ret("20261128120000000002", "m1", ["Rendering SLS 'base:x' failed"],
+    save_return(store, ret("20261128120000000002", "m1", ["Rendering SLS 'base:x' failed"],
                           fun="state.apply", retcode=1, success=False))  # fmt: skip
     with store.db.read() as conn:
         shown = job_detail(conn, "20261128120000000001")["minion_results"][0]
@@ -591,7 +591,7 @@ def test_a_minion_whose_states_failed_has_failed_as_the_recount_says(settings):
                                            "changes": {}, "__run_num__": n}
               for n in range(5)}  # fmt: skip
     publish(store, jid, fun="state.apply", minions=["m1"])
-    store.save_return(ret(jid, "m1", states, fun="state.apply", retcode=0, success=True))
+    save_return(store, ret(jid, "m1", states, fun="state.apply", retcode=0, success=True))
     store.flush()
     with store.db.read() as conn:
         detail = job_detail(conn, jid)

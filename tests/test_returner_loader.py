@@ -16,6 +16,7 @@ from sqlalchemy import select
 from halite_core.config import Settings
 from halite_core.jobcache import flush_all, get_store
 from halite_core.store.schema import jobs_index
+from tests.helpers import save_load
 
 STATES = {
     "file_|-motd_|-/etc/motd_|-managed": {
@@ -109,7 +110,7 @@ class Master:
         if self.cache == "halite":
             publish = {"fun": data["fun"], "arg": [kwargs], "user": "root",
                        "tgt": self.opts["id"], "tgt_type": "list"}  # fmt: skip
-            get_store(Settings.from_opts(self.opts)).save_load(jid, publish, [self.opts["id"]])
+            save_load(get_store(Settings.from_opts(self.opts)), jid, publish, [self.opts["id"]])
         load = {"id": self.opts["id"], "tgt": self.opts["id"], "jid": jid, "return": data}
         salt.utils.job.store_job(self.opts, load, event=None, mminion=self.mminion)
 

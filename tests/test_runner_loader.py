@@ -7,7 +7,7 @@ import salt.loader
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
-from tests.helpers import free_port
+from tests.helpers import free_port, save_load
 from tests.test_returner_loader import master_opts
 
 JID = "20261128120000000001"
@@ -24,7 +24,7 @@ def runners_of(opts):
 
 def with_one_job(opts):
     store = JobStore(Settings.from_opts(opts))
-    store.save_load(JID, {"fun": "test.ping", "tgt": "m1", "user": "root", "arg": []}, ["m1"])
+    save_load(store, JID, {"fun": "test.ping", "tgt": "m1", "user": "root", "arg": []}, ["m1"])
     store.db.dispose()
 
 

@@ -24,7 +24,7 @@ from halite_core.http.stream import bus_event
 from halite_core.permissions import Policy
 from halite_core.service import Service
 from tests.conftest import postgresql_only
-from tests.helpers import free_port, publish, ret
+from tests.helpers import free_port, publish, ret, save_return
 
 POLICY = {
     "roles": {"tester": ["view:job:test.*"], "auditor": ["view:job:*", "view:audit:*"]},
@@ -73,9 +73,9 @@ def sessions(salt_opts):
 def two_jobs(store):
     """test.sleep still running on b; grains.items complete."""
     publish(store, "20261128120000000001", fun="test.sleep", minions=["a", "b"])
-    store.save_return(ret("20261128120000000001", "a", fun="test.sleep"))
+    save_return(store, ret("20261128120000000001", "a", fun="test.sleep"))
     publish(store, "20261128120000000002", fun="grains.items", minions=["a"])
-    store.save_return(ret("20261128120000000002", "a", {"os": "Debian"}, fun="grains.items"))
+    save_return(store, ret("20261128120000000002", "a", {"os": "Debian"}, fun="grains.items"))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Every request is answered by :class:`~halite_core.service.Service`, the same che
 audited logic as the runners. The rooms: ``app`` (:class:`~.app.WebApp`: the pools, the
 routes, the server), ``handlers`` (one per route), ``stream`` (the event hub and the
 Server-Sent Events), ``sessions`` (Salt's tokens), ``limits`` (the login throttle and the
-bounded slots), ``options`` (the engine's ``http:`` options), ``contract`` (the OpenAPI
+bounded slots), ``contract`` (the OpenAPI
 document, generated from the typed models) and ``salt_glue`` (:func:`~.salt_glue.serve`:
 all of the above built from the master's opts, which is what the engine calls).
 

@@ -29,6 +29,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 
 from halite_core import encoding
+from halite_core.errors import HaliteError
 from halite_core.perprocess import PerProcess
 from halite_core.store.schema import Base
 
@@ -46,7 +47,7 @@ PG_CONNECT_ARGS = {  # libpq's; a db_url's own query parameters win
 }
 
 
-class SchemaError(RuntimeError):
+class SchemaError(HaliteError, RuntimeError):
     """The database's schema cannot be used by this version of halite."""
 
 

@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 
 from halite_core import encoding, highstate
+from halite_core.errors import HaliteError
 from halite_core.states import RETURNED
 
 
-class InvalidLoad(ValueError):
+class SaltWrite(str, Enum):
+    """The writes of Salt's job cache interface, as the returner receives them (and as the
+    spool names a write it keeps before it could even be checked)."""
+
+    SAVE_LOAD = "save_load"
+    SAVE_RETURN = "save_return"
+    SAVE_MINIONS = "save_minions"
+    SAVE_EVENTS = "save_events"
+    UPDATE_ENDTIME = "update_endtime"
+
+
+class InvalidLoad(HaliteError, ValueError):
     """A load or return that cannot be indexed as given."""
 
 

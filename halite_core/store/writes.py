@@ -54,6 +54,7 @@ from halite_core.store.ops import (
     NoReturnItem,
     ReturnItem,
     ReturnRow,
+    SaltWrite,
     item_jid,
     utcnow,
 )
@@ -299,6 +300,24 @@ class _Statements:
         )  # fmt: skip
 
 
+def _minions_items(
+    jid: object, minions: Iterable[str] | None, syndic_id: object = None
+) -> list[Item]:
+    if not jids.is_jid(jid):
+        raise InvalidLoad(f"save_minions: {jid!r} is not a Salt job id")
+    assert isinstance(jid, str)
+    return [MinionsItem(jid, sorted({str(m) for m in minions or []}))]
+
+
+def _endtime_items(jid: object, when: object) -> list[Item]:
+    if not jids.is_jid(jid):
+        raise InvalidLoad(f"update_endtime: {jid!r} is not a Salt job id")
+    if not isinstance(when, dt.datetime) or when.tzinfo is None:
+        raise InvalidLoad(f"update_endtime: {when!r} is not a time with a timezone")
+    assert isinstance(jid, str)
+    return [EndtimeItem(jid, when)]
+
+
 def plain_return(function: object, fun_args: object) -> bool:
     """Whether a return of ``function`` is stored as it is, its JSON text as Salt's worker
     made it: not a state run (summarised, and maybe withheld in part), not a runner or wheel
@@ -363,27 +382,21 @@ class Writes:
         return jids.start_time(jid, self.settings.jid_utc)
 
     # ------------------------------------------------------------------ writes
-    def items_for(self, op: str, *args: Any) -> list[Item]:
-        """Check and prepare one of Salt's job cache writes; raises :class:`InvalidLoad`."""
-        if op == "save_load":
-            return self._load_items(*args)
-        if op == "save_return":
-            return [self.return_item(*args)]
-        if op == "save_minions":
-            jid, minions = args[0], args[1]
-            if not jids.is_jid(jid):
-                raise InvalidLoad(f"save_minions: {jid!r} is not a Salt job id")
-            return [MinionsItem(jid, sorted({str(m) for m in minions or []}))]
-        if op == "save_events":
-            return self._event_items(*args)
-        if op == "update_endtime":
-            jid, when = args
-            if not jids.is_jid(jid):
-                raise InvalidLoad(f"update_endtime: {jid!r} is not a Salt job id")
-            if not isinstance(when, dt.datetime) or when.tzinfo is None:
-                raise InvalidLoad(f"update_endtime: {when!r} is not a time with a timezone")
-            return [EndtimeItem(jid, when)]
-        raise InvalidLoad(f"unknown write {op!r}")
+    def items_for(self, write: SaltWrite | str, *args: Any) -> list[Item]:
+        """Check and prepare one of Salt's job cache writes as typed operations; raises
+        :class:`InvalidLoad` for input that cannot be indexed."""
+        try:
+            kind = SaltWrite(write)
+        except ValueError as exc:
+            raise InvalidLoad(f"unknown write {write!r}") from exc
+        prepare: dict[SaltWrite, Callable[..., list[Item]]] = {
+            SaltWrite.SAVE_LOAD: self._load_items,
+            SaltWrite.SAVE_RETURN: lambda *a: [self.return_item(*a)],
+            SaltWrite.SAVE_MINIONS: _minions_items,
+            SaltWrite.SAVE_EVENTS: self._event_items,
+            SaltWrite.UPDATE_ENDTIME: _endtime_items,
+        }
+        return prepare[kind](*args)
 
     def _load_items(
         self, jid: str, load: Mapping[str, Any], minions: Iterable[str] | None = None

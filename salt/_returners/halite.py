@@ -61,6 +61,7 @@ try:
     from halite_core import jids, salt_adapter
     from halite_core.durability.spool import Spool
     from halite_core.jobcache import get_store, is_return_load
+    from halite_core.store.ops import SaltWrite
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -169,14 +170,14 @@ def save_load(jid, load, minions=None):
             )["minions"]
         except Exception:  # pylint: disable=broad-except
             log.warning("halite: could not expand target of %s", jid, exc_info=True)
-    _record("save_load", jid, load, minions)
+    _record(SaltWrite.SAVE_LOAD, jid, load, minions)
 
 
 def save_minions(jid, minions, syndic_id=None):
     """
     Add minions matched by a syndic to the job's target list.
     """
-    _record("save_minions", jid, list(minions or []), syndic_id)
+    _record(SaltWrite.SAVE_MINIONS, jid, list(minions or []), syndic_id)
 
 
 def returner(load):
@@ -192,7 +193,7 @@ def returner(load):
         load.setdefault("arg", load.get("fun_args", []))
         load.update(tgt_type="glob", tgt=load.get("id"))
         save_load(load["jid"], {k: v for k, v in load.items() if k != "return"})
-    _record("save_return", load, arrived)
+    _record(SaltWrite.SAVE_RETURN, load, arrived)
 
 
 def event_return(events):
@@ -200,7 +201,7 @@ def event_return(events):
     Index a batch of ``salt/job/<jid>/new`` and ``salt/job/<jid>/ret/<minion>`` events,
     for masters that keep another job cache (``event_return: halite``).
     """
-    _record("save_events", list(events))
+    _record(SaltWrite.SAVE_EVENTS, list(events))
 
 
 def get_load(jid):
@@ -323,7 +324,7 @@ def update_endtime(jid, time):
     except ValueError:
         log.warning("halite: update_endtime got an unreadable time %r for %s", time, jid)
         return
-    _record("update_endtime", jid, when)
+    _record(SaltWrite.UPDATE_ENDTIME, jid, when)
 
 
 def get_endtime(jid):

@@ -112,10 +112,8 @@ def _call(method, *args, outputter=None, **kwargs):
     """Run one service method as the caller; its errors become the runner's error."""
     try:
         data = _serve(method, args, kwargs)
-    except HaliteError as exc:  # a bad argument or option, a denial, a timeout
-        return _failed(str(exc))
-    except (DBAPIError, SchemaError, OSError) as exc:
-        return _failed(_unusable_database(exc))
+    except (HaliteError, DBAPIError, OSError) as exc:
+        return _refused(exc)
     if isinstance(data, dict) and data.get("retcode"):
         __context__["retcode"] = data["retcode"]
     if method in READERS:
@@ -136,6 +134,14 @@ def _serve(method, args, kwargs):
         return call_within(bound, lambda: getattr(service, method)(caller, *args, **kwargs))
     finally:
         service.close()
+
+
+def _refused(exc):
+    """The runner's error for a request halite refused (a bad argument or option, a
+    denial, a timeout) or could not serve (a database that cannot be used)."""
+    if isinstance(exc, (DBAPIError, SchemaError, OSError)):
+        return _failed(_unusable_database(exc))
+    return _failed(str(exc))
 
 
 def _unusable_database(exc):
@@ -306,10 +312,8 @@ def _live_jobs(asked):
         finally:
             service.close()
         size = JobsQuery.parse({**asked, "live": True}).limit
-    except HaliteError as exc:
-        return _failed(str(exc))
-    except (DBAPIError, SchemaError, OSError) as exc:
-        return _failed(_unusable_database(exc))
+    except (HaliteError, DBAPIError, OSError) as exc:
+        return _refused(exc)
     try:
         page = salt_adapter.live_listing(__opts__, size, scope)
     except salt.exceptions.SaltClientError as exc:

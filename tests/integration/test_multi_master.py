@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
 from halite_core.store.schema import job_returns, jobs_index
-from tests.helpers import publish, ret
+from tests.helpers import publish, ret, save_return
 from tests.integration.conftest import _start_master
 from tests.integration.test_master_job_cache import finished_job, run_job
 
@@ -76,7 +76,7 @@ def test_retention_by_both_masters_at_once_deletes_each_job_once(two_masters):
     for jid in old:
         publish(seeder, jid, minions=["m1", "m2"])
         for minion in ("m1", "m2"):
-            seeder.save_return(ret(jid, minion), long_ago)
+            save_return(seeder, ret(jid, minion), long_ago)
     with seeder.db.write() as conn:  # as if written back then: retention ages by that
         conn.execute(
             update(jobs_index).where(jobs_index.c.jid.in_(old)).values(created_at=long_ago)
