@@ -313,7 +313,7 @@ class EngineOptions:
 
     timeout: float = 5.0  # seconds a job runs before its pending minions are asked
     timeout_grace: float = 10.0  # seconds to wait for saltutil.find_job answers
-    flush_interval: float = 0.25  # longest delay before a change is in the database
+    flush_interval: float = 0.25  # longest delay before a change is handed to the committer
     batch_size: int = 1000  # write sooner once this many changes are waiting
     write_returns: bool = False  # also index returns (when halite is not the job cache)
 

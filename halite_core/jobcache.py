@@ -187,8 +187,7 @@ class JobStore:
         item = AuditItem(dict(entry))
         self.submit([(item_to_line(item), item)])
 
-    # ------------------------------------------------------------------ reads
-
+    # ------------------------------------------------------------------ retention, engine
     def clean_old_jobs(
         self, keep_seconds: int | None = None, now: dt.datetime | None = None
     ) -> int:
@@ -457,8 +456,6 @@ class JobStore:
         if stored is not None:
             moments.append(stored)
         return max(moments) if moments else None
-
-    # ------------------------------------------------------------------ Salt's job path
 
     # ------------------------------------------------------------------ Salt's job path
     def record(self, write: SaltWrite | str, *args: Any) -> bool | None:

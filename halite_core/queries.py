@@ -52,7 +52,6 @@ from halite_core.api import (
     TimelineQuery,
     UnknownJob,
     count_arg,
-    preview,
 )
 from halite_core.states import JobStatus, MinionState, minion_failed
 from halite_core.store.schema import (
@@ -360,9 +359,6 @@ def _fts_candidates(needle: str, dialect: str) -> Any:
     if ord(needle[-1]) not in (0xD7FF, 0x10FFFF):
         by_jid = by_jid.where(jobs_index.c.jid < needle[:-1] + chr(ord(needle[-1]) + 1))
     return union_all(indexed, by_jid)
-
-
-_preview = preview  # audit.py's name for it
 
 
 def _aware(value: dt.datetime, name: str) -> dt.datetime:

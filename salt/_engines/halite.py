@@ -19,8 +19,8 @@ Configuration, in the master config (every option may be left out):
       - halite:
           timeout: 5            # seconds before pending minions are asked; default: `timeout`
           timeout_grace: 10     # seconds to wait for their answers; default: `gather_job_timeout`
-          flush_interval: 0.25  # longest delay before a change is in the database
-          batch_size: 1000      # write sooner once this many changes are waiting
+          flush_interval: 0.25  # longest delay before a change is handed to the committer
+          batch_size: 1000      # hand over sooner once this many changes are waiting
           write_returns: auto   # index returns too; auto: unless master_job_cache is halite
           http:                 # the HTTP API and the Jobs page; off unless given
                                 # (`http: {}` serves it with these defaults)

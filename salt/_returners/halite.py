@@ -34,10 +34,19 @@ Configuration, in the master config:
       jid_dir: /var/cache/salt/master/halite/jids         # jids handed out (files, not the db)
       spool_dir: /var/cache/salt/master/halite/spool      # default: halite/spool in cachedir
       spool_replay_interval: 5        # seconds between attempts to replay spooled writes
+      spool_max_bytes: 1073741824     # the spool's bound; beyond it new writes are dropped, logged
       sqlite_busy_timeout: 30         # seconds a SQLite writer waits for the write lock
       read_timeout: 2                 # seconds Salt's reads wait before answering from journals
       request_timeout: 30             # seconds salt-run halite.* waits for the database
+      keep_running_seconds: 604800    # a running job idle this long is cleaned all the same
       clean_batch_size: 500           # jobs deleted per transaction by clean_old_jobs
+      system_functions:               # bookkeeping jobs, hidden from listings (a list replaces
+        - saltutil.find_job           # the default one; see the runners' documentation)
+        - runner.jobs.*
+      roles: {}                       # who may do what: see the runners' documentation
+      users: {}
+
+An unknown option is refused, with an error that names it (halite_core/config.py).
 
 CLI Example:
 
