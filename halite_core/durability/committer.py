@@ -247,12 +247,15 @@ class Committer:
         self._wake.set()
 
     def _run(self) -> None:
+        backlog = False
         while not self._closed:
-            self._wake.wait(self._interval if self._interval > 0 else IDLE_SECONDS)
+            if not backlog:  # a full batch last time: more is waiting, go on at once
+                self._wake.wait(self._interval if self._interval > 0 else IDLE_SECONDS)
             self._wake.clear()
             try:
-                self.run_once()
+                backlog = self.run_once() >= self._batch_size
             except Exception:  # noqa: BLE001 - the committer must survive anything
+                backlog = False
                 log.exception("halite: the committer's pass failed")
 
     def run_once(self) -> int:

@@ -455,4 +455,4 @@ def wait_taken(directory: str, name: str | None, size: int, timeout: float) -> b
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        delay = min(delay * 2, 0.01)
