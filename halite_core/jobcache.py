@@ -465,9 +465,9 @@ class JobStore:
         op = str(getattr(write, "value", write))  # how the spool names it
         try:
             if write == SaltWrite.SAVE_RETURN:
-                lines = [self._return_line(*args)]
+                entries = [self._return_entry(*args)]
             else:
-                lines = [item_to_line(item) for item in self.items_for(write, *args)]
+                entries = [(item_to_line(item), item) for item in self.items_for(write, *args)]
         except InvalidLoad as exc:
             self.spool.reject(op, *args, reason=str(exc))
             return None
@@ -475,11 +475,13 @@ class JobStore:
             log.error("halite: cannot prepare %s; spooled", op, exc_info=True)
             self.spool.put(op, *args, reason=f"{type(exc).__name__}: {exc}")
             return None
-        if lines:
-            self._journal(lines)
+        if entries:
+            self._journal(entries)
         return True
 
-    def _return_line(self, load: object, returned_at: dt.datetime | None = None) -> str:
+    def _return_entry(
+        self, load: object, returned_at: dt.datetime | None = None
+    ) -> tuple[str, Item]:
         """A minion return as a journal line. A plain function's return (most of them) is
         checked as far as the journal needs (a job and a minion) and encoded once, as Salt
         sent it: the committer stores that text. A state run, a runner's payload or one
@@ -487,7 +489,8 @@ class JobStore:
         if not isinstance(load, Mapping):
             raise InvalidLoad(f"a return must be a dict, not {type(load).__name__}")
         if not plain_return(load.get("fun"), load.get("fun_args")):
-            return item_to_line(self.writes.return_item(load, returned_at or utcnow()))
+            item = self.writes.return_item(load, returned_at or utcnow())
+            return item_to_line(item), item
         jid, minion = load.get("jid"), load.get("id")
         if not jids.is_jid(jid):
             raise InvalidLoad(f"return from {minion!r} has no valid jid: {jid!r}")
@@ -496,22 +499,27 @@ class JobStore:
         value, converted = encoding.dumps(load.get("return"))
         head = {k: v for k, v in load.items() if k != "return"}
         at = returned_at.timestamp() if returned_at is not None else time.time()
-        return raw_return_line(head, value, converted, at)
+        moment = dt.datetime.fromtimestamp(at, dt.timezone.utc)  # as the line reads back
+        line = raw_return_line(head, value, converted, at)
+        return line, RawReturn(head, value, converted, moment)
 
     def submit(self, entries: Sequence[tuple[str, Item]]) -> None:
         """Journal prepared writes (the engine's changes, kill marks, audit entries)."""
-        self._journal([line for line, _ in entries])
+        self._journal(list(entries))
 
-    def _journal(self, lines: list[str]) -> None:
+    def _journal(self, entries: list[tuple[str, Item]]) -> None:
         writer = writer_for(self.settings.journal_dir)
-        if writer.append(lines):
+        committer = self.committer()
+        held, span = writer.append_at([line for line, _ in entries])
+        if held:
             # The journal's disk refuses: the spool (maybe elsewhere) keeps what the writer
             # holds instead; else the writer keeps holding them and journals them with the
             # next write.
             held = writer.take_held()
             if held and not self.spool.put(SPOOL_OP, held, reason="the journal cannot be written"):
                 writer.hold(held)
-        committer = self.committer()
+        elif span is not None:
+            committer.remember(*span, entries)
         if self.settings.flush_interval <= 0:
             committer.wake()
 

@@ -26,6 +26,7 @@ idempotent.
 from __future__ import annotations
 
 import atexit
+import collections
 import fcntl
 import logging
 import multiprocessing.util
@@ -57,6 +58,8 @@ IDLE_SECONDS = 0.01  # flush_interval 0: how often the committer looks for new l
 READ_BYTES = 4 << 20  # read at most this much of a journal at once: memory stays bounded
 
 Entry = tuple[str, Any]  # a journal line and the operation it holds
+Span = tuple[int, int, list[Entry]]  # where this process journalled some entries
+LOCAL_MAX = 32 << 20  # bytes of own lines remembered for the drain at most (memory bound)
 Apply = Callable[[Sequence[Entry]], object]
 
 
@@ -207,6 +210,9 @@ class Committer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._taken: dict[str, int] | None = None
+        self._local: dict[str, collections.deque[Span]] = {}
+        self._local_lock = threading.Lock()
+        self._remembered = 0
         self.committed = 0  # writes this committer committed or spooled
 
     # ------------------------------------------------------------------ who commits
@@ -305,8 +311,24 @@ class Committer:
             closed = not lives[owner] or seq < newest[owner]
             path = self.directory / name
             offset = taken.get(name, 0)
+            local = self._local.get(name)
             while True:
-                chunk = _read_chunk(path, offset)
+                # This process's own lines, as it journalled them: their operations are
+                # taken as they are instead of being read back and parsed.
+                while local and local[0][1] <= offset:
+                    self._forget_local(local)  # read from the file already
+                if local and local[0][0] == offset:
+                    _, offset, entries = self._forget_local(local)
+                    batch.extend(entries)
+                    marks[name] = offset
+                    if len(batch) >= self._batch_size:
+                        if not self._commit(batch, marks):
+                            return done
+                        done += len(batch)
+                        batch, marks = [], {}
+                    continue
+                limit = local[0][0] - offset if local and local[0][0] > offset else READ_BYTES
+                chunk = _read_chunk(path, offset, limit)
                 if chunk is None:
                     break
                 data, size = chunk
@@ -346,6 +368,7 @@ class Committer:
         for name in finished:
             (self.directory / name).unlink(missing_ok=True)
             taken.pop(name, None)
+            self._local.pop(name, None)
         present = {name for name, _, _ in journals}
         stale = [name for name in taken if name not in present]
         for name in stale:
@@ -354,6 +377,22 @@ class Committer:
             self._save_taken()
         self.committed += done
         return done
+
+    def remember(self, name: str, start: int, end: int, entries: list[Entry]) -> None:
+        """Lines this process just journalled (bytes ``start`` to ``end`` of journal
+        ``name``) with their operations, so that its own drain need not parse them back.
+        Only while this process commits, and within a bound: beyond it they are parsed."""
+        if not self._lock.held or self._remembered + (end - start) > LOCAL_MAX:
+            return
+        with self._local_lock:
+            self._local.setdefault(name, collections.deque()).append((start, end, entries))
+            self._remembered += end - start
+
+    def _forget_local(self, local: collections.deque[Span]) -> Span:
+        span = local.popleft()
+        with self._local_lock:
+            self._remembered -= span[1] - span[0]
+        return span
 
     def _entry(self, raw: bytes) -> Entry | None:
         line = raw.decode("utf-8", errors="replace")
@@ -459,17 +498,17 @@ def _remove_stale_progress(directory: Path, name: str) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:
-    """Up to ``READ_BYTES`` of a journal from ``offset``, and the file's size; None when the
-    file is gone or holds nothing new."""
+def _read_chunk(path: Path, offset: int, limit: int = READ_BYTES) -> tuple[bytes, int] | None:
+    """Up to ``limit`` bytes of a journal from ``offset`` (whole lines: a longer line is read
+    whole), and the file's size; None when the file is gone."""
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size <= offset:
                 return b"", size
             handle.seek(offset)
-            data = handle.read(READ_BYTES)
-            if len(data) == READ_BYTES and b"\n" not in data:
+            data = handle.read(limit)
+            if len(data) == limit and not data.endswith(b"\n") and b"\n" not in data:
                 data += handle.readline()  # one line longer than a chunk: read it whole
             return data, size
     except FileNotFoundError:

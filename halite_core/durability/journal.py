@@ -228,7 +228,13 @@ class JournalWriter:
         the disk refused, now held in memory (empty when all are journalled). The caller
         keeps them elsewhere and calls :meth:`take_held`; else they are journalled with the
         next append (and lost if the process dies first)."""
+        return self.append_at(lines)[0]
+
+    def append_at(self, lines: list[str]) -> tuple[list[str], tuple[str, int, int] | None]:
+        """:meth:`append`, and where ``lines`` alone were written: ``(journal, start, end)``
+        (None when they were not, or were written after lines held from before)."""
         with self._lock:
+            held = bool(self._held)
             waiting = self._held + lines
             data = "".join(line + "\n" for line in waiting).encode("utf-8", "surrogatepass")
             try:
@@ -239,10 +245,13 @@ class JournalWriter:
             except OSError as exc:
                 log.error("halite: cannot journal %d writes (%s); kept in memory", len(lines), exc)
                 self._held = waiting
-                return list(waiting)
+                return list(waiting), None
             self._held = []
+            start = self._size
             self._size += len(data)
-            return []
+            if held or self._name is None:
+                return [], None
+            return [], (self._name, start, self._size)
 
     def _write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
