@@ -173,3 +173,16 @@ def test_each_argument_is_documented_where_salt_shows_the_runner(tmp_path, runne
     for name, field in getattr(api, model).model_fields.items():
         assert f"\n    {name}\n        " in documented, name
         assert field.description.split()[0] in documented, name
+
+
+def test_a_denial_is_said_as_one_not_as_an_unusable_database(tmp_path):
+    """A denial is a PermissionError (an OSError) too: it must not read as a database
+    that cannot be used."""
+    opts = master_opts(tmp_path, "halite")
+    opts["halite"] = {"users": {"vic": ["viewer"]}}
+    with_one_job(opts)
+    runners = salt.loader.runner(opts)
+    runners["halite.audit"].__globals__["__user__"] = "vic"
+    answer = runners["halite.audit"]()
+    assert answer["error"] == "permission denied: 'vic' lacks view:audit:*"
+    assert answer["retcode"] == 1

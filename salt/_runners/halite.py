@@ -139,9 +139,11 @@ def _serve(method, args, kwargs):
 def _refused(exc):
     """The runner's error for a request halite refused (a bad argument or option, a
     denial, a timeout) or could not serve (a database that cannot be used)."""
-    if isinstance(exc, (DBAPIError, SchemaError, OSError)):
-        return _failed(_unusable_database(exc))
-    return _failed(str(exc))
+    # A denial is a HaliteError and a PermissionError (an OSError): it is a refusal.
+    unusable = isinstance(exc, SchemaError) or (
+        not isinstance(exc, HaliteError) and isinstance(exc, (DBAPIError, OSError))
+    )
+    return _failed(_unusable_database(exc) if unusable else str(exc))
 
 
 def _unusable_database(exc):
