@@ -9,6 +9,7 @@ import salt.netapi
 from sqlalchemy import func, select
 
 from halite_core.store.schema import job_returns, jobs_index
+from tests.helpers import untaken
 from tests.integration.conftest import as_user, wait_for
 from tests.integration.test_master_job_cache import finished_job, returns_of, run_job
 
@@ -26,6 +27,9 @@ def newest_jid(index, function):
 def indexed_call(index, function, call):
     """Make one runner call; returns what it answered and the jid of the job it made, once
     that job and its return are in the index."""
+    # Earlier calls' jobs first: one committed after ``before`` was read would pass for
+    # this call's job.
+    wait_for(lambda: untaken(index.settings) == [])
     before = newest_jid(index, function)
     answer = call()
 
