@@ -41,6 +41,7 @@ from halite_core.durability.journal import (
     COMMITTED,
     SPOOL_OP,
     alive,
+    close_inherited,
     item_from_line,
     journal_owner,
     owner_of,
@@ -111,7 +112,7 @@ class _Lock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
-        self._pid = os.getpid()
+        self.pid = os.getpid()
         _locks.add(self)
 
     @property
@@ -160,13 +161,7 @@ def _after_fork_in_child() -> None:
     # the descriptor (Salt forks runner jobs from its workers) would hold the lock for as
     # long as it lives, and no engine could take it. The child closes it; the parent
     # keeps its lock.
-    for lock in list(_locks):
-        if lock._fd is not None and lock._pid != os.getpid():
-            try:
-                os.close(lock._fd)
-            except OSError:
-                pass
-            lock._fd = None
+    close_inherited(_locks)
     _committers.clear()
 
 

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -307,16 +307,23 @@ _writers_lock = threading.Lock()
 _open_writers: weakref.WeakSet[JournalWriter] = weakref.WeakSet()
 
 
+def close_inherited(holders: Iterable[Any]) -> None:
+    """In a forked child: close the descriptors that ``holders`` of the parent (objects
+    with a ``pid`` and an ``_fd``) left open in it."""
+    me = os.getpid()
+    for holder in list(holders):
+        if holder.pid != me and holder._fd is not None:
+            try:
+                os.close(holder._fd)
+            except OSError:
+                pass
+            holder._fd = None
+
+
 def _after_fork_in_child() -> None:
     # A forked child (Salt forks its workers, and runner jobs from them) must not write to
     # its parent's journal, nor keep its descriptors open.
-    for writer in list(_open_writers):
-        if writer.pid != os.getpid() and writer._fd is not None:
-            try:
-                os.close(writer._fd)
-            except OSError:
-                pass
-            writer._fd = None
+    close_inherited(_open_writers)
     _writers.clear()
 
 
