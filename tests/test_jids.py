@@ -35,6 +35,21 @@ def test_unique_jid_suffix_is_accepted():
     assert not jids.is_jid("req")
 
 
+def test_jid_check_agrees_with_its_pattern():
+    # is_jid has a fast path for the plain 20-digit form; the pattern decides the rest.
+    for text in [
+        "20261128115138123456",
+        "2026112811513812345",
+        "202611281151381234567",
+        "2026112811513812345x",
+        "\u0661" * 20,
+        "20261128115138123456\n",
+        " " * 20,
+    ]:
+        assert jids.is_jid(text) is (jids._JID_RE.match(text) is not None), repr(text)
+    assert not jids.is_jid(20261128115138123456)
+
+
 def test_local_jid_uses_the_masters_zone_with_daylight_saving(paris_tz):
     # Winter: Paris is UTC+1; summer: UTC+2.
     assert jids.start_time("20260115120000000000", utc=False) == dt.datetime(

@@ -190,3 +190,28 @@ def test_postgresql_migrations_build_exactly_what_a_fresh_database_gets(pg_serve
         migrated.dispose()
         pg_server.drop_database(fresh_url)
         pg_server.drop_database(migrated_url)
+
+
+def test_rows_given_as_tuples_are_bound_as_dicts_are(store):
+    """Database.executemany_rows (the ingest path's tuples) binds what executemany binds
+    for the same values, and refuses a name the statement does not have."""
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from halite_core.store.schema import cleaned_jobs
+
+    when = dt.datetime(2026, 11, 28, 12, 0, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    stmt = store.writes._insert(cleaned_jobs)
+    with store.db.write() as conn:
+        store.db.executemany(conn, stmt, [{"jid": "20261128000000000001", "cleaned_at": when}])
+        done = store.db.executemany_rows(
+            conn, stmt, ("jid", "cleaned_at"), [("20261128000000000002", when)]
+        )
+        assert done == 1
+        with pytest.raises(ValueError, match="not parameters"):
+            store.db.executemany_rows(conn, stmt, ("jid", "nope"), [("x", when)])
+    with store.db.read() as conn:
+        rows = conn.execute(select(cleaned_jobs).order_by(cleaned_jobs.c.jid)).all()
+    assert [r.cleaned_at for r in rows] == [when, when]
+    assert rows[0].cleaned_at.tzinfo is not None

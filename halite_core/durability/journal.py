@@ -188,9 +188,10 @@ def item_from_line(line: str) -> Item:
         )
         # The return's value stays as written (already encoded); the load and the stub are
         # read back to what was sent, to be encoded once more on their way in.
-        return ReturnItem(row, encoding.restore(data["stub"]))
+        stub = encoding.restore(data["stub"]) if encoding.MARKER in head else data["stub"]
+        return ReturnItem(row, stub)
     if op == "load":
-        load = encoding.restore(data["load"])
+        load = encoding.restore(data["load"]) if encoding.MARKER in head else data["load"]
         return LoadItem(data["jid"], load, data["minions"], bool(data.get("only_new")))
     if op == "no_return":
         return NoReturnItem(data["jid"], data["minions"], dt.datetime.fromisoformat(data["at"]))

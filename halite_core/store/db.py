@@ -169,6 +169,28 @@ class Database:
         finally:
             cursor.close()
 
+    def executemany_rows(
+        self, conn: Connection, stmt: Any, names: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> int:
+        """:meth:`executemany` for rows given as tuples of the parameters ``names``, in that
+        order: on SQLite they go to the driver without a dictionary per row in between."""
+        if not rows:
+            return 0
+        key = (stmt, names)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _BulkPlan.build(stmt, conn.dialect, names)
+        if not self.is_sqlite:
+            return self.executemany(
+                conn, stmt, [dict(zip(names, row, strict=True)) for row in rows]
+            )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(plan.sql, [plan.row(row) for row in rows])
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -177,25 +199,38 @@ class _BulkPlan:
     """A statement compiled once for the driver, and a function turning a row into its
     positional parameters (each column's bind processor applied, constants filled in)."""
 
-    def __init__(self, sql: str, row: Callable[[dict[str, Any]], tuple[Any, ...]]) -> None:
+    def __init__(self, sql: str, row: Callable[[Any], tuple[Any, ...]]) -> None:
         self.sql = sql
         self.row = row
 
     @classmethod
-    def build(cls, stmt: Any, dialect: Any) -> _BulkPlan:
+    def build(cls, stmt: Any, dialect: Any, names: tuple[str, ...] | None = None) -> _BulkPlan:
+        """``names``: the row is a tuple of these parameters in this order (else a dict)."""
         compiled = stmt.compile(dialect=dialect)
+        if names is not None and set(names) - set(compiled.params):
+            raise ValueError(
+                f"not parameters of the statement: {set(names) - set(compiled.params)}"
+            )
         if not compiled.positional:
+            if names is not None:
+                return cls(compiled.string, tuple)  # the names are checked, no more
             raise ValueError("bulk plans are for positional (qmark) drivers")
         index: dict[str, int] = {}
         env: dict[str, Any] = {}
         body = []
+        at = {name: n for n, name in enumerate(names)} if names is not None else None
         for name in compiled.positiontup:
             if name in index:
                 continue
             i = index[name] = len(index)
             bind = compiled.binds[name]
             env[f"d{i}"] = bind.value
-            body.append(f"    x{i} = v.get({bind.key!r}, d{i})")
+            if at is None:
+                body.append(f"    x{i} = v.get({bind.key!r}, d{i})")
+            elif bind.key in at:
+                body.append(f"    x{i} = v[{at[bind.key]}]")
+            else:
+                body.append(f"    x{i} = d{i}")
             processor = bind.type._cached_bind_processor(dialect)
             if processor is not None:
                 env[f"p{i}"] = processor

@@ -6,7 +6,6 @@ Change the schema only together with a new Alembic revision in ``halite_core/sto
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 from typing import Any, cast
 
@@ -78,19 +77,14 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.timezone.utc)
 
 
-@functools.lru_cache(maxsize=4096)
 def _sqlite_text(value: dt.datetime) -> str:
     """SQLite's text form of an aware time ("YYYY-MM-DD HH:MM:SS.ffffff" in UTC, what
-    SQLAlchemy itself writes), in one step and cached: the ingest path binds the same
-    job start time for every return of a job, tens of thousands of times a second."""
+    SQLAlchemy itself writes), in one step: the ingest path binds two times per return."""
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: halite stores aware UTC times only")
-    if value.utcoffset():
+    if value.tzinfo is not dt.timezone.utc and value.utcoffset():
         value = value.astimezone(dt.timezone.utc)
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
-    )
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 class Base(DeclarativeBase):

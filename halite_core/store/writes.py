@@ -138,6 +138,11 @@ RETURN_COLUMNS = (
 )
 
 
+# The parameters of a stored return, in the order :meth:`Writes._save_returns` gives them
+# (``highstate.StateSummary``'s fields last).
+RETURN_PARAMETERS = ("jid", "minion", "expected", "start_time", *RETURN_COLUMNS)
+NO_SUMMARY = (None, None, None, None, None)
+
 ZERO_COUNTS = {"minions_targeted": 0, "minions_returned": 0, "minions_failed": 0}
 
 
@@ -705,14 +710,16 @@ class Writes:
         self._ensure_jobs(conn, {jid: stub for jid, stub in stubs.items() if jid not in known})
         self._lock_jobs(conn, stubs)  # the rows just created as well
         rows = []
-        for (jid, minion), i in first.items():
+        for key, i in first.items():
             row = items[i].row
+            summary = row.summary or NO_SUMMARY
             rows.append(
-                {"jid": jid, "minion": minion, "expected": (jid, minion) in expected,
-                 "start_time": row.start_time,
-                 **row.columns()}
+                (row.jid, row.minion, key in expected, row.start_time, RETURNED, row.function,
+                 row.returned_at, row.value, row.value.truncated, row.retcode, row.success,
+                 row.out, *summary)
             )  # fmt: skip
-        stored = self.db.executemany(conn, self._statements().upsert_return, rows)
+        stmt = self._statements().upsert_return
+        stored = self.db.executemany_rows(conn, stmt, RETURN_PARAMETERS, rows)
         if stored < len(items):
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
         touched.update(stubs)
