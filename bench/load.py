@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import fcntl
 import multiprocessing
 import os
 import shutil
@@ -43,6 +44,7 @@ from committer import EngineCommitter  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from halite_core.config import Settings  # noqa: E402
+from halite_core.durability.committer import ENGINE_LOCK, LOCK  # noqa: E402
 from halite_core.jobcache import JobStore  # noqa: E402
 from halite_core.store.schema import job_returns  # noqa: E402
 
@@ -69,7 +71,7 @@ def big_highstate() -> dict:
     }
 
 
-def worker(settings: Settings, index: int, jobs: int, start_gate, results) -> None:
+def worker(settings: Settings, index: int, jobs: int, start_gate, results, wait=True) -> None:
     store = JobStore(settings)
     big = big_highstate()
     base = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc) + dt.timedelta(hours=index)
@@ -99,7 +101,8 @@ def worker(settings: Settings, index: int, jobs: int, start_gate, results) -> No
                 errors += 1
             latencies.append(time.perf_counter() - c0)
             count += op == "save_return"
-    store.flush(timeout=600)  # until a committer has taken every write of this worker
+    if wait:
+        store.flush(timeout=600)  # until a committer has taken every write of this worker
     elapsed = time.perf_counter() - t0
     rejected = len(list(Path(settings.spool_dir, "rejected").glob("*.json")))
     results.put((count, elapsed, latencies, errors, len(store.spool.pending()), rejected))
@@ -134,6 +137,35 @@ def run(backend: str, url: str, root: Path, returns: int, workers: int, how: str
     return found
 
 
+def apart(url: str, root: Path, returns: int, workers: int) -> dict:
+    """The two halves of the engine run, each alone: the workers journalling while nobody
+    commits (the bench holds the committer's and the engine's locks), which bounds what any
+    committer can reach on this machine; then the engine's committer draining that backlog
+    with the workers gone."""
+    opts = {"cachedir": str(root / "cache"), "id": "load_master", "halite": {"db_url": url},
+            "engines": [{"halite": {}}]}  # fmt: skip
+    settings = Settings.from_opts(opts)
+    journals = Path(settings.journal_dir)
+    journals.mkdir(parents=True, exist_ok=True)
+    held = [open(journals / name, "a") for name in (LOCK, ENGINE_LOCK)]  # noqa: SIM115
+    for handle in held:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    found = _run("sqlite", opts, returns, workers, wait=False)
+    for handle in held:
+        handle.close()
+    store = JobStore(settings)
+    t0 = time.perf_counter()
+    committer = store.committer(engine=True)  # its thread takes the lock and drains
+    while not committer.holds_lock():
+        time.sleep(0.001)
+    while committer.drain():  # taken turn about with the thread; 0: nothing is left
+        pass
+    found["drain_rate"] = found["returns"] / (time.perf_counter() - t0)
+    store.close()
+    found["lost"] = found["returns"] - _stored(opts)
+    return found
+
+
 def _stored(opts: dict) -> int:
     store = JobStore(Settings.from_opts(opts))
     with store.db.read() as conn:
@@ -158,7 +190,7 @@ def _size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def _run(backend: str, opts: dict, returns: int, workers: int) -> dict:
+def _run(backend: str, opts: dict, returns: int, workers: int, wait: bool = True) -> dict:
     settings = Settings.from_opts(opts)
     # The master's defaults: commits batched every 0.1 s by each worker's flush thread.
     settings = dataclasses.replace(settings, spool_replay_interval=0)
@@ -167,7 +199,7 @@ def _run(backend: str, opts: dict, returns: int, workers: int) -> dict:
     context = multiprocessing.get_context("fork")
     gate, results = context.Barrier(workers), context.Queue()
     procs = [
-        context.Process(target=worker, args=(settings, i, jobs, gate, results))
+        context.Process(target=worker, args=(settings, i, jobs, gate, results, wait))
         for i in range(workers)
     ]
     for proc in procs:
@@ -200,6 +232,13 @@ def main() -> None:
     parser.add_argument("--committer", default="engine,own,outage")
     args = parser.parse_args()
     rows = []
+    halves = None
+    if "sqlite" in args.backend.split(",") and "engine" in args.committer.split(","):
+        root = Path(tempfile.mkdtemp(prefix="halite-load-apart-"))
+        try:
+            halves = apart(f"sqlite:///{root}/halite.db", root, args.returns, args.workers)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     for backend in args.backend.split(","):
         server = None
         try:
@@ -235,6 +274,13 @@ def main() -> None:
         print(
             f"  {r['backend']:<11} {r['how']:<10} {r['rate']:>10,.0f} {r['p50_ms']:>8.3f} "
             f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {r['lost']:>5} {rss:>14}"
+        )
+    if halves is not None:
+        print(
+            f"  apart, sqlite: the {args.workers} workers alone (nobody commits: the most this "
+            f"machine journals) {halves['rate']:,.0f} returns/s; "
+            f"the engine's committer alone, draining their backlog, {halves['drain_rate']:,.0f} "
+            f"returns/s ({halves['lost']} missing)"
         )
     for r in rows:
         if r["how"] == "outage":
