@@ -80,6 +80,81 @@ def summarize(ret: object) -> StateSummary | None:
     return StateSummary(len(ret), passed, failed, changed, round(duration, 3))
 
 
+class NotableState(NamedTuple):
+    """A state of a run that failed or changed something: what ``state_results`` keeps."""
+
+    key: str
+    state_id: str
+    function: str
+    name: str | None
+    sls: str | None
+    result: str  # failed or changed
+    comment: str | None
+    run_num: int | None
+
+
+KEY_CHARS = 1024
+COMMENT_CHARS = 2000
+
+
+def notable(ret: object) -> tuple[NotableState, ...]:
+    """The states of a state return that failed or changed something (a failed state that
+    also changed is ``failed``), in run order; empty for a return that is not a state run.
+    Call it after :func:`summarize` found failed or changed states: it checks no shape."""
+    ret = unwrap(ret)
+    if not isinstance(ret, Mapping):
+        return ()
+    found = []
+    for key, state in ret.items():
+        result = state["result"]
+        failed = result is not True and result is not None
+        if not failed and not state.get("changes"):
+            continue
+        module, state_id, name, function = key.split(SEPARATOR)
+        comment = state.get("comment")
+        if isinstance(comment, list):  # some states answer a list of lines
+            comment = "\n".join(str(line) for line in comment)
+        run_num = state.get("__run_num__")
+        found.append(
+            NotableState(
+                key[:KEY_CHARS],
+                _short(state.get("__id__", state_id), 255) or state_id[:255],
+                f"{module}.{function}"[:255],
+                _short(state.get("name", name), KEY_CHARS),
+                _short(state.get("__sls__"), 255),
+                "failed" if failed else "changed",
+                _short(comment, COMMENT_CHARS),
+                run_num if type(run_num) is int and -(2**31) <= run_num < 2**31 else None,
+            )
+        )
+    found.sort(key=lambda s: (s.run_num is None, s.run_num or 0, s.key))
+    return tuple(found)
+
+
+def _short(value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit]
+
+
+_TEST_WORDS = ("true", "yes", "1")
+
+
+def is_test_run(fun_args: object) -> bool:
+    """Whether a state job's arguments ask for a dry run (``test=True``), as Salt passes
+    them in a return: ``["test=True"]``, or a keyword mapping ``{"test": True, ...}``."""
+    if not isinstance(fun_args, (list, tuple)):
+        return False
+    for arg in fun_args:
+        if isinstance(arg, str) and arg.startswith("test="):
+            return arg[5:].strip().lower() in _TEST_WORDS
+        if isinstance(arg, Mapping) and "test" in arg:
+            value = arg["test"]
+            return value is True or (isinstance(value, str) and value.lower() in _TEST_WORDS)
+    return False
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool):
         return 0.0

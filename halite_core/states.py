@@ -24,6 +24,23 @@ class JobStatus(str, Enum):
         return self.value
 
 
+class JobResult(str, Enum):
+    """``jobs_index.result``: how a job went, as the listing's badge and filter say it:
+    still ``running``; ``failed`` (a minion failed or never answered); ``changed`` (a state
+    changed something); or ``pass``."""
+
+    RUNNING = "running"
+    FAILED = "failed"
+    CHANGED = "changed"
+    PASS = "pass"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RESULTS = tuple(result.value for result in JobResult)
+
+
 class MinionState(str, Enum):
     """``job_returns.state``: a targeted minion waits (``pending``), returned, was settled as
     not returning by the engine (``no_return``), or confirmed a kill (``killed``)."""

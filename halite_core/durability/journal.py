@@ -133,6 +133,8 @@ def item_to_line(item: Item) -> str:
                 "success": row.success,
                 "out": row.out,
                 "summary": list(row.summary) if row.summary else None,
+                "test": row.test_run,
+                "notable": [list(state) for state in row.notable],
                 "stub": item.stub,
             }
         )[0]
@@ -185,6 +187,9 @@ def item_from_line(line: str) -> Item:
             success=data["success"],
             out=data["out"],
             summary=highstate.StateSummary(*summary) if summary else None,
+            # Written since revision 0007 of the schema; absent from older lines.
+            test_run=data.get("test"),
+            notable=tuple(highstate.NotableState(*state) for state in data.get("notable", ())),
         )
         # The return's value stays as written (already encoded); the load and the stub are
         # read back to what was sent, to be encoded once more on their way in.

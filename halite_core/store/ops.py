@@ -46,6 +46,10 @@ class ReturnRow(NamedTuple):
     success: bool | None
     out: str | None
     summary: highstate.StateSummary | None
+    # A state run's: whether it was a dry run (test=True), and its failed and changed
+    # states (halite_core.store.fleet keeps them).
+    test_run: bool | None = None
+    notable: tuple[highstate.NotableState, ...] = ()
 
     def columns(self) -> dict[str, Any]:
         summary = self.summary
@@ -63,6 +67,7 @@ class ReturnRow(NamedTuple):
             "states_failed": summary.failed if summary else None,
             "states_changed": summary.changed if summary else None,
             "states_duration_ms": summary.duration_ms if summary else None,
+            "test_run": self.test_run,
         }
 
 

@@ -13,9 +13,10 @@ from sqlalchemy import Connection, and_, bindparam, delete, or_, select
 from halite_core import jids
 from halite_core.config import Settings
 from halite_core.states import RUNNING
+from halite_core.store import fleet
 from halite_core.store.db import Database
 from halite_core.store.ops import utcnow
-from halite_core.store.schema import cleaned_jobs, job_returns, jobs_index
+from halite_core.store.schema import cleaned_jobs, job_returns, jobs_index, state_results
 from halite_core.store.writes import insert_for
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ class Retention:
                     oldest = oldest.with_for_update(skip_locked=True)
                 batch = conn.scalars(oldest).all()
                 if batch:
+                    conn.execute(delete(state_results).where(state_results.c.jid.in_(batch)))
                     conn.execute(delete(job_returns).where(job_returns.c.jid.in_(batch)))
                     deleted = conn.execute(delete(jobs_index).where(jobs_index.c.jid.in_(batch)))
+                    fleet.refresh_minions(conn, batch)
                     removed += deleted.rowcount
                     self._remember_cleaned(conn, batch, moment)
             if len(batch) < self.settings.clean_batch_size:

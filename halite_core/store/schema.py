@@ -108,6 +108,10 @@ class Job(Base):
     minions_targeted: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     minions_returned: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     minions_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Returns whose state run changed something (revision 0007), and the job's result:
+    # running, failed (a minion failed or never answered), changed or pass.
+    minions_changed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    result: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     master_id: Mapped[str | None] = mapped_column(String(255))
     load: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
     system: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
@@ -123,6 +127,7 @@ class Job(Base):
         Index(None, "target", "start_time", "jid"),
         Index(None, "status", "start_time", "jid"),
         Index(None, "master_id", "start_time", "jid"),
+        Index(None, "result", "start_time", "jid"),
     )
 
 
@@ -148,8 +153,70 @@ class JobReturn(Base):
     states_failed: Mapped[int | None] = mapped_column(Integer)
     states_changed: Mapped[int | None] = mapped_column(Integer)
     states_duration_ms: Mapped[float | None] = mapped_column(Float)
+    # A state run with test=True (revision 0007): it changes nothing, so it is not the
+    # minion's latest result in minion_status. None: not a state run, or not known.
+    test_run: Mapped[bool | None] = mapped_column(Boolean)
 
     __table_args__ = (Index(None, "minion", "start_time", "jid"),)
+
+
+class StateResult(Base):
+    """A state that failed or changed something in a minion's state run (revision 0007).
+    States that passed unchanged are counted in job_returns, not kept one by one. The rows
+    are those of the return job_returns holds for (jid, minion), whatever order returns
+    arrive in; retention removes them with their job."""
+
+    __tablename__ = "state_results"
+
+    jid: Mapped[str] = mapped_column(
+        String(64), ForeignKey("jobs_index.jid", ondelete="CASCADE"), primary_key=True
+    )
+    minion: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Salt's key of the state: module_|-id_|-name_|-function (at most 1024 characters).
+    state_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    state_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    function: Mapped[str] = mapped_column(String(255), nullable=False)
+    name: Mapped[str | None] = mapped_column(String(1024))
+    sls: Mapped[str | None] = mapped_column(String(255))
+    result: Mapped[str] = mapped_column(String(16), nullable=False)  # failed or changed
+    comment: Mapped[str | None] = mapped_column(Text)
+    run_num: Mapped[int | None] = mapped_column(Integer)
+    start_time: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    returned_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    test_run: Mapped[bool | None] = mapped_column(Boolean)
+
+    __table_args__ = (
+        Index(None, "result", "start_time"),
+        Index(None, "state_id", "start_time", "jid", "minion"),
+        Index(None, "minion", "start_time"),
+    )
+
+
+class MinionStatus(Base):
+    """One row per minion that has returned (revision 0007): its latest job of any kind
+    and its latest real state run (test=True runs left out), kept with every batch of
+    returns from job_returns, so that ``halite.minions`` lists failing minions first
+    without reading every minion's history."""
+
+    __tablename__ = "minion_status"
+
+    minion: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_jid: Mapped[str | None] = mapped_column(String(64))
+    last_function: Mapped[str | None] = mapped_column(String(255))
+    last_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    state_jid: Mapped[str | None] = mapped_column(String(64))
+    state_function: Mapped[str | None] = mapped_column(String(255))
+    state_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    state_result: Mapped[str | None] = mapped_column(String(16))  # failed, changed, pass
+    states_total: Mapped[int | None] = mapped_column(Integer)
+    states_passed: Mapped[int | None] = mapped_column(Integer)
+    states_failed: Mapped[int | None] = mapped_column(Integer)
+    states_changed: Mapped[int | None] = mapped_column(Integer)
+    # 0 when the latest state run failed, else 1: the listing reads the (healthy, minion)
+    # index in order, failing minions first.
+    healthy: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+
+    __table_args__ = (Index(None, "healthy", "minion"),)
 
 
 class CleanedJob(Base):
@@ -211,6 +278,8 @@ audit_log = cast(Table, AuditEntry.__table__)
 job_returns = cast(Table, JobReturn.__table__)
 engine_state = cast(Table, EngineState.__table__)
 cleaned_jobs = cast(Table, CleanedJob.__table__)
+state_results = cast(Table, StateResult.__table__)
+minion_status = cast(Table, MinionStatus.__table__)
 
 
 # Text search (``halite.jobs search=...``) on SQLite: an FTS5 trigram index over each job's

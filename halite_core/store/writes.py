@@ -40,8 +40,10 @@ from halite_core.states import (
     PENDING,
     RETURNED,
     RUNNING,
+    JobResult,
     minion_failed_sql,
 )
+from halite_core.store import fleet
 from halite_core.store.db import Database
 from halite_core.store.ops import (
     AuditItem,
@@ -135,6 +137,7 @@ RETURN_COLUMNS = (
     "states_failed",
     "states_changed",
     "states_duration_ms",
+    "test_run",
 )
 
 
@@ -143,7 +146,8 @@ RETURN_COLUMNS = (
 RETURN_PARAMETERS = ("jid", "minion", "expected", "start_time", *RETURN_COLUMNS)
 NO_SUMMARY = (None, None, None, None, None)
 
-ZERO_COUNTS = {"minions_targeted": 0, "minions_returned": 0, "minions_failed": 0}
+ZERO_COUNTS = {"minions_targeted": 0, "minions_returned": 0, "minions_failed": 0,
+               "minions_changed": 0, "result": RUNNING}  # fmt: skip
 
 
 STUB_COLUMNS = (
@@ -251,6 +255,9 @@ class _Statements:
                 minions_failed=select(func.count())
                 .where(of_job, minion_failed_sql(rows.c))
                 .scalar_subquery(),
+                minions_changed=select(func.count())
+                .where(of_job, returned, rows.c.states_changed > 0)
+                .scalar_subquery(),
                 # Returns only: a minion settled no_return or killed did not return then.
                 last_return_at=select(func.max(rows.c.returned_at))
                 .where(of_job, returned)
@@ -263,6 +270,13 @@ class _Statements:
             .where(this_job)
             .values(
                 status=case((done, COMPLETE), else_=RUNNING),
+                # Counted by the recount just before (a separate statement).
+                result=case(
+                    (~done, RUNNING),
+                    (j.minions_failed > 0, JobResult.FAILED.value),
+                    (j.minions_changed > 0, JobResult.CHANGED.value),
+                    else_=JobResult.PASS.value,
+                ),
                 # The job ended when its last minion returned or was settled (or killed).
                 end_time=case(
                     (
@@ -633,6 +647,8 @@ class Writes:
         fun = load.get("fun")
         limit = self.settings.max_return_bytes
         summary = None
+        test_run: bool | None = None
+        notable: tuple[highstate.NotableState, ...] = ()
         runner_success: bool | None = None
         runner_retcode: object = None
         if encoded is not None:
@@ -641,6 +657,10 @@ class Writes:
             value = load.get("return")
             inner, runner_success, runner_retcode = highstate.runner_payload(fun, value)
             summary = highstate.summarize(inner) if highstate.is_state_function(fun) else None
+            if summary is not None:
+                test_run = highstate.is_test_run(load.get("fun_args"))
+                if summary.failed or summary.changed:
+                    notable = highstate.notable(inner)
             # halite's and the jobs runner's answers are not kept, nor their copies inside
             # other jobs where those name the runner (halite_core/own_runners.py).
             encoded = own_runners.withheld_return(
@@ -675,6 +695,8 @@ class Writes:
             success=success if isinstance(success, bool) else None,
             out=out[:64] if isinstance(out, str) else None,
             summary=summary,
+            test_run=test_run,
+            notable=notable,
         )
 
     def _save_returns(
@@ -716,12 +738,13 @@ class Writes:
             rows.append(
                 (row.jid, row.minion, key in expected, row.start_time, RETURNED, row.function,
                  row.returned_at, row.value, row.value.truncated, row.retcode, row.success,
-                 row.out, *summary)
+                 row.out, *summary, row.test_run)
             )  # fmt: skip
         stmt = self._statements().upsert_return
         stored = self.db.executemany_rows(conn, stmt, RETURN_PARAMETERS, rows)
         if stored < len(items):
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
+        fleet.note_returns(self.db, conn, [items[i].row for i in first.values()])
         touched.update(stubs)
         return stored
 
