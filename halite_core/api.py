@@ -34,7 +34,7 @@ from pydantic import (
 from typing_extensions import NotRequired, Self, TypedDict
 
 from halite_core.errors import HaliteError
-from halite_core.states import JobStatus
+from halite_core.states import RESULTS, JobStatus
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -218,6 +218,13 @@ class JobFilter(Arguments):
     status: Annotated[
         str | None, BeforeValidator(_one_of(STATUSES, optional=True)), _enum(STATUSES)
     ] = Field(default=None, description="`running` or `complete`.")
+    result: Annotated[
+        str | None, BeforeValidator(_one_of(RESULTS, optional=True)), _enum(RESULTS)
+    ] = Field(
+        default=None,
+        description="`running`, `failed` (a minion failed or never returned), `changed` (a"
+        " state changed something) or `pass`.",
+    )
     minion: Text = Field(
         default=None, description="Jobs that targeted, or returned from, this minion."
     )
@@ -294,6 +301,66 @@ class TimelineQuery(Arguments):
     ] = Field(default="function", description="function or user.")
 
 
+STATE_RESULTS = ("failed", "changed")
+MINION_RESULTS = RESULTS  # a minion's result in a job: running, failed, changed or pass
+
+
+class MinionsQuery(Arguments):
+    """``halite.minions`` and ``GET /api/minions``: every minion that has returned, failing
+    first (their latest real state run failed), then by id."""
+
+    failing: Flag = Field(default=False, description="Only minions whose latest state run failed.")
+    minion: Text = Field(default=None, description="Shell glob (`*`, `?`) on the minion id.")
+    limit: Limit = Field(default=DEFAULT_LIMIT, description=f"Minions per page, 1 to {MAX_LIMIT}.")
+    cursor: Text = Field(default=None, description="The `next` of the previous page.")
+
+
+class MinionQuery(Arguments):
+    """``halite.minion <id>`` and ``GET /api/minions/{id}``: that minion's jobs, newest
+    first."""
+
+    fun: Text = Field(default=None, description="Shell glob (`*`, `?`) on the function.")
+    result: Annotated[
+        str | None, BeforeValidator(_one_of(MINION_RESULTS, optional=True)), _enum(MINION_RESULTS)
+    ] = Field(
+        default=None,
+        description="The minion's result in the job: `running`, `failed` (it failed, never"
+        " returned or was killed), `changed` or `pass`.",
+    )
+    limit: Limit = Field(default=DEFAULT_LIMIT, description=f"Jobs per page, 1 to {MAX_LIMIT}.")
+    cursor: Text = Field(default=None, description="The `next` of the previous page.")
+
+
+class StatesQuery(Arguments):
+    """``halite.states`` and ``GET /api/states``: the states that failed (or changed) across
+    the fleet in a window, busiest first. Dry runs (test=True) are left out."""
+
+    window: Annotated[str, BeforeValidator(_one_of(tuple(WINDOWS))), _enum(tuple(WINDOWS))] = Field(
+        default="24h", description="1h, 4h, 24h or 7d."
+    )
+    result: Annotated[
+        str, BeforeValidator(_one_of(STATE_RESULTS, say="failed or changed")), _enum(STATE_RESULTS)
+    ] = Field(default="failed", description="`failed` or `changed`.")
+    minion: Text = Field(default=None, description="Shell glob (`*`, `?`) on the minion id.")
+    sls: Text = Field(default=None, description="Shell glob (`*`, `?`) on the state's sls.")
+    limit: Limit = Field(default=DEFAULT_LIMIT, description=f"States per page, 1 to {MAX_LIMIT}.")
+    cursor: Text = Field(default=None, description="The `next` of the previous page.")
+
+
+class StateQuery(Arguments):
+    """``halite.state <state_id>`` and ``GET /api/states/{state_id}``: that state's failed
+    and changed runs across the fleet, newest first."""
+
+    result: Annotated[
+        str | None,
+        BeforeValidator(_one_of(STATE_RESULTS, optional=True, say="failed or changed")),
+        _enum(STATE_RESULTS),
+    ] = Field(default=None, description="`failed` or `changed` (default: both).")
+    minion: Text = Field(default=None, description="Shell glob (`*`, `?`) on the minion id.")
+    limit: Limit = Field(default=DEFAULT_LIMIT, description=f"Runs per page, 1 to {MAX_LIMIT}.")
+    cursor: Text = Field(default=None, description="The `next` of the previous page.")
+
+
 # ---------------------------------------------------------------------- answers
 # Times are ISO 8601 text with an offset (UTC), as the queries write them.
 TimeText = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
@@ -308,6 +375,7 @@ class MinionCounts(TypedDict):
     targeted: int | None
     returned: int | None
     failed: int | None
+    changed: int | None
 
 
 @with_config(Strict)
@@ -323,6 +391,8 @@ class Job(TypedDict):
     start_time: TimeText | None
     end_time: TimeText | None
     status: Literal["running", "complete", "unknown"]
+    # None only in a live listing, which reads no returns.
+    result: Literal["running", "failed", "changed", "pass"] | None
     minions: MinionCounts
     system: bool
     master_id: str | None
@@ -459,3 +529,137 @@ class Timeline(TypedDict):
     group_by: str
     rows: list[TimelineRow]
     truncated: bool
+
+
+# ---------------------------------------------------------------------- fleet answers
+Result = Literal["running", "failed", "changed", "pass"]
+
+
+@with_config(Strict)
+class StateCounts(TypedDict):
+    states: int | None
+    passed: int | None
+    failed: int | None
+    changed: int | None
+
+
+@with_config(Strict)
+class JobRef(TypedDict):
+    jid: str
+    function: str | None
+    start_time: TimeText
+
+
+@with_config(Strict)
+class StateRun(TypedDict):
+    """A minion's state run: the job, its result and counts, the ids of its failed states."""
+
+    jid: str
+    function: str | None
+    start_time: TimeText
+    result: Literal["failed", "changed", "pass"]
+    counts: StateCounts
+    failing_states: list[str]
+
+
+@with_config(Strict)
+class MinionRow(TypedDict):
+    """One minion: whether its latest real state run failed, that run, its latest job.
+    ``state_run`` is None when the minion has run no state (or the caller may not view
+    state jobs); ``failing`` is then None too, if the caller may not view them."""
+
+    minion: str
+    failing: bool | None
+    state_run: StateRun | None
+    last_job: JobRef | None
+
+
+@with_config(Strict)
+class MinionsPage(TypedDict):
+    minions: list[MinionRow]
+    next: str | None
+
+
+@with_config(Strict)
+class MinionJob(TypedDict):
+    """One job of a minion's history, as that minion ran it."""
+
+    jid: str
+    function: str | None
+    start_time: TimeText
+    state: Literal["running", "returned", "no_return", "killed"]
+    success: bool | None
+    retcode: int | None
+    result: Result
+    returned_at: TimeText | None
+    test_run: bool | None
+    counts: NotRequired[StateCounts]
+    failing_states: NotRequired[list[str]]
+
+
+@with_config(Strict)
+class MinionHistory(TypedDict):
+    minion: str
+    jobs: list[MinionJob]
+    next: str | None
+
+
+@with_config(Strict)
+class FailingState(TypedDict):
+    """A state across the fleet in a window: on how many minions and in how many runs it
+    failed (or changed), when first and last, and the latest comment."""
+
+    state_key: str
+    state_id: str
+    function: str
+    name: str | None
+    sls: str | None
+    minions: int
+    runs: int
+    first: TimeText
+    last: TimeText
+    comment: str | None
+
+
+@with_config(Strict)
+class StatesPage(TypedDict):
+    window: str
+    result: Literal["failed", "changed"]
+    states: list[FailingState]
+    next: str | None
+
+
+@with_config(Strict)
+class StateRunRow(TypedDict):
+    """One failed or changed run of a state on a minion."""
+
+    jid: str
+    minion: str
+    state_key: str
+    function: str
+    name: str | None
+    sls: str | None
+    result: Literal["failed", "changed"]
+    comment: str | None
+    start_time: TimeText
+    returned_at: TimeText
+    test_run: bool | None
+
+
+@with_config(Strict)
+class StateFailures(TypedDict):
+    """Of the state's whole kept history: its failed runs, on how many minions, the first
+    and the latest (None when it never failed)."""
+
+    runs: int
+    minions: int
+    first: TimeText | None
+    last: TimeText | None
+
+
+@with_config(Strict)
+class StateHistory(TypedDict):
+    state_id: str
+    failed: StateFailures
+    runs: list[StateRunRow]
+    next: str | None

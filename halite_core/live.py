@@ -66,7 +66,8 @@ def live_page(
                 else None,
                 "end_time": None,
                 "status": cast(Any, status.value),
-                "minions": {"targeted": None, "returned": None, "failed": None},
+                "result": None,
+                "minions": {"targeted": None, "returned": None, "failed": None, "changed": None},
                 "system": False,
                 "master_id": master_id,
             }

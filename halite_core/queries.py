@@ -267,6 +267,8 @@ def listing_query(
     query = query.where(*_scope(j.function, functions, dialect))
     if filters.status is not None:
         query = query.where(j.status == filters.status)
+    if filters.result is not None:
+        query = query.where(j.result == filters.result)
     if filters.search and plan.search != "scan":
         query = query.where(_search(j, filters.search, dialect))
         if plan.search == "fts":
@@ -380,10 +382,12 @@ def _job(
         "start_time": row["start_time"].isoformat(),
         "end_time": row["end_time"].isoformat() if row["end_time"] else None,
         "status": cast(Any, status),  # one of JobStatus's values
+        "result": cast(Any, row["result"]),  # one of JobResult's values
         "minions": {
             "targeted": row["minions_targeted"],
             "returned": row["minions_returned"],
             "failed": row["minions_failed"],
+            "changed": row["minions_changed"],
         },
         "system": row["system"],
         "master_id": row["master_id"],

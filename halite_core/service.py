@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
-from halite_core import audit
+from halite_core import audit, fleet
 from halite_core import kill as killing
 from halite_core.api import (
     Activity,
@@ -26,8 +26,16 @@ from halite_core.api import (
     JobDetail,
     JobFilter,
     KillOutcome,
+    MinionHistory,
     MinionKill,
+    MinionQuery,
+    MinionsPage,
+    MinionsQuery,
     Page,
+    StateHistory,
+    StateQuery,
+    StatesPage,
+    StatesQuery,
     Timeline,
     flag_arg,
     parse_time,
@@ -53,6 +61,8 @@ __all__ = ["KillSender", "Service", "flag_arg", "parse_time", "text_arg"]
 KillSender = Callable[[str, list[str]], Mapping[str, Any]]
 A = TypeVar("A", bound=Arguments)
 NOTHING: Mapping[str, object] = MappingProxyType({})  # no arguments given
+# The fleet's state views need the right to view every state job (see halite_core.fleet).
+STATE_JOBS = "state.*"
 
 
 def _unknown(jid: str) -> UnknownJob:
@@ -206,6 +216,82 @@ class Service:
             )  # fmt: skip
         detail["may_kill"] = grants.allows("kill", "job", function)
         return detail
+
+    # ------------------------------------------------------------------ the fleet
+    def _state_runs_visible(self, user: str | None) -> bool:
+        """Whether ``user`` may view every state job: the fleet's state views need it."""
+        return self.grants(user).allows("view", "job", STATE_JOBS)
+
+    def _need_state_runs(self, user: str | None, action: str, arguments: Any) -> None:
+        self.view_scope(user, action, arguments)
+        if not self._state_runs_visible(user):
+            raise self._deny(user, action, f"view:job:{STATE_JOBS}", arguments)
+
+    def minions(
+        self,
+        user: str | None,
+        asked: MinionsQuery | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> MinionsPage:
+        """A page of minions, failing first; see :func:`halite_core.fleet.minions`."""
+        asked = _merged(asked, given)
+        arguments = _given(asked)
+        scope = self.view_scope(user, "minions", arguments)
+        query = _checked(MinionsQuery, asked)
+        visible = self._state_runs_visible(user)
+        if query.failing and not visible:
+            raise self._deny(user, "minions", f"view:job:{STATE_JOBS}", arguments)
+        with self.store.db.read() as conn:
+            return fleet.minions(conn, query, functions=scope, states_visible=visible)
+
+    def minion(
+        self,
+        user: str | None,
+        minion: object,
+        asked: MinionQuery | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> MinionHistory:
+        """One minion's jobs, newest first; see :func:`halite_core.fleet.minion_history`."""
+        asked = _merged(asked, given)
+        arguments = {"minion": minion, **_given(asked)}
+        scope = self.view_scope(user, "minion", arguments)
+        query = _checked(MinionQuery, asked)
+        with self.store.db.read() as conn:
+            return fleet.minion_history(
+                conn, minion, query, functions=scope, states_visible=self._state_runs_visible(user)
+            )
+
+    def states(
+        self,
+        user: str | None,
+        asked: StatesQuery | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> StatesPage:
+        """The states failing (or changing) across the fleet; see
+        :func:`halite_core.fleet.failing_states`."""
+        asked = _merged(asked, given)
+        self._need_state_runs(user, "states", _given(asked))
+        query = _checked(StatesQuery, asked)
+        with self.store.db.read() as conn:
+            return fleet.failing_states(conn, query)
+
+    def state(
+        self,
+        user: str | None,
+        state_id: object,
+        asked: StateQuery | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> StateHistory:
+        """One state's failed and changed runs; see :func:`halite_core.fleet.state_history`."""
+        asked = _merged(asked, given)
+        self._need_state_runs(user, "state", {"state_id": state_id, **_given(asked)})
+        query = _checked(StateQuery, asked)
+        with self.store.db.read() as conn:
+            return fleet.state_history(conn, state_id, query)
 
     def activity(self, user: str | None, hours: object = 24) -> Activity:
         scope = self.view_scope(user, "activity", {"hours": hours})

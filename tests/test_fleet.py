@@ -148,3 +148,161 @@ def test_retention_takes_the_state_rows_and_moves_minions_back_to_what_is_left(s
     with store.db.read() as conn:
         kept = conn.execute(select(state_results.c.jid, state_results.c.state_id)).all()
     assert [tuple(row) for row in kept] == [(older, "conf1")]
+
+
+# ---------------------------------------------------------------------- the queries
+import pytest  # noqa: E402
+
+from halite_core.api import MinionHistory, MinionsPage, QueryError, StateHistory, StatesPage  # noqa: E402
+from halite_core.permissions import Denied, Policy  # noqa: E402
+from halite_core.service import Service  # noqa: E402
+
+
+def check_against(model, answer):
+    """``answer`` as its typed model reads it, strictly: the API's schemas are generated
+    from these models."""
+    from pydantic import TypeAdapter
+
+    assert TypeAdapter(model).validate_python(answer, strict=True) == answer
+    return answer
+
+
+POLICY = Policy.from_config(
+    {"tester": ["view:job:test.*"], "stater": ["view:job:state.*"]},
+    {"ann": ["viewer"], "tess": ["tester"], "stan": ["stater"]},
+    master_user="root",
+)
+
+
+@pytest.fixture
+def fleet(store):
+    """web1 fails conf1 in the latest run (and conf1 failed on db1 the day before, db1 has
+    passed since), web2 changed conf0, db2 only ran test.ping; times relative to now."""
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+
+    def jid(hours_ago):
+        return (now - dt.timedelta(hours=hours_ago)).strftime("%Y%m%d%H%M%S%f")
+
+    day_before, latest, ping = jid(30), jid(2), jid(1)
+    publish(store, day_before, fun="state.apply", minions=("db1",))
+    save_return(store, state_ret(day_before, "db1", failing=[1]))
+    publish(store, latest, fun="state.apply", minions=("web1", "web2", "db1"))
+    save_return(store, state_ret(latest, "web1", failing=[1], changing=[2]))
+    save_return(store, state_ret(latest, "web2", changing=[0]))
+    save_return(store, state_ret(latest, "db1"))
+    publish(store, ping, fun="test.ping", minions=("db2", "web1"))
+    save_return(store, ret(ping, "db2", fun="test.ping"))
+    save_return(store, ret(ping, "web1", fun="test.ping", success=False, retcode=1))
+    service = Service(store, POLICY, "m1")
+    service.jids = {"day_before": day_before, "latest": latest, "ping": ping}
+    return service
+
+
+def test_minions_are_listed_failing_first_with_their_latest_run(fleet):
+    page = check_against(MinionsPage, fleet.minions("root"))
+    assert [m["minion"] for m in page["minions"]] == ["web1", "db1", "db2", "web2"]
+    web1 = page["minions"][0]
+    assert web1["failing"] is True
+    assert web1["state_run"]["jid"] == fleet.jids["latest"]
+    assert web1["state_run"]["failing_states"] == ["conf1"]
+    assert web1["state_run"]["counts"] == {"states": 4, "passed": 3, "failed": 1, "changed": 1}
+    assert web1["last_job"]["jid"] == fleet.jids["ping"]
+    db2 = page["minions"][2]
+    assert db2["state_run"] is None and db2["failing"] is False
+    failing = fleet.minions("root", failing=True)
+    assert [m["minion"] for m in failing["minions"]] == ["web1"]
+    assert [m["minion"] for m in fleet.minions("root", minion="db*")["minions"]] == ["db1", "db2"]
+
+
+def test_minions_page_by_cursor_exactly(fleet):
+    seen, cursor = [], None
+    while True:
+        page = fleet.minions("root", limit=1, cursor=cursor)
+        seen += [m["minion"] for m in page["minions"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == ["web1", "db1", "db2", "web2"]
+    with pytest.raises(QueryError, match="cursor"):
+        fleet.minions("root", cursor="bm9wZQ")
+
+
+def test_a_user_who_may_not_view_state_jobs_sees_neither_runs_nor_order(fleet, store):
+    page = fleet.minions("tess")
+    # Only minions that returned for a test.* job, by id, their latest test.* job.
+    assert [m["minion"] for m in page["minions"]] == ["db2", "web1"]
+    assert all(m["failing"] is None and m["state_run"] is None for m in page["minions"])
+    assert page["minions"][1]["last_job"]["function"] == "test.ping"
+    with pytest.raises(Denied, match="view:job:state"):
+        fleet.minions("tess", failing=True)
+    with pytest.raises(Denied, match="view:job:state"):
+        fleet.states("tess")
+    with pytest.raises(Denied, match="view:job:state"):
+        fleet.state("tess", "conf1")
+    history = fleet.minion("tess", "web1")
+    assert [j["function"] for j in history["jobs"]] == ["test.ping"]
+    store.flush(timeout=10)
+    denied = fleet.audit("root", decision="deny")["entries"]
+    assert {e["action"] for e in denied} >= {"minions", "states", "state"}
+
+
+def test_a_minions_history_newest_first_with_its_result_in_each_job(fleet):
+    history = check_against(MinionHistory, fleet.minion("root", "web1"))
+    assert [(j["function"], j["result"]) for j in history["jobs"]] == [
+        ("test.ping", "failed"),
+        ("state.apply", "failed"),
+    ]
+    run = history["jobs"][1]
+    assert run["failing_states"] == ["conf1"] and run["counts"]["changed"] == 1
+    assert [j["result"] for j in fleet.minion("root", "web2")["jobs"]] == ["changed"]
+    only = fleet.minion("root", "web1", fun="state.*", result="failed")
+    assert [j["jid"] for j in only["jobs"]] == [fleet.jids["latest"]]
+    assert fleet.minion("root", "web1", result="pass")["jobs"] == []
+    with pytest.raises(QueryError, match="no minion 'nobody'"):
+        fleet.minion("root", "nobody")
+    with pytest.raises(QueryError, match="result must be one of"):
+        fleet.minion("root", "web1", result="bad")
+
+
+def test_failing_states_across_the_fleet_in_a_window(fleet):
+    page = check_against(StatesPage, fleet.states("root", window="7d"))
+    assert [(s["state_id"], s["minions"], s["runs"]) for s in page["states"]] == [("conf1", 2, 2)]
+    # The run on db1 the day before is out of the default window (24h).
+    assert [(s["minions"], s["runs"]) for s in fleet.states("root")["states"]] == [(1, 1)]
+    conf1 = page["states"][0]
+    assert conf1["comment"] == "conf1 failed" and conf1["function"] == "file.managed"
+    assert conf1["sls"] == "app"
+    assert [s["runs"] for s in fleet.states("root", window="4h")["states"]] == [1]
+    changed = fleet.states("root", result="changed")["states"]
+    assert sorted(s["state_id"] for s in changed) == ["conf0", "conf2"]
+    assert fleet.states("root", window="7d", minion="db*")["states"][0]["minions"] == 1
+    assert fleet.states("root", sls="nope")["states"] == []
+
+
+def test_one_states_history_across_runs_and_minions(fleet):
+    history = check_against(StateHistory, fleet.state("root", "conf1"))
+    assert [(r["minion"], r["result"]) for r in history["runs"]] == [
+        ("web1", "failed"), ("db1", "failed")]  # fmt: skip
+    assert history["failed"]["runs"] == 2 and history["failed"]["minions"] == 2
+    assert history["failed"]["first"] < history["failed"]["last"]
+    seen, cursor = [], None
+    while True:
+        page = fleet.state("root", "conf1", limit=1, cursor=cursor)
+        seen += [r["minion"] for r in page["runs"]]
+        if not (cursor := page["next"]):
+            break
+    assert seen == ["web1", "db1"]
+    assert fleet.state("root", "conf3")["runs"] == []
+
+
+def test_the_job_listing_carries_and_filters_the_result(fleet):
+    jobs = fleet.jobs("root")["jobs"]
+    assert {j["jid"]: j["result"] for j in jobs} == {
+        fleet.jids["ping"]: "failed", fleet.jids["latest"]: "failed",
+        fleet.jids["day_before"]: "failed"}  # fmt: skip
+    publish(fleet.store, "20261201000000000001", fun="test.ping", minions=("web2",))
+    save_return(fleet.store, ret("20261201000000000001", "web2", fun="test.ping"))
+    assert [j["jid"] for j in fleet.jobs("root", result="pass")["jobs"]] == ["20261201000000000001"]
+    assert fleet.jobs("root", result="changed")["jobs"] == []
+    with pytest.raises(QueryError, match="result must be one of"):
+        fleet.jobs("root", result="good")
