@@ -222,8 +222,8 @@ class JobFilter(Arguments):
         str | None, BeforeValidator(_one_of(RESULTS, optional=True)), _enum(RESULTS)
     ] = Field(
         default=None,
-        description="`running`, `failed` (a minion failed or never returned), `changed` (a"
-        " state changed something) or `pass`.",
+        description="The job's result: `running`, `failed` (a minion failed or never"
+        " returned), `changed` (a state changed something) or `pass`.",
     )
     minion: Text = Field(
         default=None, description="Jobs that targeted, or returned from, this minion."
@@ -340,7 +340,7 @@ class StatesQuery(Arguments):
     )
     result: Annotated[
         str, BeforeValidator(_one_of(STATE_RESULTS, say="failed or changed")), _enum(STATE_RESULTS)
-    ] = Field(default="failed", description="`failed` or `changed`.")
+    ] = Field(default="failed", description="States that `failed`, or that `changed` something.")
     minion: Text = Field(default=None, description="Shell glob (`*`, `?`) on the minion id.")
     sls: Text = Field(default=None, description="Shell glob (`*`, `?`) on the state's sls.")
     limit: Limit = Field(default=DEFAULT_LIMIT, description=f"States per page, 1 to {MAX_LIMIT}.")
@@ -355,7 +355,7 @@ class StateQuery(Arguments):
         str | None,
         BeforeValidator(_one_of(STATE_RESULTS, optional=True, say="failed or changed")),
         _enum(STATE_RESULTS),
-    ] = Field(default=None, description="`failed` or `changed` (default: both).")
+    ] = Field(default=None, description="Runs where it `failed`, or `changed` (default: both).")
     minion: Text = Field(default=None, description="Shell glob (`*`, `?`) on the minion id.")
     limit: Limit = Field(default=DEFAULT_LIMIT, description=f"Runs per page, 1 to {MAX_LIMIT}.")
     cursor: Text = Field(default=None, description="The `next` of the previous page.")

@@ -7,7 +7,7 @@ import salt.loader
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
-from tests.helpers import free_port, save_load
+from tests.helpers import free_port, ret, save_load, save_return
 from tests.test_returner_loader import master_opts
 
 JID = "20261128120000000001"
@@ -15,7 +15,8 @@ JID = "20261128120000000001"
 
 def runners_of(opts):
     runners = salt.loader.runner(opts)
-    for name in ("halite.jobs", "halite.job", "halite.activity", "halite.timeline"):
+    for name in ("halite.jobs", "halite.job", "halite.activity", "halite.timeline",
+                 "halite.minions", "halite.minion", "halite.states", "halite.state"):  # fmt: skip
         # What Salt's runner client injects at call time: the caller (the master's own
         # user, an admin).
         runners[name].__globals__["__user__"] = opts["user"]
@@ -25,6 +26,7 @@ def runners_of(opts):
 def with_one_job(opts):
     store = JobStore(Settings.from_opts(opts))
     save_load(store, JID, {"fun": "test.ping", "tgt": "m1", "user": "root", "arg": []}, ["m1"])
+    save_return(store, ret(JID, "m1", fun="test.ping"))
     store.db.dispose()
 
 
@@ -34,6 +36,10 @@ def calls(runners):
         "job": runners["halite.job"](JID),
         "activity": runners["halite.activity"](),
         "timeline": runners["halite.timeline"](),
+        "minions": runners["halite.minions"](),
+        "minion": runners["halite.minion"]("m1"),
+        "states": runners["halite.states"](),
+        "state": runners["halite.state"]("conf1"),
     }
 
 
@@ -77,6 +83,10 @@ EVERY_RUNNER = [
     ("halite.timeline", (), {}),
     ("halite.kill", (JID,), {}),
     ("halite.audit", (), {}),
+    ("halite.minions", (), {}),
+    ("halite.minion", ("m1",), {}),
+    ("halite.states", (), {}),
+    ("halite.state", ("conf1",), {}),
 ]
 
 
@@ -164,7 +174,11 @@ def test_the_jobs_runner_takes_the_filters_arguments(tmp_path):
 
 
 @pytest.mark.parametrize(("runner", "model"), [("halite.jobs", "JobsQuery"),
-                                                ("halite.audit", "AuditFilter")])  # fmt: skip
+                                                ("halite.audit", "AuditFilter"),
+                                                ("halite.minions", "MinionsQuery"),
+                                                ("halite.minion", "MinionQuery"),
+                                                ("halite.states", "StatesQuery"),
+                                                ("halite.state", "StateQuery")])  # fmt: skip
 def test_each_argument_is_documented_where_salt_shows_the_runner(tmp_path, runner, model):
     from halite_core import api
 
@@ -186,3 +200,23 @@ def test_a_denial_is_said_as_one_not_as_an_unusable_database(tmp_path):
     answer = runners["halite.audit"]()
     assert answer["error"] == "permission denied: 'vic' lacks view:audit:*"
     assert answer["retcode"] == 1
+
+
+def test_the_fleet_runners_answer_through_the_loader(tmp_path):
+    opts = master_opts(tmp_path, "halite")
+    with_one_job(opts)
+    runners = runners_of(opts)
+    context = runners.pack["__context__"]
+    page = runners["halite.minions"](failing="false", __pub_user="root")
+    assert [m["minion"] for m in page["minions"]] == ["m1"]
+    history = runners["halite.minion"]("m1", fun="test.*")
+    assert [j["jid"] for j in history["jobs"]] == [JID]
+    assert runners["halite.minion"](id="m1")["minion"] == "m1"
+    assert runners["halite.states"](window="7d")["states"] == []
+    assert runners["halite.state"]("conf1")["runs"] == []
+    assert "retcode" not in context
+    answer = runners["halite.minion"]("nobody")
+    assert answer == {"error": "no minion 'nobody' in the index", "retcode": 1}
+    assert context["retcode"] == 1
+    answer = runners["halite.states"](window="2d")
+    assert "window must be one of 1h, 4h, 24h, 7d" in answer["error"]

@@ -18,6 +18,10 @@ CLI Example:
     salt-run halite.timeline window=24h group_by=user
     salt-run halite.kill 20261128115138123456
     salt-run halite.audit action=kill decision=deny
+    salt-run halite.minions failing=True
+    salt-run halite.minion web1 fun='state.*'
+    salt-run halite.states window=24h
+    salt-run halite.state nginx_conf
 
 Every function checks the caller's permissions first (``halite:roles`` and
 ``halite:users`` in the master config; see the README): ``view:job:<function>`` to read
@@ -60,7 +64,14 @@ try:
     from sqlalchemy.exc import DBAPIError
 
     from halite_core import salt_adapter
-    from halite_core.api import AuditFilter, JobsQuery
+    from halite_core.api import (
+        AuditFilter,
+        JobsQuery,
+        MinionQuery,
+        MinionsQuery,
+        StateQuery,
+        StatesQuery,
+    )
     from halite_core.bounded import call_within
     from halite_core.errors import HaliteError
     from halite_core.own_runners import feed_warning
@@ -78,7 +89,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "halite"
 __func_alias__ = {"audit_log": "audit"}
 # The runners that read the index, and so must say when nothing feeds it.
-READERS = ("jobs", "job", "activity", "timeline")
+READERS = ("jobs", "job", "activity", "timeline", "minions", "minion", "states", "state")
 
 
 def __virtual__():
@@ -304,6 +315,97 @@ def audit_log(**kwargs):
     return _call("audit", salt.utils.args.clean_kwargs(**kwargs))
 
 
+def minions(**kwargs):
+    """
+    Every minion that has returned, those whose latest state run failed first, then by
+    id: ``{"minions": [...], "next": <cursor or None>}``. Each minion: ``failing``, its
+    latest real state run (``state_run``: jid, function, start time, result ``failed`` /
+    ``changed`` / ``pass``, counts, the ids of its failing states) and its latest job of
+    any kind (``last_job``). A state run is any ``state.*`` job whose return parses as
+    state results; a dry run (``test=True``) changes nothing and is never the latest
+    result. Showing state runs needs ``view:job:state.*``; without it minions are listed
+    by id with their latest job the caller may view. The arguments, as the query
+    parameters of ``GET /api/minions``:
+
+    ARGUMENTS
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.minions
+        salt-run halite.minions failing=True minion='web*' --out=json
+    """
+    return _call("minions", salt.utils.args.clean_kwargs(**kwargs), outputter="halite_minions")
+
+
+def minion(id_=None, **kwargs):
+    """
+    One minion's job history, newest first: ``{"minion", "jobs": [...], "next"}``. Each
+    job: function, start time, the minion's state in it (``returned`` / ``running`` /
+    ``no_return`` / ``killed``), success, retcode, its result (``running`` / ``failed`` /
+    ``changed`` / ``pass``) and, for a state run, its counts and failing states. Only the
+    jobs the caller may view. The arguments, as the query parameters of
+    ``GET /api/minions/{id}``:
+
+    ARGUMENTS
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.minion web1
+        salt-run halite.minion web1 fun='state.*' result=failed --out=json
+    """
+    asked = salt.utils.args.clean_kwargs(**kwargs)
+    name = asked.pop("id", id_)
+    return _call("minion", name, asked, outputter="halite_minion")
+
+
+def states(**kwargs):
+    """
+    The states that failed (``result=failed``, the default) or changed something
+    (``result=changed``) across the fleet in the last ``window``, busiest first:
+    ``{"window", "result", "states": [...], "next"}``. Each state: its id, key,
+    module.function, name, sls, on how many minions and in how many runs, first and last
+    time in the window, and the latest comment. Dry runs (``test=True``) are left out.
+    Needs ``view:job:state.*``. The arguments, as the query parameters of
+    ``GET /api/states``:
+
+    ARGUMENTS
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.states
+        salt-run halite.states window=7d sls='nginx*' --out=json
+    """
+    return _call("states", salt.utils.args.clean_kwargs(**kwargs), outputter="halite_states")
+
+
+def state(state_id=None, **kwargs):
+    """
+    One state's failed and changed runs across runs and minions, newest first: when it
+    started failing (``failed``: runs, minions, first, last), on which minions, what the
+    comment said: ``{"state_id", "failed", "runs": [...], "next"}``. Needs
+    ``view:job:state.*``. The arguments, as the query parameters of
+    ``GET /api/states/{state_id}``:
+
+    ARGUMENTS
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.state nginx_conf
+        salt-run halite.state nginx_conf result=failed minion='web*' --out=json
+    """
+    asked = salt.utils.args.clean_kwargs(**kwargs)
+    name = asked.pop("id", state_id)
+    return _call("state", name, asked, outputter="halite_state")
+
+
 def _live_jobs(asked):
     """The live listing: every argument is checked (after the permission, as for a
     listing from the index); only ``limit`` applies."""
@@ -339,3 +441,7 @@ def _documented(function, model):
 if HAS_HALITE:
     _documented(jobs, JobsQuery)
     _documented(audit_log, AuditFilter)
+    _documented(minions, MinionsQuery)
+    _documented(minion, MinionQuery)
+    _documented(states, StatesQuery)
+    _documented(state, StateQuery)
