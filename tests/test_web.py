@@ -179,6 +179,34 @@ def test_reads_with_the_runners_semantics(server):
     assert status == 200 and "/api/jobs/{jid}/kill" in spec["paths"]
 
 
+def test_the_fleet_routes(server, store):
+    from tests.test_fleet import state_ret
+
+    jid = "20261128130000000000"
+    publish(store, jid, fun="state.apply", minions=["a", "b"])
+    save_return(store, state_ret(jid, "b", failing=[1]))
+    save_return(store, state_ret(jid, "a"))
+    token = login(server, "olga")
+    status, page = call(server, "GET", "/api/minions", token)
+    assert status == 200 and [m["minion"] for m in page["minions"]] == ["b", "a"]
+    status, page = call(server, "GET", "/api/minions?failing=true", token)
+    assert [m["minion"] for m in page["minions"]] == ["b"]
+    status, history = call(server, "GET", "/api/minions/b?fun=state.*", token)
+    assert status == 200 and history["jobs"][0]["failing_states"] == ["conf1"]
+    status, body = call(server, "GET", "/api/minions/nobody", token)
+    assert (status, body) == (404, {"error": "no minion 'nobody' in the index"})
+    status, states = call(server, "GET", "/api/states?window=7d", token)
+    assert status == 200
+    status, history = call(server, "GET", "/api/states/conf1", token)
+    assert [r["minion"] for r in history["runs"]] == ["b"]
+    status, body = call(server, "GET", "/api/states?window=2d", token)
+    assert status == 400 and "window must be one of" in body["error"]
+    status, body = call(server, "GET", "/api/states", login(server, "tess"))
+    assert (status, body["missing"]) == (403, "view:job:state.*")
+    status, page = call(server, "GET", "/api/jobs?result=failed", token)
+    assert [j["jid"] for j in page["jobs"]] == [jid]
+
+
 def test_permissions_as_the_runners(server):
     tess = login(server, "tess")
     status, page = call(server, "GET", "/api/jobs", tess)
@@ -1222,15 +1250,28 @@ def test_the_generated_document_matches_the_server(server, tmp_path):
 def test_each_routes_parameters_are_its_models_fields(server):
     """The query parameters a handler accepts are the fields of the model it parses them
     with, and the document lists exactly those."""
-    from halite_core.api import ActivityQuery, AuditFilter, JobsQuery, TimelineQuery
+    from halite_core.api import (
+        ActivityQuery,
+        AuditFilter,
+        JobsQuery,
+        MinionQuery,
+        MinionsQuery,
+        StateQuery,
+        StatesQuery,
+        TimelineQuery,
+    )
 
     spec = call(server, "GET", "/api/openapi.json")[1]
     token = login(server, "audrey")
     routes = {"/api/jobs": JobsQuery, "/api/jobs/activity": ActivityQuery,
-              "/api/jobs/timeline": TimelineQuery, "/api/audit": AuditFilter}  # fmt: skip
+              "/api/jobs/timeline": TimelineQuery, "/api/audit": AuditFilter,
+              "/api/minions": MinionsQuery, "/api/minions/{minion}": MinionQuery,
+              "/api/states": StatesQuery, "/api/states/{state_id}": StateQuery}  # fmt: skip
     for path, model in routes.items():
-        listed = [p["name"] for p in spec["paths"][path]["get"]["parameters"]]
+        given = spec["paths"][path]["get"]["parameters"]
+        listed = [p["name"] for p in given if p["in"] == "query"]
         assert listed == list(model.model_fields), path
+        path = path.replace("{minion}", "a").replace("{state_id}", "conf1")
         status, body = call(server, "GET", f"{path}?colour=red", token)
         assert (status, body["error"]) == (
             400, f"unknown parameter 'colour'; known: {', '.join(model.model_fields)}"

@@ -23,7 +23,15 @@ from halite_core.api import (
     JobDetail,
     JobsQuery,
     KillOutcome,
+    MinionHistory,
+    MinionQuery,
+    MinionsPage,
+    MinionsQuery,
     Page,
+    StateHistory,
+    StateQuery,
+    StatesPage,
+    StatesQuery,
     Timeline,
     TimelineQuery,
 )
@@ -63,7 +71,8 @@ class Credentials(TypedDict):
 
 
 # What the routes answer, and (generated with them) every schema they refer to.
-ANSWERS = (Error, Me, Credentials, Page, JobDetail, KillOutcome, Activity, Timeline, AuditPage)
+ANSWERS = (Error, Me, Credentials, Page, JobDetail, KillOutcome, Activity, Timeline, AuditPage,
+           MinionsPage, MinionHistory, StatesPage, StateHistory)  # fmt: skip
 
 
 def components() -> dict[str, Any]:
@@ -141,6 +150,23 @@ JID = {
     "required": True,
     "schema": {"type": "string", "maxLength": 64},
     "description": "A Salt job id (20 digits, optional _pid).",
+}
+
+
+MINION = {
+    "name": "minion",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 1024},
+    "description": "A minion id.",
+}
+
+STATE_ID = {
+    "name": "state_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 1024},
+    "description": "A state's id (its `__id__`, as `/api/states` shows it).",
 }
 
 
@@ -245,6 +271,30 @@ def paths() -> dict[str, Any]:
             "The audit log, newest first (as salt-run halite.audit).",
             {"200": _answer("One page.", "AuditPage"), **AUTHED},
             parameters=parameters(AuditFilter),
+        ),
+        "/api/minions": _get(
+            "Every minion that returned, failing first (as salt-run halite.minions).",
+            {"200": _answer("One page.", "MinionsPage"), **AUTHED},
+            parameters=parameters(MinionsQuery),
+        ),
+        "/api/minions/{minion}": _get(
+            "One minion's jobs, newest first (as salt-run halite.minion).",
+            {
+                "200": _answer("One page.", "MinionHistory"),
+                "404": _error("No such minion."),
+                **AUTHED,
+            },
+            parameters=[MINION, *parameters(MinionQuery)],
+        ),  # fmt: skip
+        "/api/states": _get(
+            "The states failing (or changing) across the fleet (as salt-run halite.states).",
+            {"200": _answer("One page.", "StatesPage"), **AUTHED},
+            parameters=parameters(StatesQuery),
+        ),
+        "/api/states/{state_id}": _get(
+            "One state's failed and changed runs (as salt-run halite.state).",
+            {"200": _answer("One page.", "StateHistory"), **AUTHED},
+            parameters=[STATE_ID, *parameters(StateQuery)],
         ),
     }
 

@@ -14,8 +14,18 @@ import tornado.httputil
 import tornado.web
 
 from halite_core import permissions
-from halite_core.api import ActivityQuery, AuditFilter, JobsQuery, TimelineQuery
+from halite_core.api import (
+    ActivityQuery,
+    AuditFilter,
+    JobsQuery,
+    MinionQuery,
+    MinionsQuery,
+    StateQuery,
+    StatesQuery,
+    TimelineQuery,
+)
 from halite_core.config import ConfigError
+from halite_core.fleet import UnknownMinion
 from halite_core.http.contract import SPEC
 from halite_core.http.limits import RETRY_AFTER, Busy, Unavailable
 from halite_core.http.sessions import Session
@@ -129,7 +139,7 @@ class Base(tornado.web.RequestHandler):
             data = await self.web.run(method, session.user, *args, **(kwargs or {}))
         except Busy as exc:
             self.refuse(429, str(exc), exc.retry_after)
-        except UnknownJob as exc:
+        except (UnknownJob, UnknownMinion) as exc:
             self.write_json(404, {"error": str(exc)})
         except Denied as exc:
             self.write_json(403, {"error": str(exc), "missing": exc.needed})
@@ -277,6 +287,34 @@ class Audit(Base):
         args = self.args(tuple(AuditFilter.model_fields))
         if args is not None:
             await self.call("audit", args)
+
+
+class Minions(Base):
+    async def get(self) -> None:
+        args = self.args(tuple(MinionsQuery.model_fields))
+        if args is not None:
+            await self.call("minions", args)
+
+
+class Minion(Base):
+    async def get(self, minion: str) -> None:
+        args = self.args(tuple(MinionQuery.model_fields))
+        if args is not None:
+            await self.call("minion", minion, args)
+
+
+class States(Base):
+    async def get(self) -> None:
+        args = self.args(tuple(StatesQuery.model_fields))
+        if args is not None:
+            await self.call("states", args)
+
+
+class State(Base):
+    async def get(self, state_id: str) -> None:
+        args = self.args(tuple(StateQuery.model_fields))
+        if args is not None:
+            await self.call("state", state_id, args)
 
 
 class OpenAPI(Base):
