@@ -240,12 +240,6 @@ def dry_runs(conn):
     ], kwargs={"test": True})  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="revision 0007 adds job_returns.test_run as NULL for every stored return, so its "
-    "refresh (test_run IS NOT TRUE) takes a test=True run of the history for the minion's "
-    "latest real state run; the jobs' arguments and kwargs say which runs were dry",
-)
 def test_a_test_run_of_the_history_is_not_the_minions_latest_state_run(database):
     _, minions, _ = upgraded(database, dry_runs)
     assert latest(minions["web1"]) == (DRY_RUN, "state.apply", started(DRY_RUN))

@@ -5,6 +5,7 @@ document, and in a real browser (headless Chromium driven by Playwright)."""
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,7 +185,7 @@ def test_the_page_in_a_real_browser(web_master, web_minion, tmp_path):
             echo = run_job(web_master, web_minion, "test.sleep", "45")
             row = page.locator(f"tr[data-jid='{echo}']")
             expect(row).to_be_visible(timeout=30000)
-            expect(row.locator(".badge")).to_have_text("Running", timeout=30000)
+            expect(row.locator(".status .badge")).to_have_text("Running", timeout=30000)
             page.screenshot(path=str(shots / "screenshot-jobs.png"))
 
             # Kill it as an operator: the Kill button, a confirmation, and it is killed.
@@ -210,6 +211,32 @@ def test_the_page_in_a_real_browser(web_master, web_minion, tmp_path):
             page.goto(f"{base}/#/timeline")
             expect(page.locator(".timeline-row").first).to_be_visible(timeout=20000)
             page.screenshot(path=str(shots / "screenshot-timeline.png"))
+
+            # The fleet: the minion failing (its latest state run is the failed highstate),
+            # its failing states named; its history; the failing state across the fleet.
+            page.goto(f"{base}/#/minions")
+            mine = page.locator(f"tr.minion-row[data-minion='{web_minion.id}']")
+            expect(mine).to_have_class("link minion-row failing", timeout=20000)
+            expect(mine.locator(".failing-states")).to_contain_text("always-fails")
+            expect(mine.locator(".badge")).to_have_text("failed")
+            page.screenshot(path=str(shots / "screenshot-minions.png"))
+            mine.locator("td").first.click()
+            history = page.locator(f"#minion-jobs tr[data-jid='{demo}']")
+            expect(history.locator(".badge")).to_have_text("failed", timeout=20000)
+            page.goto(f"{base}/#/states")
+            failing_state = page.locator("#states-table tr[data-state='always-fails']")
+            expect(failing_state).to_be_visible(timeout=20000)
+            page.screenshot(path=str(shots / "screenshot-states.png"))
+            failing_state.locator("td").first.click()
+            run = page.locator(f"#state-runs tr[data-minion='{web_minion.id}']")
+            expect(run).to_contain_text(demo, timeout=20000)
+            expect(page.locator("#state-summary")).to_contain_text(
+                re.compile(r"failed in \d+ runs? on 1 minion,")
+            )
+            page.goto(f"{base}/#/jobs")
+            expect(page.locator(f"#jobs tr[data-jid='{demo}'] .badge.result-failed")).to_be_visible(
+                timeout=20000
+            )
 
             # A viewer sees the job but no Kill button.
             running = run_job(web_master, web_minion, "test.sleep", "30")

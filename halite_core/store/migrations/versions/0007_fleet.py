@@ -99,6 +99,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("minion", name=op.f("pk_minion_status")),
     )
     op.create_index(op.f("ix_minion_status_healthy_minion"), "minion_status", ["healthy", "minion"])
+    # The history's dry runs (test=True), from their jobs' arguments (the committer reads
+    # each return's own arguments from now on): never a minion's latest real state run.
+    if op.get_bind().dialect.name == "postgresql":
+        dry = (
+            "SELECT jid FROM jobs_index WHERE lower(kwargs ->> 'test') IN ('true', '1', 'yes')"
+            " OR arguments @> '[\"test=True\"]' OR arguments @> '[\"test=true\"]'"
+        )
+    else:
+        dry = (
+            "SELECT jid FROM jobs_index WHERE lower(json_extract(kwargs, '$.test'))"
+            " IN ('true', '1', 'yes') OR EXISTS (SELECT 1 FROM json_each(jobs_index.arguments)"
+            " WHERE lower(value) = 'test=true')"
+        )
+    op.execute(
+        "UPDATE job_returns SET test_run = (jid IN (" + dry + "))"
+        " WHERE states_total IS NOT NULL AND state = 'returned'"
+    )
     # Every minion that returned, from the history (halite_core.store.fleet keeps it after;
     # the statement is its refresh_minions_sql at this revision).
     op.execute(
