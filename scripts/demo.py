@@ -1,8 +1,9 @@
-"""make demo: a real salt-master and salt-minion with halite as the master job cache.
+"""make demo: a real salt-master and two salt-minions with halite as the master job cache.
 
-Starts both daemons on loopback in a temporary directory (SQLite index in the master's
-cachedir), runs a few jobs (including a state.apply with one failing state), then prints
-what the job index holds and what Salt's own jobs runner says about the same jobs.
+Starts the daemons on loopback in a temporary directory (SQLite index in the master's
+cachedir), runs a few jobs (including a state.apply whose one state fails on one of the
+minions), then prints what the job index holds, what Salt's own jobs runner says about the
+same jobs, and ends with ``salt-run halite.minions``: the failing minion first.
 """
 
 import argparse
@@ -28,6 +29,9 @@ from halite_core.store.schema import job_returns, jobs_index
 BIN = Path(sys.executable).parent
 MASTER_ID = "halite-demo-master"
 MINION_ID = "halite-demo-minion"
+# A second minion, on which the demo state's command fails: listed first by halite.minions
+# although its id sorts after the first one's.
+WEB_ID = "halite-demo-web"
 
 DEMO_STATE = """
 motd:
@@ -37,7 +41,7 @@ motd:
 
 broken-command:
   cmd.run:
-    - name: exit 3
+    - name: exit {{{{ 3 if grains['id'] == '{web}' else 0 }}}}
 
 after-the-broken-one:
   test.succeed_without_changes:
@@ -59,11 +63,10 @@ def write_configs(root: Path) -> tuple[Path, Path]:
     user = getpass.getuser()
     publish_port, ret_port = free_port(), free_port()
     (root / "states").mkdir(parents=True)
-    (root / "states" / "halite_demo.sls").write_text(DEMO_STATE.format(root=root))
+    (root / "states" / "halite_demo.sls").write_text(DEMO_STATE.format(root=root, web=WEB_ID))
     common = f"user: {user}\nroot_dir: {root}\nlog_level_logfile: info\n"
     master_dir, minion_dir = root / "etc" / "master.d", root / "etc" / "minion.d"
     master_dir.mkdir(parents=True)
-    minion_dir.mkdir(parents=True)
     (master_dir / "master").write_text(
         common
         + textwrap.dedent(f"""\
@@ -96,34 +99,44 @@ def write_configs(root: Path) -> tuple[Path, Path]:
                 viewer: [viewer]
             """)
     )
-    (minion_dir / "minion").write_text(
-        common
-        + textwrap.dedent(f"""\
-            id: {MINION_ID}
-            master: 127.0.0.1
-            master_port: {ret_port}
-            publish_port: {publish_port}
-            pki_dir: {root}/pki/minion
-            cachedir: {root}/cache/minion
-            sock_dir: {root}/run/minion
-            pidfile: {root}/run/minion.pid
-            log_file: {root}/log/minion
-            """)
-    )
+    for name, directory in ((MINION_ID, minion_dir), (WEB_ID, web_dir(root))):
+        directory.mkdir(parents=True)
+        (directory / "minion").write_text(
+            common
+            + textwrap.dedent(f"""\
+                id: {name}
+                master: 127.0.0.1
+                master_port: {ret_port}
+                publish_port: {publish_port}
+                pki_dir: {root}/pki/{name}
+                cachedir: {root}/cache/{name}
+                sock_dir: {root}/run/{name}
+                pidfile: {root}/run/{name}.pid
+                log_file: {root}/log/{name}
+                """)
+        )
     return master_dir, minion_dir
 
 
-def run_salt(master_dir: Path, *args: str, timeout: int = 120) -> object:
+def web_dir(root: Path) -> Path:
+    return root / "etc" / "web.d"
+
+
+def run_salt(master_dir: Path, *args: str, timeout: int = 120, target: str = MINION_ID) -> object:
+    """``salt <target> <args>``: the answer of MINION_ID (of each minion for a list)."""
+    listed = "," in target
     out = subprocess.run(
-        [str(BIN / "salt"), "-c", str(master_dir), "--out=json", "--static", MINION_ID, *args],
+        [str(BIN / "salt"), "-c", str(master_dir), "--out=json", "--static",
+         *(["-L"] if listed else []), target, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-    )
+    )  # fmt: skip
     try:
-        return json.loads(out.stdout or "{}").get(MINION_ID)
+        answers = json.loads(out.stdout or "{}")
     except json.JSONDecodeError:
         return out.stdout.strip() or out.stderr.strip()
+    return answers if listed else answers.get(target)
 
 
 def salt_run(master_dir: Path, *args: str) -> object:
@@ -137,11 +150,13 @@ def salt_run(master_dir: Path, *args: str) -> object:
 
 
 def wait_for_minion(master_dir: Path, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if run_salt(master_dir, "test.ping", "-t", "5") is True:
-            return
-        time.sleep(1)
-    raise SystemExit("the demo minion did not answer within the time limit; see the logs above")
+    for name in (MINION_ID, WEB_ID):
+        while run_salt(master_dir, "test.ping", "-t", "5", target=name) is not True:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the demo minion {name} did not answer within the time limit; see the logs"
+                )
+            time.sleep(1)
 
 
 def show_index(master_dir: Path) -> None:
@@ -199,7 +214,21 @@ def show_index(master_dir: Path) -> None:
         print(out.stdout.rstrip() or out.stderr.rstrip())
 
 
-def show_page(serve: float | None) -> None:
+def show_minions(master_dir: Path) -> None:
+    """The fleet, failing minions first: what the demo ends with."""
+    print("\n$ salt-run halite.minions")
+    out = subprocess.run(
+        [str(BIN / "salt-run"), "-c", str(master_dir), "halite.minions"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    print(out.stdout.rstrip() or out.stderr.rstrip())
+    listed = salt_run(master_dir, "halite.minions")
+    first = (listed or {}).get("minions", [{}])[0]
+    if first.get("minion") != WEB_ID or first.get("failing") is not True:
+        raise SystemExit(f"halite.minions should list the failing {WEB_ID} first: {listed}")
+
+
+def show_page(master_dir: Path, serve: float | None) -> None:
     """The Jobs page the engine serves: check that it answers and logs in, then say where."""
     import urllib.request
 
@@ -222,6 +251,7 @@ def show_page(serve: float | None) -> None:
     print(f"\nJobs page: {base}/   (the API: {base}/api/openapi.json)")
     print(f"log in as demo (operator: may kill) or viewer, any password (roles: {me['roles']})")
     print("the demo's `auto` external auth accepts any password: never use it on a real master")
+    show_minions(master_dir)
     if serve is not None:
         time.sleep(serve)
     elif sys.stdin.isatty():
@@ -241,7 +271,8 @@ def main() -> None:
     daemons = []
     try:
         print(f"starting salt-master and salt-minion on 127.0.0.1 under {root} ...")
-        for name, conf in (("salt-master", master_dir), ("salt-minion", minion_dir)):
+        for name, conf in (("salt-master", master_dir), ("salt-minion", minion_dir),
+                           ("salt-minion", web_dir(root))):  # fmt: skip
             daemons.append(
                 subprocess.Popen(
                     [str(BIN / name), "-c", str(conf), "-l", "quiet"],
@@ -250,7 +281,7 @@ def main() -> None:
                 )
             )
         wait_for_minion(master_dir, time.monotonic() + 120)
-        print("minion connected; running jobs:")
+        print("minions connected; running jobs:")
         jobs = [
             ("test.ping",),
             ("test.arg", "alpha", "42", "colour=blue"),
@@ -258,14 +289,18 @@ def main() -> None:
             ("grains.item", "os", "kernel"),
             ("state.apply", "halite_demo"),
         ]
+        both = f"{MINION_ID},{WEB_ID}"
         for job in jobs:
-            result = run_salt(master_dir, *job)
+            target = both if job[0] == "state.apply" else MINION_ID
+            result = run_salt(master_dir, *job, target=target)
             shown = json.dumps(result)
             shown = shown if len(shown) <= 70 else shown[:67] + "..."
-            print(f"  salt {MINION_ID} {' '.join(job)} -> {shown}")
+            print(
+                f"  salt {'-L ' + target if target == both else target} {' '.join(job)} -> {shown}"
+            )
         time.sleep(0.5)  # returns are committed in batches, at most flush_interval apart
         show_index(master_dir)
-        show_page(args.serve)
+        show_page(master_dir, args.serve)
     finally:
         for proc in reversed(daemons):
             proc.send_signal(signal.SIGTERM)

@@ -306,3 +306,16 @@ def test_the_job_listing_carries_and_filters_the_result(fleet):
     assert fleet.jobs("root", result="changed")["jobs"] == []
     with pytest.raises(QueryError, match="result must be one of"):
         fleet.jobs("root", result="good")
+
+
+def test_the_master_is_no_minion_and_bookkeeping_is_no_latest_job(store):
+    run, probe, orch = "20261201100000000000", "20261201110000000000", "20261201120000000000"
+    publish(store, run, fun="test.ping", minions=("web1",))
+    save_return(store, ret(run, "web1", fun="test.ping"))
+    publish(store, probe, fun="saltutil.find_job", minions=("web1",))
+    save_return(store, ret(probe, "web1", fun="saltutil.find_job"))
+    # A runner's return is stored under the master's id.
+    save_return(store, ret(orch, "master_id", fun="runner.state.orchestrate"))
+    rows = minion_rows(store)
+    assert set(rows) == {"web1"}
+    assert rows["web1"].last_jid == run

@@ -13,7 +13,7 @@ stay exact whatever order returns, duplicates, settles and kills arrive in:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
@@ -78,12 +78,13 @@ def refresh_minions_sql(minions: str) -> str:
     job_returns: for retention, which may remove a minion's latest job."""
     latest = (
         "FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned'"
-        " {more} ORDER BY r.start_time DESC, r.jid DESC LIMIT 1"
+        f" AND {MINION_JOB} {{more}} ORDER BY r.start_time DESC, r.jid DESC LIMIT 1"
     )
     real_run = "AND r.states_total IS NOT NULL AND r.test_run IS NOT TRUE"
+    not_system = "AND NOT EXISTS (SELECT 1 FROM jobs_index j WHERE j.jid = r.jid AND j.system)"
     return (
         "UPDATE minion_status SET (last_jid, last_function, last_start) ="
-        f" (SELECT r.jid, r.function, r.start_time {latest.format(more='')}),"
+        f" (SELECT r.jid, r.function, r.start_time {latest.format(more=not_system)}),"
         " (state_jid, state_function, state_start, states_total, states_passed,"
         " states_failed, states_changed, state_result) ="
         " (SELECT r.jid, r.function, r.start_time, r.states_total, r.states_passed,"
@@ -92,14 +93,36 @@ def refresh_minions_sql(minions: str) -> str:
     )
 
 
-def note_returns(db: Database, conn: Connection, rows: Sequence[ReturnRow]) -> None:
+def of_minions(function: str | None) -> bool:
+    """Whether a return of ``function`` is a minion's: a runner's or a wheel job's comes
+    from the master, which is not a minion of the fleet."""
+    return not (function or "").startswith(MASTER_JOBS)
+
+
+MASTER_JOBS = ("runner.", "wheel.")
+# The same in SQL, for the refresh from the history (and revision 0007's frozen copy).
+MINION_JOB = (
+    "coalesce(r.function, '') NOT LIKE 'runner.%' AND coalesce(r.function, '') NOT LIKE 'wheel.%'"
+)
+
+
+def note_returns(
+    db: Database,
+    conn: Connection,
+    rows: Sequence[ReturnRow],
+    is_system: Callable[[str | None], bool] = lambda _: False,
+) -> None:
     """After a batch's returns are stored: their minions' rows, and their state runs'
-    failed and changed states."""
+    failed and changed states. Returns from the master (runner and wheel jobs) are left
+    out of the minions' rows; a bookkeeping job (``is_system``: ``saltutil.find_job``, ...)
+    is never a minion's latest job."""
+    rows = [row for row in rows if of_minions(row.function)]
     if not rows:
         return
     minions = sorted({row.minion for row in rows})
     db.executemany(conn, ENSURE_MINION, [{"minion": m} for m in minions])
-    db.executemany(conn, LAST_JOB, [_key(row) | {"function": row.function} for row in rows])
+    latest = [_key(row) | {"function": row.function} for row in rows if not is_system(row.function)]
+    db.executemany(conn, LAST_JOB, latest)
     runs = [row for row in rows if row.summary is not None]
     if not runs:
         return
@@ -138,7 +161,11 @@ def refresh_minions(conn: Connection, jobs: Iterable[str]) -> None:
         listed = ", ".join(f":{name}" for name in part)
         conn.execute(text(refresh_minions_sql(listed)), part)
         conn.execute(
-            text(f"DELETE FROM minion_status WHERE minion IN ({listed}) AND last_jid IS NULL"),
+            text(
+                f"DELETE FROM minion_status WHERE minion IN ({listed}) AND NOT EXISTS (SELECT 1"
+                " FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned'"
+                f" AND {MINION_JOB})"
+            ),
             part,
         )
         conn.execute(

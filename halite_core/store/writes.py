@@ -744,7 +744,9 @@ class Writes:
         stored = self.db.executemany_rows(conn, stmt, RETURN_PARAMETERS, rows)
         if stored < len(items):
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
-        fleet.note_returns(self.db, conn, [items[i].row for i in first.values()])
+        fleet.note_returns(
+            self.db, conn, [items[i].row for i in first.values()], self.settings.is_system
+        )
         touched.update(stubs)
         return stored
 

@@ -20,18 +20,26 @@ down_revision: str | None = "0006"
 branch_labels: str | None = None
 depends_on: str | None = None
 
+# A return of a runner or a wheel job is the master's, not a minion's.
+MINION_JOB = (
+    "coalesce(r.function, '') NOT LIKE 'runner.%' AND coalesce(r.function, '') NOT LIKE 'wheel.%'"
+)
 REFRESH = (
     "UPDATE minion_status SET (last_jid, last_function, last_start) = (SELECT r.jid, "
     "r.function, r.start_time FROM job_returns r WHERE r.minion = minion_status.minion "
-    "AND r.state = 'returned'  ORDER BY r.start_time DESC, r.jid DESC LIMIT 1), "
-    "(state_jid, state_function, state_start, states_total, states_passed, states_failed,"
-    " states_changed, state_result) = (SELECT r.jid, r.function, r.start_time, "
-    "r.states_total, r.states_passed, r.states_failed, r.states_changed, CASE WHEN "
-    "r.success IS FALSE OR (r.retcode IS NOT NULL AND r.retcode <> 0) OR r.states_failed "
-    "> 0 THEN 'failed' WHEN r.states_changed > 0 THEN 'changed' ELSE 'pass' END FROM "
-    "job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned' AND "
-    "r.states_total IS NOT NULL AND r.test_run IS NOT TRUE ORDER BY r.start_time DESC, "
-    "r.jid DESC LIMIT 1) WHERE minion IN (SELECT minion FROM minion_status)"
+    "AND r.state = 'returned' AND coalesce(r.function, '') NOT LIKE 'runner.%' AND "
+    "coalesce(r.function, '') NOT LIKE 'wheel.%' AND NOT EXISTS (SELECT 1 FROM jobs_index"
+    " j WHERE j.jid = r.jid AND j.system) ORDER BY r.start_time DESC, r.jid DESC LIMIT "
+    "1), (state_jid, state_function, state_start, states_total, states_passed, "
+    "states_failed, states_changed, state_result) = (SELECT r.jid, r.function, "
+    "r.start_time, r.states_total, r.states_passed, r.states_failed, r.states_changed, "
+    "CASE WHEN r.success IS FALSE OR (r.retcode IS NOT NULL AND r.retcode <> 0) OR "
+    "r.states_failed > 0 THEN 'failed' WHEN r.states_changed > 0 THEN 'changed' ELSE "
+    "'pass' END FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = "
+    "'returned' AND coalesce(r.function, '') NOT LIKE 'runner.%' AND coalesce(r.function,"
+    " '') NOT LIKE 'wheel.%' AND r.states_total IS NOT NULL AND r.test_run IS NOT TRUE "
+    "ORDER BY r.start_time DESC, r.jid DESC LIMIT 1) WHERE minion IN (SELECT minion FROM "
+    "minion_status)"
 )
 
 
@@ -120,7 +128,7 @@ def upgrade() -> None:
     # the statement is its refresh_minions_sql at this revision).
     op.execute(
         "INSERT INTO minion_status (minion, healthy)"
-        " SELECT DISTINCT minion, 1 FROM job_returns WHERE state = 'returned'"
+        " SELECT DISTINCT minion, 1 FROM job_returns r WHERE r.state = 'returned' AND " + MINION_JOB
     )
     op.execute(REFRESH)
     op.execute(
