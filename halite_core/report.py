@@ -39,11 +39,11 @@ NONE = "-"  # a cell with nothing to show
 TEST_MARK = " (test)"  # a dry run's result (test=True)
 
 
-def shown(data: object, key: str, render: Callable[[Mapping[str, Any]], str]) -> str:
-    """What an outputter prints: an answer holding ``key`` as ``render`` shows it, after
-    its ``warning`` (nothing feeds the index); anything else, such as an ``error``
-    answer, as it is."""
-    if not isinstance(data, Mapping) or key not in data:
+def shown(data: object, keys: Sequence[str], render: Callable[[Mapping[str, Any]], str]) -> str:
+    """What an outputter prints: an answer holding all of ``keys`` (those that tell it
+    from the other runners' answers) as ``render`` shows it, after its ``warning``
+    (nothing feeds the index); anything else, such as an ``error`` answer, as it is."""
+    if not isinstance(data, Mapping) or not all(key in data for key in keys):
         return str(data)
     text = render(data)
     if data.get("warning"):

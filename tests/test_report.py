@@ -433,3 +433,16 @@ def test_salt_loads_the_fleet_outputters_and_they_render_the_answers(fleet, tmp_
 def test_an_error_answer_is_shown_as_it_is(tmp_path, name):
     error = {"error": "permission denied: 'tess' lacks view:job:state.*", "retcode": 1}
     assert loaded_outputters(tmp_path)[name](error) == str(error)
+
+
+def test_another_runners_answer_is_shown_as_it_is(fleet, tmp_path):
+    """--out names the wrong outputter: a job's detail also has ``states``, a listing of
+    jobs also has ``jobs``; neither is taken for a fleet view."""
+    outputters = loaded_outputters(tmp_path)
+    detail = fleet.job("root", fleet.jids["latest"])
+    assert "states" in detail
+    assert outputters["halite_states"](detail) == str(detail)
+    listing = fleet.jobs("root")
+    assert outputters["halite_minion"](listing) == str(listing)
+    history = fleet.minion("root", "web1")
+    assert outputters["halite_state"](history) == str(history)

@@ -29,4 +29,4 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
     """
     Render one minion's history as a table; any other answer (an error) as it is.
     """
-    return shown(data, "jobs", minion_table)
+    return shown(data, ("minion", "jobs"), minion_table)

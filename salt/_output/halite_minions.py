@@ -29,4 +29,4 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
     """
     Render the minions as a table; any other answer (an error) as it is.
     """
-    return shown(data, "minions", minions_table)
+    return shown(data, ("minions",), minions_table)

@@ -29,4 +29,4 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
     """
     Render one state's history; any other answer (an error) as it is.
     """
-    return shown(data, "runs", state_report)
+    return shown(data, ("state_id", "runs"), state_report)

@@ -29,4 +29,4 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
     """
     Render the states as a table; any other answer (an error) as it is.
     """
-    return shown(data, "states", states_table)
+    return shown(data, ("window", "states"), states_table)
