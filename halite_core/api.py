@@ -272,7 +272,9 @@ class AuditFilter(Arguments):
 
     user: Text = Field(default=None, description="Who asked, exactly.")
     action: Text = Field(
-        default=None, description="kill, login, jobs, job, activity, timeline, stream or audit."
+        default=None,
+        description="kill, login, jobs, job, activity, timeline, stream, audit, minions, minion,"
+        " states or state.",
     )
     decision: Annotated[
         str | None,

@@ -218,6 +218,7 @@ def _last_jobs(
             .where(
                 r.minion == name,
                 r.state == RETURNED,
+                j.system.is_(False),  # as minion_status: bookkeeping is no latest job
                 *_scope(j.function, functions, conn.dialect.name),
             )
             .order_by(r.start_time.desc(), r.jid.desc())
