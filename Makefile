@@ -70,6 +70,7 @@ bench: $(STAMP) postgresql
 	$(PY) bench/listing.py
 	$(PY) bench/load.py
 	$(PY) bench/listing_pg.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
