@@ -73,6 +73,8 @@ def _decode(cursor: str, shape: Sequence[type]) -> list[Any]:
         or len(values) != len(shape)
         or not all(type(v) is t for v, t in zip(values, shape, strict=True))
         or any(isinstance(v, str) and "\x00" in v for v in values)
+        # Numbers are a health flag or a position: small, never negative.
+        or any(type(v) is int and not 0 <= v < 2**31 for v in values)
     ):
         raise QueryError(f"cursor {cursor!r} is not one this listing handed out")
     return values
@@ -280,7 +282,7 @@ def minion_history(
         query.order_by(r.start_time.desc(), r.jid.desc()).limit(asked.limit + 1)
     ).all()
     page = rows[: asked.limit]
-    if not page and not asked.cursor and not _known_minion(conn, name, functions):
+    if not page and not asked.cursor and not known_minion(conn, name, functions):
         raise UnknownMinion(f"no minion {name!r} in the index")
     runs = [row for row in page if row.states_total is not None and states_visible]
     failing = _failing_states(conn, [(row.jid, name) for row in runs])
@@ -308,7 +310,7 @@ def minion_history(
     return {"minion": name, "jobs": jobs, "next": cursor}
 
 
-def _known_minion(conn: Connection, name: str, functions: tuple[str, ...] | None) -> bool:
+def known_minion(conn: Connection, name: str, functions: tuple[str, ...] | None) -> bool:
     r, j = job_returns.c, jobs_index.c
     query = (
         select(r.jid)
@@ -325,7 +327,8 @@ def failing_states(
 ) -> StatesPage:
     """The states that failed (or changed) in the window, busiest first: on the most
     minions, then in the most runs. Paged by position (an aggregate has no key to page
-    by; the cursor holds the window's end, so a page follows the same window)."""
+    by): the cursor holds the first page's time, and every page counts the runs that had
+    returned by then, in the same window, so the pages neither repeat nor skip a state."""
     s = state_results.c
     dialect = conn.dialect.name
     offset = 0
@@ -333,13 +336,17 @@ def failing_states(
     if asked.cursor:
         end_text, offset = _decode(asked.cursor, (str, int))
         moment = _time(end_text, asked.cursor)
-        if offset < 0:
-            raise QueryError(f"cursor {asked.cursor!r} is not one this listing handed out")
-    since = moment - dt.timedelta(hours=WINDOWS[asked.window])
+    try:
+        since = moment - dt.timedelta(hours=WINDOWS[asked.window])
+    except OverflowError:
+        raise QueryError(f"cursor {asked.cursor!r} is not one this listing handed out") from None
     where = [
         s.result == asked.result,
         s.start_time >= since,
         s.start_time <= moment,
+        # The listing is of what had returned at its first page: a return stored between
+        # two pages cannot reorder the ranking (the next page would repeat or skip states).
+        s.returned_at <= moment,
         s.test_run.is_not(True),
     ]
     if asked.minion:

@@ -6,6 +6,7 @@ and whose values are mappings with ``result`` and ``comment``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -117,9 +118,9 @@ def notable(ret: object) -> tuple[NotableState, ...]:
         run_num = state.get("__run_num__")
         found.append(
             NotableState(
-                key[:KEY_CHARS],
-                _short(state.get("__id__", state_id), 255) or state_id[:255],
-                f"{module}.{function}"[:255],
+                _state_key(key),
+                _short(state.get("__id__", state_id), 255) or _short(state_id, 255) or "",
+                _short(f"{module}.{function}", 255) or "",
                 _short(state.get("name", name), KEY_CHARS),
                 _short(state.get("__sls__"), 255),
                 "failed" if failed else "changed",
@@ -132,10 +133,38 @@ def notable(ret: object) -> tuple[NotableState, ...]:
 
 
 def _short(value: object, limit: int) -> str | None:
+    """Text a database column takes: at most ``limit`` characters, a NUL (which
+    PostgreSQL's text refuses) and a lone surrogate (which no UTF-8 holds) escaped as
+    ``\\u0000`` and ``\\udcff``. The return in job_returns keeps the original."""
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
-    return text[:limit]
+    return _storable(text)[:limit]
+
+
+def _storable(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+KEY_BYTES = 900  # with a jid and a minion id, within PostgreSQL's 2,704 bytes for a key
+
+
+def _state_key(key: str) -> str:
+    """Salt's key of a state as ``state_results`` keeps it: a key longer than
+    ``KEY_BYTES`` in UTF-8 is cut, and ends with a digest of the whole, so that two long
+    keys that share their beginning stay two."""
+    key = _storable(key)
+    data = key.encode("utf-8")
+    if len(data) <= KEY_BYTES:
+        return key
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return data[: KEY_BYTES - 20].decode("utf-8", "ignore") + "...#" + digest
 
 
 _TEST_WORDS = ("true", "yes", "1")
@@ -151,7 +180,11 @@ def is_test_run(fun_args: object) -> bool:
             return arg[5:].strip().lower() in _TEST_WORDS
         if isinstance(arg, Mapping) and "test" in arg:
             value = arg["test"]
-            return value is True or (isinstance(value, str) and value.lower() in _TEST_WORDS)
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int):  # Salt's CLI reads test=1 as the integer 1
+                return value == 1
+            return isinstance(value, str) and value.strip().lower() in _TEST_WORDS
     return False
 
 

@@ -148,7 +148,7 @@ class Service:
         action: str,
         needed: str,
         arguments: Any,
-        jid: str,
+        jid: str | None,
         told: QueryError | Denied,
     ) -> QueryError | Denied:
         """Record the refusal of a job ``user`` may not view; returns ``told``, what the
@@ -259,9 +259,19 @@ class Service:
         scope = self.view_scope(user, "minion", arguments)
         query = _checked(MinionQuery, asked)
         with self.store.db.read() as conn:
-            return fleet.minion_history(
-                conn, minion, query, functions=scope, states_visible=self._state_runs_visible(user)
-            )
+            try:
+                return fleet.minion_history(
+                    conn, minion, query, functions=scope,
+                    states_visible=self._state_runs_visible(user),
+                )  # fmt: skip
+            except fleet.UnknownMinion as exc:
+                if scope is None or not fleet.known_minion(conn, str(minion), None):
+                    raise
+                # A minion that returned only for jobs out of the caller's view: answered
+                # as an unknown one, the refusal audited (as a job out of view is).
+                raise self._deny_unseen(
+                    user, "minion", "view:job:*", arguments, None, exc
+                ) from None
 
     def states(
         self,

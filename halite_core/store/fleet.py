@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, bindparam, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 
+from halite_core import highstate
 from halite_core.store.db import Database
 from halite_core.store.ops import ReturnRow
-from halite_core.store.schema import UTCDateTime
+from halite_core.store.schema import UTCDateTime, job_returns, state_results
 
 # A state run's result as the fleet views show it, from a job_returns row ``r``.
 RUN_RESULT = (
@@ -32,10 +34,7 @@ _LATER = (
     "({col}_start IS NULL OR {col}_start < :start_time"
     " OR ({col}_start = :start_time AND {col}_jid <= :jid))"
 )
-_TIMES = (
-    bindparam("start_time", type_=UTCDateTime()),
-    bindparam("returned_at", type_=UTCDateTime()),
-)
+_TIMES = (bindparam("start_time", type_=UTCDateTime()),)
 
 ENSURE_MINION = text(
     "INSERT INTO minion_status (minion, healthy) VALUES (:minion, 1)"
@@ -52,30 +51,25 @@ LAST_RUN = text(
     f" r.states_failed, r.states_changed, {RUN_RESULT},"
     f" CASE WHEN {RUN_RESULT} = 'failed' THEN 0 ELSE 1 END"
     " FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion)"
-    " WHERE minion = :minion AND " + _LATER.format(col="state")
+    " WHERE minion = :minion AND " + _LATER.format(col="state") +
+    # The return kept may be another than the batch's (one accepted earlier won): it must
+    # be a real state run too.
+    " AND EXISTS (SELECT 1 FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion"
+    " AND r.states_total IS NOT NULL AND r.test_run IS NOT TRUE)"
 ).bindparams(_TIMES[0])
-DROP_REPLACED = text(
-    "DELETE FROM state_results WHERE jid = :jid AND minion = :minion AND returned_at <>"
-    " (SELECT r.returned_at FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion)"
+
+
+MASTER_JOBS = ("runner.", "wheel.")
+# The same in SQL, for the refresh from the history (and revision 0007's frozen copy).
+MINION_JOB = (
+    "coalesce(r.function, '') NOT LIKE 'runner.%' AND coalesce(r.function, '') NOT LIKE 'wheel.%'"
 )
-ADD_STATE = text(
-    "INSERT INTO state_results (jid, minion, state_key, state_id, function, name, sls,"
-    " result, comment, run_num, start_time, returned_at, test_run)"
-    # Typed: PostgreSQL deduces a parameter's type once, and :jid is also compared below.
-    " SELECT CAST(:jid AS VARCHAR(64)), CAST(:minion AS VARCHAR(255)),"
-    " CAST(:state_key AS VARCHAR(1024)), CAST(:state_id AS VARCHAR(255)),"
-    " CAST(:function AS VARCHAR(255)), CAST(:name AS VARCHAR(1024)),"
-    " CAST(:sls AS VARCHAR(255)), CAST(:result AS VARCHAR(16)), CAST(:comment AS TEXT),"
-    " CAST(:run_num AS INTEGER), :start_time, :returned_at, CAST(:test_run AS BOOLEAN)"
-    " WHERE EXISTS (SELECT 1 FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion"
-    " AND r.returned_at = :returned_at)"
-    " ON CONFLICT (jid, minion, state_key) DO NOTHING"
-).bindparams(*_TIMES)
 
 
-def refresh_minions_sql(minions: str) -> str:
-    """Set the rows of the minions ``minions`` (a subquery) from their whole history in
-    job_returns: for retention, which may remove a minion's latest job."""
+def refresh_minions_sql(minions: str, where: str = "") -> str:
+    """Set the rows of the minions ``minions`` (a subquery), those also matching ``where``,
+    from their whole history in job_returns: for retention, which may remove a minion's
+    latest job, and for a state run replaced by a return that is none."""
     latest = (
         "FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned'"
         f" AND {MINION_JOB} {{more}} ORDER BY r.start_time DESC, r.jid DESC LIMIT 1"
@@ -89,21 +83,33 @@ def refresh_minions_sql(minions: str) -> str:
         " states_failed, states_changed, state_result) ="
         " (SELECT r.jid, r.function, r.start_time, r.states_total, r.states_passed,"
         f" r.states_failed, r.states_changed, {RUN_RESULT} {latest.format(more=real_run)})"
-        f" WHERE minion IN ({minions})"
+        f" WHERE minion IN ({minions}){where}"
     )
+
+
+# A minion whose latest run was this job's, where the return kept is no state run (a render
+# error accepted earlier won over it): its latest run is the one before.
+RUN_GONE = text(
+    refresh_minions_sql(
+        ":minion",
+        " AND state_jid = :jid AND NOT EXISTS (SELECT 1 FROM job_returns r WHERE r.jid = :jid"
+        " AND r.minion = :minion AND r.states_total IS NOT NULL AND r.test_run IS NOT TRUE)",
+    )
+)
+HEALTHY = text(
+    "UPDATE minion_status SET healthy = CASE WHEN state_result = 'failed' THEN 0 ELSE 1 END"
+    " WHERE minion = :minion"
+)
+DROP_REPLACED = text(
+    "DELETE FROM state_results WHERE jid = :jid AND minion = :minion AND returned_at <>"
+    " (SELECT r.returned_at FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion)"
+)
 
 
 def of_minions(function: str | None) -> bool:
     """Whether a return of ``function`` is a minion's: a runner's or a wheel job's comes
     from the master, which is not a minion of the fleet."""
     return not (function or "").startswith(MASTER_JOBS)
-
-
-MASTER_JOBS = ("runner.", "wheel.")
-# The same in SQL, for the refresh from the history (and revision 0007's frozen copy).
-MINION_JOB = (
-    "coalesce(r.function, '') NOT LIKE 'runner.%' AND coalesce(r.function, '') NOT LIKE 'wheel.%'"
-)
 
 
 def note_returns(
@@ -115,28 +121,86 @@ def note_returns(
     """After a batch's returns are stored: their minions' rows, and their state runs'
     failed and changed states. Returns from the master (runner and wheel jobs) are left
     out of the minions' rows; a bookkeeping job (``is_system``: ``saltutil.find_job``, ...)
-    is never a minion's latest job."""
+    is never a minion's latest job. One statement per minion of the batch, and one row per
+    kept state: this runs with every batch the committer takes."""
     rows = [row for row in rows if of_minions(row.function)]
     if not rows:
         return
     minions = sorted({row.minion for row in rows})
     db.executemany(conn, ENSURE_MINION, [{"minion": m} for m in minions])
-    latest = [_key(row) | {"function": row.function} for row in rows if not is_system(row.function)]
-    db.executemany(conn, LAST_JOB, latest)
-    runs = [row for row in rows if row.summary is not None]
-    if not runs:
+    latest = _latest_per_minion(row for row in rows if not is_system(row.function))
+    db.executemany(conn, LAST_JOB, [_key(row) | {"function": row.function} for row in latest])
+    # Every return of a state job: one of them may have replaced a state run kept before.
+    state_jobs = [row for row in rows if highstate.is_state_function(row.function)]
+    if not state_jobs:
         return
-    db.executemany(conn, LAST_RUN, [_key(row) for row in runs if not row.test_run])
-    db.executemany(conn, DROP_REPLACED, [_key(row) for row in runs])
+    runs = [row for row in state_jobs if row.summary is not None]
+    real = _latest_per_minion(row for row in runs if not row.test_run)
+    db.executemany(conn, LAST_RUN, [_key(row) for row in real])
+    db.executemany(conn, DROP_REPLACED, [_key(row) for row in state_jobs])
+    others = [_key(row) for row in state_jobs if row.summary is None]
+    if others:
+        db.executemany(conn, RUN_GONE, others)
+        db.executemany(conn, HEALTHY, [{"minion": key["minion"]} for key in others])
+    noted = [row for row in runs if row.notable]
+    if not noted:
+        return
+    # Only the states of the returns job_returns kept (a return that lost to one accepted
+    # earlier, in this batch or before, leaves none).
+    kept = _stored_times(conn, {(row.jid, row.minion) for row in noted})
     states = [
-        {**_key(row), "state_key": state.key, "state_id": state.state_id,
-         "function": state.function, "name": state.name, "sls": state.sls,
-         "result": state.result, "comment": state.comment, "run_num": state.run_num,
-         "returned_at": row.returned_at, "test_run": row.test_run}
-        for row in runs
+        (row.jid, row.minion, state.key, state.state_id, state.function, state.name, state.sls,
+         state.result, state.comment, state.run_num, row.start_time, row.returned_at,
+         row.test_run)
+        for row in noted
+        if kept.get((row.jid, row.minion)) == row.returned_at
         for state in row.notable
     ]  # fmt: skip
-    db.executemany(conn, ADD_STATE, states)
+    db.executemany_rows(conn, _add_states(db), STATE_PARAMETERS, states)
+
+
+STATE_PARAMETERS = (
+    "jid", "minion", "state_key", "state_id", "function", "name", "sls", "result", "comment",
+    "run_num", "start_time", "returned_at", "test_run",
+)  # fmt: skip
+_ADD_STATES: dict[str, Any] = {}
+
+
+def _add_states(db: Database) -> Any:
+    """INSERT of state_results rows, a row already there left alone (a batch replayed)."""
+    stmt = _ADD_STATES.get(db.dialect_name)
+    if stmt is None:
+        dialect = postgresql if db.dialect_name == "postgresql" else sqlite
+        columns = {
+            name: bindparam(name, type_=state_results.c[name].type) for name in STATE_PARAMETERS
+        }
+        stmt = _ADD_STATES[db.dialect_name] = (
+            dialect.insert(state_results).values(columns).on_conflict_do_nothing()
+        )
+    return stmt
+
+
+def _latest_per_minion(rows: Iterable[ReturnRow]) -> list[ReturnRow]:
+    """Of each minion's rows, the one of the latest job (by start time, then jid)."""
+    best: dict[str, ReturnRow] = {}
+    for row in rows:
+        seen = best.get(row.minion)
+        if seen is None or (row.start_time, row.jid) > (seen.start_time, seen.jid):
+            best[row.minion] = row
+    return list(best.values())
+
+
+def _stored_times(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """When the return job_returns holds for each (jid, minion) was accepted."""
+    r = job_returns.c
+    wanted = sorted(keys)
+    found: dict[tuple[str, str], Any] = {}
+    for start in range(0, len(wanted), 400):
+        part = wanted[start : start + 400]
+        query = select(r.jid, r.minion, r.returned_at).where(tuple_(r.jid, r.minion).in_(part))
+        for jid, minion, returned_at in conn.execute(query):
+            found[(jid, minion)] = returned_at
+    return found
 
 
 def _key(row: ReturnRow) -> dict[str, Any]:

@@ -188,7 +188,6 @@ class StateResult(Base):
     __table_args__ = (
         Index(None, "result", "start_time"),
         Index(None, "state_id", "start_time", "jid", "minion"),
-        Index(None, "minion", "start_time"),
     )
 
 

@@ -86,8 +86,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("jid", "minion", "state_key", name=op.f("pk_state_results")),
     )  # fmt: skip
-    for columns in (["result", "start_time"], ["state_id", "start_time", "jid", "minion"],
-                    ["minion", "start_time"]):  # fmt: skip
+    for columns in (["result", "start_time"], ["state_id", "start_time", "jid", "minion"]):
         op.create_index(op.f(f"ix_state_results_{'_'.join(columns)}"), "state_results", columns)
     op.create_table(
         "minion_status",
@@ -112,7 +111,9 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         dry = (
             "SELECT jid FROM jobs_index WHERE lower(kwargs ->> 'test') IN ('true', '1', 'yes')"
-            " OR arguments @> '[\"test=True\"]' OR arguments @> '[\"test=true\"]'"
+            " OR CASE WHEN jsonb_typeof(arguments) = 'array' THEN EXISTS (SELECT 1 FROM"
+            " jsonb_array_elements_text(arguments) AS a (value) WHERE lower(a.value) ="
+            " 'test=true') ELSE false END"
         )
     else:
         dry = (
