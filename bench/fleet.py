@@ -48,12 +48,15 @@ every ``state.apply`` job's result is failed, and state_results holds about 290,
    drained by the engine's committer in a process of its own; once with the fleet writes,
    once without them (in that process only, ``halite_core.store.fleet.note_returns``
    replaced by a no-op: the difference is exactly what the tables cost), alternating for
-   ``--rounds`` rounds, on SQLite and on PostgreSQL (``--ingest-backends``).
+   ``--rounds`` rounds, on SQLite and on PostgreSQL (``--ingest-backends``), each run
+   into an empty index. Then the same on top of the week's index of part 1 (each
+   backend's, before it goes): a ``state.apply`` on every minion of the fleet at a time,
+   ``--history-rounds`` rounds: what the tables cost where the history is large.
 
 Usage: python bench/fleet.py [--minions 10000] [--days 7] [--repeat 15]
        [--backends sqlite,postgresql] [--small-minions 1000] [--small-days 1]
-       [--ingest-jobs 3000] [--ingest-minions 10] [--rounds 4]
-       [--ingest-backends sqlite,postgresql]
+       [--ingest-jobs 3000] [--ingest-minions 10] [--rounds 3]
+       [--ingest-backends sqlite,postgresql] [--history-rounds 2]
 Quick (about half a minute): python bench/fleet.py --minions 1000 --days 1 --small-minions 200
        --ingest-jobs 500 --rounds 2
 """
@@ -962,10 +965,14 @@ def main() -> None:
     parser.add_argument("--small-days", type=int, default=1)
     parser.add_argument("--ingest-jobs", type=int, default=3000)
     parser.add_argument("--ingest-minions", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ingest-backends", default="sqlite,postgresql")
     parser.add_argument("--history-rounds", type=int, default=2)
     args = parser.parse_args()
+    for name in ("minions", "days", "repeat", "small_minions", "small_days", "ingest_jobs",
+                 "ingest_minions", "rounds", "history_rounds"):  # fmt: skip
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     started = time.perf_counter()
     fleet = Fleet(args.minions, args.days)
     jobs, returns, states = fleet.counts()
@@ -1074,7 +1081,7 @@ def main() -> None:
         rates = bench_ingest(backend, args.ingest_jobs, args.ingest_minions, args.rounds)
         print_ingest(name, rates)
     print(
-        f"   and on top of the week's index ({returns:,} returns): a state.apply on all"
+        f"   and on top of part 1's index ({returns:,} returns): a state.apply on all"
         f" {args.minions:,} minions (bench/ingest.py's state return) at a time, drained the"
         f" same way, {args.history_rounds} alternating rounds"
     )
