@@ -198,7 +198,12 @@ def _failing_states(
         part = wanted[start : start + 200]
         rows = conn.execute(
             select(s.jid, s.minion, s.state_id)
-            .where(tuple_(s.jid, s.minion).in_(part), s.result == JobResult.FAILED.value)
+            # Equalities, not a row-value IN: SQLite reads the primary key for each of
+            # them, where (jid, minion) IN (...) scans every failed row of the history.
+            .where(
+                or_(*(and_(s.jid == jid, s.minion == minion) for jid, minion in part)),
+                s.result == JobResult.FAILED.value,
+            )
             .order_by(s.jid, s.minion, s.run_num, s.state_key)
         )
         for jid, minion, state_id in rows:

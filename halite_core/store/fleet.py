@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text, tuple_
+from sqlalchemy import Connection, and_, bindparam, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from halite_core import highstate
@@ -195,9 +195,11 @@ def _stored_times(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[st
     r = job_returns.c
     wanted = sorted(keys)
     found: dict[tuple[str, str], Any] = {}
-    for start in range(0, len(wanted), 400):
-        part = wanted[start : start + 400]
-        query = select(r.jid, r.minion, r.returned_at).where(tuple_(r.jid, r.minion).in_(part))
+    for start in range(0, len(wanted), 200):
+        part = wanted[start : start + 200]
+        # Equalities, not a row-value IN, which SQLite answers by scanning job_returns.
+        pairs = or_(*(and_(r.jid == jid, r.minion == minion) for jid, minion in part))
+        query = select(r.jid, r.minion, r.returned_at).where(pairs)
         for jid, minion, returned_at in conn.execute(query):
             found[(jid, minion)] = returned_at
     return found

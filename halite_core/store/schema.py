@@ -188,6 +188,8 @@ class StateResult(Base):
     __table_args__ = (
         Index(None, "result", "start_time"),
         Index(None, "state_id", "start_time", "jid", "minion"),
+        # Covers halite.state's failure totals (runs, minions, first, last) of one state.
+        Index(None, "state_id", "result", "minion", "start_time", "test_run"),
     )
 
 
