@@ -197,17 +197,16 @@ def _failing_states(
     for start in range(0, len(wanted), 200):
         part = wanted[start : start + 200]
         rows = conn.execute(
-            select(s.jid, s.minion, s.state_id)
-            # Equalities, not a row-value IN: SQLite reads the primary key for each of
-            # them, where (jid, minion) IN (...) scans every failed row of the history.
-            .where(
-                or_(*(and_(s.jid == jid, s.minion == minion) for jid, minion in part)),
-                s.result == JobResult.FAILED.value,
-            )
+            select(s.jid, s.minion, s.state_id, s.result)
+            # Equalities on the primary key alone: SQLite answers a row-value IN, or these
+            # with a condition on `result` too, by reading every failed row of the history
+            # through the (result, start_time) index. A run has few rows: the rest is here.
+            .where(or_(*(and_(s.jid == jid, s.minion == minion) for jid, minion in part)))
             .order_by(s.jid, s.minion, s.run_num, s.state_key)
         )
-        for jid, minion, state_id in rows:
-            found.setdefault((jid, minion), []).append(state_id)
+        for jid, minion, state_id, result in rows:
+            if result == JobResult.FAILED.value:
+                found.setdefault((jid, minion), []).append(state_id)
     return found
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, text
+from sqlalchemy import Connection, bindparam, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from halite_core import highstate
 from halite_core.store.db import Database
 from halite_core.store.ops import ReturnRow
-from halite_core.store.schema import UTCDateTime, job_returns, state_results
+from halite_core.store.schema import UTCDateTime, job_returns, sqlite_text, state_results
 
 # A state run's result as the fleet views show it, from a job_returns row ``r``.
 RUN_RESULT = (
@@ -147,13 +147,13 @@ def note_returns(
         return
     # Only the states of the returns job_returns kept (a return that lost to one accepted
     # earlier, in this batch or before, leaves none).
-    kept = _stored_times(conn, {(row.jid, row.minion) for row in noted})
+    kept = _stored_times(db, conn, {(row.jid, row.minion) for row in noted})
     states = [
         (row.jid, row.minion, state.key, state.state_id, state.function, state.name, state.sls,
          state.result, state.comment, state.run_num, row.start_time, row.returned_at,
          row.test_run)
         for row in noted
-        if kept.get((row.jid, row.minion)) == row.returned_at
+        if kept.get((row.jid, row.minion)) == _when(db, row.returned_at)
         for state in row.notable
     ]  # fmt: skip
     db.executemany_rows(conn, _add_states(db), STATE_PARAMETERS, states)
@@ -190,19 +190,41 @@ def _latest_per_minion(rows: Iterable[ReturnRow]) -> list[ReturnRow]:
     return list(best.values())
 
 
-def _stored_times(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-    """When the return job_returns holds for each (jid, minion) was accepted."""
-    r = job_returns.c
+def _stored_times(
+    db: Database, conn: Connection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], Any]:
+    """When the return job_returns holds for each (jid, minion) was accepted (on SQLite as
+    its stored text, see :func:`_when`)."""
     wanted = sorted(keys)
     found: dict[tuple[str, str], Any] = {}
-    for start in range(0, len(wanted), 200):
-        part = wanted[start : start + 200]
-        # Equalities, not a row-value IN, which SQLite answers by scanning job_returns.
-        pairs = or_(*(and_(r.jid == jid, r.minion == minion) for jid, minion in part))
-        query = select(r.jid, r.minion, r.returned_at).where(pairs)
+    if db.is_sqlite:
+        # One primary-key lookup per pair, on the driver: SQLite scans job_returns for a
+        # row-value IN, and plans an OR of hundreds of pairs slowly.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for key in wanted:
+                cursor.execute(STORED_AT, key)
+                row = cursor.fetchone()
+                if row is not None:
+                    found[key] = row[0]
+        finally:
+            cursor.close()
+        return found
+    r = job_returns.c
+    for start in range(0, len(wanted), 400):
+        part = wanted[start : start + 400]
+        query = select(r.jid, r.minion, r.returned_at).where(tuple_(r.jid, r.minion).in_(part))
         for jid, minion, returned_at in conn.execute(query):
             found[(jid, minion)] = returned_at
     return found
+
+
+STORED_AT = "SELECT returned_at FROM job_returns WHERE jid = ? AND minion = ?"
+
+
+def _when(db: Database, moment: Any) -> Any:
+    """A time as :func:`_stored_times` gives it back: SQLite's text of it, else itself."""
+    return sqlite_text(moment) if db.is_sqlite else moment
 
 
 def _key(row: ReturnRow) -> dict[str, Any]:

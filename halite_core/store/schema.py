@@ -65,7 +65,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return super().bind_processor(dialect)
 
         def process(value: dt.datetime | None) -> str | None:
-            return None if value is None else _sqlite_text(value)
+            return None if value is None else sqlite_text(value)
 
         return process
 
@@ -77,7 +77,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.timezone.utc)
 
 
-def _sqlite_text(value: dt.datetime) -> str:
+def sqlite_text(value: dt.datetime) -> str:
     """SQLite's text form of an aware time ("YYYY-MM-DD HH:MM:SS.ffffff" in UTC, what
     SQLAlchemy itself writes), in one step: the ingest path binds two times per return."""
     if value.tzinfo is None:
@@ -187,9 +187,9 @@ class StateResult(Base):
 
     __table_args__ = (
         Index(None, "result", "start_time"),
-        Index(None, "state_id", "start_time", "jid", "minion"),
-        # Covers halite.state's failure totals (runs, minions, first, last) of one state.
-        Index(None, "state_id", "result", "minion", "start_time", "test_run"),
+        # halite.state's pages, newest first; with result and test_run it also covers
+        # the state's failure totals (runs, minions, first, last): no row is read for them.
+        Index(None, "state_id", "start_time", "jid", "minion", "result", "test_run"),
     )
 
 
