@@ -2,7 +2,8 @@
 only, as ``halite.minions``, ``halite.minion``, ``halite.states``, ``halite.state`` and
 ``halite.jobs result=failed`` report it, and a dry run afterwards that changes nothing.
 
-One state run and one dry run, made once for the module; every test reads what they left.
+One state run and one dry run, made once for the module; every test reads what they left,
+through the runners and, once, through halite's HTTP API over the same index.
 """
 
 import re
@@ -12,9 +13,15 @@ import pytest
 from saltfactories.utils import random_string
 
 from halite_core.api import MinionHistory, MinionsPage, StateHistory, StatesPage
-from tests.integration.conftest import as_user
+from halite_core.http.app import WebApp
+from halite_core.http.sessions import SaltSessions
+from halite_core.permissions import policy_from_opts
+from halite_core.service import Service
+from tests.helpers import free_port
+from tests.integration.conftest import as_user, store_for
 from tests.integration.test_master_job_cache import finished_job
 from tests.test_fleet import check_against
+from tests.test_web import call, login
 
 SLS = "halite_fleet"
 FAILING_STATE = "fleet-check"
@@ -207,3 +214,55 @@ def test_a_user_who_may_not_view_state_jobs_is_denied_the_states(master, fleet):
     denied = salt_run(master, "halite.states", user="dave")
     assert denied.returncode != 0, denied
     assert denied.data["error"] == "permission denied: 'sudo_dave' lacks view:job:state.*"
+
+
+@pytest.fixture
+def api(master):
+    """halite's HTTP API served in this process over the master's own index, with the
+    master's policy, and sessions as Salt's tokens in the master's own token store (its
+    `auto` eauth takes any password; external_auth decides who may log in)."""
+    import salt.config
+
+    # The opts salt-master reads from its config file (the factory's own copy is immutable).
+    opts = salt.config.master_config(master.config_file)
+    store = store_for(master)
+    service = Service(store, policy_from_opts(opts), master.id)
+    app = WebApp(service, SaltSessions(opts), None, "auto")
+    port = free_port()
+    app.serve_in_thread("127.0.0.1", port)
+    app.base = f"http://127.0.0.1:{port}"
+    yield app
+    app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)
+    service.close()
+    store.db.dispose()
+
+
+def ours(page, fleet):
+    """The rows of this module's two minions, in the page's order (the master's own runner
+    jobs add and update a row of its own between two reads)."""
+    return [row for row in page["minions"] if row["minion"] in (fleet.failing, fleet.passing)]
+
+
+def test_the_http_api_answers_as_the_runners(master, fleet, api):
+    token = login(api, "sudo_bob")
+    status, page = call(api, "GET", "/api/minions", token)
+    assert status == 200, page
+    runner = answer(master, MinionsPage, "halite.minions")
+    assert [row["minion"] for row in ours(page, fleet)] == [fleet.failing, fleet.passing]
+    assert ours(page, fleet) == ours(runner, fleet)
+    status, history = call(api, "GET", f"/api/minions/{fleet.failing}", token)
+    assert status == 200, history
+    assert history == answer(master, MinionHistory, "halite.minion", fleet.failing)
+    assert history["jobs"][1]["failing_states"] == [FAILING_STATE]
+    status, body = call(api, "GET", "/api/minions/halite-nobody", token)
+    assert (status, body) == (404, {"error": "no minion 'halite-nobody' in the index"})
+    status, states = call(api, "GET", "/api/states", token)
+    assert status == 200, states
+    assert states == answer(master, StatesPage, "halite.states")
+    assert FAILING_STATE in [row["state_id"] for row in states["states"]]
+    status, state = call(api, "GET", f"/api/states/{FAILING_STATE}", token)
+    assert status == 200, state
+    assert state == answer(master, StateHistory, "halite.state", FAILING_STATE)
+    assert {row["jid"] for row in state["runs"]} == {fleet.real, fleet.dry}
+    status, body = call(api, "GET", "/api/states", login(api, "sudo_dave"))
+    assert (status, body["missing"]) == (403, "view:job:state.*")
