@@ -187,9 +187,10 @@ class StateResult(Base):
 
     __table_args__ = (
         Index(None, "result", "start_time"),
-        # halite.state's pages, newest first; with result and test_run it also covers
-        # the state's failure totals (runs, minions, first, last): no row is read for them.
-        Index(None, "state_id", "start_time", "jid", "minion", "result", "test_run"),
+        Index(None, "state_id", "start_time", "jid", "minion"),  # halite.state's pages
+        # Covers halite.state's failure totals (runs, minions, first, last): only the
+        # state's failed entries are read, in minion order, and no row.
+        Index(None, "state_id", "result", "minion", "start_time", "test_run"),
     )
 
 

@@ -86,8 +86,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("jid", "minion", "state_key", name=op.f("pk_state_results")),
     )  # fmt: skip
-    for columns in (["result", "start_time"],
-                    ["state_id", "start_time", "jid", "minion", "result", "test_run"]):  # fmt: skip
+    for columns in (["result", "start_time"], ["state_id", "start_time", "jid", "minion"],
+                    ["state_id", "result", "minion", "start_time", "test_run"]):  # fmt: skip
         op.create_index(op.f(f"ix_state_results_{'_'.join(columns)}"), "state_results", columns)
     op.create_table(
         "minion_status",
