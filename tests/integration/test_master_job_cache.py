@@ -154,7 +154,8 @@ def test_halite_jobs_runner_lists_the_index(master, minion, index):
     (first, *_) = ret.data["jobs"]
     assert first["jid"] == jid and first["function"] == "test.echo"
     assert first["target"] == minion.id and first["status"] == "complete"
-    assert first["minions"] == {"targeted": 1, "returned": 1, "failed": 0}
+    assert first["minions"] == {"targeted": 1, "returned": 1, "failed": 0, "changed": 0}
+    assert first["result"] == "pass"
     assert first["start_time"].endswith("+00:00")
     if ret.data["next"]:
         more = run.run("halite.jobs", "fun=test.echo", "limit=2", f"cursor={ret.data['next']}")
