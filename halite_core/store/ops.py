@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from halite_core import encoding, highstate
 from halite_core.errors import HaliteError
-from halite_core.states import RETURNED
 
 
 class SaltWrite(str, Enum):
@@ -50,25 +49,6 @@ class ReturnRow(NamedTuple):
     # states (halite_core.store.fleet keeps them).
     test_run: bool | None = None
     notable: tuple[highstate.NotableState, ...] = ()
-
-    def columns(self) -> dict[str, Any]:
-        summary = self.summary
-        return {
-            "state": RETURNED,
-            "function": self.function,
-            "returned_at": self.returned_at,
-            "return_value": self.value,
-            "return_truncated": self.value.truncated,
-            "retcode": self.retcode,
-            "success": self.success,
-            "out": self.out,
-            "states_total": summary.total if summary else None,
-            "states_passed": summary.passed if summary else None,
-            "states_failed": summary.failed if summary else None,
-            "states_changed": summary.changed if summary else None,
-            "states_duration_ms": summary.duration_ms if summary else None,
-            "test_run": self.test_run,
-        }
 
 
 @dataclass(frozen=True)
