@@ -9,6 +9,29 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def free_fixed_port():
+    """A free loopback port below the kernel's ephemeral range, for a server the session
+    keeps (the test PostgreSQL): the ports the rest of the suite draws from the kernel
+    (salt-factories' event listener, the masters, the HTTP servers) are then never also the
+    database's. One such clash ("address already in use" for the event listener) ended a
+    run."""
+    import random
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(10000, max(low, 10001)), k=min(200, max(low - 10000, 1))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def publish(store, jid, fun="test.arg", minions=("m1", "m2"), arg=(), user="root", **extra):
     load = {
         "jid": jid,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.helpers import free_port
+from tests.helpers import free_fixed_port
 
 
 def binaries() -> Path | None:
@@ -41,7 +41,7 @@ class PostgresServer:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="halite-pg-"))
         self.data = self.root / "data"
-        self.port = free_port()
+        self.port = free_fixed_port()
         self.user = "halite"
         self._as = []
         if os.geteuid() == 0:
