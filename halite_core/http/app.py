@@ -16,23 +16,21 @@ from typing import Any, TypeVar
 import tornado.httpserver
 import tornado.web
 
+from halite_core.api import MinionQuery, MinionsQuery, StateQuery, StatesQuery
 from halite_core.config import REQUEST_TIMEOUT, ConfigError, proxy_header
 from halite_core.http.handlers import (
     Activity,
     Audit,
+    Fleet,
     Job,
     Jobs,
     Kill,
     Login,
     Logout,
     Me,
-    Minion,
-    Minions,
     NotFound,
     OpenAPI,
     Page,
-    State,
-    States,
     Timeline,
     _log,
 )
@@ -280,10 +278,14 @@ class WebApp:
             (r"/api/jobs/([^/]+)", Job, {"app": self}),
             (r"/api/jobs/([^/]+)/kill", Kill, {"app": self}),
             (r"/api/audit", Audit, {"app": self}),
-            (r"/api/minions", Minions, {"app": self}),
-            (r"/api/minions/([^/]+)", Minion, {"app": self}),
-            (r"/api/states", States, {"app": self}),
-            (r"/api/states/([^/]+)", State, {"app": self}),
+            (r"/api/minions", Fleet, {"app": self, "method": "minions", "model": MinionsQuery}),
+            (
+                r"/api/minions/([^/]+)",
+                Fleet,
+                {"app": self, "method": "minion", "model": MinionQuery},
+            ),
+            (r"/api/states", Fleet, {"app": self, "method": "states", "model": StatesQuery}),
+            (r"/api/states/([^/]+)", Fleet, {"app": self, "method": "state", "model": StateQuery}),
             (r"/api/.*", NotFound, {"app": self}),
             (r"/()", Page, {**page, "default_filename": "index.html"}),
             (r"/(.+)", Page, page),

@@ -144,30 +144,16 @@ AUTHED = {
     ),
 }
 
-JID = {
-    "name": "jid",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": 64},
-    "description": "A Salt job id (20 digits, optional _pid).",
-}
+
+def _path(name: str, longest: int, description: str) -> dict[str, Any]:
+    """A parameter in the route's path."""
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "maxLength": longest}}  # fmt: skip
 
 
-MINION = {
-    "name": "minion",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": 1024},
-    "description": "A minion id.",
-}
-
-STATE_ID = {
-    "name": "state_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": 1024},
-    "description": "A state's id (its `__id__`, as `/api/states` shows it).",
-}
+JID = _path("jid", 64, "A Salt job id (20 digits, optional _pid).")
+MINION = _path("minion", 1024, "A minion id.")
+STATE_ID = _path("state_id", 1024, "A state's id (its `__id__`, as `/api/states` shows it).")
 
 
 def _get(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:

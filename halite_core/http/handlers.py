@@ -14,16 +14,7 @@ import tornado.httputil
 import tornado.web
 
 from halite_core import permissions
-from halite_core.api import (
-    ActivityQuery,
-    AuditFilter,
-    JobsQuery,
-    MinionQuery,
-    MinionsQuery,
-    StateQuery,
-    StatesQuery,
-    TimelineQuery,
-)
+from halite_core.api import ActivityQuery, Arguments, AuditFilter, JobsQuery, TimelineQuery
 from halite_core.config import ConfigError
 from halite_core.fleet import UnknownMinion
 from halite_core.http.contract import SPEC
@@ -289,32 +280,20 @@ class Audit(Base):
             await self.call("audit", args)
 
 
-class Minions(Base):
-    async def get(self) -> None:
-        args = self.args(tuple(MinionsQuery.model_fields))
+class Fleet(Base):
+    """``GET /api/minions``, ``/api/minions/{id}``, ``/api/states``, ``/api/states/{id}``: the
+    fleet runners' ``method`` of the service, with the path's id and the query parameters
+    of ``model``."""
+
+    def initialize(self, app: WebApp, method: str, model: type[Arguments]) -> None:  # type: ignore[override]
+        super().initialize(app)
+        self.method = method
+        self.params = tuple(model.model_fields)
+
+    async def get(self, *path: str) -> None:
+        args = self.args(self.params)
         if args is not None:
-            await self.call("minions", args)
-
-
-class Minion(Base):
-    async def get(self, minion: str) -> None:
-        args = self.args(tuple(MinionQuery.model_fields))
-        if args is not None:
-            await self.call("minion", minion, args)
-
-
-class States(Base):
-    async def get(self) -> None:
-        args = self.args(tuple(StatesQuery.model_fields))
-        if args is not None:
-            await self.call("states", args)
-
-
-class State(Base):
-    async def get(self, state_id: str) -> None:
-        args = self.args(tuple(StateQuery.model_fields))
-        if args is not None:
-            await self.call("state", state_id, args)
+            await self.call(self.method, *path, args)
 
 
 class OpenAPI(Base):
