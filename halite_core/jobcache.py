@@ -105,8 +105,8 @@ OUTAGE_SQLSTATES = ("08", "53", "57", "58", "40", "55")
 def is_outage(exc: BaseException) -> bool:
     """True when the database could not be reached or written at all (down, refusing
     connections, locked, its disk full): worth spooling. False for a write the database
-    refuses whatever its state, which is set aside. The SQLite bulk path raises the driver's
-    own errors, unwrapped."""
+    refuses whatever its state, which is set aside. A few lookups on SQLite's own cursor raise
+    the driver's errors, unwrapped."""
     if isinstance(exc, (SchemaError, OSError, sqlite3.OperationalError)):
         return True
     if isinstance(exc, DBAPIError):

@@ -154,12 +154,6 @@ def render_error(jid, minion):
                fun="state.apply", retcode=1, success=False)  # fmt: skip
 
 
-REPLACED = (
-    "a state run replaced by an earlier-accepted return that is no state run: note_returns"
-    " runs DROP_REPLACED and LAST_RUN only for rows with a summary"
-)
-
-
 def replaced_by_render_error(store):
     publish(store, JID, fun="state.apply", minions=("web1",))
     assert save_return(store, state_ret(JID, "web1", failing=[1], changing=[2]), at(20))

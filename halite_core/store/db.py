@@ -9,6 +9,7 @@ instead of failing with "database is locked" when a reader upgrades to a writer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import logging
@@ -23,10 +24,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, create_engine, event, inspect, literal_column
+from sqlalchemy import Connection, create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql.dml import Insert
 
 from halite_core import encoding
 from halite_core.errors import HaliteError
@@ -91,6 +91,7 @@ class Database:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._plans: dict[Any, _BulkPlan] = {}
+        self._positional: Any = None  # see _driver_dialect
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -144,52 +145,55 @@ class Database:
             yield
 
     def executemany(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> int:
-        """Run a prebuilt statement once per row, in bulk.
+        """Run a prebuilt statement once per row, in bulk, and return the number of rows
+        it changed.
 
-        On SQLite the rows go straight to the driver's ``executemany`` with the column
-        types' own bind processors applied: SQLAlchemy's per-row parameter handling costs
-        several times the insert itself on the ingest path. Elsewhere SQLAlchemy runs it.
-        Returns the number of rows changed.
+        The rows go straight to the driver's ``executemany`` (pipelined by psycopg) with
+        the column types' own bind processors applied: SQLAlchemy's per-row parameter
+        handling costs several times the statement itself on the ingest path.
         """
         if not rows:
             return 0
-        if not self.is_sqlite:
-            if isinstance(stmt, Insert):
-                # psycopg reports no row count for SQLAlchemy's batched inserts: count the
-                # rows the insert (or its ON CONFLICT update) returns instead.
-                return len(conn.execute(stmt.returning(literal_column("1")), rows).all())
-            return int(conn.execute(stmt, rows).rowcount)
         plan = self._plans.get(stmt)
         if plan is None:
-            plan = self._plans[stmt] = _BulkPlan.build(stmt, conn.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.executemany(plan.sql, [plan.row(r) for r in rows])
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+            plan = self._plans[stmt] = _BulkPlan.build(stmt, self._driver_dialect(conn))
+        return self._run(conn, plan, [plan.row(r) for r in rows])
 
     def executemany_rows(
         self, conn: Connection, stmt: Any, names: tuple[str, ...], rows: list[tuple[Any, ...]]
     ) -> int:
         """:meth:`executemany` for rows given as tuples of the parameters ``names``, in that
-        order: on SQLite they go to the driver without a dictionary per row in between."""
+        order: they go to the driver without a dictionary per row in between."""
         if not rows:
             return 0
         key = (stmt, names)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = _BulkPlan.build(stmt, conn.dialect, names)
-        if not self.is_sqlite:
-            return self.executemany(
-                conn, stmt, [dict(zip(names, row, strict=True)) for row in rows]
-            )
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            plan = self._plans[key] = _BulkPlan.build(stmt, self._driver_dialect(conn), names)
+        return self._run(conn, plan, [plan.row(row) for row in rows])
+
+    @staticmethod
+    def _run(conn: Connection, plan: _BulkPlan, params: list[tuple[Any, ...]]) -> int:
+        # Through SQLAlchemy's driver-level call: its errors are SQLAlchemy's, and a
+        # connection lost on the way is invalidated, as for any other statement.
+        result = conn.exec_driver_sql(plan.sql, params)
         try:
-            cursor.executemany(plan.sql, [plan.row(row) for row in rows])
-            return int(cursor.rowcount)
+            # psycopg (3.1 on) and sqlite3 both count the rows of every execution.
+            return int(result.rowcount)
         finally:
-            cursor.close()
+            result.close()
+
+    def _driver_dialect(self, conn: Connection) -> Any:
+        """The connection's dialect, positional: psycopg takes ``%s`` as well as
+        ``%(name)s``, and a positional statement needs no dictionary per row."""
+        if self._positional is None:
+            dialect = conn.dialect
+            if not dialect.positional:
+                dialect = copy.copy(dialect)
+                dialect.paramstyle = "format"
+                dialect.positional = True
+            self._positional = dialect
+        return self._positional
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -212,9 +216,7 @@ class _BulkPlan:
                 f"not parameters of the statement: {set(names) - set(compiled.params)}"
             )
         if not compiled.positional:
-            if names is not None:
-                return cls(compiled.string, tuple)  # the names are checked, no more
-            raise ValueError("bulk plans are for positional (qmark) drivers")
+            raise ValueError("bulk plans are for a positional paramstyle")
         index: dict[str, int] = {}
         env: dict[str, Any] = {}
         body = []

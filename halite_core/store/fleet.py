@@ -13,16 +13,17 @@ stay exact whatever order returns, duplicates, settles and kills arrive in:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.dialects import sqlite
 
 from halite_core import highstate
+from halite_core.states import RETURNED, minion_failed
 from halite_core.store.db import Database
 from halite_core.store.ops import ReturnRow
-from halite_core.store.schema import UTCDateTime, job_returns, sqlite_text, state_results
+from halite_core.store.schema import UTCDateTime, sqlite_text, state_results
 
 # A state run's result as the fleet views show it, from a job_returns row ``r``.
 RUN_RESULT = (
@@ -30,33 +31,38 @@ RUN_RESULT = (
     " OR r.states_failed > 0 THEN 'failed' WHEN r.states_changed > 0 THEN 'changed'"
     " ELSE 'pass' END"
 )
-_LATER = (
-    "({col}_start IS NULL OR {col}_start < :start_time"
-    " OR ({col}_start = :start_time AND {col}_jid <= :jid))"
-)
-_TIMES = (bindparam("start_time", type_=UTCDateTime()),)
 
-ENSURE_MINION = text(
-    "INSERT INTO minion_status (minion, healthy) VALUES (:minion, 1)"
-    " ON CONFLICT (minion) DO NOTHING"
+
+def _later(col: str) -> str:
+    """An upsert's condition: the batch's job (``excluded``) is the minion's ``col`` job
+    or a later one (by start time, then jid)."""
+    old, new = f"minion_status.{col}", f"excluded.{col}"
+    return (
+        f"{new}_jid IS NOT NULL AND ({old}_start IS NULL OR {old}_start < {new}_start"
+        f" OR ({old}_start = {new}_start AND {old}_jid <= {new}_jid))"
+    )
+
+
+_LAST = ("last_jid", "last_function", "last_start")
+_RUN = ("state_jid", "state_function", "state_start", "states_total", "states_passed",
+        "states_failed", "states_changed", "state_result", "healthy")  # fmt: skip
+MINION_PARAMETERS = ("minion", *_LAST, *_RUN)
+# One statement per minion of a batch: its row made if it is new, its latest job and its
+# latest real state run each moved forward only (every value on the right is the row's
+# old one, as in any UPDATE). A minion without a job or run in the batch has NULLs there.
+UPSERT_MINION = text(
+    f"INSERT INTO minion_status ({', '.join(MINION_PARAMETERS)}) VALUES"
+    f" ({', '.join(':' + name for name in MINION_PARAMETERS[:-1])}, coalesce(:healthy, 1))"
+    " ON CONFLICT (minion) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = CASE WHEN {_later(cols[0][:-4])} THEN excluded.{name}"
+        f" ELSE minion_status.{name} END"
+        for cols in (_LAST, _RUN)
+        for name in cols
+    )
+).bindparams(
+    bindparam("last_start", type_=UTCDateTime()), bindparam("state_start", type_=UTCDateTime())
 )
-LAST_JOB = text(
-    "UPDATE minion_status SET last_jid = :jid, last_function = :function,"
-    " last_start = :start_time WHERE minion = :minion AND " + _LATER.format(col="last")
-).bindparams(_TIMES[0])
-LAST_RUN = text(
-    "UPDATE minion_status SET (state_jid, state_function, state_start, states_total,"
-    " states_passed, states_failed, states_changed, state_result, healthy) = ("
-    " SELECT r.jid, r.function, r.start_time, r.states_total, r.states_passed,"
-    f" r.states_failed, r.states_changed, {RUN_RESULT},"
-    f" CASE WHEN {RUN_RESULT} = 'failed' THEN 0 ELSE 1 END"
-    " FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion)"
-    " WHERE minion = :minion AND " + _LATER.format(col="state") +
-    # The return kept may be another than the batch's (one accepted earlier won): it must
-    # be a real state run too.
-    " AND EXISTS (SELECT 1 FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion"
-    " AND r.states_total IS NOT NULL AND r.test_run IS NOT TRUE)"
-).bindparams(_TIMES[0])
 
 
 MASTER_JOBS = ("runner.", "wheel.")
@@ -100,10 +106,8 @@ HEALTHY = text(
     "UPDATE minion_status SET healthy = CASE WHEN state_result = 'failed' THEN 0 ELSE 1 END"
     " WHERE minion = :minion"
 )
-DROP_REPLACED = text(
-    "DELETE FROM state_results WHERE jid = :jid AND minion = :minion AND returned_at <>"
-    " (SELECT r.returned_at FROM job_returns r WHERE r.jid = :jid AND r.minion = :minion)"
-)
+# The states kept for a return that another replaced (one accepted earlier won).
+DROP_REPLACED = text("DELETE FROM state_results WHERE jid = :jid AND minion = :minion")
 
 
 def of_minions(function: str | None) -> bool:
@@ -112,118 +116,192 @@ def of_minions(function: str | None) -> bool:
     return not (function or "").startswith(MASTER_JOBS)
 
 
-def note_returns(
-    db: Database,
-    conn: Connection,
-    rows: Sequence[ReturnRow],
-    is_system: Callable[[str | None], bool] = lambda _: False,
-) -> None:
-    """After a batch's returns are stored: their minions' rows, and their state runs'
-    failed and changed states. Returns from the master (runner and wheel jobs) are left
-    out of the minions' rows; a bookkeeping job (``is_system``: ``saltutil.find_job``, ...)
-    is never a minion's latest job. One statement per minion of the batch, and one row per
-    kept state: this runs with every batch the committer takes."""
-    rows = [row for row in rows if of_minions(row.function)]
-    if not rows:
-        return
-    minions = sorted({row.minion for row in rows})
-    db.executemany(conn, ENSURE_MINION, [{"minion": m} for m in minions])
-    latest = _latest_per_minion(row for row in rows if not is_system(row.function))
-    db.executemany(conn, LAST_JOB, [_key(row) | {"function": row.function} for row in latest])
-    # Every return of a state job: one of them may have replaced a state run kept before.
-    state_jobs = [row for row in rows if highstate.is_state_function(row.function)]
-    if not state_jobs:
-        return
-    runs = [row for row in state_jobs if row.summary is not None]
-    real = _latest_per_minion(row for row in runs if not row.test_run)
-    db.executemany(conn, LAST_RUN, [_key(row) for row in real])
-    db.executemany(conn, DROP_REPLACED, [_key(row) for row in state_jobs])
-    others = [_key(row) for row in state_jobs if row.summary is None]
-    if others:
-        db.executemany(conn, RUN_GONE, others)
-        db.executemany(conn, HEALTHY, [{"minion": key["minion"]} for key in others])
-    noted = [row for row in runs if row.notable]
-    if not noted:
-        return
-    # Only the states of the returns job_returns kept (a return that lost to one accepted
-    # earlier, in this batch or before, leaves none).
-    kept = _stored_times(db, conn, {(row.jid, row.minion) for row in noted})
-    states = [
-        (row.jid, row.minion, state.key, state.state_id, state.function, state.name, state.sls,
-         state.result, state.comment, state.run_num, row.start_time, row.returned_at,
-         row.test_run)
-        for row in noted
-        if kept.get((row.jid, row.minion)) == _when(db, row.returned_at)
-        for state in row.notable
-    ]  # fmt: skip
-    db.executemany_rows(conn, _add_states(db), STATE_PARAMETERS, states)
+class Prior(NamedTuple):
+    """What job_returns held for a (jid, minion) before a batch's return was stored."""
+
+    state: str
+    returned_at: Any  # on SQLite its stored text, see :func:`_when`
 
 
-STATE_PARAMETERS = (
-    "jid", "minion", "state_key", "state_id", "function", "name", "sls", "result", "comment",
-    "run_num", "start_time", "returned_at", "test_run",
-)  # fmt: skip
-_ADD_STATES: dict[str, Any] = {}
+def _state_jobs(rows: Iterable[ReturnRow]) -> list[ReturnRow]:
+    """The minions' returns of state jobs among ``rows`` (each function looked at once)."""
+    rows = list(rows)
+    wanted = {
+        fun for fun in {row.function for row in rows}
+        if of_minions(fun) and highstate.is_state_function(fun)
+    }  # fmt: skip
+    return [row for row in rows if row.function in wanted]
 
 
-def _add_states(db: Database) -> Any:
-    """INSERT of state_results rows, a row already there left alone (a batch replayed)."""
-    stmt = _ADD_STATES.get(db.dialect_name)
-    if stmt is None:
-        dialect = postgresql if db.dialect_name == "postgresql" else sqlite
-        columns = {
-            name: bindparam(name, type_=state_results.c[name].type) for name in STATE_PARAMETERS
-        }
-        stmt = _ADD_STATES[db.dialect_name] = (
-            dialect.insert(state_results).values(columns).on_conflict_do_nothing()
-        )
-    return stmt
-
-
-def _latest_per_minion(rows: Iterable[ReturnRow]) -> list[ReturnRow]:
-    """Of each minion's rows, the one of the latest job (by start time, then jid)."""
-    best: dict[str, ReturnRow] = {}
-    for row in rows:
-        seen = best.get(row.minion)
-        if seen is None or (row.start_time, row.jid) > (seen.start_time, seen.jid):
-            best[row.minion] = row
-    return list(best.values())
-
-
-def _stored_times(
-    db: Database, conn: Connection, keys: set[tuple[str, str]]
-) -> dict[tuple[str, str], Any]:
-    """When the return job_returns holds for each (jid, minion) was accepted (on SQLite as
-    its stored text, see :func:`_when`)."""
-    wanted = sorted(keys)
-    found: dict[tuple[str, str], Any] = {}
+def prior_returns(
+    db: Database, conn: Connection, rows: Iterable[ReturnRow]
+) -> dict[tuple[str, str], Prior]:
+    """Before a batch's returns are stored (its jobs locked): what job_returns holds for
+    the state jobs' among ``rows``, so that :func:`note_returns` knows which of them it
+    keeps, and which replace a return kept before."""
+    wanted = sorted({(row.jid, row.minion) for row in _state_jobs(rows)})
+    found: dict[tuple[str, str], Prior] = {}
+    if not wanted:
+        return found
     if db.is_sqlite:
         # One primary-key lookup per pair, on the driver: SQLite scans job_returns for a
         # row-value IN, and plans an OR of hundreds of pairs slowly.
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             for key in wanted:
-                cursor.execute(STORED_AT, key)
+                cursor.execute(PRIOR_SQLITE, key)
                 row = cursor.fetchone()
                 if row is not None:
-                    found[key] = row[0]
+                    found[key] = Prior(*row)
         finally:
             cursor.close()
         return found
-    r = job_returns.c
-    for start in range(0, len(wanted), 400):
-        part = wanted[start : start + 400]
-        query = select(r.jid, r.minion, r.returned_at).where(tuple_(r.jid, r.minion).in_(part))
-        for jid, minion, returned_at in conn.execute(query):
-            found[(jid, minion)] = returned_at
+    jids, minions = zip(*wanted, strict=True)
+    for jid, minion, state, returned_at in conn.execute(
+        PRIOR_POSTGRESQL, {"jids": list(jids), "minions": list(minions)}
+    ):
+        found[(jid, minion)] = Prior(state, returned_at)
     return found
 
 
-STORED_AT = "SELECT returned_at FROM job_returns WHERE jid = ? AND minion = ?"
+PRIOR_SQLITE = "SELECT state, returned_at FROM job_returns WHERE jid = ? AND minion = ?"
+# One primary-key lookup per pair, in one statement: the LIMIT keeps the planner from
+# turning the lateral lookups into a join, which it would plan with a scan of job_returns
+# while the table's statistics are young.
+PRIOR_POSTGRESQL = text(
+    "SELECT k.jid, k.minion, r.state, r.returned_at"
+    " FROM unnest(CAST(:jids AS text[]), CAST(:minions AS text[])) AS k(jid, minion)"
+    " CROSS JOIN LATERAL (SELECT j.state, j.returned_at FROM job_returns j"
+    " WHERE j.jid = k.jid AND j.minion = k.minion LIMIT 1) AS r"
+)
+
+
+def note_returns(
+    db: Database,
+    conn: Connection,
+    rows: Sequence[ReturnRow],
+    prior: Mapping[tuple[str, str], Prior],
+    is_system: Callable[[str | None], bool] = lambda _: False,
+) -> None:
+    """After a batch's returns are stored (``rows``: one per (jid, minion), the batch's
+    earliest; ``prior``: :func:`prior_returns` of them): their minions' rows, and their
+    state runs' failed and changed states. Returns from the master (runner and wheel
+    jobs) are left out of the minions' rows; a bookkeeping job (``is_system``:
+    ``saltutil.find_job``, ...) is never a minion's latest job. One statement per minion
+    of the batch, and one row per failed or changed state kept: this runs with every
+    batch the committer takes."""
+    functions = {row.function for row in rows}
+    theirs = {fun for fun in functions if of_minions(fun)}
+    if not theirs:
+        return
+    rows = [row for row in rows if row.function in theirs]
+    # The state jobs' returns job_returns kept, as its upsert decided (a placeholder
+    # filled, or a return accepted later replaced), and those that replaced a return.
+    kept: list[ReturnRow] = []
+    replaced: list[ReturnRow] = []
+    for row in _state_jobs(rows):
+        before = prior.get((row.jid, row.minion))
+        if before is None or before.state != RETURNED:
+            kept.append(row)
+        elif before.returned_at > _when(db, row.returned_at):
+            kept.append(row)
+            replaced.append(row)
+    runs = [row for row in kept if row.summary is not None]
+    system = {fun for fun in theirs if is_system(fun)}
+    last = _latest_per_minion(row for row in rows if row.function not in system)
+    real = _latest_per_minion(row for row in runs if not row.test_run)
+    minions = sorted({row.minion for row in rows})
+    db.executemany_rows(
+        conn, UPSERT_MINION, MINION_PARAMETERS,
+        [_minion(name, last.get(name), real.get(name)) for name in minions],
+    )  # fmt: skip
+    if replaced:
+        keys = [_key(row) for row in replaced]
+        db.executemany(conn, DROP_REPLACED, keys)
+        # A minion whose latest run was a return now replaced by one that is no real run:
+        # its latest run is the one before (the statement checks what was kept).
+        db.executemany(conn, RUN_GONE, keys)
+        db.executemany(conn, HEALTHY, [{"minion": key["minion"]} for key in keys])
+    states = [
+        (row.jid, row.minion, state.key, state.state_id, state.function, state.name, state.sls,
+         state.result, state.comment, state.run_num, row.start_time, row.returned_at,
+         row.test_run)
+        for row in runs
+        for state in row.notable
+    ]  # fmt: skip
+    if not states:
+        return
+    if db.is_sqlite:
+        db.executemany_rows(conn, _add_states(db), STATE_PARAMETERS, states)
+    else:
+        # One statement for the batch: a row per state costs PostgreSQL a statement each.
+        columns = [list(values) for values in zip(*states, strict=True)]
+        conn.exec_driver_sql(
+            ADD_STATES_POSTGRESQL, dict(zip(STATE_PARAMETERS, columns, strict=True))
+        )
+
+
+def _minion(name: str, last: ReturnRow | None, run: ReturnRow | None) -> tuple[Any, ...]:
+    """The parameters of :data:`UPSERT_MINION` for one minion, in MINION_PARAMETERS' order."""
+    job = (last.jid, last.function, last.start_time) if last else (None, None, None)
+    if run is None or run.summary is None:
+        return (name, *job, *(None,) * len(_RUN))
+    summary = run.summary
+    failed = minion_failed(RETURNED, run.success, run.retcode, summary.failed)
+    result = "failed" if failed else "changed" if summary.changed > 0 else "pass"
+    return (name, *job, run.jid, run.function, run.start_time, summary.total, summary.passed,
+            summary.failed, summary.changed, result, 0 if failed else 1)  # fmt: skip
+
+
+STATE_PARAMETERS = (
+    "jid", "minion", "state_key", "state_id", "function", "name", "sls", "result", "comment",
+    "run_num", "start_time", "returned_at", "test_run",
+)  # fmt: skip
+# PostgreSQL's array types of STATE_PARAMETERS, in order.
+_STATE_ARRAYS = (*("text[]",) * 9, "integer[]", "timestamptz[]", "timestamptz[]", "boolean[]")
+# psycopg's own placeholders, ``%(name)b``: the arrays go in binary, which psycopg writes
+# without quoting each element of the text form.
+ADD_STATES_POSTGRESQL = (
+    f"INSERT INTO state_results ({', '.join(STATE_PARAMETERS)}) SELECT * FROM unnest("
+    + ", ".join(
+        f"CAST(%({name})b AS {kind})"
+        for name, kind in zip(STATE_PARAMETERS, _STATE_ARRAYS, strict=True)
+    )
+    + ") ON CONFLICT DO NOTHING"
+)
+_ADD_STATES: dict[str, Any] = {}
+
+
+def _add_states(db: Database) -> Any:
+    """SQLite's INSERT of state_results rows, a row already there left alone (a batch
+    replayed); PostgreSQL's is :data:`ADD_STATES_POSTGRESQL`."""
+    stmt = _ADD_STATES.get(db.dialect_name)
+    if stmt is None:
+        columns = {
+            name: bindparam(name, type_=state_results.c[name].type) for name in STATE_PARAMETERS
+        }
+        stmt = _ADD_STATES[db.dialect_name] = (
+            sqlite.insert(state_results).values(columns).on_conflict_do_nothing()
+        )
+    return stmt
+
+
+def _latest_per_minion(rows: Iterable[ReturnRow]) -> dict[str, ReturnRow]:
+    """Of each minion's rows, the one of the latest job (by start time, then jid)."""
+    best: dict[str, ReturnRow] = {}
+    for row in rows:
+        seen = best.get(row.minion)
+        if (
+            seen is None
+            or row.start_time > seen.start_time
+            or (row.start_time == seen.start_time and row.jid > seen.jid)
+        ):
+            best[row.minion] = row
+    return best
 
 
 def _when(db: Database, moment: Any) -> Any:
-    """A time as :func:`_stored_times` gives it back: SQLite's text of it, else itself."""
+    """A time as :func:`prior_returns` gives it back: SQLite's text of it, else itself."""
     return sqlite_text(moment) if db.is_sqlite else moment
 
 

@@ -64,8 +64,20 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
+        # The last time bound, and its text: the rows of one batch share their times (a
+        # job's start, a return's arrival, bound again for each of its failed states).
+        last: tuple[dt.datetime | None, str | None] = (None, None)
+
         def process(value: dt.datetime | None) -> str | None:
-            return None if value is None else sqlite_text(value)
+            nonlocal last
+            if value is None:
+                return None
+            seen, text = last
+            if seen is value:
+                return text
+            text = sqlite_text(value)
+            last = (value, text)  # one assignment: a thread sees either pair, whole
+            return text
 
         return process
 

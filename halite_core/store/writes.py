@@ -740,13 +740,13 @@ class Writes:
                  row.returned_at, row.value, row.value.truncated, row.retcode, row.success,
                  row.out, *summary, row.test_run)
             )  # fmt: skip
+        kept = [items[i].row for i in first.values()]
+        prior = fleet.prior_returns(self.db, conn, kept)
         stmt = self._statements().upsert_return
         stored = self.db.executemany_rows(conn, stmt, RETURN_PARAMETERS, rows)
         if stored < len(items):
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
-        fleet.note_returns(
-            self.db, conn, [items[i].row for i in first.values()], self.settings.is_system
-        )
+        fleet.note_returns(self.db, conn, kept, prior, self.settings.is_system)
         touched.update(stubs)
         return stored
 
