@@ -151,7 +151,7 @@ def upgraded(database, fill):
     with database.engine.begin() as conn:
         assert dbmod.current_revision(conn) == "0006"
         fill(conn)
-    database.ensure_schema()
+    command.upgrade(dbmod.alembic_config(database), "0007")
     with database.engine.connect() as conn:
         assert dbmod.current_revision(conn) == "0007"
         jobs = conn.execute(select(jobs_index.c.jid, jobs_index.c.result,
@@ -245,3 +245,20 @@ def test_a_test_run_of_the_history_is_not_the_minions_latest_state_run(database)
     assert latest(minions["web1"]) == (DRY_RUN, "state.apply", started(DRY_RUN))
     assert run(minions["web1"]) == (RUN, "state.apply", started(RUN), "failed", 4, 3, 1, 0, 0)
     assert run(minions["web2"]) == (RUN, "state.apply", started(RUN), "changed", 4, 4, 0, 2, 1)
+
+
+def test_revision_0008_counts_the_complete_history_as_announced(database):
+    """An upgrade fires nothing for the jobs already complete; a running job is announced
+    once it completes."""
+
+    def fill(conn):
+        insert_job(conn, PING, "test.ping", [returned("web1"), returned("web3")])
+        insert_job(conn, UNANSWERED, "test.ping", [settled("web7", "pending")])
+
+    upgraded(database, fill)
+    database.ensure_schema()
+    with database.engine.connect() as conn:
+        assert dbmod.current_revision(conn) == "0008"
+        marks = dict(conn.execute(select(jobs_index.c.jid, jobs_index.c.announced_at)).all())
+    assert marks[PING] == started(PING) + dt.timedelta(seconds=6)  # its end time
+    assert marks[UNANSWERED] is None

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     event,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
@@ -103,6 +104,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+UNANNOUNCED = "announced_at IS NULL AND status = 'complete'"
+
+
 class Job(Base):
     __tablename__ = "jobs_index"
 
@@ -130,6 +134,9 @@ class Job(Base):
     # When the job was first written to the index: retention ages a job by this and its
     # latest activity, not by its jid (a job may be stored today under an old jid).
     created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When the engine announced the job's completion on the bus (revision 0008); NULL
+    # while it runs and until then.
+    announced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index(None, "start_time", "jid"),
@@ -140,6 +147,13 @@ class Job(Base):
         Index(None, "status", "start_time", "jid"),
         Index(None, "master_id", "start_time", "jid"),
         Index(None, "result", "start_time", "jid"),
+        # The complete jobs the engine has still to announce, and only those.
+        Index(
+            "ix_jobs_index_unannounced",
+            "end_time",
+            postgresql_where=text(UNANNOUNCED),
+            sqlite_where=text(UNANNOUNCED),
+        ),
     )
 
 

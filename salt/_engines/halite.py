@@ -35,6 +35,14 @@ Configuration, in the master config (every option may be left out):
                                   # (the right-most address, which the proxy appends)
                                   # or x-real-ip (which the proxy sets, replacing the
                                   # client's)
+          events:               # halite/job/<jid>/complete on the master's bus, once per
+                                # job (see README "Notifications"); `events: false`: none
+            tag_prefix: halite/job
+            only_failed: false  # true: only jobs whose result is failed
+            interval: 1         # seconds between looks for newly complete jobs
+            max_age: 3600       # seconds: a job that ended longer ago is not announced
+                                # (an engine back after a long stop stays quiet)
+            cap: 50             # failed minions listed in an event; the rest are counted
 
     external_auth:              # who may log in to the page: Salt's own external auth;
                                 # a user (or group) must be listed here, as for salt-api
@@ -66,6 +74,7 @@ import salt.utils.event
 try:
     from halite_core import salt_adapter
     from halite_core.active import ActiveJobs
+    from halite_core.announce import Announcer, EventOptions
     from halite_core.config import EngineOptions
     from halite_core.jobcache import get_store
 
@@ -106,10 +115,26 @@ def build(options):
     return ActiveJobs(store, EngineOptions.from_config(options, defaults), send_find_job)
 
 
-def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
+def announcer(engine, bus, events):
+    """The completion events' announcer (halite_core.announce) for the ``events:`` option,
+    firing on ``bus``; None when they are off."""
+    options = EventOptions.from_config(events)
+    if not options.enabled:
+        return None
+    try:
+        from halite_core.metrics import get_metrics
+
+        counted = get_metrics().job_completed
+    except ImportError:  # prometheus_client is missing: events without metrics
+        counted = None
+    return Announcer(engine.store, options, bus.fire_event, on_complete=counted)
+
+
+def run_once(engine, bus, wait=0.05, max_events=10000, publish=None, announce=None):
     """Handle the events on the bus (waiting up to ``wait`` seconds for the first, then
     taking what is already there, up to ``max_events``), then do what is due. ``publish``
-    receives the job events the Jobs page streams (new, return, complete)."""
+    receives the job events the Jobs page streams (new, return, complete); ``announce``
+    (an Announcer) fires the completion events that are due."""
     running = {jid: job.function for jid, job in engine.jobs.items()} if publish else None
     event = bus.get_event(wait=wait, full=True, auto_reconnect=True)
     handled = 0
@@ -123,6 +148,8 @@ def run_once(engine, bus, wait=0.05, max_events=10000, publish=None):
         # no_block: Salt's get_event blocks forever when wait is 0.
         event = bus.get_event(full=True, no_block=True, auto_reconnect=True)
     _safely(engine.tick)
+    if announce is not None:
+        _safely(announce.tick)
     if publish:
         for jid in running.keys() - engine.jobs.keys():
             publish({"type": "complete", "jid": jid, "function": running[jid]})
@@ -157,13 +184,15 @@ def start(**options):
     Run the engine: Salt starts it in its own process when it is listed under ``engines``.
     """
     http = options.pop("http", None)
+    events = options.pop("events", None)
     engine = build(options)
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
+    announce = announcer(engine, bus, events)
     publish = serve_http(http)  # None: off; `http: {}` serves with the defaults
     try:
         engine.recover()
         while True:
-            run_once(engine, bus, publish=publish)
+            run_once(engine, bus, publish=publish, announce=announce)
     finally:
         engine.flush()
         engine.store.close()
