@@ -23,6 +23,10 @@ readers report such jobs as ``unknown`` rather than as running or complete. If t
 database is down when the engine starts, it follows the bus all the same and rebuilds its
 view once the database answers.
 
+The engine tallies what it sees (events, minion returns by result, minions settled
+``no_return``, kills) in plain counters and hands them to halite_core.metrics once per pass
+of its loop; the running jobs and the age of the oldest are read from memory at a scrape.
+
 Nothing here knows Salt: the event source and the ``find_job`` sender are handed in.
 """
 
@@ -40,6 +44,7 @@ from sqlalchemy import select
 
 from halite_core import jids
 from halite_core.config import EngineOptions
+from halite_core.durability.journal import backlog_bytes
 from halite_core.jobcache import (
     FIND_JOB,
     JOB_EVENT,
@@ -54,6 +59,7 @@ from halite_core.jobcache import (
     is_outage,
     item_to_line,
 )
+from halite_core.metrics import Metrics, get_metrics
 from halite_core.store.schema import job_returns, jobs_index
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,7 @@ EARLY_RETURNS_KEPT = 10_000
 HEARTBEAT_SECONDS = 5.0
 UNSENDABLE_TRIES = 3  # find_job sent to nobody this many times in a row: settle the minions
 RECOVER_RETRY_SECONDS = 10.0
+KILL_JOB = "saltutil.kill_job"
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Active:
     function: str | None
     pending: set[str]
     probe_at: float  # when to ask the pending minions
+    started: float  # when it was published (epoch seconds)
     runner: bool = False
     probe: str | None = None  # jid of the find_job asked and not yet settled
     unsendable: int = 0  # find_job sends in a row that reached no minion
@@ -89,6 +97,25 @@ def _utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
 
 
+def return_failed(data: Mapping[str, Any]) -> bool:
+    """Whether a return event reports a failure, from its own fields alone (no parsing of
+    the return): ``success`` false or a non-zero ``retcode``, which Salt sets for a
+    failed state too."""
+    retcode = data.get("retcode")
+    return data.get("success") is False or (retcode is not None and retcode != 0)
+
+
+@dataclass
+class Tally:
+    """What the engine saw since it last handed its counts to the metrics."""
+
+    events: int = 0
+    returned: int = 0
+    failed: int = 0
+    no_return: int = 0
+    kills: int = 0
+
+
 class ActiveJobs:
     """The engine's state and its writes; drive it with :meth:`handle` and :meth:`tick`."""
 
@@ -98,6 +125,7 @@ class ActiveJobs:
         options: EngineOptions,
         send_find_job: Callable[[str, list[str]], str | None],
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.options = options
@@ -116,6 +144,11 @@ class ActiveJobs:
         self._oldest: float | None = None
         self._next_heartbeat = 0.0
         self.max_delay = 0.0  # longest event-to-database delay seen, in seconds
+        self._tally = Tally()
+        self.metrics = metrics if metrics is not None else get_metrics()
+        self.metrics.watch_engine(self._running_now)
+        journal_dir, spool = store.settings.journal_dir, store.spool
+        self.metrics.watch_storage(lambda: backlog_bytes(journal_dir), spool.size)
 
     # ------------------------------------------------------------------ start
     def recover(self) -> int:
@@ -128,7 +161,7 @@ class ActiveJobs:
             j, r = jobs_index.c, job_returns.c
             with self.store.db.read() as conn:
                 rows = conn.execute(
-                    select(j.jid, j.function, r.minion)
+                    select(j.jid, j.function, j.start_time, r.minion)
                     .join(job_returns, r.jid == j.jid)
                     .where(j.status == RUNNING, r.state == PENDING)
                     .where((j.master_id == self.master_id) | j.master_id.is_(None))
@@ -145,12 +178,14 @@ class ActiveJobs:
             return 0
         self._recovered = True
         runner_settled: dict[str, list[str]] = {}
-        for jid, function, minion in rows:
+        for jid, function, start_time, minion in rows:
             if function and function.startswith("runner.") and minion == self.master_id:
                 # A runner runs inside the master: it did not survive the restart.
                 runner_settled.setdefault(jid, []).append(minion)
                 continue
-            job = self.jobs.setdefault(jid, Active(jid, function, set(), probe_at=now))
+            job = self.jobs.setdefault(
+                jid, Active(jid, function, set(), probe_at=now, started=start_time.timestamp())
+            )
             job.pending.add(minion)
         for jid, minions in runner_settled.items():
             self._queue_item(NoReturnItem(jid, minions, _utc(now)), now)
@@ -161,6 +196,7 @@ class ActiveJobs:
 
     # ------------------------------------------------------------------ events
     def handle(self, tag: str, data: Mapping[str, Any]) -> None:
+        self._tally.events += 1
         match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
         if match is None or not isinstance(data, Mapping) or not jids.is_jid(match["jid"]):
             return
@@ -181,10 +217,12 @@ class ActiveJobs:
             return
         load = {k: v for k, v in data.items() if k not in ("minions", "missing", "_stamp")}
         self._queue_item(LoadItem(jid, load, minions, only_new=True), now)
+        if data.get("fun") == KILL_JOB:
+            self._tally.kills += 1
         pending = set(minions) - self._early.pop(jid, set())
         if pending:
             self.jobs[jid] = Active(
-                jid, data.get("fun"), pending, probe_at=now + self.options.timeout
+                jid, data.get("fun"), pending, probe_at=now + self.options.timeout, started=now
             )
         else:
             self._finish(jid)  # every minion answered before the announcement
@@ -219,11 +257,14 @@ class ActiveJobs:
         if job is None:
             self._finished.pop(jid, None)
             job = self.jobs[jid] = Active(
-                jid, data.get("fun"), set(), probe_at=now + self.options.timeout
+                jid, data.get("fun"), set(), probe_at=now + self.options.timeout, started=now
             )
         job.pending |= extra
 
     def _on_return(self, jid: str, minion: str, data: Mapping[str, Any], now: float) -> None:
+        self._tally.returned += 1
+        if return_failed(data):
+            self._tally.failed += 1
         probe = self.probes.get(jid)
         if probe is not None:
             self._on_probe_answer(probe, minion, data.get("return"))
@@ -251,8 +292,9 @@ class ActiveJobs:
             # Salt's store_job only hands the job cache the runner's return.
             self._queue_item(LoadItem(jid, load, [self.master_id]), now)
             self.jobs[jid] = Active(
-                jid, data.get("fun"), {self.master_id}, probe_at=float("inf"), runner=True
-            )
+                jid, data.get("fun"), {self.master_id}, probe_at=float("inf"), started=now,
+                runner=True,
+            )  # fmt: skip
         else:
             if self.options.write_returns:
                 self._queue_return({**data, "jid": jid, "id": self.master_id}, now)
@@ -343,6 +385,7 @@ class ActiveJobs:
                 job.jid,
             )
             self._queue_item(NoReturnItem(job.jid, sorted(minions), _utc(now)), now)
+            self._tally.no_return += len(minions)
             job.pending -= minions
             job.answered |= minions
         if not job.pending:
@@ -366,6 +409,7 @@ class ActiveJobs:
 
     def tick(self) -> None:
         """Ask, settle and write what is due; call it often (every event and when idle)."""
+        self._hand_counts()
         now = self._clock()
         if not self._recovered and now >= self._recover_at:
             self.recover()
@@ -388,6 +432,7 @@ class ActiveJobs:
         """Journal the queued changes for the committer, which takes them with Salt's
         writes through the one write path; ``commit``: and wait (within ``read_timeout``)
         until they are in the database. Returns how many changes."""
+        self._hand_counts()
         items, self._queue = self._queue, []
         oldest, self._oldest = self._oldest, None
         if items:
@@ -414,6 +459,22 @@ class ActiveJobs:
 
     def running(self) -> Iterable[str]:
         return list(self.jobs)
+
+    # ------------------------------------------------------------------ metrics
+    def _hand_counts(self) -> None:
+        tally = self._tally
+        if tally.events or tally.returned or tally.no_return or tally.kills:
+            self._tally = Tally()
+            returns = {"success": tally.returned - tally.failed, "failed": tally.failed}
+            self.metrics.engine_counts(tally.events, returns, tally.no_return, tally.kills)
+
+    def _running_now(self) -> tuple[int, float | None]:
+        """How many jobs are running and the oldest one's age in seconds: read at a scrape,
+        from another thread (a copy of the values: the engine's thread changes the dict)."""
+        jobs = list(self.jobs.values())
+        if not jobs:
+            return 0, None
+        return len(jobs), self._clock() - min(job.started for job in jobs)
 
 
 def effective_status(

@@ -37,7 +37,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -346,7 +346,7 @@ class EngineOptions:
 # ---------------------------------------------------------------------- the HTTP API
 REQUEST_TIMEOUT = 30.0
 HTTP_OPTIONS = ("host", "port", "eauth", "certfile", "keyfile", "request_timeout",
-                "proxy_headers")  # fmt: skip
+                "proxy_headers", "metrics_only", "metrics_token")  # fmt: skip
 # The headers a reverse proxy may be trusted to set, as proxy_headers names them.
 PROXY_HEADERS = ("x-forwarded-for", "x-real-ip")
 
@@ -363,6 +363,9 @@ class HttpOptions:
     keyfile: str | None = None
     request_timeout: float = REQUEST_TIMEOUT
     proxy_headers: str | None = None  # the header the proxy sets: one of PROXY_HEADERS
+    metrics_only: bool = False  # serve /metrics alone: no API, no page
+    # /metrics asks for this bearer token; without one it answers loopback clients only
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def ssl(self) -> dict[str, str] | None:
@@ -395,6 +398,8 @@ class HttpOptions:
             keyfile=keyfile,
             request_timeout=_seconds(config, "request_timeout", cls.request_timeout),
             proxy_headers=proxy_header(config.get("proxy_headers")),
+            metrics_only=flag_option("http:metrics_only", config.get("metrics_only", False)),
+            metrics_token=_token(config.get("metrics_token")),
         )
 
 
@@ -402,6 +407,16 @@ def _text_option(config: Mapping[str, Any], key: str, default: str, what: str) -
     value = config.get(key, default)
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"http:{key} must be {what}, not {value!r}")
+    return value
+
+
+def _token(value: object) -> str | None:
+    """``metrics_token``: printable text without spaces (it travels in a header), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or not value.isprintable() or " " in value:
+        # The value is a secret: the message never repeats it.
+        raise ConfigError("http:metrics_token must be a text without spaces (a bearer token)")
     return value
 
 

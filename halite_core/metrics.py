@@ -1,28 +1,58 @@
-"""halite's Prometheus metrics: counters and gauges on a registry of halite's own.
+"""halite's Prometheus metrics, on a registry of halite's own (never the global default one).
 
-Nothing here knows Salt or Tornado: the engine's state machine, the committer and the HTTP
-server call the small ``record`` methods below, and ``/metrics`` renders :attr:`Metrics.registry`.
+Nothing here knows Salt or Tornado. The engine's state machine (halite_core.active), the
+committer (halite_core.durability.committer) and the service record through the small
+methods of :class:`Metrics`; the gauges are read when ``/metrics`` is scraped, from the
+callables the engine hands to :meth:`Metrics.watch_engine` and :meth:`Metrics.watch_storage`
+(the running jobs held in memory, the journals and the spool on disk), so that they cost
+nothing on the ingest path. :func:`render` is the text a scrape receives.
+
 Labels stay few: a function keeps its name only among the first ``max_functions`` distinct
-ones seen (runner and wheel functions are grouped first), a jid or a minion id is never a
-label.
+ones seen (every runner function is ``runner.*``, every wheel function ``wheel.*``), the
+rest are ``other``; a jid or a minion id is never a label.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 MAX_FUNCTIONS = 50
 OTHER_FUNCTION = "other"
 UNKNOWN_FUNCTION = "unknown"
 GROUPED_PREFIXES = ("runner.", "wheel.")
+RETURN_RESULTS = ("success", "failed")
+DB_ERROR_KINDS = ("unavailable", "refused")
+# Seconds from a return's arrival to its commit: a batch every flush_interval (0.1 s) at
+# best; minutes while the database is locked or away and the writes wait in the spool.
+DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+# The text format every Prometheus reads (names and labels here are plain ASCII, so the
+# body is the same in the newer 1.0.0 that recent clients announce).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Running = Callable[[], "tuple[int, float | None]"]  # (running jobs, oldest one's age in s)
+Size = Callable[[], int]
+T = TypeVar("T")
 
 
 class FunctionLabels:
-    """The label a job's function gets: its name among the first ``limit`` distinct ones seen,
-    ``runner.*`` / ``wheel.*`` for any runner or wheel function, ``other`` past the limit."""
+    """The label a job's function gets: its own name among the first ``limit`` distinct
+    names seen, ``runner.*`` / ``wheel.*`` for any runner or wheel function, ``other``
+    past the limit and ``unknown`` when there is none."""
 
     def __init__(self, limit: int = MAX_FUNCTIONS) -> None:
         self._limit = limit
@@ -30,7 +60,7 @@ class FunctionLabels:
         self._lock = threading.Lock()
 
     def label(self, function: str | None) -> str:
-        if not function:
+        if not function or not isinstance(function, str):
             return UNKNOWN_FUNCTION
         for prefix in GROUPED_PREFIXES:
             if function.startswith(prefix):
@@ -46,6 +76,69 @@ class FunctionLabels:
         return function
 
 
+class _Gauges(Collector):
+    """The gauges, computed at each scrape from what the engine handed over."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(empty=True))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def _families(self, empty: bool = False) -> list[Metric]:
+        running = GaugeMetricFamily(
+            "halite_running_jobs",
+            "Jobs the engine holds as running (published, some minion not returned or settled).",
+        )
+        oldest = GaugeMetricFamily(
+            "halite_oldest_running_job_age_seconds",
+            "Seconds since the publish of the oldest job the engine holds as running (0: none).",
+        )
+        backlog = GaugeMetricFamily(
+            "halite_journal_backlog_bytes",
+            "Bytes of the journals not taken by the committer yet (neither committed nor spooled).",
+        )
+        spool = GaugeMetricFamily(
+            "halite_spool_bytes",
+            "Bytes of writes waiting in the spool for the database (rejected/ not counted).",
+        )
+        families: list[Metric] = [running, oldest, backlog, spool]
+        if empty:
+            return families
+        watched = self._metrics.watched
+        if watched.running is not None:
+            none: tuple[int, float | None] = (0, None)
+            count, age = _safely(watched.running, none)
+            running.add_metric([], count)
+            oldest.add_metric([], max(age or 0.0, 0.0))
+        if watched.backlog is not None:
+            backlog.add_metric([], _safely(watched.backlog, 0))
+        if watched.spool is not None:
+            spool.add_metric([], _safely(watched.spool, 0))
+        return [family for family in families if family.samples]
+
+
+def _safely(call: Callable[[], T], default: T) -> T:
+    # A scrape must answer even when one source fails (a directory gone, say).
+    try:
+        return call()
+    except Exception:  # noqa: BLE001
+        log.warning("halite metrics: a gauge could not be read", exc_info=True)
+        return default
+
+
+class Watched:
+    """What the gauges read: set by the engine of this process (None: not measured here)."""
+
+    def __init__(self) -> None:
+        self.running: Running | None = None
+        self.backlog: Size | None = None
+        self.spool: Size | None = None
+
+
 class Metrics:
     """The process's metrics, on a registry of their own (tests make fresh ones)."""
 
@@ -53,19 +146,57 @@ class Metrics:
         self, registry: CollectorRegistry | None = None, max_functions: int = MAX_FUNCTIONS
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.watched = Watched()
         self._functions = FunctionLabels(max_functions)
+        r = self.registry
         self._jobs_completed = Counter(
             "halite_jobs_completed",
-            "Jobs the engine saw complete, by function (capped) and result.",
+            "Jobs completed, by function (the first 50 distinct keep their name; runner.* and"
+            " wheel.* grouped; the rest other) and the job's result (failed, changed, pass).",
             ["function", "result"],
-            registry=self.registry,
+            registry=r,
         )
-        self._reruns = Counter(
-            "halite_reruns",
-            "Jids published again while the engine still followed them (a rerun).",
-            registry=self.registry,
+        self._returns = Counter(
+            "halite_minion_returns",
+            "Minion returns the engine handled, by result: failed (success false or a non-zero"
+            " retcode, which Salt sets for a failed state) or success.",
+            ["result"],
+            registry=r,
         )
+        self._returns_by = {result: self._returns.labels(result) for result in RETURN_RESULTS}
+        self._no_return = Counter(
+            "halite_no_return_settled",
+            "Minions the engine settled as no_return (silent, or no longer running the job).",
+            registry=r,
+        )
+        self._kills = Counter(
+            "halite_kills",
+            "saltutil.kill_job publications the engine saw (halite.kill, the page's Kill"
+            " button, or by hand).",
+            registry=r,
+        )
+        self._reruns = Counter("halite_reruns", "Jobs run again through halite.", registry=r)
+        self._events = Counter(
+            "halite_events", "Events from the master's event bus the engine handled.", registry=r
+        )
+        self._delay = Histogram(
+            "halite_event_to_database_seconds",
+            "Per committed batch: seconds from the arrival of its first minion return (the"
+            " return event's _stamp, or when Salt's worker journalled it) to the batch's commit.",
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self._db_errors = Counter(
+            "halite_db_errors",
+            "Failed database writes: unavailable (down, locked, full: the writes are spooled)"
+            " or refused (the database rejects the write itself: set aside in rejected/).",
+            ["kind"],
+            registry=r,
+        )
+        self._db_errors_by = {kind: self._db_errors.labels(kind) for kind in DB_ERROR_KINDS}
+        r.register(_Gauges(self))
 
+    # ------------------------------------------------------------------ recording
     def function_label(self, function: str | None) -> str:
         return self._functions.label(function)
 
@@ -75,14 +206,54 @@ class Metrics:
     def rerun(self) -> None:
         self._reruns.inc()
 
+    def engine_counts(
+        self, events: int, returns: Mapping[str, int], no_return: int, kills: int
+    ) -> None:
+        """What the engine tallied since it last handed its counts over (once per pass of
+        its loop, not per event)."""
+        if events:
+            self._events.inc(events)
+        for result, count in returns.items():
+            if count:
+                self._returns_by.get(result, self._returns_by["success"]).inc(count)
+        if no_return:
+            self._no_return.inc(no_return)
+        if kills:
+            self._kills.inc(kills)
+
+    def batch_committed(self, delay: float | None) -> None:
+        """A batch was committed; ``delay``: seconds since its first return arrived (None:
+        it held no return)."""
+        if delay is not None:
+            self._delay.observe(max(delay, 0.0))
+
+    def db_error(self, kind: str) -> None:
+        self._db_errors_by.get(kind, self._db_errors_by["refused"]).inc()
+
+    # ------------------------------------------------------------------ gauges
+    def watch_engine(self, running: Running) -> None:
+        """``running()``: how many jobs the engine holds as running, and the age in seconds
+        of the oldest (None: none); called at each scrape."""
+        self.watched.running = running
+
+    def watch_storage(self, backlog: Size, spool: Size) -> None:
+        """Bytes of the journals not committed yet, and of the spool; called at each scrape."""
+        self.watched.backlog = backlog
+        self.watched.spool = spool
+
+
+def render(metrics: Metrics) -> bytes:
+    """The Prometheus text exposition of ``metrics`` (served with :data:`CONTENT_TYPE`)."""
+    return generate_latest(metrics.registry)
+
 
 _instance: tuple[int, Metrics] | None = None
 _instance_lock = threading.Lock()
 
 
 def get_metrics() -> Metrics:
-    """This process's :class:`Metrics` (a forked child starts from zero, as its counters are
-    its own)."""
+    """This process's :class:`Metrics`. A process forked from it starts afresh: its counts
+    are its own (Salt forks its workers from the master)."""
     global _instance
     pid = os.getpid()
     current = _instance

@@ -32,6 +32,7 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ from halite_core.durability.journal import (
     write_committed,
 )
 from halite_core.durability.spool import Spool
+from halite_core.metrics import get_metrics
+from halite_core.store.ops import RawReturn, ReturnItem
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +82,16 @@ def commit_or_spool(
     spool is full): the caller keeps them."""
     if not entries:
         return True
+    metrics = get_metrics()
     try:
         apply(entries)
+        metrics.batch_committed(first_return_delay(entries))
         return True
     except Exception as exc:  # noqa: BLE001
         if is_outage(exc):
+            metrics.db_error("unavailable")
             return _on_outage(spool, entries, exc, on_outage)
+        metrics.db_error("refused")
         log.warning(
             "halite: a batch of %d writes failed (%s); retrying one by one", len(entries), exc
         )
@@ -93,9 +100,27 @@ def commit_or_spool(
             apply([(line, item)])
         except Exception as exc:  # noqa: BLE001
             if is_outage(exc):
+                metrics.db_error("unavailable")
                 return _on_outage(spool, entries[done:], exc, on_outage)
+            metrics.db_error("refused")
             spool.reject(SPOOL_OP, [line], reason=f"{type(exc).__name__}: {exc}")
     return True
+
+
+def first_return_delay(entries: Sequence[Entry], now: float | None = None) -> float | None:
+    """Seconds from the arrival of the first minion return in ``entries`` (the event's
+    ``_stamp`` the engine stored, or when Salt's worker journalled it) to ``now``; None
+    when they hold no return. One lookup per batch: the first return is the batch's
+    oldest in its journal's order, so this is close to the longest wait in the batch."""
+    for _, item in entries:
+        if isinstance(item, RawReturn):
+            at = item.at
+        elif isinstance(item, ReturnItem):
+            at = item.row.returned_at
+        else:
+            continue
+        return (time.time() if now is None else now) - at.timestamp()
+    return None
 
 
 def _on_outage(spool: Spool, entries: Sequence[Entry], exc: Exception, on_outage: str) -> bool:

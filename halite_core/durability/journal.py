@@ -361,6 +361,27 @@ def read_committed(directory: str | os.PathLike[str]) -> dict[str, int]:
     return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
+def backlog_bytes(directory: str | os.PathLike[str]) -> int:
+    """Bytes of the journals beyond what the committer has taken (committed or spooled):
+    what a crash of every process now would leave for the next committer. Read from the
+    directory and ``.committed`` (for a metric, at a scrape: never on the write path)."""
+    taken = read_committed(directory)
+    total = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if journal_owner(entry.name) is None:
+            continue
+        try:
+            size = entry.stat().st_size
+        except OSError:
+            continue  # taken whole and removed meanwhile
+        total += max(size - taken.get(entry.name, 0), 0)
+    return total
+
+
 def write_committed(directory: str | os.PathLike[str], taken: Mapping[str, int]) -> None:
     path = os.path.join(directory, COMMITTED)
     tmp = f"{path}.{os.getpid()}.tmp"

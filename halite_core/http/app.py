@@ -1,5 +1,6 @@
 """The application: :class:`WebApp` holds the service, the sessions, the event hub and
-the thread pools, routes requests to the handlers, and serves them.
+the thread pools, routes requests to the handlers, and serves them. ``/metrics`` serves
+halite's Prometheus metrics (halite_core.http.metrics); ``metrics_only`` serves nothing else.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ from halite_core.http.limits import (
     Slots,
     Unavailable,
 )
+from halite_core.http.metrics import MetricsHandler
 from halite_core.http.sessions import Session, Sessions
 from halite_core.http.stream import ENDED, Hub, Stream
+from halite_core.metrics import Metrics, get_metrics
 from halite_core.queries import QueryError
 from halite_core.service import Service
 
@@ -79,7 +82,11 @@ class WebApp:
     how much longer a kill or a live listing waits for the minions; past the bound the
     request is answered 503. Work that had a thread by then carries on in it (a kill may
     still be carried out, and is audited); work still waiting for a thread is dropped, and
-    the answer says so (a kill that was not carried out)."""
+    the answer says so (a kill that was not carried out).
+
+    ``metrics`` (this process's by default) is served at ``/metrics``, to loopback clients
+    or, with ``metrics_token``, to those who send it; ``metrics_only``: nothing else is
+    served (no API, no page)."""
 
     def __init__(
         self,
@@ -91,8 +98,17 @@ class WebApp:
         request_timeout: float = REQUEST_TIMEOUT,
         salt_timeout: float = SALT_TIMEOUT,
         throttle: LoginThrottle | None = None,
+        metrics: Metrics | None = None,
+        metrics_only: bool = False,
+        metrics_token: str | None = None,
     ) -> None:
         self.service = service
+        self.metrics = metrics if metrics is not None else get_metrics()
+        self.metrics_only = metrics_only
+        self.metrics_token = metrics_token
+        # A scrape renders on a thread of its own: never behind requests waiting for the
+        # database, never on the event loop.
+        self.metrics_pool = ThreadPoolExecutor(1, thread_name_prefix="halite-metrics")
         self.sessions = sessions
         self.live_lister = live_jobs
         self.default_eauth = default_eauth
@@ -265,8 +281,19 @@ class WebApp:
                       user[:256], address, exc)  # fmt: skip
 
     def application(self) -> tornado.web.Application:
+        scrape = {
+            "metrics": self.metrics, "token": self.metrics_token,
+            "proxy_header": self.proxy_header, "pool": self.metrics_pool,
+        }  # fmt: skip
+        if self.metrics_only:
+            only: list[Any] = [
+                (r"/metrics", MetricsHandler, scrape),
+                (r".*", NotFound, {"app": self}),
+            ]
+            return tornado.web.Application(only, log_function=_log)
         page = {"path": str(STATIC), "proxy_header": self.proxy_header}
         routes: list[Any] = [
+            (r"/metrics", MetricsHandler, scrape),
             (r"/api/login", Login, {"app": self}),
             (r"/api/logout", Logout, {"app": self}),
             (r"/api/me", Me, {"app": self}),
@@ -349,7 +376,8 @@ class WebApp:
         started.wait(30)
         if failure:
             raise failure[0]
-        log.info("halite: Jobs page and API on %s://%s:%d/", "https" if ssl else "http", host,
+        what = "metrics" if self.metrics_only else "Jobs page and API"
+        log.info("halite: %s on %s://%s:%d/", what, "https" if ssl else "http", host,
                  port)  # fmt: skip
         return thread
 

@@ -41,6 +41,7 @@ def serve(opts: dict[str, Any], config: object) -> Publish | None:
     app = WebApp(
         service, SaltSessions(opts), live_jobs, default_eauth=options.eauth,
         request_timeout=options.request_timeout, salt_timeout=salt_adapter.gather_timeout(opts),
+        metrics_only=options.metrics_only, metrics_token=options.metrics_token,
     )  # fmt: skip
     app.serve_in_thread(options.host, options.port, options.ssl, options.proxy_headers)
     return app.hub.publish
