@@ -449,19 +449,24 @@ def state_history(conn: Connection, state_id: object, asked: StateQuery) -> Stat
     order = (s.start_time.desc(), s.jid.desc(), s.minion.desc(), s.state_key.desc())
     rows = conn.execute(query.order_by(*order).limit(asked.limit + 1)).all()
     page = rows[: asked.limit]
-    # Where it failed, a group per minion read in the covering index's order: a count of
-    # distinct minions would sort every failed entry again.
-    per_minion = (
-        select(s.minion, func.count().label("runs"), func.min(s.start_time).label("first"),
-               func.max(s.start_time).label("last"))
-        .where(s.state_id == name, s.result == JobResult.FAILED.value, s.test_run.is_not(True))
-        .group_by(s.minion)
-        .subquery()
-    )  # fmt: skip
-    failed = conn.execute(
-        select(func.coalesce(func.sum(per_minion.c.runs), 0), func.count(),
-               func.min(per_minion.c.first), func.max(per_minion.c.last))
-    ).one()  # fmt: skip
+    failing = (s.state_id == name, s.result == JobResult.FAILED.value, s.test_run.is_not(True))
+    if dialect == "postgresql":
+        # A group per minion, read in the covering index's order: PostgreSQL's count of
+        # distinct minions would sort every failed entry again.
+        per_minion = (
+            select(s.minion, func.count().label("runs"), func.min(s.start_time).label("first"),
+                   func.max(s.start_time).label("last"))
+            .where(*failing)
+            .group_by(s.minion)
+            .subquery()
+        )  # fmt: skip
+        totals = select(func.coalesce(func.sum(per_minion.c.runs), 0), func.count(),
+                        func.min(per_minion.c.first), func.max(per_minion.c.last))  # fmt: skip
+    else:
+        # SQLite counts distinct values of the index's order as it reads them.
+        totals = select(func.count(), func.count(func.distinct(s.minion)),
+                        func.min(s.start_time), func.max(s.start_time)).where(*failing)  # fmt: skip
+    failed = conn.execute(totals).one()
     runs: list[StateRunRow] = [
         {
             "jid": row.jid,

@@ -12,12 +12,33 @@ from sqlalchemy import select
 from halite_core.store.schema import job_returns, jobs_index
 from tests.integration.conftest import store_for, wait_for
 
-ENGINE = {"timeout": 2, "timeout_grace": 3, "flush_interval": 0.2}
+ENGINE = {"timeout": 2, "timeout_grace": 3, "flush_interval": 0.2, "events": {"interval": 0.2}}
+# The README's reactor, with a file for a webhook: the failed minion appends the failed
+# job's jid to NOTIFIED (its own file.append job passes, and is announced as such).
+REACTOR = """
+{% if data.get('result') == 'failed' and data.get('function') == 'cmd.run' %}
+notify-{{ data['jid'] }}:
+  local.file.append:
+    - tgt: {{ data['failed_minions'][0] }}
+    - args:
+      - path: NOTIFIED
+      - args: "{{ data['jid'] }} {{ data['minions']['failed'] }}"
+{% endif %}
+"""
 
 
 @pytest.fixture(scope="module")
-def engine_master(salt_factories, state_tree, new_database):
+def notified(tmp_path_factory):
+    found = tmp_path_factory.mktemp("reactor") / "notified.txt"
+    found.touch()  # file.append appends to a file that is there
+    return found
+
+
+@pytest.fixture(scope="module")
+def engine_master(salt_factories, state_tree, new_database, notified):
     database = new_database()
+    reactor = notified.parent / "notify.sls"
+    reactor.write_text(REACTOR.replace("NOTIFIED", str(notified)))
     factory = salt_factories.salt_master_daemon(
         random_string("halite-engine-master-"),
         overrides={
@@ -25,6 +46,7 @@ def engine_master(salt_factories, state_tree, new_database):
             **({"halite": database} if database else {}),
             "engines": [{"halite": ENGINE}],
             "file_roots": {"base": [str(state_tree)]},
+            "reactor": [{"halite/job/*/complete": [str(reactor)]}],
         },
     )
     with factory.started():
@@ -219,3 +241,27 @@ def test_the_engines_process_is_the_one_committer(engine_master, busy_minion, in
     assert holders[".committer.lock"] == holders[".engine.lock"]
     assert holders[".committer.lock"] != engine_master.pid  # not the master's main process
     wait_for(lambda: untaken(index.settings) == [])
+
+
+def test_a_failed_job_triggers_the_reactor_once(engine_master, busy_minion, index, notified):
+    """The completion event of a failed job reaches Salt's reactor, once; the reactor's
+    own job (which passes) and passing jobs trigger nothing."""
+    passed = publish(engine_master, busy_minion.id, "test.ping")
+    failed = publish(engine_master, busy_minion.id, "cmd.run", "exit 3")
+
+    def announced():
+        row = job(index, failed) or {}
+        return row.get("announced_at") is not None and row
+
+    assert wait_for(announced, timeout=60)["result"] == "failed"
+
+    def reacted():
+        return failed in notified.read_text()
+
+    wait_for(reacted, timeout=60)
+    # Long enough for a repeat to arrive (events every 0.2 s, the reactor's job seconds).
+    time.sleep(5)
+    lines = notified.read_text().split()
+    assert lines.count(failed) == 1, lines
+    assert passed not in lines
+    assert (job(index, passed) or {}).get("announced_at") is not None
