@@ -35,6 +35,9 @@ Configuration, in the master config (every option may be left out):
                                   # (the right-most address, which the proxy appends)
                                   # or x-real-ip (which the proxy sets, replacing the
                                   # client's)
+            metrics_only: false # true: serve only /metrics (no API, no page)
+            metrics_token: ...  # /metrics wants `Authorization: Bearer <token>` from
+                                # every client; unset: loopback clients only
           events:               # halite/job/<jid>/complete on the master's bus, once per
                                 # job (see README "Notifications"); `events: false`: none
             tag_prefix: halite/job
