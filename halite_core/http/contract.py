@@ -3,7 +3,8 @@
 Generated, not written: the answers' schemas come from the typed answers of
 :mod:`halite_core.api` and each route's query parameters from the fields of the model
 its handler parses them with (the same models the runners take their arguments from).
-Only the routes, their summaries and their status codes are written here. A test runs
+Only the routes, their summaries, their status codes and the ``format`` parameter of
+the routes that also answer CSV (:mod:`halite_core.export`) are written here. A test runs
 schemathesis against the running server with this document, so the two cannot drift
 apart.
 """
@@ -35,6 +36,7 @@ from halite_core.api import (
     Timeline,
     TimelineQuery,
 )
+from halite_core.export import MAX_ROWS
 
 REF = "#/components/schemas/{model}"
 
@@ -151,6 +153,37 @@ def _path(name: str, longest: int, description: str) -> dict[str, Any]:
             "schema": {"type": "string", "maxLength": longest}}  # fmt: skip
 
 
+FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "description": (
+        "`csv`: the rows as CSV (`text/csv`, a header row, an attachment), every row that"
+        f" matches read page by page up to {MAX_ROWS:,} rows, or one page when `limit` is"
+        " given; a last row whose one cell starts with `# halite: ` says when rows were"
+        " left out, and the cursor to go on from. `json` (the default): the JSON answer."
+        " Without it, `Accept: text/csv` (preferred to application/json) asks for CSV."
+        " Columns: docs/http.md."
+    ),
+    "schema": {"type": "string", "enum": ["json", "csv"]},
+}
+
+
+def _exported(description: str, schema: str) -> dict[str, Any]:
+    """A 200 of a route that also answers CSV (``format=csv``)."""
+    return {
+        "description": f"{description} As CSV with format=csv or Accept: text/csv.",
+        "content": {**_content(_ref(schema)), **_content({"type": "string"}, "text/csv")},
+        "headers": {
+            "Content-Disposition": {
+                "description": 'CSV only: `attachment; filename="halite-....csv"`.',
+                "required": False,
+                "schema": {"type": "string"},
+            }
+        },
+    }
+
+
 JID = _path("jid", 64, "A Salt job id (20 digits, optional _pid).")
 MINION = _path("minion", 1024, "A minion id.")
 STATE_ID = _path("state_id", 1024, "A state's id (its `__id__`, as `/api/states` shows it).")
@@ -198,13 +231,13 @@ def paths() -> dict[str, Any]:
         "/api/jobs": _get(
             "Jobs newest first, filtered and paged (as salt-run halite.jobs).",
             {
-                "200": _answer("One page.", "Page"),
+                "200": _exported("One page.", "Page"),
                 "429": _retry(
                     "live=true: a live listing of this user's is still running, or too many are."
                 ),
                 **AUTHED,
             },
-            parameters=parameters(JobsQuery),
+            parameters=[*parameters(JobsQuery), FORMAT],
         ),
         "/api/jobs/activity": _get(
             "Jobs per hour and running now (as salt-run halite.activity).",
@@ -229,8 +262,8 @@ def paths() -> dict[str, Any]:
         ),
         "/api/jobs/{jid}": _get(
             "One job minion by minion, highstates parsed (as salt-run halite.job).",
-            {"200": _answer("The job.", "JobDetail"), "404": _error("No such job."), **AUTHED},
-            parameters=[JID],
+            {"200": _exported("The job.", "JobDetail"), "404": _error("No such job."), **AUTHED},
+            parameters=[JID, FORMAT],
         ),
         "/api/jobs/{jid}/kill": {
             "post": {
@@ -260,27 +293,27 @@ def paths() -> dict[str, Any]:
         ),
         "/api/minions": _get(
             "Every minion that returned, failing first (as salt-run halite.minions).",
-            {"200": _answer("One page.", "MinionsPage"), **AUTHED},
-            parameters=parameters(MinionsQuery),
+            {"200": _exported("One page.", "MinionsPage"), **AUTHED},
+            parameters=[*parameters(MinionsQuery), FORMAT],
         ),
         "/api/minions/{minion}": _get(
             "One minion's jobs, newest first (as salt-run halite.minion).",
             {
-                "200": _answer("One page.", "MinionHistory"),
+                "200": _exported("One page.", "MinionHistory"),
                 "404": _error("No such minion."),
                 **AUTHED,
             },
-            parameters=[MINION, *parameters(MinionQuery)],
+            parameters=[MINION, *parameters(MinionQuery), FORMAT],
         ),  # fmt: skip
         "/api/states": _get(
             "The states failing (or changing) across the fleet (as salt-run halite.states).",
-            {"200": _answer("One page.", "StatesPage"), **AUTHED},
-            parameters=parameters(StatesQuery),
+            {"200": _exported("One page.", "StatesPage"), **AUTHED},
+            parameters=[*parameters(StatesQuery), FORMAT],
         ),
         "/api/states/{state_id}": _get(
             "One state's failed and changed runs (as salt-run halite.state).",
-            {"200": _answer("One page.", "StateHistory"), **AUTHED},
-            parameters=[STATE_ID, *parameters(StateQuery)],
+            {"200": _exported("One page.", "StateHistory"), **AUTHED},
+            parameters=[STATE_ID, *parameters(StateQuery), FORMAT],
         ),
     }
 

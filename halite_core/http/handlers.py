@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 import tornado.httputil
+import tornado.iostream
 import tornado.web
 
-from halite_core import permissions
+from halite_core import export, permissions
 from halite_core.api import ActivityQuery, Arguments, AuditFilter, JobsQuery, TimelineQuery
 from halite_core.config import ConfigError
 from halite_core.fleet import UnknownMinion
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from halite_core.http.app import WebApp
 
 log = logging.getLogger(__name__)
+
+# The most rows a CSV export writes (a test makes it small).
+EXPORT_MAX_ROWS = export.MAX_ROWS
 
 
 def client_address(
@@ -126,26 +130,118 @@ class Base(tornado.web.RequestHandler):
         session = await self.session()
         if session is None:
             return
+        answered, data = await self.attempt(session.user, method, *args, **(kwargs or {}))
+        if answered:
+            self.write_json(status, data)
+
+    async def attempt(self, user: str, method: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """``(True, answer)`` of a service call, or ``(False, None)`` after answering its
+        refusal or failure (400, 403, 404, 429, 503)."""
         try:
-            data = await self.web.run(method, session.user, *args, **(kwargs or {}))
-        except Busy as exc:
-            self.refuse(429, str(exc), exc.retry_after)
-        except (UnknownJob, UnknownMinion) as exc:
-            self.write_json(404, {"error": str(exc)})
-        except Denied as exc:
-            self.write_json(403, {"error": str(exc), "missing": exc.needed})
-        except (QueryError, ConfigError, permissions.ConfigError) as exc:
-            self.write_json(400, {"error": str(exc)})
-        except Unavailable as exc:
-            self.refuse(503, str(exc), RETRY_AFTER)
-        except DATABASE_DOWN as exc:
+            return True, await self.web.run(method, user, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - what failure() does not know is raised
+            status, body, retry_after = self.failure(exc)
+            if retry_after is None:
+                self.write_json(status, body)
+            else:
+                self.refuse(status, body["error"], retry_after)
+            return False, None
+
+    def failure(self, exc: Exception) -> tuple[int, dict[str, Any], float | None]:
+        """How a service call's exception is answered: the status, the body and, for a
+        429 or 503, the seconds to wait. Any other exception is raised again."""
+        if isinstance(exc, Busy):
+            return 429, {"error": str(exc)}, exc.retry_after
+        if isinstance(exc, (UnknownJob, UnknownMinion)):
+            return 404, {"error": str(exc)}, None
+        if isinstance(exc, Denied):
+            return 403, {"error": str(exc), "missing": exc.needed}, None
+        if isinstance(exc, (QueryError, ConfigError, permissions.ConfigError)):
+            return 400, {"error": str(exc)}, None
+        if isinstance(exc, Unavailable):
+            return 503, {"error": str(exc)}, RETRY_AFTER
+        if isinstance(exc, DATABASE_DOWN):
             # The driver's message may name the server and the statement: the log has it.
             log.warning("halite http: %s %s: the database failed: %s", self.request.method,
                         self.request.path, exc)  # fmt: skip
-            self.refuse(503, "halite's database is unavailable; try again shortly "
-                             "(the master's log says why)", RETRY_AFTER)  # fmt: skip
-        else:
-            self.write_json(status, data)
+            return 503, {"error": "halite's database is unavailable; try again shortly "
+                                  "(the master's log says why)"}, RETRY_AFTER  # fmt: skip
+        raise exc
+
+    def answer_format(self, args: dict[str, str]) -> str | None:
+        """``csv`` or ``json``: the ``format`` parameter (taken out of ``args``), else what
+        the Accept header prefers (:func:`halite_core.export.chosen`); None after
+        answering 400 for a bad ``format``."""
+        self.set_header("Vary", "Accept")
+        try:
+            return export.chosen(args.pop("format", None), self.request.headers.get("Accept"))
+        except QueryError as exc:
+            self.write_json(400, {"error": str(exc)})
+            return None
+
+    async def export(
+        self,
+        method: str,
+        *path: str,
+        args: Mapping[str, str] | None = None,
+        fixed: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Answer the service's ``method`` as CSV, streamed a page at a time
+        (:func:`halite_core.export.stream`, at most :data:`EXPORT_MAX_ROWS` rows). The
+        service is called with the ``path``'s ids and ``args`` (a listing: it pages with
+        its cursors, unless ``args`` has a ``limit``, which asks for one page), or with
+        ``fixed`` (one answer). A refusal or failure of the first page is answered as the
+        JSON's is; one of a later page (the answer has begun) ends the CSV with a note
+        saying why."""
+        session = await self.session()
+        if session is None:
+            return
+        user = session.user
+        paged = fixed is None and args is not None and "limit" not in args
+
+        def arguments(cursor: str | None, rows: int) -> tuple[Any, ...]:
+            if fixed is not None:
+                return fixed
+            asked = dict(args or {})
+            if paged:
+                asked["limit"] = str(rows)
+            if cursor is not None:
+                asked["cursor"] = cursor
+            return (*path, asked)
+
+        first_rows = min(export.PAGE_ROWS, EXPORT_MAX_ROWS)
+        answered, first = await self.attempt(user, method, *arguments(None, first_rows))
+        if not answered:
+            return
+        table = export.TABLES[method]
+        self.set_header("Content-Type", export.MEDIA_TYPE)
+        name = table.filename(path[0] if path else None)
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+
+        async def send(text: str) -> None:
+            self.write(text)
+            await self.flush()
+
+        async def more(cursor: str, rows: int) -> Any:
+            try:
+                return await self.web.run(method, user, *arguments(cursor, rows))
+            except Exception as exc:  # noqa: BLE001 - the CSV's last row says why
+                try:
+                    _, body, _ = self.failure(exc)
+                except Exception:  # noqa: BLE001 - a defect: logged, and said in the CSV
+                    log.exception("halite http: %s %s: the export failed", self.request.method,
+                                  self.request.path)  # fmt: skip
+                    body = {"error": "internal error; see the master's log"}
+                raise export.Stopped(body["error"]) from None
+
+        try:
+            await export.stream(
+                table, first, send, more if paged else None, max_rows=EXPORT_MAX_ROWS,
+                page_rows=export.PAGE_ROWS,
+            )  # fmt: skip
+        except tornado.iostream.StreamClosedError:
+            return  # the client went away
+        self.finish()
 
 
 # A database that refuses or drops connections, is locked, or has no connection to spare.
@@ -231,12 +327,16 @@ class Me(Base):
 
 
 JOB_PARAMS = tuple(JobsQuery.model_fields)  # the query parameters are the models' fields
+FORMAT = "format"  # and, where a route also answers CSV, format=json|csv
 
 
 class Jobs(Base):
     async def get(self) -> None:
-        args = self.args(JOB_PARAMS)
+        args = self.args((*JOB_PARAMS, FORMAT))
         if args is None:
+            return
+        answer = self.answer_format(args)
+        if answer is None:
             return
         try:
             live = flag_arg("live", args.pop("live", False))
@@ -244,14 +344,27 @@ class Jobs(Base):
             self.write_json(400, {"error": str(exc)})
             return
         if live:
-            await self.call("live_jobs", args.get("limit", 50))
+            limit = args.get("limit", 50)
+            if answer == "csv":
+                await self.export("live_jobs", fixed=(limit,))
+            else:
+                await self.call("live_jobs", limit)
+        elif answer == "csv":
+            await self.export("jobs", args=args)
         else:
             await self.call("jobs", args)
 
 
 class Job(Base):
     async def get(self, jid: str) -> None:
-        await self.call("job", jid)
+        args = self.args((FORMAT,))
+        if args is None:
+            return
+        answer = self.answer_format(args)
+        if answer == "csv":
+            await self.export("job", jid, fixed=(jid,))
+        elif answer is not None:
+            await self.call("job", jid)
 
 
 class Kill(Base):
@@ -291,8 +404,13 @@ class Fleet(Base):
         self.params = tuple(model.model_fields)
 
     async def get(self, *path: str) -> None:
-        args = self.args(self.params)
-        if args is not None:
+        args = self.args((*self.params, FORMAT))
+        if args is None:
+            return
+        answer = self.answer_format(args)
+        if answer == "csv":
+            await self.export(self.method, *path, args=args)
+        elif answer is not None:
             await self.call(self.method, *path, args)
 
 

@@ -90,6 +90,7 @@ async function loadJobs() {
   const cursor = state.cursors[state.page];
   if (cursor) params.set("cursor", cursor);
   try {
+    shownAs("jobs-view", "/api/jobs", params, "jobs", "jobs");
     const page = await api("GET", `/api/jobs?${params}`);
     $("#jobs-error").textContent = "";
     const body = $("#jobs tbody"); body.replaceChildren();
@@ -155,6 +156,7 @@ function minionBlock(m) {
 async function loadJob(jid) {
   show("job-view");
   try {
+    shownAs("job-view", `/api/jobs/${encodeURIComponent(jid)}`, {}, null, `job-${safe(jid)}`);
     const job = await api("GET", `/api/jobs/${encodeURIComponent(jid)}`);
     $("#job-title").textContent = `${job.function} — ${job.jid}`;
     const meta = $("#job-meta"); meta.replaceChildren();
@@ -238,6 +240,7 @@ async function loadMinions() {
   const params = new URLSearchParams({ limit: "50" });
   for (const [key, value] of new FormData($("#minion-filters")).entries()) if (value) params.set(key, value);
   const body = $("#minions-table tbody"); body.replaceChildren();
+  shownAs("minions-view", "/api/minions", params, "minions", "minions");
   await pageInto("minions", "/api/minions", params, body, minionRow, "#minions-more", "#minions-error");
 }
 
@@ -251,6 +254,7 @@ async function loadMinion(id) {
   show("minion-view");
   $("#minion-title").textContent = id;
   const body = $("#minion-jobs tbody"); body.replaceChildren();
+  shownAs("minion-view", `/api/minions/${encodeURIComponent(id)}`, {}, "jobs", `minion-${safe(id)}`);
   await pageInto("minion", `/api/minions/${encodeURIComponent(id)}`, new URLSearchParams({ limit: "50" }),
                  body, minionJobRow, "#minion-more", "#minion-error");
 }
@@ -267,6 +271,7 @@ async function loadStates() {
   const params = new URLSearchParams({ limit: "50" });
   for (const [key, value] of new FormData($("#state-filters")).entries()) if (value) params.set(key, value);
   const body = $("#states-table tbody"); body.replaceChildren();
+  shownAs("states-view", "/api/states", params, "states", "states");
   await pageInto("states", "/api/states", params, body, failingStateRow, "#states-more", "#states-error");
 }
 
@@ -281,6 +286,7 @@ async function loadState(id) {
   show("state-view");
   $("#state-title").textContent = id;
   const body = $("#state-runs tbody"); body.replaceChildren();
+  shownAs("state-view", `/api/states/${encodeURIComponent(id)}`, {}, "runs", `state-${safe(id)}`);
   const data = await pageInto("state", `/api/states/${encodeURIComponent(id)}`, new URLSearchParams({ limit: "50" }),
                               body, stateRunRow, "#state-more", "#state-error");
   const summary = $("#state-summary"); summary.replaceChildren();
@@ -290,6 +296,65 @@ async function loadState(id) {
     summary.append(el("span", { class: "fail" }, f.runs ? `failed in ${many(f.runs, "run")} on ` +
       `${many(f.minions, "minion")}, first ${time(f.first)}, last ${time(f.last)}` : "never failed"));
   }
+}
+
+// ---------------------------------------------------------------- downloads
+// What each view shows, to download: the API path and the filters it was loaded with (not
+// its page: the download has every row that matches, up to the server's cap), the
+// answer's list (null: one answer) and the file's name. A plain link would not do: the
+// token travels in a header only, so the file is fetched with it and saved from memory.
+const EXPORT_ROWS = 100000;  // the server's cap on a CSV export (docs/http.md); the JSON's too
+const shown = {};
+
+function shownAs(view, path, params, key, name) {
+  const query = new URLSearchParams(params); query.delete("limit"); query.delete("cursor");
+  shown[view] = { path, query, key, name };
+}
+
+function safe(text) { return String(text).replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 80); }
+
+function stamp() { return new Date().toISOString().replace(/[-:]|\.\d+/g, ""); }  // 20261128T120000Z
+
+function save(blob, name) {
+  const a = el("a", { href: URL.createObjectURL(blob), download: name, hidden: "" });
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+}
+
+async function downloadCsv({ path, query }) {
+  const asked = new URLSearchParams(query); asked.set("format", "csv");
+  const response = await fetch(`${path}?${asked}`, { headers: { "X-Auth-Token": state.token, "Accept": "text/csv" } });
+  if (response.status === 401) logout();
+  if (!response.ok) {
+    const data = await response.json().catch(() => ({ error: response.statusText }));
+    throw new Error(data.error || response.statusText);
+  }
+  const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+  save(await response.blob(), named ? named[1] : "halite.csv");
+}
+
+// The JSON: one answer, or a listing's pages followed by their cursors up to EXPORT_ROWS
+// rows, as one answer of the same shape (its `next` is where it stopped, null at the end).
+async function downloadJson({ path, query, key, name }) {
+  const asked = new URLSearchParams(query);
+  if (key) asked.set("limit", "500");
+  const all = await api("GET", `${path}?${asked}`);
+  while (key && all.next && all[key].length < EXPORT_ROWS) {
+    asked.set("cursor", all.next); asked.set("limit", String(Math.min(500, EXPORT_ROWS - all[key].length)));
+    const page = await api("GET", `${path}?${asked}`);
+    all[key] = all[key].concat(page[key]); all.next = page.next;
+  }
+  save(new Blob([JSON.stringify(all, null, 2)], { type: "application/json" }), `halite-${name}-${stamp()}.json`);
+}
+
+async function download(button) {
+  const what = shown[button.closest("section").id];
+  const error = button.parentElement.querySelector(".error");
+  if (!what) return;
+  button.disabled = true; error.textContent = "";
+  try { await (button.dataset.format === "csv" ? downloadCsv(what) : downloadJson(what)); }
+  catch (err) { error.textContent = err.message; }
+  finally { button.disabled = false; }
 }
 
 // ---------------------------------------------------------------- routing
@@ -322,6 +387,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#group-by").addEventListener("change", loadTimeline);
   $("#minion-filters").addEventListener("submit", (e) => { e.preventDefault(); loadMinions(); });
   $("#state-filters").addEventListener("submit", (e) => { e.preventDefault(); loadStates(); });
+  for (const button of document.querySelectorAll(".downloads button")) {
+    button.addEventListener("click", () => download(button));
+  }
   window.addEventListener("hashchange", route);
   route();
 });
