@@ -695,3 +695,18 @@ FORGED_HTTP = [
 def test_a_forged_cursor_is_a_400_on_http(web, path):
     got, body = http_get(web, path)
     assert got == 400, body
+
+
+# ---------------------------------------------------------------------- the driver
+@pytest.mark.parametrize("driver", ["psycopg2", "pg8000", "psycopg_async"])
+def test_a_postgresql_driver_other_than_psycopg_is_refused_where_the_url_is_taken(driver):
+    """The ingest path talks psycopg's dialect to the driver (``%(name)b`` placeholders for
+    a batch's states, executemany's row counts): with another driver, which the URL check
+    lets through, every batch holding a failed or changed state was refused, far from the
+    configuration. Nothing is connected to here."""
+    from halite_core.store.db import Database, SchemaError
+
+    with pytest.raises(SchemaError, match="through psycopg 3") as refused:
+        Database(f"postgresql+{driver}://halite:hunter2@127.0.0.1:1/halite")
+    assert "postgresql+psycopg://" in str(refused.value)
+    assert "hunter2" not in str(refused.value)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SUPPORTED = ("sqlite", "postgresql")
+PG_DRIVER = "psycopg"  # 3.1 or later, the postgres extra
 _WRITE = "halite_write"
 PG_CONNECT_ARGS = {  # libpq's; a db_url's own query parameters win
     "connect_timeout": 5,  # seconds; libpq's own minimum is 2
@@ -68,6 +69,15 @@ class Database:
             raise SchemaError(
                 f"halite:db_url {self.url.render_as_string()} uses {self.dialect_name}; "
                 f"halite supports {' and '.join(SUPPORTED)}"
+            )
+        if self.dialect_name == "postgresql" and self.url.get_driver_name() != PG_DRIVER:
+            # The write path speaks psycopg's own dialect to the driver (its binary
+            # placeholders, the row counts of its executemany): another driver would refuse
+            # every batch with a failed or changed state, far from here.
+            raise SchemaError(
+                f"halite:db_url {self.url.render_as_string()} uses the"
+                f" {self.url.get_driver_name()} driver; halite writes to PostgreSQL through"
+                f" psycopg 3: postgresql+{PG_DRIVER}://user@host/db"
             )
         kwargs: dict[str, Any] = {
             "json_serializer": _json_serializer,
