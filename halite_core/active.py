@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import select
 
 from halite_core import jids
+from halite_core.announce import DEFAULT_PREFIX, is_rerun_event
 from halite_core.config import EngineOptions
 from halite_core.durability.journal import backlog_bytes
 from halite_core.jobcache import (
@@ -114,6 +115,7 @@ class Tally:
     failed: int = 0
     no_return: int = 0
     kills: int = 0
+    reruns: int = 0
 
 
 class ActiveJobs:
@@ -145,6 +147,9 @@ class ActiveJobs:
         self._next_heartbeat = 0.0
         self.max_delay = 0.0  # longest event-to-database delay seen, in seconds
         self._tally = Tally()
+        # The prefix of halite's own events (the engine's events: tag_prefix): a re-run's
+        # <prefix>/<jid>/rerun is counted.
+        self.event_prefix = DEFAULT_PREFIX
         self.metrics = metrics if metrics is not None else get_metrics()
         self.metrics.watch_engine(self._running_now)
         journal_dir, spool = store.settings.journal_dir, store.spool
@@ -197,6 +202,9 @@ class ActiveJobs:
     # ------------------------------------------------------------------ events
     def handle(self, tag: str, data: Mapping[str, Any]) -> None:
         self._tally.events += 1
+        if is_rerun_event(self.event_prefix, tag):
+            self._tally.reruns += 1
+            return
         match = JOB_EVENT.match(tag) if isinstance(tag, str) else None
         if match is None or not isinstance(data, Mapping) or not jids.is_jid(match["jid"]):
             return
@@ -463,10 +471,12 @@ class ActiveJobs:
     # ------------------------------------------------------------------ metrics
     def _hand_counts(self) -> None:
         tally = self._tally
-        if tally.events or tally.returned or tally.no_return or tally.kills:
+        if tally.events or tally.returned or tally.no_return or tally.kills or tally.reruns:
             self._tally = Tally()
             returns = {"success": tally.returned - tally.failed, "failed": tally.failed}
-            self.metrics.engine_counts(tally.events, returns, tally.no_return, tally.kills)
+            self.metrics.engine_counts(
+                tally.events, returns, tally.no_return, tally.kills, tally.reruns
+            )
 
     def _running_now(self) -> tuple[int, float | None]:
         """How many jobs are running and the oldest one's age in seconds: read at a scrape,

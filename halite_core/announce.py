@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 
+from halite_core.config import engine_config
 from halite_core.errors import ConfigError
 from halite_core.jobcache import JobStore
 from halite_core.states import COMPLETE, KILLED, NO_RETURN, JobResult, minion_failed_sql
@@ -40,6 +41,7 @@ from halite_core.store.schema import job_returns, jobs_index, state_results
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "halite/job"
+RERUN = "rerun"  # <tag_prefix>/<jid>/rerun: halite published job <jid> to run one again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,31 @@ class EventOptions:
 Fire = Callable[[dict[str, Any], str], Any]
 
 
+def tag_prefix(opts: Mapping[str, Any]) -> str:
+    """The tag prefix of the engine's events in a master's options: its ``events:
+    tag_prefix``, else (no engine, or an ``events`` option it refuses at its start) the
+    default."""
+    config = engine_config(opts) or {}
+    try:
+        return EventOptions.from_config(config.get("events")).tag_prefix
+    except ConfigError:
+        return DEFAULT_PREFIX
+
+
+def rerun_tag(opts: Mapping[str, Any]) -> Callable[[str], str]:
+    """The tag of the event a re-run fires, for the re-run's jid."""
+    prefix = tag_prefix(opts)
+    return lambda jid: f"{prefix}/{jid}/{RERUN}"
+
+
+def is_rerun_event(prefix: str, tag: object) -> bool:
+    """Whether ``tag`` is a re-run's event under ``prefix``."""
+    if not isinstance(tag, str) or not tag.startswith(prefix + "/"):
+        return False
+    middle, _, last = tag[len(prefix) + 1 :].rpartition("/")
+    return last == RERUN and "/" not in middle and bool(middle)
+
+
 class Announcer:
     """Finds the jobs that completed and fires their events (see the module's text)."""
 
@@ -149,7 +176,7 @@ class Announcer:
         query = (
             select(j.jid, j.function, j.target, j.target_type, j.user, j.result, j.system,
                    j.start_time, j.end_time, j.minions_targeted, j.minions_returned,
-                   j.minions_failed)
+                   j.minions_failed, j.rerun_of)
             .where(j.announced_at.is_(None), j.status == COMPLETE, mine)
             .order_by(j.end_time, j.jid)
             .limit(self.options.batch)
@@ -226,6 +253,7 @@ def summary(conn: Connection, job: Any, cap: int) -> dict[str, Any]:
         "failing_states": states,
         "start_time": _iso(job.start_time),
         "end_time": _iso(job.end_time),
+        "rerun_of": job.rerun_of,
     }
 
 

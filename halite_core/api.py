@@ -303,6 +303,64 @@ class TimelineQuery(Arguments):
     ] = Field(default="function", description="function or user.")
 
 
+# Which minions of a job halite.rerun publishes it to again, by default the failed ones.
+RERUN_SELECTIONS = ("failed", "no_return", "all")
+MAX_RERUN_MINIONS = 10_000
+
+
+def _rerun_minions(value: object, info: ValidationInfo) -> str | list[str]:
+    """``failed``, ``no_return``, ``all``, or minion ids: a list, or text with commas
+    (``web1,web2``; one id alone is a list of one)."""
+    name = str(info.field_name)
+    if value is None or value == "":
+        return RERUN_SELECTIONS[0]
+    if isinstance(value, str) and value in RERUN_SELECTIONS:
+        return value
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        names = [part.strip() for part in str(value).split(",")]
+    elif isinstance(value, (list, tuple)):
+        names = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise QueryError(f"{name}: a minion id must be text, not {preview(item)}")
+            names.append(str(item).strip())
+    else:
+        raise QueryError(
+            f"{name} must be one of {', '.join(RERUN_SELECTIONS)} or minion ids, not"
+            f" {preview(value)}"
+        )
+    if not names or any(not part for part in names):
+        raise QueryError(f"{name}: an empty minion id in {preview(value)}")
+    if any("\x00" in part or len(part) > 255 for part in names):
+        raise QueryError(f"{name}: a minion id is at most 255 characters, without NUL")
+    unique = list(dict.fromkeys(names))
+    if len(unique) > MAX_RERUN_MINIONS:
+        raise QueryError(f"{name}: at most {MAX_RERUN_MINIONS} minions, not {len(unique)}")
+    return unique
+
+
+class RerunArguments(Arguments):
+    """Which minions to run a job again on."""
+
+    minions: Annotated[
+        str | list[str],
+        BeforeValidator(_rerun_minions),
+        WithJsonSchema(
+            {
+                "oneOf": [
+                    {"type": "string", "enum": list(RERUN_SELECTIONS)},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ]
+            }
+        ),
+    ] = Field(
+        default=RERUN_SELECTIONS[0],
+        description="`failed` (minions that failed the job or never returned, the default),"
+        " `no_return` (those settled as not returning), `all` (every minion of the job), or"
+        " minion ids of the job: a list, or text with commas.",
+    )
+
+
 STATE_RESULTS = ("failed", "changed")
 MINION_RESULTS = RESULTS  # a minion's result in a job: running, failed, changed or pass
 
@@ -447,7 +505,12 @@ class JobDetail(Job):
     kwargs: dict[str, Any] | None
     minion_results: list[MinionResult]
     states: NotRequired[StateTotals]
+    # The job this one runs again (halite.rerun), and the jobs that run this one again,
+    # newest first (at most MAX_RERUNS_SHOWN).
+    rerun_of: str | None
+    reruns: list[str]
     may_kill: NotRequired[bool]
+    may_rerun: NotRequired[bool]
 
 
 @with_config(Strict)
@@ -467,6 +530,21 @@ class KillOutcome(TypedDict):
     minions: dict[str, MinionKill]
     status: Literal["running", "complete"]
     retcode: NotRequired[int]
+
+
+@with_config(Strict)
+class RerunOutcome(TypedDict):
+    """What a re-run published: the new job's jid, the job it runs again, the minions
+    asked for and those the master published to (``missing``: asked for, not published
+    to: the master knows no accepted key by that id)."""
+
+    jid: str
+    rerun_of: str
+    function: str
+    selection: Literal["failed", "no_return", "all", "minions"]
+    requested: list[str]
+    minions: list[str]
+    missing: list[str]
 
 
 @with_config(Strict)

@@ -292,17 +292,27 @@ def flag_option(name: str, value: object) -> bool:
 
 def engine_configured(opts: Mapping[str, Any]) -> bool:
     """Whether the master's ``engines`` list starts the halite engine."""
+    return engine_config(opts) is not None
+
+
+def engine_config(opts: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The halite engine's options in the master's ``engines`` list (``{}`` when it is
+    listed without any), or None when the list does not start it."""
     engines = opts.get("engines") or []
     if not isinstance(engines, (list, tuple)):
-        return False
+        return None
     for engine in engines:
-        if engine == "halite" or (isinstance(engine, Mapping) and "halite" in engine):
-            return True
-        if isinstance(engine, Mapping) and any(
-            isinstance(v, Mapping) and v.get("engine_module") == "halite" for v in engine.values()
-        ):
-            return True
-    return False
+        if engine == "halite":
+            return {}
+        if not isinstance(engine, Mapping):
+            continue
+        if "halite" in engine:
+            options = engine["halite"]
+            return options if isinstance(options, Mapping) else {}
+        for options in engine.values():
+            if isinstance(options, Mapping) and options.get("engine_module") == "halite":
+                return options
+    return None
 
 
 # ---------------------------------------------------------------------- the engine

@@ -56,6 +56,7 @@ from halite_core.store.ops import (
     MinionsItem,
     NoReturnItem,
     RawReturn,
+    RerunItem,
     ReturnItem,
     SaltWrite,
     SettledItem,
@@ -180,6 +181,12 @@ class JobStore:
         if marked:
             item = KilledItem(jid, marked, at or utcnow())
             self.submit([(item_to_line(item), item)])
+
+    def mark_rerun(self, jid: str, rerun_of: str) -> None:
+        """Record that job ``jid`` runs job ``rerun_of`` again (``jobs_index.rerun_of``).
+        Journalled and committed with the next batch, like a return."""
+        item = RerunItem(jid, rerun_of)
+        self.submit([(item_to_line(item), item)])
 
     def record_audit(self, entry: Mapping[str, Any]) -> None:
         """Append an audit log entry (:func:`halite_core.audit.entry`) through the journal,

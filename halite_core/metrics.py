@@ -175,7 +175,12 @@ class Metrics:
             " button, or by hand).",
             registry=r,
         )
-        self._reruns = Counter("halite_reruns", "Jobs run again through halite.", registry=r)
+        self._reruns = Counter(
+            "halite_reruns",
+            "Jobs halite published to run a job again (halite.rerun, the API, the page's"
+            " Re-run buttons), from their <tag_prefix>/<jid>/rerun events.",
+            registry=r,
+        )
         self._events = Counter(
             "halite_events", "Events from the master's event bus the engine handled.", registry=r
         )
@@ -203,11 +208,13 @@ class Metrics:
     def job_completed(self, function: str | None, result: str) -> None:
         self._jobs_completed.labels(function=self.function_label(function), result=result).inc()
 
-    def rerun(self) -> None:
-        self._reruns.inc()
-
     def engine_counts(
-        self, events: int, returns: Mapping[str, int], no_return: int, kills: int
+        self,
+        events: int,
+        returns: Mapping[str, int],
+        no_return: int,
+        kills: int,
+        reruns: int = 0,
     ) -> None:
         """What the engine tallied since it last handed its counts over (once per pass of
         its loop, not per event)."""
@@ -220,6 +227,8 @@ class Metrics:
             self._no_return.inc(no_return)
         if kills:
             self._kills.inc(kills)
+        if reruns:
+            self._reruns.inc(reruns)
 
     def batch_committed(self, delay: float | None) -> None:
         """A batch was committed; ``delay``: seconds since its first return arrived (None:

@@ -1,7 +1,8 @@
 """Who may do what: roles and users from the master config, deny by default.
 
 A permission is ``verb:kind:pattern``, for example ``view:job:test.*`` (view jobs of
-functions matching ``test.*``), ``kill:job:*`` or ``view:audit:*``. Each part is a shell
+functions matching ``test.*``), ``kill:job:*``, ``run:job:state.*`` (run jobs of
+``state.*`` functions again, with ``halite.rerun``) or ``view:audit:*``. Each part is a shell
 glob with ``*`` and ``?``, case-sensitive; ``verb:*`` stands for ``verb:*:*`` and ``*`` for
 everything. Built-in roles::
 
@@ -39,7 +40,7 @@ BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
     "operator": ("view:job:*", "kill:job:*"),
     "admin": ("*",),
 }
-VERBS = ("view", "kill")
+VERBS = ("view", "kill", "run")
 KINDS = ("job", "audit")
 
 __all__ = ["ConfigError", "Denied", "Grants", "Permission", "Policy", "policy_from_opts"]

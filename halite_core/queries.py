@@ -403,6 +403,9 @@ MINION_STATES = {
 }
 
 
+MAX_RERUNS_SHOWN = 20  # a job's re-runs its detail lists, newest first
+
+
 def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> JobDetail:
     """One job: its metadata and one entry per targeted minion, failures first; for
     ``state.*`` jobs each return parsed into states (see :func:`highstate.parse`). A
@@ -452,11 +455,20 @@ def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> Jo
         minions.append(entry)
     # What a person looks at first: minions that failed, then the rest, each by name.
     minions.sort(key=lambda m: (not m["failed"], m["minion"]))
+    j = jobs_index.c
+    reruns = conn.scalars(
+        select(j.jid)
+        .where(j.rerun_of == jid, j.status != RESERVED)
+        .order_by(j.jid.desc())
+        .limit(MAX_RERUNS_SHOWN)
+    ).all()
     detail: JobDetail = {
         **job,
         "arguments": row.arguments,
         "kwargs": row.kwargs,
         "minion_results": minions,
+        "rerun_of": row.rerun_of,
+        "reruns": list(reruns),
     }
     if is_state_job:
         totals["duration_ms"] = round(totals["duration_ms"], 3)

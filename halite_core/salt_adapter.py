@@ -5,9 +5,9 @@ its own settings and clients.
 - :func:`settings_from` -- halite's :class:`~halite_core.config.Settings` of a master, with
   the JID clock of this Salt version;
 - :func:`service_for` -- the checked, audited operations for the runners and the API;
-- :func:`kill_sender`, :func:`find_job_sender` -- what the kill and the engine send to
-  minions, through a LocalClient per call (Salt's clients are not thread-safe, and shared
-  ones hand one call's replies to another);
+- :func:`kill_sender`, :func:`find_job_sender`, :func:`rerun_sender` -- what the kill, the
+  engine and a re-run send to minions, through a LocalClient per call (Salt's clients are
+  not thread-safe, and shared ones hand one call's replies to another);
 - :func:`live_listing` -- the live listing: the master's job cache and
   ``saltutil.running`` on every minion.
 
@@ -21,17 +21,20 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from halite_core.announce import rerun_tag
 from halite_core.api import Page
 from halite_core.config import Settings, jid_utc_for
 from halite_core.jobcache import JobStore, get_store
 from halite_core.live import live_page, running_jids
 from halite_core.permissions import policy_from_opts
+from halite_core.rerun import Plan
 from halite_core.service import Service
 
 log = logging.getLogger(__name__)
 
 SendKill = Callable[[str, list[str]], Mapping[str, Any]]
 SendFindJob = Callable[[str, list[str]], "str | None"]
+SendRerun = Callable[[Plan, str], Mapping[str, Any]]
 
 
 def jid_utc(opts: Mapping[str, Any]) -> bool:
@@ -55,7 +58,9 @@ def service_for(opts: Mapping[str, Any], shared_store: bool = False) -> Service:
     settings (the engine's process); else a store of its own (a runner's call)."""
     settings = settings_from(opts)
     store = get_store(settings) if shared_store else JobStore(settings)
-    return Service(store, policy_from_opts(opts), opts.get("id"), kill_sender(opts))
+    return Service(
+        store, policy_from_opts(opts), opts.get("id"), kill_sender(opts), rerun_sender(opts)
+    )
 
 
 def kill_sender(opts: Mapping[str, Any]) -> SendKill:
@@ -69,6 +74,58 @@ def kill_sender(opts: Mapping[str, Any]) -> SendKill:
             return client.cmd(minions, "saltutil.kill_job", [jid], tgt_type="list", timeout=timeout)
 
     return send_kill
+
+
+def rerun_sender(opts: Mapping[str, Any]) -> SendRerun:
+    """Publish a re-run's plan as ``user``: the job's function, arguments and keyword
+    arguments to a list of minions (never ``*``), with the job it re-runs in the publish's
+    ``metadata`` (``halite_rerun_of``, which Salt's own ``jobs.list_job`` shows), without
+    waiting for the returns. Then ``<tag_prefix>/<jid>/rerun`` on the master's bus (the
+    engine counts it for Prometheus; a reactor may act on it).
+
+    The publish names the caller as its user, as Salt's own clients do: Salt's
+    ``publisher_acl_blacklist`` applies to that name, and the job's ``user`` is the
+    caller's. Salt accepts that name with the master's key when the master runs as root or
+    ``salt`` (or the name is ``sudo_<user>``)."""
+    timeout = gather_timeout(opts)
+    tag_for = rerun_tag(opts)
+
+    def send_rerun(plan: Plan, user: str) -> Mapping[str, Any]:
+        import salt.client
+        import salt.utils.args
+
+        arg = salt.utils.args.condition_input(plan.arguments, plan.kwargs)
+        with salt.client.get_local_client(mopts=opts) as client:
+            if user:
+                client.salt_user = user
+            published = client.pub(
+                plan.minions, plan.function, arg, tgt_type="list", ret=plan.ret,
+                timeout=timeout, metadata={"halite_rerun_of": plan.jid},
+            )  # fmt: skip
+        if not isinstance(published, Mapping) or not published.get("jid"):
+            raise PublishRefused(f"the master refused the publish of {plan.function}")
+        jid = str(published["jid"])
+        minions = list(published.get("minions") or [])
+        notice = {"jid": jid, "rerun_of": plan.jid, "function": plan.function, "user": user,
+                  "selection": plan.selection, "minions": minions}  # fmt: skip
+        _fire(opts, tag_for(jid), notice)
+        return published
+
+    return send_rerun
+
+
+class PublishRefused(RuntimeError):
+    """The master answered a publish without a job id."""
+
+
+def _fire(opts: Mapping[str, Any], tag: str, data: Mapping[str, Any]) -> None:
+    import salt.utils.event
+
+    try:
+        with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
+            bus.fire_event(dict(data), tag)
+    except Exception:  # noqa: BLE001 - the re-run is out; the event is a notice
+        log.warning("halite: could not fire %s on the master's bus", tag, exc_info=True)
 
 
 def find_job_sender(opts: Mapping[str, Any]) -> SendFindJob:

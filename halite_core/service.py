@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
-from halite_core import audit, fleet
+from halite_core import audit, fleet, jids
 from halite_core import kill as killing
+from halite_core import rerun as rerunning
 from halite_core.api import (
     Activity,
     Arguments,
@@ -32,6 +33,8 @@ from halite_core.api import (
     MinionsPage,
     MinionsQuery,
     Page,
+    RerunArguments,
+    RerunOutcome,
     StateHistory,
     StateQuery,
     StatesPage,
@@ -55,10 +58,13 @@ from halite_core.queries import (
 from halite_core.states import JobStatus
 
 # The argument checks live with the models; these names stay importable from here.
-__all__ = ["KillSender", "Service", "flag_arg", "parse_time", "text_arg"]
+__all__ = ["KillSender", "RerunSender", "Service", "flag_arg", "parse_time", "text_arg"]
 
 # Sends saltutil.kill_job <jid> to a list of minions; answers {minion: reply}.
 KillSender = Callable[[str, list[str]], Mapping[str, Any]]
+# Publishes a re-run's plan as the user; answers the new job's {"jid", "minions"} as the
+# master took it, or raises what the master said.
+RerunSender = Callable[[rerunning.Plan, str], Mapping[str, Any]]
 A = TypeVar("A", bound=Arguments)
 NOTHING: Mapping[str, object] = MappingProxyType({})  # no arguments given
 # The fleet's state views need the right to view every state job (see halite_core.fleet).
@@ -99,11 +105,13 @@ class Service:
         policy: Policy,
         master_id: str | None = None,
         send_kill: KillSender | None = None,
+        send_rerun: RerunSender | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.master_id = master_id
         self.send_kill = send_kill
+        self.send_rerun = send_rerun
 
     def close(self) -> None:
         """Commit what this service journalled (audit entries, kill marks), waiting at
@@ -215,6 +223,7 @@ class Service:
                 _unknown(detail["jid"]),
             )  # fmt: skip
         detail["may_kill"] = grants.allows("kill", "job", function)
+        detail["may_rerun"] = grants.allows("run", "job", function)
         return detail
 
     # ------------------------------------------------------------------ the fleet
@@ -407,3 +416,75 @@ class Service:
         if not signalled:
             answer["retcode"] = 1
         return answer
+
+    # ------------------------------------------------------------------ rerun
+    def rerun(
+        self,
+        user: str | None,
+        jid: object,
+        asked: RerunArguments | Mapping[str, object] = NOTHING,
+        /,
+        **given: object,
+    ) -> RerunOutcome:
+        """Publish job ``jid`` again, as ``user``, to the minions ``asked`` names (by
+        default those that failed it or never returned); see :mod:`halite_core.rerun`.
+        Needs ``view:job:`` and ``run:job:`` of the job's function; every rerun, allowed
+        or refused, is audited. The new job records the one it runs again."""
+        asked = _merged(asked, given)
+        arguments = {"jid": jid, **_given(asked)}
+        grants = self.grants(user)
+        if not grants.may_any("run", "job"):
+            raise self._deny(user, "rerun", "run:job:*", arguments)
+        jid_text = str(jid)[:64]
+        try:
+            choice = _checked(RerunArguments, asked)
+            with self.store.db.read() as conn:
+                job = rerunning.find(conn, jid if isinstance(jid, str) else str(jid))
+        except QueryError as exc:
+            self._record(user, "rerun", "allow", resource="job", jid=jid_text,
+                         arguments=arguments, outcome={"error": str(exc)})  # fmt: skip
+            raise
+        function = job.function or ""
+        if not grants.allows("view", "job", function):
+            # A job one may not view cannot be re-run: the answer would tell it exists.
+            raise self._deny_unseen(
+                user, "rerun", f"view:job:{function}", arguments, job.jid, _unknown(job.jid)
+            )
+        if not grants.allows("run", "job", function):
+            raise self._deny(user, "rerun", f"run:job:{function}", arguments, jid=job.jid)
+        resource = f"job:{function}"
+        try:
+            plan = rerunning.plan(job, choice.minions)
+            if self.send_rerun is None:
+                raise QueryError("this halite cannot reach the minions to re-run a job")
+        except QueryError as exc:
+            self._record(user, "rerun", "allow", resource=resource, jid=job.jid,
+                         arguments=arguments, outcome={"error": str(exc)})  # fmt: skip
+            raise
+        outcome: dict[str, Any] = {"selection": plan.selection, "requested": plan.minions}
+        try:
+            published = self.send_rerun(plan, user or "")
+            new_jid = str(published.get("jid") or "")
+            minions = sorted({str(m) for m in published.get("minions") or ()})
+            outcome.update(new_jid=new_jid, minions=minions)
+            if not jids.is_jid(new_jid):
+                raise QueryError(f"the master did not publish the re-run of job {job.jid}")
+            self.store.mark_rerun(new_jid, job.jid)
+        except Exception as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._record(user, "rerun", "allow", resource=resource, jid=job.jid,
+                         arguments=arguments, outcome=outcome)  # fmt: skip
+        # The link and the entry are journalled: commit them now if the database takes
+        # them within read_timeout, so that the jobs read right after show the link.
+        self._commit_own_writes()
+        return {
+            "jid": new_jid,
+            "rerun_of": job.jid,
+            "function": plan.function,
+            "selection": cast(Any, plan.selection),
+            "requested": plan.minions,
+            "minions": minions,
+            "missing": sorted(set(plan.minions) - set(minions)),
+        }

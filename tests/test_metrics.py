@@ -145,10 +145,20 @@ def test_no_return_settles_and_kills_are_counted(store, metrics):
     feed(engine, new(kill, ["m1"], fun="saltutil.kill_job"))
     assert metrics.registry.get_sample_value("halite_kills_total") == 1
 
+    # A re-run's event under the engine's prefix is counted; another prefix's is not.
+    rerun = {"jid": "20261128120000000010", "rerun_of": kill}
+    engine.handle("halite/job/20261128120000000010/rerun", rerun)
+    engine.handle("other/job/20261128120000000011/rerun", rerun)
+    engine.event_prefix = "site/halite"
+    engine.handle("site/halite/20261128120000000012/rerun", rerun)
+    engine.handle("halite/job/20261128120000000013/rerun", rerun)
+    engine.flush()
+    assert metrics.registry.get_sample_value("halite_reruns_total") == 2
+
 
 def test_a_fresh_registry_per_metrics_and_the_process_one():
     first, second = Metrics(), Metrics()
-    first.rerun()
+    first.engine_counts(0, {}, 0, 0, reruns=1)
     assert first.registry.get_sample_value("halite_reruns_total") == 1
     assert second.registry.get_sample_value("halite_reruns_total") == 0
     assert get_metrics() is get_metrics()

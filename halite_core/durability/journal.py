@@ -38,6 +38,7 @@ from halite_core.store.ops import (
     MinionsItem,
     NoReturnItem,
     RawReturn,
+    RerunItem,
     ReturnItem,
     ReturnRow,
     SettledItem,
@@ -155,6 +156,8 @@ def item_to_line(item: Item) -> str:
         fields = {"op": op, "jid": item.jid, "minions": item.minions, "at": item.at.isoformat()}
     elif isinstance(item, AuditItem):
         fields = {"op": "audit", "entry": {**item.entry, "at": item.entry["at"].isoformat()}}
+    elif isinstance(item, RerunItem):
+        fields = {"op": "rerun", "jid": item.jid, "rerun_of": item.rerun_of}
     else:
         fields = {"op": "endtime", "jid": item.jid, "at": item.at.isoformat()}
     return encoding.dumps(fields)[0]
@@ -208,6 +211,8 @@ def item_from_line(line: str) -> Item:
         return AuditItem(entry)
     if op == "minions":
         return MinionsItem(data["jid"], data["minions"])
+    if op == "rerun":
+        return RerunItem(data["jid"], data["rerun_of"])
     if op == "endtime":
         return EndtimeItem(data["jid"], dt.datetime.fromisoformat(data["at"]))
     raise ValueError(f"unknown journal entry {op!r}")

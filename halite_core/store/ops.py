@@ -109,6 +109,14 @@ class EndtimeItem:
 
 
 @dataclass(frozen=True)
+class RerunItem:
+    """Job ``jid`` was published by halite to run job ``rerun_of`` again."""
+
+    jid: str
+    rerun_of: str
+
+
+@dataclass(frozen=True)
 class AuditItem:
     """One audit log entry (:func:`halite_core.audit.entry`), journalled like a return so
     that it survives a database that is locked or away, and is appended in order."""
@@ -124,6 +132,7 @@ Item = (
     | EndtimeItem
     | NoReturnItem
     | KilledItem
+    | RerunItem
     | AuditItem
 )
 

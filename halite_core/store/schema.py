@@ -105,6 +105,7 @@ class Base(DeclarativeBase):
 
 
 UNANNOUNCED = "announced_at IS NULL AND status = 'complete'"
+RERUNS = "rerun_of IS NOT NULL"
 
 
 class Job(Base):
@@ -137,6 +138,8 @@ class Job(Base):
     # When the engine announced the job's completion on the bus (revision 0008); NULL
     # while it runs and until then.
     announced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The jid of the job this one runs again (halite.rerun; revision 0009), else NULL.
+    rerun_of: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index(None, "start_time", "jid"),
@@ -153,6 +156,14 @@ class Job(Base):
             "end_time",
             postgresql_where=text(UNANNOUNCED),
             sqlite_where=text(UNANNOUNCED),
+        ),
+        # A job's re-runs, and only the re-runs.
+        Index(
+            "ix_jobs_index_rerun_of",
+            "rerun_of",
+            "jid",
+            postgresql_where=text(RERUNS),
+            sqlite_where=text(RERUNS),
         ),
     )
 

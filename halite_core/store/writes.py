@@ -54,6 +54,7 @@ from halite_core.store.ops import (
     LoadItem,
     MinionsItem,
     NoReturnItem,
+    RerunItem,
     ReturnItem,
     ReturnRow,
     SaltWrite,
@@ -199,6 +200,7 @@ class _Statements:
     endtime: Any
     no_return: Any
     killed: Any
+    rerun: Any
 
     @classmethod
     def build(cls, insert_: Callable[[Any], Any]) -> _Statements:
@@ -313,9 +315,14 @@ class _Statements:
             set_={"state": KILLED, "returned_at": settle_insert.excluded.returned_at},
             where=r.state == PENDING,
         )
+        rerun = (
+            update(jobs_index)
+            .where(this_job)
+            .values(rerun_of=bindparam("rerun_of", type_=j.rerun_of.type))
+        )
         return cls(
             upsert_load, fill_load, target, stub.on_conflict_do_nothing(), upsert_return,
-            recount, settle, endtime, no_return, killed,
+            recount, settle, endtime, no_return, killed, rerun,
         )  # fmt: skip
 
 
@@ -515,6 +522,7 @@ class Writes:
             self.db.executemany(conn, stmt, rows)
             touched.update(item.jid for item in marked)
         self._recount(conn, touched)
+        self._link_reruns(conn, [item for item in items if isinstance(item, RerunItem)])
         entries = [item.entry for item in items if isinstance(item, AuditItem)]
         if entries:
             # Each entry once, however often its journal line is replayed.
@@ -528,6 +536,18 @@ class Writes:
             conn, stmts.endtime, [{"k_jid": jid, "at": at} for jid, at in endtimes.items()]
         )
         return stored
+
+    def _link_reruns(self, conn: Connection, items: Sequence[RerunItem]) -> None:
+        """Record which job each re-run runs again. The link may be committed before the
+        re-run's publish load (another process journalled that): a row waits for it."""
+        if not items:
+            return
+        self._ensure_jobs(conn, {item.jid: {} for item in items})
+        self.db.executemany(
+            conn,
+            self._statements().rerun,
+            [{"k_jid": item.jid, "rerun_of": item.rerun_of} for item in items],
+        )
 
     def _save_loads(
         self,

@@ -40,7 +40,7 @@ Configuration, in the master config (every option may be left out):
                                 # every client; unset: loopback clients only
           events:               # halite/job/<jid>/complete on the master's bus, once per
                                 # job (see README "Notifications"); `events: false`: none
-            tag_prefix: halite/job
+            tag_prefix: halite/job  # also of <prefix>/<jid>/rerun, fired by halite.rerun
             only_failed: false  # true: only jobs whose result is failed
             interval: 1         # seconds between looks for newly complete jobs
             max_age: 3600       # seconds: a job that ended longer ago is not announced
@@ -122,6 +122,7 @@ def announcer(engine, bus, events):
     """The completion events' announcer (halite_core.announce) for the ``events:`` option,
     firing on ``bus``; None when they are off."""
     options = EventOptions.from_config(events)
+    engine.event_prefix = options.tag_prefix  # re-runs' events are counted under it
     if not options.enabled:
         return None
     try:

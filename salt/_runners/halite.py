@@ -17,6 +17,7 @@ CLI Example:
     salt-run halite.activity hours=24
     salt-run halite.timeline window=24h group_by=user
     salt-run halite.kill 20261128115138123456
+    salt-run halite.rerun 20261128115138123456 minions=failed
     salt-run halite.audit action=kill decision=deny
     salt-run halite.minions failing=True
     salt-run halite.minion web1 fun='state.*'
@@ -26,8 +27,9 @@ CLI Example:
 Every function checks the caller's permissions first (``halite:roles`` and
 ``halite:users`` in the master config; see the README): ``view:job:<function>`` to read
 jobs (a scoped permission such as ``view:job:test.*`` narrows every listing),
-``kill:job:<function>`` to kill, ``view:audit:*`` for the audit log. A denial names the
-missing permission, exits non-zero and is written to the audit log, as is every kill.
+``kill:job:<function>`` to kill, ``run:job:<function>`` to re-run, ``view:audit:*`` for
+the audit log. A denial names the missing permission, exits non-zero and is written to the
+audit log, as is every kill and every re-run.
 
 .. code-block:: yaml
 
@@ -140,7 +142,7 @@ def _serve(method, args, kwargs):
         # kill also waits for the minions' replies (gather_job_timeout), so that one sent
         # is always marked and audited before salt-run ends.
         bound = service.store.settings.request_timeout
-        if method == "kill":
+        if method in ("kill", "rerun"):
             bound += float(__opts__.get("gather_job_timeout", 10))
         return call_within(bound, lambda: getattr(service, method)(caller, *args, **kwargs))
     finally:
@@ -294,6 +296,37 @@ def kill(jid):
         salt-run halite.kill 20261128115138123456
     """
     return _call("kill", jid)
+
+
+def rerun(jid, minions="failed"):
+    """
+    Run a complete job again: publish its function with the same arguments and keyword
+    arguments, as the caller, to a list of its minions (never ``*``), and answer the new
+    job's jid without waiting for the returns (follow it with ``halite.job <new jid>``).
+    ``minions``: ``failed`` (the default: the minions that failed the job or never
+    returned), ``no_return`` (those settled as not returning), ``all`` (every minion of the
+    job), or minion ids of the job separated by commas. Needs ``run:job:<the job's
+    function>`` (admin has it; grant it to a role: ``run:job:state.*``). The new job
+    records the one it re-runs (``rerun_of``; ``halite.job`` shows both directions).
+    Allowed or denied, every re-run is written to the audit log.
+
+    Refused with a clear error: an unknown jid, a job still running, a runner or wheel
+    job, a job of several functions, one whose arguments the index does not hold as they
+    were published (cut at the size limit, or kept as text), or no minion to re-run on.
+
+    Answer: ``{"jid": <new jid>, "rerun_of", "function", "selection", "requested":
+    [...], "minions": [... the master published to], "missing": [... requested, with no
+    accepted key]}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run halite.rerun 20261128115138123456
+        salt-run halite.rerun 20261128115138123456 minions=all
+        salt-run halite.rerun 20261128115138123456 minions=web1,web2
+    """
+    return _call("rerun", jid, {"minions": minions})
 
 
 def audit_log(**kwargs):
