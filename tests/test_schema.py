@@ -113,12 +113,19 @@ def test_listing_queries_use_indexes(store):
         "ORDER BY start_time DESC LIMIT 50",
         "minion": "SELECT jid FROM job_returns WHERE minion = 'web1' "
         "ORDER BY start_time DESC LIMIT 50",
+        # A job's re-runs (its detail), through the partial index of the re-runs alone.
+        "reruns": "SELECT jid FROM jobs_index WHERE rerun_of = ? AND status != 'new' "
+        "ORDER BY jid DESC LIMIT 20",
     }
     with store.db.engine.connect() as conn:
         for name, sql in plans.items():
-            plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            params = ("20261128120000000001",) if "?" in sql else ()
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+            plan = " ".join(row[-1] for row in rows)
             assert "USING" in plan and "INDEX" in plan, (name, plan)
             assert "TEMP B-TREE" not in plan, (name, plan)
+            if name == "reruns":
+                assert "ix_jobs_index_rerun_of (rerun_of=?)" in plan, plan
 
 
 def test_unsupported_database_is_a_clear_error():

@@ -1,0 +1,290 @@
+"""halite.rerun's core: which minions, which arguments, when a job cannot be re-run, who may,
+and what the index and the audit log hold afterwards."""
+
+import pytest
+
+from halite_core import audit, rerun
+from halite_core.api import QueryError, RerunArguments, UnknownJob
+from halite_core.durability.journal import item_from_line, item_to_line
+from halite_core.permissions import Denied, Policy
+from halite_core.queries import job_detail
+from halite_core.service import Service
+from halite_core.store.ops import RerunItem
+from tests.helpers import publish, ret, save_return
+
+JID = "20261201100000000001"
+NEW = "20261201100500000001"
+
+
+def _failing_job(store, jid=JID, fun="state.apply", arg=("web",), **extra):
+    """A job on four minions: ok passed, bad failed, gone never answered, cut was killed."""
+    publish(store, jid, fun=fun, minions=["ok", "bad", "gone", "cut"], arg=arg, **extra)
+    save_return(store, ret(jid, "ok", fun=fun))
+    save_return(store, ret(jid, "bad", fun=fun, retcode=1, success=False))
+    store.mark_killed(jid, ["cut"])
+    from halite_core.store.ops import NoReturnItem, utcnow
+
+    store.apply_items([NoReturnItem(jid, ["gone"], utcnow())])
+    store.flush()
+
+
+def _job(store, jid=JID):
+    with store.db.read() as conn:
+        return rerun.find(conn, jid)
+
+
+# ---------------------------------------------------------------------- the plan
+@pytest.mark.parametrize(
+    "minions, selection, chosen",
+    [
+        ("failed", "failed", ["bad", "cut", "gone"]),
+        ("no_return", "no_return", ["gone"]),
+        ("all", "all", ["bad", "cut", "gone", "ok"]),
+        ("ok,bad", "minions", ["ok", "bad"]),
+        (["gone"], "minions", ["gone"]),
+        ("ok", "minions", ["ok"]),
+    ],
+)
+def test_the_minions_a_rerun_publishes_to(store, minions, selection, chosen):
+    _failing_job(store)
+    choice = RerunArguments.parse({"minions": minions}).minions
+    plan = rerun.plan(_job(store), choice)
+    assert (plan.selection, plan.minions) == (selection, chosen)
+
+
+def test_the_default_is_the_failed_minions_and_the_arguments_are_as_published(store):
+    _failing_job(store, arg=("web", {"pillar": {"x": 1}, "test": True, "__kwarg__": True}))
+    plan = rerun.plan(_job(store), RerunArguments.parse({}).minions)
+    assert plan.function == "state.apply"
+    assert plan.arguments == ["web"]
+    assert plan.kwargs == {"pillar": {"x": 1}, "test": True}
+    assert plan.minions == ["bad", "cut", "gone"]
+
+
+def test_arguments_of_types_json_lacks_are_published_as_they_were(store):
+    _failing_job(store, fun="test.arg", arg=(b"\x00raw", {"n": 2**70, "__kwarg__": True}))
+    plan = rerun.plan(_job(store))
+    assert plan.arguments == [b"\x00raw"]
+    assert plan.kwargs == {"n": 2**70}
+
+
+@pytest.mark.parametrize(
+    "minions, message",
+    [
+        ("nosuch", "minion nosuch did not take part in job"),
+        ("ok,nosuch,other", "minions nosuch, other did not take part"),
+    ],
+)
+def test_minions_not_of_the_job_are_refused(store, minions, message):
+    _failing_job(store)
+    with pytest.raises(QueryError, match=message):
+        rerun.plan(_job(store), RerunArguments.parse({"minions": minions}).minions)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"a": 1}, "must be one of failed, no_return, all or minion ids"),
+        ("a,,b", "an empty minion id"),
+        ([], "an empty minion id"),
+        ([True], "a minion id must be text"),
+        ("x" * 256, "at most 255 characters"),
+    ],
+)
+def test_a_bad_minions_argument_is_a_clear_error(value, message):
+    with pytest.raises(QueryError, match=message):
+        RerunArguments.parse({"minions": value})
+
+
+def test_unknown_and_malformed_jobs(store):
+    with store.db.read() as conn:
+        with pytest.raises(UnknownJob, match="no job with jid 20000101000000000000"):
+            rerun.find(conn, "20000101000000000000")
+        with pytest.raises(QueryError, match="is not a Salt job id"):
+            rerun.find(conn, "2026; drop table")
+
+
+def test_a_job_still_running_is_refused(store):
+    publish(store, JID, fun="test.sleep", minions=["a", "b"])
+    save_return(store, ret(JID, "a", fun="test.sleep", retcode=1))
+    with pytest.raises(rerun.NotRerunnable, match=r"still running \(1 of 2 minions"):
+        rerun.plan(_job(store))
+
+
+def test_a_job_without_failures_has_nothing_to_rerun_on_failed(store):
+    publish(store, JID, fun="test.ping", minions=["a"])
+    save_return(store, ret(JID, "a", fun="test.ping"))
+    with pytest.raises(rerun.NotRerunnable, match="nothing to re-run .minions=all runs it"):
+        rerun.plan(_job(store))
+    assert rerun.plan(_job(store), "all").minions == ["a"]
+
+
+@pytest.mark.parametrize("fun", ["runner.jobs.list_jobs", "wheel.key.list_all"])
+def test_runner_and_wheel_jobs_are_refused(store, fun):
+    publish(store, JID, fun=fun, minions=["master"])
+    save_return(store, ret(JID, "master", fun=fun, retcode=1))
+    with pytest.raises(rerun.NotRerunnable, match="a runner or wheel job cannot be re-run"):
+        rerun.plan(_job(store))
+
+
+def test_a_job_of_several_functions_is_refused(store):
+    publish(store, JID, fun=["test.ping", "test.echo"], minions=["a"], arg=[[], ["x"]])
+    save_return(store, ret(JID, "a", fun=["test.ping", "test.echo"], retcode=1))
+    with pytest.raises(rerun.NotRerunnable, match="runs several functions"):
+        rerun.plan(_job(store))
+
+
+@pytest.mark.parametrize(
+    "stored, why",
+    [
+        ({"__halite_type__": "truncated", "size": 9, "limit": 1, "preview": "[]"}, "size limit"),
+        (["a", {"__halite_type__": "object", "repr": "<x>"}], "kept as text"),
+        (["a", {"password": audit.REDACTED}], "redacted"),
+    ],
+)
+def test_arguments_not_stored_as_published_are_refused(store, stored, why):
+    from sqlalchemy import update
+
+    from halite_core.store.schema import jobs_index
+
+    _failing_job(store)
+    with store.db.write() as conn:
+        conn.execute(update(jobs_index).where(jobs_index.c.jid == JID).values(arguments=stored))
+    with pytest.raises(rerun.NotRerunnable, match=why):
+        rerun.plan(_job(store))
+
+
+# ---------------------------------------------------------------------- the service
+class Publisher:
+    """Stands in for Salt's publish (the integration tests use the real one): records the
+    plans, and indexes the new job's publish load as the master's returner would."""
+
+    def __init__(self, store, jid=NEW, minions=None, error=None):
+        self.store, self.jid, self.minions, self.error = store, jid, minions, error
+        self.plans = []
+
+    def __call__(self, plan, user):
+        self.plans.append((plan, user))
+        if self.error is not None:
+            raise self.error
+        minions = plan.minions if self.minions is None else self.minions
+        publish(self.store, self.jid, fun=plan.function, minions=minions, user=user)
+        return {"jid": self.jid, "minions": minions}
+
+
+POLICY = Policy.from_config(
+    {"stater": ["view:job:*", "run:job:state.*"]},
+    {"sam": ["stater"], "vic": ["viewer"], "opal": ["operator"]},
+    master_user="salt",
+)
+
+
+def _service(store, publisher):
+    return Service(store, POLICY, "m1", send_rerun=publisher)
+
+
+def _audited(store):
+    store.flush()
+    with store.db.read() as conn:
+        return audit.list_entries(conn, action="rerun")["entries"]
+
+
+def test_a_rerun_publishes_as_the_caller_links_both_jobs_and_is_audited(store):
+    _failing_job(store)
+    publisher = Publisher(store)
+    answer = _service(store, publisher).rerun("sam", JID)
+    assert answer == {
+        "jid": NEW, "rerun_of": JID, "function": "state.apply", "selection": "failed",
+        "requested": ["bad", "cut", "gone"], "minions": ["bad", "cut", "gone"], "missing": [],
+    }  # fmt: skip
+    ((plan, user),) = publisher.plans
+    assert user == "sam"
+    assert plan.arguments == ["web"]
+    with store.db.read() as conn:
+        assert job_detail(conn, NEW)["rerun_of"] == JID
+        assert job_detail(conn, JID)["reruns"] == [NEW]
+        assert job_detail(conn, JID)["rerun_of"] is None
+    (entry,) = _audited(store)
+    assert (entry["user"], entry["decision"], entry["jid"]) == ("sam", "allow", JID)
+    assert entry["outcome"]["new_jid"] == NEW
+    assert entry["outcome"]["minions"] == ["bad", "cut", "gone"]
+
+
+def test_the_link_waits_for_a_publish_committed_after_it(store):
+    """The re-run's publish load is journalled by Salt's worker, the link by the caller:
+    the link may reach the database first."""
+    _failing_job(store)
+    store.mark_rerun(NEW, JID)
+    store.flush()
+    publish(store, NEW, fun="state.apply", minions=["bad"])
+    with store.db.read() as conn:
+        detail = job_detail(conn, NEW)
+    assert (detail["rerun_of"], detail["function"], detail["status"]) == (
+        JID, "state.apply", "running"
+    )  # fmt: skip
+
+
+def test_minions_the_master_has_no_key_for_are_missing(store):
+    _failing_job(store)
+    answer = _service(store, Publisher(store, minions=["bad"])).rerun("sam", JID, minions="all")
+    assert (answer["minions"], answer["missing"]) == (["bad"], ["cut", "gone", "ok"])
+
+
+@pytest.mark.parametrize(
+    "user, fun, needed",
+    [
+        ("vic", "state.apply", "run:job:*"),  # a viewer may re-run nothing
+        ("opal", "state.apply", "run:job:*"),  # nor an operator, who may kill
+        ("sam", "cmd.run", "run:job:cmd.run"),  # run:job:state.* is not cmd.run
+        (None, "state.apply", "run:job:*"),
+    ],
+)
+def test_who_may_not_rerun_is_denied_and_audited(store, user, fun, needed):
+    _failing_job(store, fun=fun)
+    publisher = Publisher(store)
+    with pytest.raises(Denied, match=f"lacks {needed}"):
+        _service(store, publisher).rerun(user, JID)
+    assert publisher.plans == []
+    (entry,) = _audited(store)
+    assert (entry["user"], entry["decision"]) == (user, "deny")
+
+
+def test_a_job_out_of_view_answers_as_an_unknown_one(store):
+    policy = Policy.from_config({"tests": ["view:job:test.*", "run:job:*"]}, {"tess": ["tests"]})
+    _failing_job(store)
+    service = Service(store, policy, "m1", send_rerun=Publisher(store))
+    with pytest.raises(UnknownJob, match=f"no job with jid {JID}"):
+        service.rerun("tess", JID)
+    (entry,) = _audited(store)
+    assert entry["decision"] == "deny" and entry["outcome"]["lacks"] == "view:job:state.apply"
+
+
+def test_refusals_and_failed_publishes_are_audited(store):
+    publish(store, JID, fun="state.apply", minions=["a"])  # still running
+    service = _service(store, Publisher(store, error=RuntimeError("publish refused")))
+    with pytest.raises(rerun.NotRerunnable):
+        service.rerun("sam", JID)
+    save_return(store, ret(JID, "a", fun="state.apply", retcode=2))
+    with pytest.raises(RuntimeError, match="publish refused"):
+        service.rerun("sam", JID)
+    with pytest.raises(QueryError, match="unknown argument 'target'"):
+        service.rerun("sam", JID, target="*")
+    still, failed, bad = _audited(store)[::-1]
+    assert "still running" in still["outcome"]["error"]
+    assert "publish refused" in failed["outcome"]["error"]
+    assert failed["outcome"]["requested"] == ["a"]
+    assert "unknown argument" in bad["outcome"]["error"]
+    assert {still["decision"], failed["decision"], bad["decision"]} == {"allow"}
+
+
+def test_the_detail_says_who_may_rerun(store):
+    _failing_job(store)
+    service = _service(store, Publisher(store))
+    assert service.job("sam", JID)["may_rerun"] is True
+    assert service.job("vic", JID)["may_rerun"] is False
+    assert service.job("salt", JID)["may_rerun"] is True  # the master's user is admin
+
+
+def test_the_link_is_journalled_like_any_write():
+    item = RerunItem(NEW, JID)
+    assert item_from_line(item_to_line(item)) == item
