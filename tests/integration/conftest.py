@@ -73,12 +73,17 @@ def state_tree(tmp_path_factory):
 # Who may do what on the `master` fixture. The tests run salt-run as root (the master's own
 # user: admin) or as another user through sudo's SUDO_USER (salt names them sudo_<name>).
 PERMISSIONS = {
-    "roles": {"auditor": ["view:job:*", "view:audit:*"], "tester": ["view:job:test.*"]},
+    "roles": {
+        "auditor": ["view:job:*", "view:audit:*"],
+        "tester": ["view:job:test.*"],
+        "stater": ["view:job:*", "run:job:state.*"],
+    },
     "users": {
         "sudo_alice": ["operator"],
         "sudo_bob": ["viewer"],
         "sudo_carol": ["auditor"],
         "sudo_dave": ["tester"],
+        "sudo_erin": ["stater"],
     },
 }
 

@@ -19,7 +19,7 @@ from halite_core.permissions import policy_from_opts
 from halite_core.service import Service
 from tests.helpers import free_port
 from tests.integration.conftest import as_user, store_for
-from tests.integration.test_master_job_cache import finished_job
+from tests.integration.test_master_job_cache import finished_job, returns_of
 from tests.test_fleet import check_against
 from tests.test_web import call, login
 
@@ -266,3 +266,45 @@ def test_the_http_api_answers_as_the_runners(master, fleet, api):
     assert {row["jid"] for row in state["runs"]} == {fleet.real, fleet.dry}
     status, body = call(api, "GET", "/api/states", login(api, "sudo_dave"))
     assert (status, body["missing"]) == (403, "view:job:state.*")
+
+
+# Last of the module: the re-run is a new state run on the failing minion, which the tests
+# above would see as its latest.
+def test_a_rerun_runs_the_state_again_on_the_failing_minion_only(master, fleet, index):
+    denied = salt_run(master, "halite.rerun", fleet.real, user="bob")
+    assert denied.returncode != 0, denied
+    assert denied.data["error"] == "permission denied: 'sudo_bob' lacks run:job:*"
+    ret = salt_run(master, "halite.rerun", fleet.real, user="erin")
+    assert ret.returncode == 0, ret
+    new = ret.data["jid"]
+    assert ret.data["rerun_of"] == fleet.real
+    assert (ret.data["selection"], ret.data["minions"]) == ("failed", [fleet.failing])
+    # Published as the caller, to the failing minion alone; it fails there again.
+    job = finished_job(index, new)
+    assert (job["function"], job["target"], job["target_type"]) == (
+        "state.apply", fleet.failing, "list"
+    )  # fmt: skip
+    assert job["user"] == "sudo_erin"
+    assert set(returns_of(index, new)) == {fleet.failing}
+    assert (job["minions_targeted"], job["minions_failed"]) == (1, 1)
+    # Both jobs show the link.
+    rerun = salt_run(master, "halite.job", new)
+    assert rerun.returncode == 0, rerun
+    assert rerun.data["rerun_of"] == fleet.real
+    first = salt_run(master, "halite.job", fleet.real)
+    assert first.data["reruns"] == [new]
+    assert first.data["rerun_of"] is None
+    # Both requests are in the audit log: the denial, and the re-run with its new job.
+    entries = salt_run(master, "halite.audit", "action=rerun").data["entries"]
+    by_user = {entry["user"]: entry for entry in entries if entry["jid"] == fleet.real}
+    assert by_user["sudo_bob"]["decision"] == "deny"
+    assert by_user["sudo_erin"]["decision"] == "allow"
+    assert by_user["sudo_erin"]["outcome"]["new_jid"] == new
+    # A re-run on the passing minion alone passes; re-running its failures is refused.
+    passing = salt_run(master, "halite.rerun", fleet.real, f"minions={fleet.passing}", user="erin")
+    assert passing.returncode == 0, passing
+    assert passing.data["minions"] == [fleet.passing]
+    finished_job(index, passing.data["jid"])
+    refused = salt_run(master, "halite.rerun", passing.data["jid"], user="erin")
+    assert refused.returncode != 0, refused
+    assert "nothing to re-run" in refused.data["error"]
