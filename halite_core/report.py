@@ -317,6 +317,10 @@ def job_report(data: Mapping[str, Any]) -> str:
             f"  states: {s['states']} run, {s['passed']} passed, {s['failed']} failed, "
             f"{s['changed']} changed, {s['duration_ms']:.0f} ms"
         )
+    if data.get("rerun_of"):
+        lines.append(f"  re-runs job {data['rerun_of']}")
+    if data.get("reruns"):
+        lines.append(f"  re-run as {', '.join(data['reruns'])} (newest first)")
     for minion in minions:
         mark = "FAILED" if minion["failed"] else "ok"
         lines.append("")

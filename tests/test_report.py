@@ -84,6 +84,16 @@ def test_job_report_shows_failing_states_first():
     assert lines[web2 + 3].split()[:2] == ["PASSED", "conf"]
     assert "    bad sls" in lines
     assert "web3: no_return, FAILED (retcode None, success None)" in lines
+    assert not any("re-run" in line for line in lines)
+
+
+def test_job_report_shows_the_links_between_reruns():
+    detail = {**JOB, "arguments": [], "kwargs": {}, "minion_results": [],
+              "rerun_of": "20261128110000000001",
+              "reruns": ["20261128130000000002", "20261128125000000001"]}  # fmt: skip
+    lines = job_report(detail).splitlines()
+    assert "  re-runs job 20261128110000000001" in lines
+    assert "  re-run as 20261128130000000002, 20261128125000000001 (newest first)" in lines
 
 
 def test_salt_loads_the_outputters(tmp_path):
