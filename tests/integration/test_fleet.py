@@ -294,6 +294,11 @@ def test_a_rerun_runs_the_state_again_on_the_failing_minion_only(master, fleet, 
     first = salt_run(master, "halite.job", fleet.real)
     assert first.data["reruns"] == [new]
     assert first.data["rerun_of"] is None
+    # Salt's own jobs runner shows the link too, from the publish's metadata.
+    listed = salt_run(master, "jobs.list_job", new)
+    assert listed.returncode == 0, listed
+    assert listed.data["Metadata"] == {"halite_rerun_of": fleet.real}
+    assert listed.data["User"] == "sudo_erin"
     # Both requests are in the audit log: the denial, and the re-run with its new job.
     entries = salt_run(master, "halite.audit", "action=rerun").data["entries"]
     by_user = {entry["user"]: entry for entry in entries if entry["jid"] == fleet.real}
