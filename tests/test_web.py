@@ -10,6 +10,7 @@ import copy
 import http.client
 import json
 import re
+import shutil
 import threading
 import time
 import urllib.error
@@ -27,9 +28,11 @@ from tests.conftest import postgresql_only
 from tests.helpers import free_port, publish, ret, save_return
 
 POLICY = {
-    "roles": {"tester": ["view:job:test.*"], "auditor": ["view:job:*", "view:audit:*"]},
-    "users": {"olga": ["operator"], "vic": ["viewer"], "tess": ["tester"], "audrey": ["auditor"]},
-}
+    "roles": {"tester": ["view:job:test.*"], "auditor": ["view:job:*", "view:audit:*"],
+              "grains_runner": ["view:job:*", "run:job:grains.*"]},
+    "users": {"olga": ["operator"], "vic": ["viewer"], "tess": ["tester"], "audrey": ["auditor"],
+              "ada": ["admin"], "rita": ["grains_runner"]},
+}  # fmt: skip
 
 
 def master_opts(root, **options):
@@ -78,22 +81,48 @@ def two_jobs(store):
     save_return(store, ret("20261128120000000002", "a", {"os": "Debian"}, fun="grains.items"))
 
 
+# The minions whose keys the master of the tests' re-runs has accepted: a re-run's publish
+# reaches these only (Salt's list target skips an id it has no key for).
+ACCEPTED = ("a", "b")
+
+
+def rerun_sender(store, reruns, failure=None):
+    """A re-run's publish as Salt's would be seen by halite: the plan recorded, the new
+    job's publish load in the index (the master's job cache saves it), and the master's
+    answer: the new jid and the minions published to (those with an accepted key).
+    ``failure``: a list; an exception put in it is raised instead, as the master's refusal."""
+
+    def send_rerun(plan, user):
+        if failure:
+            raise failure[0]
+        reruns.append((plan, user))
+        jid = f"2026112814{len(reruns):010d}"
+        minions = [m for m in plan.minions if m in ACCEPTED]
+        publish(store, jid, fun=plan.function, minions=minions, arg=plan.arguments, user=user,
+                metadata={"halite_rerun_of": plan.jid})  # fmt: skip
+        return {"jid": jid, "minions": minions}
+
+    return send_rerun
+
+
 @pytest.fixture
 def server(store, sessions):
-    kills = []
+    kills, reruns, failure = [], [], []
 
     def send_kill(jid, minions):
         kills.append((jid, minions))
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 
     service = Service(store, Policy.from_config(POLICY["roles"], POLICY["users"], "salt"),
-                      "m1", send_kill)  # fmt: skip
+                      "m1", send_kill, rerun_sender(store, reruns, failure))  # fmt: skip
     app = WebApp(service, sessions(right_password), None, "auto")
     port = free_port()
     app.serve_in_thread("127.0.0.1", port)
     two_jobs(store)
     app.base = f"http://127.0.0.1:{port}"
     app.kills = kills
+    app.reruns = reruns
+    app.rerun_failure = failure
     yield app
     app.hub.loop.call_soon_threadsafe(app.hub.loop.stop)
 
@@ -129,7 +158,7 @@ def test_login_and_sessions(server):
     assert call(server, "POST", "/api/login", raw=b"not json")[0] == 400
     status, me = call(server, "POST", "/api/login", body={"username": "olga", "password": "secret"})
     assert status == 200 and me["user"] == "olga" and me["may"] == {
-        "view": True, "kill": True, "audit": False
+        "view": True, "kill": True, "rerun": False, "audit": False
     }  # fmt: skip
     assert call(server, "GET", "/api/me", me["token"])[1]["user"] == "olga"
     assert call(server, "GET", "/api/jobs", "forged-token")[0] == 401
@@ -235,6 +264,291 @@ def test_kill_answers_202_with_the_outcome(server):
     assert server.kills == [("20261128120000000001", ["b"])]  # only the minion still running
     status, body = call(server, "POST", "/api/jobs/20261128120000000001/kill", olga)
     assert status == 400 and "already complete" in body["error"]
+
+
+# ---------------------------------------------------------------------- re-runs
+FAILED = "20261128130500000000"  # test.retcode, complete: a and old failed, b passed
+RUNNING = "20261128120000000001"  # two_jobs' test.sleep, still running on b
+GRAINS = "20261128120000000002"  # two_jobs' grains.items, complete, passed
+
+
+def failed_job(store):
+    """A complete job on a, b and old: a and old failed it; old's key has since been
+    deleted (a re-run cannot reach it)."""
+    publish(store, FAILED, fun="test.retcode", minions=["a", "b", "old"], arg=["1"])
+    for minion, code in (("a", 1), ("b", 0), ("old", 1)):
+        save_return(store, ret(FAILED, minion, fun="test.retcode", retcode=code,
+                               success=code == 0))  # fmt: skip
+
+
+def rerun(app, jid, token, body=None, raw=None, query=""):
+    return call(app, "POST", f"/api/jobs/{jid}/rerun{query}", token, body=body, raw=raw)
+
+
+def test_a_rerun_answers_202_with_the_outcome_and_links_the_jobs(server, store):
+    from pydantic import TypeAdapter
+
+    from halite_core.api import RerunOutcome
+
+    failed_job(store)
+    ada = login(server, "ada")
+    assert call(server, "GET", f"/api/jobs/{FAILED}", ada)[1]["status"] == "complete"
+    status, body = rerun(server, FAILED, ada)  # no body: the failed minions
+    assert status == 202, body
+    TypeAdapter(RerunOutcome).validate_python(body)  # the documented answer, no more
+    new = body["jid"]
+    assert body == {"jid": new, "rerun_of": FAILED, "function": "test.retcode",
+                    "selection": "failed", "requested": ["a", "old"], "minions": ["a"],
+                    "missing": ["old"]}  # fmt: skip
+    ((plan, user),) = server.reruns
+    assert (plan.function, plan.arguments, plan.minions, user) == (
+        "test.retcode", ["1"], ["a", "old"], "ada"
+    )  # fmt: skip
+    status, detail = call(server, "GET", f"/api/jobs/{new}", ada)
+    assert status == 200, detail
+    assert (detail["rerun_of"], detail["reruns"], detail["function"]) == (
+        FAILED, [], "test.retcode"
+    )  # fmt: skip
+    assert call(server, "GET", f"/api/jobs/{FAILED}", ada)[1]["reruns"] == [new]
+
+    # Every minion, and named ones: the JSON body's fields are RerunArguments'.
+    status, body = rerun(server, FAILED, ada, {"minions": "all"})
+    assert (status, body["selection"], body["minions"]) == (202, "all", ["a", "b"])
+    status, body = rerun(server, FAILED, ada, {"minions": ["b"]})
+    assert (status, body["selection"], body["requested"]) == (202, "minions", ["b"])
+    status, body = rerun(server, FAILED, ada, raw=b"{}")
+    assert (status, body["selection"]) == (202, "failed")
+    newest = [jid for jid in call(server, "GET", f"/api/jobs/{FAILED}", ada)[1]["reruns"]]
+    assert len(newest) == 4 and newest == sorted(newest, reverse=True)
+    entries = audited(server, "rerun")
+    assert [(e["user"], e["decision"], e["jid"]) for e in entries] == [("ada", "allow", FAILED)] * 4
+
+
+def test_a_rerun_needs_run_permission_and_refusals_are_audited(server, store):
+    failed_job(store)
+    vic, olga, rita = login(server, "vic"), login(server, "olga"), login(server, "rita")
+    # A viewer, and an operator who may kill but not run: neither may re-run anything.
+    for token in (vic, olga):
+        status, body = rerun(server, FAILED, token, {"minions": "all"})
+        assert (status, body["missing"]) == (403, "run:job:*"), body
+    # rita may re-run grains.* jobs only.
+    status, body = rerun(server, FAILED, rita)
+    assert (status, body["missing"]) == (403, "run:job:test.retcode"), body
+    assert server.reruns == []
+    status, log = call(server, "GET", "/api/audit?action=rerun&decision=deny",
+                       login(server, "ada"))  # fmt: skip
+    assert status == 200
+    assert sorted((e["user"], e["outcome"]["error"]) for e in log["entries"]) == [
+        ("olga", "permission denied: 'olga' lacks run:job:*"),
+        ("rita", "permission denied: 'rita' lacks run:job:test.retcode"),
+        ("vic", "permission denied: 'vic' lacks run:job:*"),
+    ]
+    (vic_entry,) = [e for e in log["entries"] if e["user"] == "vic"]
+    assert vic_entry["arguments"] == {"jid": FAILED, "minions": "all"}
+    status, body = rerun(server, GRAINS, rita, {"minions": "all"})
+    assert (status, body["rerun_of"], body["minions"]) == (202, GRAINS, ["a"])
+
+
+def test_may_rerun_says_who_may_rerun_each_job(server, store):
+    failed_job(store)
+    for user, expected in (("ada", {FAILED: True, GRAINS: True}),
+                           ("vic", {FAILED: False, GRAINS: False}),
+                           ("olga", {FAILED: False, GRAINS: False}),
+                           ("rita", {FAILED: False, GRAINS: True})):  # fmt: skip
+        token = login(server, user)
+        for jid, may in expected.items():
+            status, detail = call(server, "GET", f"/api/jobs/{jid}", token)
+            assert (status, detail["may_rerun"]) == (200, may), (user, jid)
+        assert call(server, "GET", "/api/me", token)[1]["may"]["rerun"] is (user in ("ada", "rita"))
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"not json", "the body must be a JSON object"),
+        (b"\xff\xfe", "the body must be a JSON object"),
+        (b"[]", "the body must be a JSON object"),
+        (b"null", "the body must be a JSON object"),
+        (b'"all"', "the body must be a JSON object"),
+        (b"[" * 50_000, "the body must be a JSON object"),  # nested past the decoder's stack
+        (b'{"minion": "a"}', "unknown argument 'minion'; known: minions"),
+        (b'{"minions": "all", "force": true}', "unknown argument 'force'; known: minions"),
+        (b'{"minions": {"a": 1}}', "minions must be one of failed, no_return, all or minion"),
+        (b'{"minions": []}', "minions: an empty minion id"),
+        (b'{"minions": "a,,b"}', "minions: an empty minion id"),
+        (b'{"minions": [true]}', "minions: a minion id must be text"),
+        (b'{"minions": "a\\u0000"}', "minions: a minion id is at most 255 characters, without"),
+        (b'{"mi\\u0000nions": "all"}', "unknown argument 'mi\\x00nions'"),
+        (b'{"minions": "nosuch"}', "minion nosuch did not take part in job"),
+        (b'{"minions": ["a", "nosuch"]}', "minion nosuch did not take part in job"),
+        (b'{"minions": "no_return"}', "no minion of job 20261128130500000000 never returned"),
+    ],
+)
+def test_a_bad_rerun_body_is_a_400_that_says_why(server, store, raw, message):
+    failed_job(store)
+    status, body = rerun(server, FAILED, login(server, "ada"), raw=raw)
+    assert status == 400, body
+    assert message in body["error"]
+    assert server.reruns == []
+    # A body that is not an object never reaches the service; a bad field is refused by
+    # it, and audited as the runner's refusals are.
+    audited_errors = [e["outcome"]["error"] for e in audited(server, "rerun")]
+    assert audited_errors == ([] if raw[:1] != b"{" else [body["error"]])
+
+
+def test_a_rerun_takes_its_arguments_from_the_body_only(server, store):
+    """A ?minions=all that was ignored would publish to other minions than asked for."""
+    failed_job(store)
+    status, body = rerun(server, FAILED, login(server, "ada"), query="?minions=all")
+    assert status == 400 and "a re-run takes no query parameters" in body["error"]
+    assert server.reruns == []
+
+
+def test_a_rerun_of_an_unknown_or_running_job_is_refused(server, store):
+    ada = login(server, "ada")
+    status, body = rerun(server, "20000101000000000000", ada)
+    assert (status, body) == (404, {"error": "no job with jid 20000101000000000000 in the index"})
+    status, body = rerun(server, "nonsense", ada)
+    assert status == 400 and "is not a Salt job id" in body["error"]
+    status, body = rerun(server, RUNNING, ada)
+    assert status == 400 and "is still running" in body["error"], body
+    assert call(server, "POST", f"/api/jobs/{RUNNING}/rerun")[0] == 401  # no session
+    assert server.reruns == []
+    outcomes = [e["outcome"]["error"] for e in audited(server, "rerun")]
+    assert len(outcomes) == 3 and "is still running" in outcomes[0]
+
+
+def test_a_publish_the_master_refuses_is_a_502_and_audited(server, store):
+    import salt.exceptions
+
+    from halite_core.salt_adapter import PublishRefused
+
+    failed_job(store)
+    ada = login(server, "ada")
+    for refusal, said in (
+        (PublishRefused("the master refused the publish of test.retcode"),
+         "the master refused the publish of test.retcode"),
+        (salt.exceptions.SaltReqTimeoutError("Salt request timed out"), "Salt request timed out"),
+    ):  # fmt: skip
+        server.rerun_failure[:] = [refusal]
+        status, body = rerun(server, FAILED, ada)
+        assert (status, body) == (502, {"error": f"the master did not take the re-run: {said}"})
+    server.rerun_failure.clear()
+    errors = [e["outcome"]["error"] for e in audited(server, "rerun")]
+    assert errors == ["SaltReqTimeoutError: Salt request timed out",
+                      "PublishRefused: the master refused the publish of test.retcode"]  # fmt: skip
+    assert call(server, "GET", f"/api/jobs/{FAILED}", ada)[1]["reruns"] == []
+
+
+def test_the_document_lists_the_rerun_route_and_its_body(server):
+    from halite_core.api import RerunArguments
+
+    spec = call(server, "GET", "/api/openapi.json")[1]
+    operation = spec["paths"]["/api/jobs/{jid}/rerun"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RerunArguments"
+    }
+    body = spec["components"]["schemas"]["RerunArguments"]
+    assert list(body["properties"]) == list(RerunArguments.model_fields)
+    assert body["additionalProperties"] is False
+    assert operation["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RerunOutcome"
+    }
+    assert {"400", "401", "403", "404", "429", "502", "503"} <= set(operation["responses"])
+    assert "rerun" in spec["components"]["schemas"]["May"]["properties"]
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
+def test_the_pages_rerun_buttons(server, store):
+    """An admin on a complete failed job: both buttons, a confirmation naming the job, its
+    function and the minions, then the new job's link; the new job says what it re-runs
+    and the old one lists it. A viewer, and a running job, get no buttons."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from halite_core.salt_adapter import PublishRefused
+
+    failed_job(store)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=BROWSER, args=args)
+        try:
+            page = browser.new_page()
+            asked = []
+
+            def answer(dialog):
+                asked.append(dialog.message)
+                dialog.accept()
+
+            page.on("dialog", answer)
+            page_login(page, server.base, "ada")
+            page.goto(f"{server.base}/#/job/{FAILED}")
+            expect(page.locator("#job-title")).to_contain_text(FAILED, timeout=20000)
+            expect(page.locator("#rerun-failed")).to_be_visible()
+            expect(page.locator("#rerun-all")).to_be_visible()
+            expect(page.locator("#kill")).to_be_hidden()
+            expect(page.locator("#job-links")).to_be_hidden()
+            page.click("#rerun-failed")
+            result = page.locator("#rerun-result a")
+            expect(result).to_have_text(re.compile(r"^\d{20}$"), timeout=20000)
+            ((plan, _),) = server.reruns
+            assert plan.minions == ["a", "old"]
+            assert asked == [f"Re-run job {FAILED} (test.retcode) with the same arguments, as"
+                             " you, on its 2 failed minions: a, old?"]  # fmt: skip
+            new = result.inner_text()
+            expect(page.locator("#rerun-result")).to_contain_text("on 1 minion")
+            expect(page.locator("#rerun-result")).to_contain_text("not published to")
+            expect(page.locator("#job-links .reruns a")).to_have_text([new], timeout=20000)
+            result.click()
+            expect(page.locator("#job-title")).to_contain_text(new, timeout=20000)
+            expect(page.locator("#job-links .rerun-of")).to_have_text(f"Re-run of {FAILED}")
+            page.click("#job-links .rerun-of a")
+            expect(page.locator("#job-title")).to_contain_text(FAILED, timeout=20000)
+
+            # A refusal is said in the status line.
+            server.rerun_failure[:] = [PublishRefused("the master refused the publish")]
+            page.click("#rerun-all")
+            expect(page.locator("#rerun-result")).to_have_text(
+                "the master did not take the re-run: the master refused the publish",
+                timeout=20000,
+            )
+            assert asked[-1] == (f"Re-run job {FAILED} (test.retcode) with the same"
+                                 " arguments, as you, on all 3 minions: a, b, old?")  # fmt: skip
+            expect(page.locator("#rerun-all")).to_be_enabled()
+            # The new job, and a job still running: nothing to re-run yet.
+            for jid in (new, RUNNING):
+                page.goto(f"{server.base}/#/job/{jid}")
+                expect(page.locator("#job-title")).to_contain_text(jid, timeout=20000)
+                expect(page.locator("#rerun-result")).to_be_empty()
+                expect(page.locator("#rerun-all")).to_be_hidden()
+                expect(page.locator("#rerun-failed")).to_be_hidden()
+            expect(page.locator("#job-title")).to_contain_text(RUNNING, timeout=20000)
+            expect(page.locator("#kill")).to_be_visible()
+
+            viewer = browser.new_page()
+            page_login(viewer, server.base, "vic")
+            viewer.goto(f"{server.base}/#/job/{FAILED}")
+            expect(viewer.locator("#job-title")).to_contain_text(FAILED, timeout=20000)
+            expect(viewer.locator("#job-links .reruns a")).to_have_text([new])
+            expect(viewer.locator("#rerun-failed")).to_be_hidden()
+            expect(viewer.locator("#rerun-all")).to_be_hidden()
+        finally:
+            browser.close()
+
+
+def page_login(page, base, user):
+    """Through the login form; the jobs table shows."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", "secret")
+    page.fill("input[name=eauth]", "auto")
+    page.click("button[type=submit]")
+    expect(page.locator("#jobs tbody tr").first).to_be_visible(timeout=20000)
 
 
 def test_request_size_is_limited(server):
@@ -353,10 +667,10 @@ def wait_until(check, timeout=20):
         time.sleep(0.02)
 
 
-def policy_service(store, *users, send_kill=None, operators=()):
+def policy_service(store, *users, send_kill=None, operators=(), send_rerun=None):
     extra = {user: ["viewer"] for user in users} | {user: ["operator"] for user in operators}
     policy = Policy.from_config(POLICY["roles"], {**POLICY["users"], **extra}, "salt")
-    return Service(store, policy, "m1", send_kill)
+    return Service(store, policy, "m1", send_kill, send_rerun)
 
 
 def audited(app, action):
@@ -1004,6 +1318,63 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
         release.set()
         wait_until(lambda: app.kill_slots.in_use == 0)
         assert sorted(sent) == sorted(jids[:4])  # otto's kill was never sent
+    finally:
+        release.set()
+        stopped(app)
+
+
+def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions):
+    """Re-runs wait for the master to take the publish, on threads of their own with a
+    limit per user: a kill and plain reads answer while they wait, and a re-run that never
+    got a thread is answered 503 saying it was not published, and never is."""
+    from halite_core.http.limits import RERUN_THREADS, RERUNS_PER_USER
+
+    release, sent, answers, kills = threading.Event(), [], [], []
+    publishing = rerun_sender(store, [])
+
+    def send_rerun(plan, user):
+        sent.append((plan.jid, user))
+        release.wait(60)  # a master that does not answer
+        return publishing(plan, user)
+
+    def send_kill(jid, minions):
+        kills.append(jid)
+        return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
+
+    two_jobs(store)
+    failed_job(store)
+    store.flush()
+    service = policy_service(store, send_kill=send_kill, send_rerun=send_rerun)
+    app = started(WebApp(service, sessions(right_password), None, "auto", request_timeout=1,
+                         salt_timeout=1))  # fmt: skip
+    assert RERUNS_PER_USER == RERUN_THREADS == 2  # ada's two re-runs take every thread
+    ada, rita = login(app, "ada"), login(app, "rita")
+    held = [
+        threading.Thread(target=lambda: answers.append(rerun(app, FAILED, ada)))
+        for _ in range(RERUNS_PER_USER)
+    ]
+    try:
+        for thread in held:
+            thread.start()
+        wait_until(lambda: len(sent) == 2)
+        status, body = rerun(app, FAILED, ada)
+        assert status == 429 and "re-runs of yours" in body["error"], body
+        status, body = call(app, "POST", f"/api/jobs/{RUNNING}/kill", ada)
+        assert status == 202 and kills == [RUNNING], body  # kills are not held up
+        assert call(app, "GET", "/api/jobs", rita)[0] == 200
+        status, body = rerun(app, GRAINS, rita)
+        assert status == 503, body
+        assert "the re-run was not published" in body["error"]
+        for thread in held:
+            thread.join(30)
+        assert [status for status, _ in answers] == [503] * 2
+        assert all("may still be published" in body["error"] for _, body in answers)
+        status, body = rerun(app, FAILED, ada)  # still waiting: they keep their slots
+        assert status == 429 and "re-runs of yours" in body["error"]
+        release.set()
+        wait_until(lambda: app.rerun_slots.in_use == 0)
+        assert sent == [(FAILED, "ada")] * 2  # rita's re-run was never sent
+        wait_until(lambda: len(call(app, "GET", f"/api/jobs/{FAILED}", ada)[1]["reruns"]) == 2)
     finally:
         release.set()
         stopped(app)

@@ -23,19 +23,21 @@ no longer granted anything under ``external_auth``. A token made by salt-api's `
 (or ``salt -T``) on this master is a halite session as well, for the token's user.
 
 Requests carry the token in the ``X-Auth-Token`` header (or ``Authorization: Bearer``),
-never in a cookie, so a page on another site cannot make a browser send it (a kill
-cannot be forged); the event stream, which a browser's EventSource opens without headers,
+never in a cookie, so a page on another site cannot make a browser send it (a kill or a
+re-run cannot be forged); the event stream, which a browser's EventSource opens without headers,
 also takes it as ``?token=`` (the access log leaves query strings out). Errors are JSON:
 400 for a bad argument, 401 without a session, 403 naming the missing permission, 404 for
 an unknown job, 429 (with ``Retry-After``) for a login that must wait (:class:`~.limits.
-LoginThrottle`) or a kill or live listing past its limits, and 503 when the database,
-Salt's token store (or, for a kill or a live listing, the minions) did not answer within
-the request's bound. A request body over 64 KiB is refused: the server closes the
+LoginThrottle`) or a kill, re-run or live listing past its limits, 502 for a re-run's
+publish the master refused, and 503 when the database, Salt's token store (or, for a kill
+or a live listing, the minions; for a re-run, the master) did not answer within the
+request's bound. A request body over 64 KiB is refused: the server closes the
 connection.
 
 Work that waits happens on thread pools, never on the event loop: logins on their own
 (Salt's external auth; those whose user name or address failed lately on others again),
 token lookups on theirs, kills and live listings on theirs (they wait for the minions),
+re-runs on theirs (they wait for the master to take the publish),
 and everything else on the main pool, so none of them can hold up a plain read. Each
 pool's calls are bounded (:class:`~.limits.Slots`), in all and per user (or per user name
 and address), and a call keeps its slot until its thread is done with it, not only until

@@ -32,6 +32,7 @@ from halite_core.http.handlers import (
     NotFound,
     OpenAPI,
     Page,
+    Rerun,
     Timeline,
     _log,
 )
@@ -46,6 +47,9 @@ from halite_core.http.limits import (
     LOGIN_THREADS,
     LOGINS_PER_KEY,
     LOGINS_WAITING,
+    RERUN_CALLS,
+    RERUN_THREADS,
+    RERUNS_PER_USER,
     SALT_TIMEOUT,
     SESSION_THREADS,
     SUSPECT_THREADS,
@@ -79,10 +83,11 @@ class WebApp:
     :class:`~halite_core.http.sessions.SaltSessions`, Salt's own tokens (the engine builds
     it all from the master's opts: :func:`halite_core.http.salt_glue.serve`).
     ``request_timeout`` bounds how long a request waits for the database, ``salt_timeout``
-    how much longer a kill or a live listing waits for the minions; past the bound the
+    how much longer a kill, a re-run or a live listing waits for Salt; past the bound the
     request is answered 503. Work that had a thread by then carries on in it (a kill may
-    still be carried out, and is audited); work still waiting for a thread is dropped, and
-    the answer says so (a kill that was not carried out).
+    still be carried out, a re-run still published, and either is audited); work still
+    waiting for a thread is dropped, and the answer says so (a kill that was not carried
+    out, a re-run that was not published).
 
     ``metrics`` (this process's by default) is served at ``/metrics``, to loopback clients
     or, with ``metrics_token``, to those who send it; ``metrics_only``: nothing else is
@@ -146,6 +151,12 @@ class WebApp:
             " an answer",
             "too many kills are waiting for their minions: try again shortly",
         )  # fmt: skip
+        self.rerun_slots = Slots(
+            "rerun", RERUN_THREADS, RERUN_CALLS, RERUNS_PER_USER,
+            f"{RERUNS_PER_USER} re-runs of yours are still waiting for the master to publish"
+            " them: wait for an answer",
+            "too many re-runs are waiting for the master to publish them: try again shortly",
+        )  # fmt: skip
 
     async def session(self, token: str | None) -> Session | None:
         """The session of ``token`` (None: no token, unknown, expired or no longer
@@ -189,6 +200,7 @@ class WebApp:
             "may": {
                 "view": grants.job_scope("view") != (),
                 "kill": grants.may_any("kill", "job"),
+                "rerun": grants.may_any("run", "job"),
                 "audit": grants.allows("view", "audit", "*"),
             },
         }
@@ -226,8 +238,8 @@ class WebApp:
             raise Unavailable(late, started) from None
 
     async def run(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
-        """A service call on its pool, bounded; a kill or a live listing takes one of its
-        slots first (Busy, a 429, when there is none)."""
+        """A service call on its pool, bounded; a kill, a re-run or a live listing takes
+        one of its slots first (Busy, a 429, when there is none)."""
         slots: Slots | None = None
         if method == "live_jobs":
             slots, timeout = self.live_slots, self.request_timeout + self.salt_timeout
@@ -236,6 +248,11 @@ class WebApp:
             slots, timeout = self.kill_slots, self.request_timeout + self.salt_timeout
             late = (f"no answer within {timeout:g} s from halite's database or the minions; "
                     "the kill may still be carried out: see the audit log")  # fmt: skip
+        elif method == "rerun":
+            slots, timeout = self.rerun_slots, self.request_timeout + self.salt_timeout
+            late = (f"no answer within {timeout:g} s from halite's database or the master; "
+                    "the re-run may still be published: see the audit log and the job list"
+                    )  # fmt: skip
         else:
             timeout = self.request_timeout
             late = f"halite's database did not answer within {timeout:g} s; try again shortly"
@@ -251,12 +268,17 @@ class WebApp:
                 lambda: self._dispatch(method, user, *args, **kwargs), late, done,
             )  # fmt: skip
         except Unavailable as exc:
-            if method != "kill" or exc.started:
+            if exc.started or method not in ("kill", "rerun"):
                 raise
+            what = {
+                "kill": ("kill", "carried out", "kills, waiting for their minions"),
+                "rerun": ("re-run", "published", "re-runs, waiting for the master"),
+            }
+            name, done_word, others = what[method]
             raise Unavailable(
-                f"the kill was not carried out: it waited {timeout:g} s for one of halite's"
-                " kill threads (all were busy with other kills, waiting for their minions or"
-                " the database) and nothing was sent; try again shortly", started=False,
+                f"the {name} was not {done_word}: it waited {timeout:g} s for one of halite's"
+                f" {name} threads (all were busy with other {others} or the database) and"
+                " nothing was sent; try again shortly", started=False,
             ) from None  # fmt: skip
 
     def _dispatch(self, method: str, user: str, *args: Any, **kwargs: Any) -> Any:
@@ -304,6 +326,7 @@ class WebApp:
             (r"/api/jobs/stream", Stream, {"app": self}),
             (r"/api/jobs/([^/]+)", Job, {"app": self}),
             (r"/api/jobs/([^/]+)/kill", Kill, {"app": self}),
+            (r"/api/jobs/([^/]+)/rerun", Rerun, {"app": self}),
             (r"/api/audit", Audit, {"app": self}),
             (r"/api/minions", Fleet, {"app": self, "method": "minions", "model": MinionsQuery}),
             (

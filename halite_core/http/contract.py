@@ -3,6 +3,8 @@
 Generated, not written: the answers' schemas come from the typed answers of
 :mod:`halite_core.api` and each route's query parameters from the fields of the model
 its handler parses them with (the same models the runners take their arguments from).
+A request body's schema comes from its model too (a re-run's: the fields of
+:class:`~halite_core.api.RerunArguments`, as ``salt-run halite.rerun`` takes them).
 Only the routes, their summaries, their status codes and the ``format`` parameter of
 the routes that also answer CSV (:mod:`halite_core.export`) are written here. A test runs
 schemathesis against the running server with this document, so the two cannot drift
@@ -29,6 +31,8 @@ from halite_core.api import (
     MinionsPage,
     MinionsQuery,
     Page,
+    RerunArguments,
+    RerunOutcome,
     StateHistory,
     StateQuery,
     StatesPage,
@@ -50,8 +54,12 @@ class Error(TypedDict):
 
 
 class May(TypedDict):
+    """Whether the user may view some jobs, kill some, re-run some, and read the audit
+    log (a job's own ``may_kill`` and ``may_rerun`` say it for that job)."""
+
     view: bool
     kill: bool
+    rerun: bool
     audit: bool
 
 
@@ -73,15 +81,22 @@ class Credentials(TypedDict):
 
 
 # What the routes answer, and (generated with them) every schema they refer to.
-ANSWERS = (Error, Me, Credentials, Page, JobDetail, KillOutcome, Activity, Timeline, AuditPage,
-           MinionsPage, MinionHistory, StatesPage, StateHistory)  # fmt: skip
+ANSWERS = (Error, Me, Credentials, Page, JobDetail, KillOutcome, RerunOutcome, Activity,
+           Timeline, AuditPage, MinionsPage, MinionHistory, StatesPage,
+           StateHistory)  # fmt: skip
+# The request bodies that are the models the service parses them with: their schemas as
+# they are taken (validation), not as they would be answered.
+BODIES: tuple[type[BaseModel], ...] = (RerunArguments,)
 
 
 def components() -> dict[str, Any]:
-    """Every answer's schema, and the schemas they refer to, by class name."""
+    """Every answer's and request body's schema, and the schemas they refer to, by class
+    name."""
     _, definitions = TypeAdapter.json_schemas(
-        [(kind, "serialization", TypeAdapter(kind)) for kind in ANSWERS], ref_template=REF
-    )
+        [*((kind, "serialization", TypeAdapter(kind)) for kind in ANSWERS),
+         *((kind, "validation", TypeAdapter(kind)) for kind in BODIES)],
+        ref_template=REF,
+    )  # fmt: skip
     return dict(definitions["$defs"])
 
 
@@ -141,8 +156,8 @@ AUTHED = {
         "A bad argument (or a query parameter given more than once); `error` says which and why."
     ),
     "503": _retry(
-        "halite's database (for a kill or a live listing: or the minions) did not answer"
-        " within the request's bound."
+        "halite's database (for a kill or a live listing: or the minions; for a re-run: or"
+        " the master) did not answer within the request's bound."
     ),
 }
 
@@ -282,6 +297,50 @@ def paths() -> dict[str, Any]:
                         "No answer in time. A kill that had started may still be carried out"
                         " (see the audit log); one that never got a thread was not carried"
                         " out, and `error` says so."
+                    ),
+                },
+            }
+        },
+        "/api/jobs/{jid}/rerun": {
+            "post": {
+                "summary": (
+                    "Run a complete job again, as the caller, on its failed minions (the"
+                    " default), those that never returned, all of them or named ones (as"
+                    " salt-run halite.rerun); needs run:job:<function>."
+                ),
+                "parameters": [JID],
+                "requestBody": {
+                    "required": False,
+                    "description": "Which minions; an empty body asks for the defaults.",
+                    "content": _content(_ref("RerunArguments")),
+                },
+                "responses": {
+                    "202": _answer(
+                        "Published: the new job's jid and the minions the master published"
+                        " it to; it runs on. GET /api/jobs/{jid} of either job shows the"
+                        " link (`rerun_of`, `reruns`).",
+                        "RerunOutcome",
+                    ),
+                    "404": _error("No such job."),
+                    "429": _retry(
+                        "Re-runs of this user's are still waiting for the master, or too many are."
+                    ),
+                    "502": _error(
+                        "The master refused the publish or did not answer it; `error` says"
+                        " what Salt said."
+                    ),
+                    **AUTHED,
+                    "400": _error(
+                        "A body that is not a JSON object, an unknown field, minions that"
+                        " are not the job's, a query parameter, or a job that cannot be"
+                        " re-run (still running, a runner or wheel job, arguments not"
+                        " stored as published, no minion left to run it on); `error` says"
+                        " which."
+                    ),
+                    "503": _retry(
+                        "No answer in time. A re-run that had started may still be published"
+                        " (see the audit log and the job list); one that never got a thread"
+                        " was not, and `error` says so."
                     ),
                 },
             }

@@ -23,6 +23,7 @@ from halite_core.http.limits import RETRY_AFTER, Busy, Unavailable
 from halite_core.http.sessions import Session
 from halite_core.permissions import Denied
 from halite_core.queries import QueryError, UnknownJob
+from halite_core.salt_adapter import PublishRefused
 from halite_core.service import flag_arg
 
 if TYPE_CHECKING:
@@ -370,6 +371,64 @@ class Job(Base):
 class Kill(Base):
     async def post(self, jid: str) -> None:
         await self.call("kill", jid, status=202)
+
+
+# What a re-run's body looks like, for the refusals of one that is not (the fields are
+# RerunArguments').
+EXAMPLE_BODY = '{"minions": "failed"}'
+
+
+class Rerun(Base):
+    """``POST /api/jobs/{jid}/rerun``: the service's rerun, with the JSON body's fields
+    (:class:`~halite_core.api.RerunArguments`; an empty body asks for the defaults). The
+    body's fields are checked by the service, after the permission, so that a refusal of
+    either kind is audited as the runner's are."""
+
+    async def post(self, jid: str) -> None:
+        if self.request.query_arguments:
+            # Never taken from the query string: a ?minions=all that was silently ignored
+            # would re-run the job on other minions than the caller asked for.
+            self.write_json(400, {"error": "a re-run takes no query parameters: send"
+                                           f" {EXAMPLE_BODY} as the JSON body"})  # fmt: skip
+            return
+        given = _json_object(self.request.body)
+        if given is None:
+            self.write_json(400, {"error": "the body must be a JSON object (or empty, for"
+                                           f" the defaults), such as {EXAMPLE_BODY}"})  # fmt: skip
+            return
+        await self.call("rerun", jid, given, status=202)
+
+    def failure(self, exc: Exception) -> tuple[int, dict[str, Any], float | None]:
+        # The master refused the publish, or did not answer it (Salt's client errors): a
+        # 502 saying what the master said, rather than an internal error. The attempt is
+        # in the audit log, with Salt's words.
+        if isinstance(exc, PublishRefused) or _salt_error(exc):
+            return 502, {"error": f"the master did not take the re-run: {exc}"}, None
+        return super().failure(exc)
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    """The JSON object of a request body (``{}`` for an empty one), or None for a body
+    that is not one: not JSON, not UTF-8, or JSON other than an object."""
+    if not body or not body.strip():
+        return {}
+    try:
+        given = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, or not UTF-8. RecursionError: arrays nested some thousands
+        # deep exhaust the decoder's stack.
+        return None
+    return given if isinstance(given, dict) else None
+
+
+def _salt_error(exc: Exception) -> bool:
+    """Whether ``exc`` is one of Salt's own (a publish the master refused or did not
+    answer: SaltClientError, SaltReqTimeoutError, AuthorizationError...)."""
+    try:
+        import salt.exceptions
+    except ImportError:  # no Salt here: no publish either
+        return False
+    return isinstance(exc, salt.exceptions.SaltException)
 
 
 class Activity(Base):

@@ -36,10 +36,18 @@ LIVE_PER_USER = 1
 KILL_THREADS = 4
 KILL_CALLS = 8
 KILLS_PER_USER = 4
+# Re-runs publish to the minions and wait for the master to take the publish (the master
+# answers the new jid and the minions it published to; the returns are not waited for).
+# Threads of their own again: a user with re-runs waiting for a master that does not
+# answer must still be able to kill (and the other way round), and neither kind can take
+# the other's threads. Fewer per user than kills: each one starts a job on minions.
+RERUN_THREADS = 2
+RERUN_CALLS = 4
+RERUNS_PER_USER = 2
 API_THREADS = 4
 SESSION_THREADS = 4  # looking tokens up in Salt's token store
 # A request waits http:request_timeout (config.REQUEST_TIMEOUT) for the database before it
-# is answered 503; kills and live listings also wait for the minions (salt_timeout).
+# is answered 503; kills, re-runs and live listings also wait for Salt (salt_timeout).
 SALT_TIMEOUT = 10.0
 RETRY_AFTER = 5  # seconds, in a 503's Retry-After
 

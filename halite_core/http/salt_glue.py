@@ -3,7 +3,7 @@
 :func:`serve` is what the engine calls with its ``__opts__`` and its ``http:`` options:
 Salt's token store for the sessions (:class:`~halite_core.http.sessions.SaltSessions`),
 and, from halite_core.salt_adapter, the service (the engine's store, the policy, kills
-through a LocalClient per call) and the live listing.
+and re-runs through a LocalClient per call) and the live listing.
 """
 
 from __future__ import annotations

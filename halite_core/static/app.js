@@ -183,7 +183,56 @@ async function loadJob(jid) {
         loadJob(job.jid);
       } catch (err) { $("#kill-result").textContent = err.message; }
     };
+    rerunLinks(job);
+    // A re-run publishes the job again: only for a complete job, to those who may
+    // (run:job:<function>); the server refuses one it cannot re-run, and says why.
+    const rerunnable = job.may_rerun && job.status === "complete";
+    const failed = job.minion_results.filter((m) => m.failed).map((m) => m.minion);
+    const all = job.minion_results.map((m) => m.minion).sort();
+    rerunButton($("#rerun-failed"), rerunnable && job.minions.failed > 0, job, "failed",
+                `its ${many(job.minions.failed, "failed minion")}`, failed);
+    rerunButton($("#rerun-all"), rerunnable && all.length > 0, job, "all", `all ${many(all.length, "minion")}`, all);
   } catch (err) { $("#job-title").textContent = err.message; }
+}
+
+function many(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+function jobLinks(jids) {
+  const links = [];
+  jids.forEach((jid, i) => { if (i) links.push(", "); links.push(link(`#/job/${encodeURIComponent(jid)}`, jid)); });
+  return links;
+}
+
+// The job this one runs again, and the jobs that run this one again (newest first).
+function rerunLinks(job) {
+  const links = $("#job-links"); links.replaceChildren();
+  if (job.rerun_of) links.append(el("span", { class: "rerun-of" }, "Re-run of ", ...jobLinks([job.rerun_of])));
+  if (job.reruns && job.reruns.length) links.append(el("span", { class: "reruns" }, "Re-runs: ", ...jobLinks(job.reruns)));
+  links.hidden = !links.childElementCount;
+}
+
+function namesText(names, shown = 20) {
+  const listed = names.slice(0, shown).join(", ");
+  return names.length > shown ? `${listed} and ${names.length - shown} more` : listed;
+}
+
+function rerunButton(button, visible, job, minions, which, names) {
+  button.hidden = !visible;
+  button.onclick = async () => {
+    if (!confirm(`Re-run job ${job.jid} (${job.function}) with the same arguments, as you, on ${which}: ` +
+                 `${namesText(names)}?`)) return;
+    const result = $("#rerun-result");
+    // Disabled until answered: a second click must not publish the job twice.
+    for (const b of [$("#rerun-failed"), $("#rerun-all")]) b.disabled = true;
+    result.replaceChildren("publishing…");
+    try {
+      const outcome = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/rerun`, { minions });
+      result.replaceChildren("Re-run as ", ...jobLinks([outcome.jid]), ` on ${many(outcome.minions.length, "minion")}`,
+                             outcome.missing.length ? `; not published to (no accepted key): ${namesText(outcome.missing)}` : "");
+      loadJob(job.jid);  // its re-runs now list the new job
+    } catch (err) { result.replaceChildren(err.message); }
+    finally { for (const b of [$("#rerun-failed"), $("#rerun-all")]) b.disabled = false; }
+  };
 }
 
 // ---------------------------------------------------------------- timeline
@@ -292,7 +341,6 @@ async function loadState(id) {
   const summary = $("#state-summary"); summary.replaceChildren();
   if (data) {
     const f = data.failed;
-    const many = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
     summary.append(el("span", { class: "fail" }, f.runs ? `failed in ${many(f.runs, "run")} on ` +
       `${many(f.minions, "minion")}, first ${time(f.first)}, last ${time(f.last)}` : "never failed"));
   }
@@ -365,7 +413,7 @@ async function route() {
     $("#who").textContent = state.me.user;
   }
   const [, view, arg] = (location.hash || "#/jobs").split("/");
-  if (view === "job" && arg) { $("#kill-result").textContent = ""; loadJob(arg); }
+  if (view === "job" && arg) { $("#kill-result").textContent = ""; $("#rerun-result").replaceChildren(); loadJob(arg); }
   else if (view === "timeline") loadTimeline();
   else if (view === "minions") loadMinions();
   else if (view === "minion" && arg) loadMinion(decodeURIComponent(arg));
