@@ -347,8 +347,9 @@ class RerunArguments(Arguments):
         BeforeValidator(_rerun_minions),
         WithJsonSchema(
             {
-                "oneOf": [
+                "anyOf": [
                     {"type": "string", "enum": list(RERUN_SELECTIONS)},
+                    {"type": "string", "description": "Minion ids separated by commas."},
                     {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 ]
             }

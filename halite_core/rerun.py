@@ -64,6 +64,12 @@ class Plan:
     minions: list[str]
 
 
+def on_minions(function: str | None) -> bool:
+    """Whether a job of ``function`` ran on minions (not a runner or wheel job, nor one of
+    several functions): only those can be re-run."""
+    return bool(function) and not str(function).startswith((*MASTER_FUNCTIONS, "["))
+
+
 def find(conn: Connection, jid: object) -> Job:
     """The job ``jid``; raises QueryError for a jid that is not one, UnknownJob for one the
     index does not hold."""

@@ -223,7 +223,10 @@ class Service:
                 _unknown(detail["jid"]),
             )  # fmt: skip
         detail["may_kill"] = grants.allows("kill", "job", function)
-        detail["may_rerun"] = grants.allows("run", "job", function)
+        # A runner or wheel job ran on the master: there is nothing to re-run on minions.
+        detail["may_rerun"] = grants.allows("run", "job", function) and rerunning.on_minions(
+            function
+        )
         return detail
 
     # ------------------------------------------------------------------ the fleet

@@ -288,3 +288,9 @@ def test_the_detail_says_who_may_rerun(store):
 def test_the_link_is_journalled_like_any_write():
     item = RerunItem(NEW, JID)
     assert item_from_line(item_to_line(item)) == item
+
+
+def test_the_detail_offers_no_rerun_of_a_runner_job(store):
+    publish(store, JID, fun="runner.jobs.list_jobs", minions=["master"])
+    save_return(store, ret(JID, "master", fun="runner.jobs.list_jobs"))
+    assert _service(store, Publisher(store)).job("salt", JID)["may_rerun"] is False
