@@ -436,9 +436,10 @@ class Service:
         asked = _merged(asked, given)
         arguments = {"jid": jid, **_given(asked)}
         grants = self.grants(user)
-        if not grants.may_any("run", "job"):
-            raise self._deny(user, "rerun", "run:job:*", arguments)
         jid_text = str(jid)[:64]
+        if not grants.may_any("run", "job"):
+            # The jid asked for is recorded: the log tells who tried to re-run which job.
+            raise self._deny(user, "rerun", "run:job:*", arguments, jid=jid_text)
         try:
             choice = _checked(RerunArguments, asked)
             with self.store.db.read() as conn:

@@ -246,7 +246,7 @@ def test_who_may_not_rerun_is_denied_and_audited(store, user, fun, needed):
         _service(store, publisher).rerun(user, JID)
     assert publisher.plans == []
     (entry,) = _audited(store)
-    assert (entry["user"], entry["decision"]) == (user, "deny")
+    assert (entry["user"], entry["decision"], entry["jid"]) == (user, "deny", JID)
 
 
 def test_a_job_out_of_view_answers_as_an_unknown_one(store):
