@@ -351,3 +351,48 @@ def _login_from(base, address, user):
         return response.status, json.loads(response.read()), dict(response.headers)
     finally:
         connection.close()
+
+
+def _metric(base, name, **labels):
+    """One sample of the engine's /metrics (scraped from loopback, read with the
+    prometheus_client library's own parser); None when it is not there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def test_a_rerun_through_the_api_and_the_metrics_of_a_real_master(web_master, web_minion):
+    """A failing state run re-run through the API by a user with run:job:state.*, published
+    by the engine's HTTP server as that user; /metrics counts the failed runs and the
+    re-run."""
+    base = web_master.base
+    erin, bob = login(base, "sudo_erin"), login(base, "sudo_bob")
+    jid = run_job(web_master, web_minion, "state.apply", "halite_demo")
+    wait_for(lambda: _complete(base, erin, jid), timeout=120)
+    status, body = call(base, "POST", f"/api/jobs/{jid}/rerun", bob, body={})
+    assert (status, body["missing"]) == (403, "run:job:*")
+    status, body = call(base, "POST", f"/api/jobs/{jid}/rerun", erin, body={"minions": "failed"})
+    assert status == 202, body
+    assert (body["rerun_of"], body["minions"]) == (jid, [web_minion.id])
+    new = body["jid"]
+    wait_for(lambda: _complete(base, erin, new), timeout=120)
+    status, detail = call(base, "GET", f"/api/jobs/{new}", erin)
+    assert status == 200, detail
+    assert (detail["rerun_of"], detail["user"], detail["result"]) == (jid, "sudo_erin", "failed")
+    assert call(base, "GET", f"/api/jobs/{jid}", erin)[1]["reruns"] == [new]
+
+    def counted():
+        """/metrics shows both failed state runs and the re-run"""
+        failed = _metric(
+            base, "halite_jobs_completed_total", function="state.apply", result="failed"
+        )
+        reruns = _metric(base, "halite_reruns_total")
+        return failed is not None and failed >= 2 and reruns == 1 and (failed, reruns)
+
+    wait_for(counted, timeout=60)
