@@ -32,7 +32,7 @@ from halite_core.service import Service
 
 log = logging.getLogger(__name__)
 
-SendKill = Callable[[str, list[str]], Mapping[str, Any]]
+SendKill = Callable[[str, list[str], str], Mapping[str, Any]]
 SendFindJob = Callable[[str, list[str]], "str | None"]
 SendRerun = Callable[[Plan, str], Mapping[str, Any]]
 
@@ -64,13 +64,17 @@ def service_for(opts: Mapping[str, Any], shared_store: bool = False) -> Service:
 
 
 def kill_sender(opts: Mapping[str, Any]) -> SendKill:
-    """``saltutil.kill_job`` to the minions still running a job: a list target, never ``*``."""
+    """``saltutil.kill_job`` to the minions still running a job: a list target, never ``*``,
+    published as ``user`` (the kill job is listed under who killed; see
+    :func:`rerun_sender` for when Salt accepts that name)."""
     timeout = gather_timeout(opts)
 
-    def send_kill(jid: str, minions: list[str]) -> Mapping[str, Any]:
+    def send_kill(jid: str, minions: list[str], user: str = "") -> Mapping[str, Any]:
         import salt.client
 
         with salt.client.get_local_client(mopts=opts) as client:
+            if user:
+                client.salt_user = user
             return client.cmd(minions, "saltutil.kill_job", [jid], tgt_type="list", timeout=timeout)
 
     return send_kill

@@ -60,8 +60,8 @@ from halite_core.states import JobStatus
 # The argument checks live with the models; these names stay importable from here.
 __all__ = ["KillSender", "RerunSender", "Service", "flag_arg", "parse_time", "text_arg"]
 
-# Sends saltutil.kill_job <jid> to a list of minions; answers {minion: reply}.
-KillSender = Callable[[str, list[str]], Mapping[str, Any]]
+# Sends saltutil.kill_job <jid> to a list of minions as the user; answers {minion: reply}.
+KillSender = Callable[[str, list[str], str], Mapping[str, Any]]
 # Publishes a re-run's plan as the user; answers the new job's {"jid", "minions"} as the
 # master took it, or raises what the master said.
 RerunSender = Callable[[rerunning.Plan, str], Mapping[str, Any]]
@@ -385,7 +385,7 @@ class Service:
             raise QueryError("this halite cannot reach the minions to kill a job")
         outcome: dict[str, Any] = {}
         try:
-            replies = self.send_kill(target["jid"], target["minions"])
+            replies = self.send_kill(target["jid"], target["minions"], user or "")
             results = killing.outcomes(target["minions"], replies or {})
             signalled = [m for m, r in results.items() if r["outcome"] == killing.SIGNALLED]
             # A list, not a mapping by minion: the audit log's redaction of secret-looking

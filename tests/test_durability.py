@@ -127,7 +127,7 @@ def test_refusals_and_kills_are_audited_while_the_database_is_locked(store, sett
     locked = locked()  # the job is in; now nothing more can be written
     impatient = JobStore(dataclasses.replace(settings, sqlite_busy_timeout=0.05))
 
-    def signal(jid, minions):
+    def signal(jid, minions, user):
         return {m: f"Signal 9 sent to job {jid} at pid 7" for m in minions}
 
     service = _service(impatient, signal)

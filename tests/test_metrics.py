@@ -46,7 +46,7 @@ def serve(store, tmp_path, metrics):
 
     def start(proxy_headers=None, **options):
         service = Service(store, Policy.from_config(POLICY["roles"], POLICY["users"], "salt"),
-                          "m1", lambda jid, minions: {})  # fmt: skip
+                          "m1", lambda jid, minions, user: {})  # fmt: skip
         sessions = SaltSessions(master_opts(tmp_path / "master"))
         app = WebApp(service, sessions, None, "auto", metrics=metrics, **options)
         port = free_port()

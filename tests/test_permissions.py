@@ -242,7 +242,7 @@ def _audited(store):
 def test_every_kill_is_audited_even_when_it_fails_half_way(store):
     from tests.helpers import publish
 
-    def unreachable(jid, minions):
+    def unreachable(jid, minions, user):
         raise ConnectionError("the master's publisher is gone")
 
     publish(store, "20261128120000000001", fun="test.sleep", minions=["m1"])
@@ -255,11 +255,15 @@ def test_every_kill_is_audited_even_when_it_fails_half_way(store):
 def test_kill_outcomes_are_audited_per_minion_whatever_their_names(store):
     from tests.helpers import publish
 
-    def signal(jid, minions):
+    asked = []
+
+    def signal(jid, minions, user):
+        asked.append(user)
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 
     publish(store, "20261128120000000001", fun="test.sleep", minions=["token-db", "web1"])
     _kill_service(store, signal).kill("kim", "20261128120000000001")
+    assert asked == ["kim"]  # the kill is published as the caller
     (entry,) = _audited(store)
     assert entry["outcome"]["signalled"] == ["token-db", "web1"]
     assert [m["minion"] for m in entry["outcome"]["minions"]] == ["token-db", "web1"]
@@ -293,7 +297,7 @@ def _scoped_service(store):
         {"dora": ["test-killer"], "dave": ["tester"], "kim": ["test_killer"]},
         "salt",
     )  # fmt: skip
-    return Service(store, policy, "m1", lambda jid, minions: {m: "" for m in minions})
+    return Service(store, policy, "m1", lambda jid, minions, user: {m: "" for m in minions})
 
 
 def _answer(call):
@@ -467,7 +471,7 @@ def test_a_kill_answers_its_typed_outcome(store):
     from halite_core.api import AuditPage, KillOutcome
     from tests.helpers import publish
 
-    def signal(jid, minions):
+    def signal(jid, minions, user):
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions[:1]}
 
     publish(store, "20261128120000000001", fun="test.sleep", minions=["m1", "m2"])
@@ -485,7 +489,7 @@ def test_closing_a_service_commits_its_writes_and_keeps_the_shared_engine(store)
     from tests.helpers import publish
 
     publish(store, "20261128120000000001", fun="test.sleep", minions=["m1"])
-    service = _kill_service(store, lambda jid, minions: {})
+    service = _kill_service(store, lambda jid, minions, user: {})
     with pytest.raises(Exception, match="kill:job"):
         service.kill("mallory", "20261128120000000001")  # a denial, journalled
     pool = store.db.engine.pool

@@ -109,7 +109,7 @@ def rerun_sender(store, reruns, failure=None):
 def server(store, sessions):
     kills, reruns, failure = [], [], []
 
-    def send_kill(jid, minions):
+    def send_kill(jid, minions, user):
         kills.append((jid, minions))
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 
@@ -961,7 +961,7 @@ def test_a_frozen_database_gets_a_bounded_503(store, pg_server, sessions):
     two_jobs(store)
     sent = []
 
-    def send_kill(jid, minions):
+    def send_kill(jid, minions, user):
         sent.append(jid)
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 
@@ -1279,7 +1279,7 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
     never got a thread is answered 503 saying it was not carried out, and never is."""
     release, sent, answers = threading.Event(), [], []
 
-    def send_kill(jid, minions):
+    def send_kill(jid, minions, user):
         sent.append(jid)
         release.wait(60)  # a minion that is down
         return {}
@@ -1337,7 +1337,7 @@ def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions
         release.wait(60)  # a master that does not answer
         return publishing(plan, user)
 
-    def send_kill(jid, minions):
+    def send_kill(jid, minions, user):
         kills.append(jid)
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 

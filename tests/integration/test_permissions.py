@@ -5,7 +5,7 @@ import shutil
 import yaml
 from sqlalchemy import select
 
-from halite_core.store.schema import audit_log, job_returns
+from halite_core.store.schema import audit_log, job_returns, jobs_index
 from tests.integration.conftest import as_user, wait_for
 from tests.integration.test_master_job_cache import finished_job, returns_of, run_job
 
@@ -22,6 +22,16 @@ def audit_rows(index, **where):
         for column, value in where.items():
             query = query.where(audit_log.c[column] == value)
         return [row._asdict() for row in conn.execute(query)]
+
+
+def kill_jobs_of(index, jid):
+    """The users of the saltutil.kill_job jobs sent for ``jid``."""
+    j = jobs_index.c
+    with index.db.read() as conn:
+        rows = conn.execute(
+            select(j.user, j.arguments).where(j.function == "saltutil.kill_job")
+        ).all()
+    return [row.user for row in rows if row.arguments == [jid]]
 
 
 def test_operator_kills_a_running_job_and_a_viewer_cannot(master, minion, index):
@@ -55,6 +65,8 @@ def test_operator_kills_a_running_job_and_a_viewer_cannot(master, minion, index)
     assert detail.data["minion_results"][0]["state"] == "killed"
     (allowed,) = audit_rows(index, jid=jid, decision="allow")
     assert allowed["user"] == "sudo_alice" and allowed["outcome"]["signalled"] == [minion.id]
+    # The saltutil.kill_job job is published as the operator who killed, not as root.
+    assert kill_jobs_of(index, jid) == ["sudo_alice"]
 
     # Killing it again, an unknown jid and a malformed one: clear answers, non-zero exits.
     again = run.run("halite.kill", jid, env=as_user("alice"))
