@@ -22,6 +22,7 @@ from sqlalchemy import Connection, select
 
 from halite_core import audit, encoding, jids
 from halite_core.api import RERUN_SELECTIONS, QueryError, UnknownJob
+from halite_core.errors import HaliteError
 from halite_core.queries import RESERVED
 from halite_core.states import JobStatus, MinionState, minion_failed
 from halite_core.store.schema import job_returns, jobs_index
@@ -35,6 +36,10 @@ LOSSY_MARKERS = ("truncated", "object")
 
 class NotRerunnable(QueryError):
     """The job exists, and cannot be run again; the message says why."""
+
+
+class PublishFailed(HaliteError):
+    """The master refused the re-run's publish, or did not answer it (the HTTP API's 502)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ command line or a query string gives them: text, numbers, booleans; the models o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
@@ -65,6 +66,7 @@ KillSender = Callable[[str, list[str], str], Mapping[str, Any]]
 # Publishes a re-run's plan as the user; answers the new job's {"jid", "minions"} as the
 # master took it, or raises what the master said.
 RerunSender = Callable[[rerunning.Plan, str], Mapping[str, Any]]
+log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Arguments)
 NOTHING: Mapping[str, object] = MappingProxyType({})  # no arguments given
 # The fleet's state views need the right to view every state job (see halite_core.fleet).
@@ -434,7 +436,8 @@ class Service:
         Needs ``view:job:`` and ``run:job:`` of the job's function; every rerun, allowed
         or refused, is audited. The new job records the one it runs again."""
         asked = _merged(asked, given)
-        arguments = {"jid": jid, **_given(asked)}
+        # The jid last: a body's own "jid" field must not stand for the job asked for.
+        arguments = {**_given(asked), "jid": jid}
         grants = self.grants(user)
         jid_text = str(jid)[:64]
         if not grants.may_any("run", "job"):
@@ -467,19 +470,26 @@ class Service:
             raise
         outcome: dict[str, Any] = {"selection": plan.selection, "requested": plan.minions}
         try:
-            published = self.send_rerun(plan, user or "")
-            new_jid = str(published.get("jid") or "")
-            minions = sorted({str(m) for m in published.get("minions") or ()})
+            new_jid, minions = self._publish(plan, user or "")
             outcome.update(new_jid=new_jid, minions=minions)
-            if not jids.is_jid(new_jid):
-                raise QueryError(f"the master did not publish the re-run of job {job.jid}")
-            self.store.mark_rerun(new_jid, job.jid)
         except Exception as exc:
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
+            # Salt's own words and error, not the wrapper's.
+            cause = exc.__cause__ if isinstance(exc, rerunning.PublishFailed) else None
+            said = cause or exc
+            outcome["error"] = f"{type(said).__name__}: {said}"
             self._record(user, "rerun", "allow", resource=resource, jid=job.jid,
                          arguments=arguments, outcome=outcome)  # fmt: skip
+            raise
+        try:
+            self.store.mark_rerun(new_jid, job.jid)
+        except Exception as exc:  # noqa: BLE001 - the job is out: say so, never "failed"
+            # A failure here (a journal disk that is full) must not answer "failed" for a
+            # job that was published: a retry would publish it twice.
+            log.warning("halite: re-run %s of %s is published, its link is not recorded: %s",
+                        new_jid, job.jid, exc)  # fmt: skip
+            outcome["link_error"] = f"{type(exc).__name__}: {exc}"
+        self._record(user, "rerun", "allow", resource=resource, jid=job.jid,
+                     arguments=arguments, outcome=outcome)  # fmt: skip
         # The link and the entry are journalled: commit them now if the database takes
         # them within read_timeout, so that the jobs read right after show the link.
         self._commit_own_writes()
@@ -492,3 +502,20 @@ class Service:
             "minions": minions,
             "missing": sorted(set(plan.minions) - set(minions)),
         }
+
+    def _publish(self, plan: rerunning.Plan, user: str) -> tuple[str, list[str]]:
+        """Publish ``plan`` as ``user``: the new jid and the minions published to. Any
+        failure of the publish is a PublishFailed saying what the master said."""
+        assert self.send_rerun is not None
+        try:
+            published = self.send_rerun(plan, user)
+        except Exception as exc:  # noqa: BLE001 - Salt's client raises many kinds
+            raise rerunning.PublishFailed(
+                f"the master did not take the re-run of job {plan.jid}: {exc or type(exc).__name__}"
+            ) from exc
+        new_jid = str(published.get("jid") or "") if isinstance(published, Mapping) else ""
+        if not jids.is_jid(new_jid):
+            raise rerunning.PublishFailed(
+                f"the master did not take the re-run of job {plan.jid}: it answered no job id"
+            )
+        return new_jid, sorted({str(m) for m in published.get("minions") or ()})

@@ -265,13 +265,13 @@ def test_refusals_and_failed_publishes_are_audited(store):
     with pytest.raises(rerun.NotRerunnable):
         service.rerun("sam", JID)
     save_return(store, ret(JID, "a", fun="state.apply", retcode=2))
-    with pytest.raises(RuntimeError, match="publish refused"):
+    with pytest.raises(rerun.PublishFailed, match=f"did not take the re-run of job {JID}: publish"):
         service.rerun("sam", JID)
     with pytest.raises(QueryError, match="unknown argument 'target'"):
         service.rerun("sam", JID, target="*")
     still, failed, bad = _audited(store)[::-1]
     assert "still running" in still["outcome"]["error"]
-    assert "publish refused" in failed["outcome"]["error"]
+    assert failed["outcome"]["error"] == "RuntimeError: publish refused"  # Salt's, unwrapped
     assert failed["outcome"]["requested"] == ["a"]
     assert "unknown argument" in bad["outcome"]["error"]
     assert {still["decision"], failed["decision"], bad["decision"]} == {"allow"}
@@ -294,3 +294,27 @@ def test_the_detail_offers_no_rerun_of_a_runner_job(store):
     publish(store, JID, fun="runner.jobs.list_jobs", minions=["master"])
     save_return(store, ret(JID, "master", fun="runner.jobs.list_jobs"))
     assert _service(store, Publisher(store)).job("salt", JID)["may_rerun"] is False
+
+
+def test_a_job_published_whose_link_fails_is_answered_as_published(store, monkeypatch):
+    """The publish is out: a failure to journal the link must not say the re-run failed
+    (a retry would publish it twice); the audit entry says what was lost."""
+    _failing_job(store)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "mark_rerun", full)
+    answer = _service(store, Publisher(store)).rerun("sam", JID)
+    assert answer["jid"] == NEW
+    (entry,) = _audited(store)
+    assert entry["outcome"]["new_jid"] == NEW
+    assert "No space left" in entry["outcome"]["link_error"]
+
+
+def test_a_body_field_named_jid_does_not_stand_for_the_job(store):
+    _failing_job(store)
+    with pytest.raises(QueryError, match="unknown argument 'jid'"):
+        _service(store, Publisher(store)).rerun("sam", JID, {"jid": "20000101000000000000"})
+    (entry,) = _audited(store)
+    assert entry["arguments"]["jid"] == JID

@@ -432,7 +432,9 @@ def test_a_publish_the_master_refuses_is_a_502_and_audited(server, store):
     ):  # fmt: skip
         server.rerun_failure[:] = [refusal]
         status, body = rerun(server, FAILED, ada)
-        assert (status, body) == (502, {"error": f"the master did not take the re-run: {said}"})
+        assert (status, body) == (
+            502, {"error": f"the master did not take the re-run of job {FAILED}: {said}"}
+        )  # fmt: skip
     server.rerun_failure.clear()
     errors = [e["outcome"]["error"] for e in audited(server, "rerun")]
     assert errors == ["SaltReqTimeoutError: Salt request timed out",
@@ -512,7 +514,8 @@ def test_the_pages_rerun_buttons(server, store):
             server.rerun_failure[:] = [PublishRefused("the master refused the publish")]
             page.click("#rerun-all")
             expect(page.locator("#rerun-result")).to_have_text(
-                "the master did not take the re-run: the master refused the publish",
+                f"the master did not take the re-run of job {FAILED}: the master refused the"
+                " publish",
                 timeout=20000,
             )
             assert asked[-1] == (f"Re-run job {FAILED} (test.retcode) with the same"
@@ -1349,8 +1352,11 @@ def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions
                          salt_timeout=1))  # fmt: skip
     assert RERUNS_PER_USER == RERUN_THREADS == 2  # ada's two re-runs take every thread
     ada, rita = login(app, "ada"), login(app, "rita")
+    path = f"/api/jobs/{FAILED}/rerun"
     held = [
-        threading.Thread(target=lambda: answers.append(rerun(app, FAILED, ada)))
+        threading.Thread(
+            target=lambda: answers.append(call_from(app, "127.0.0.1", "POST", path, ada, {}))
+        )
         for _ in range(RERUNS_PER_USER)
     ]
     try:
@@ -1362,13 +1368,18 @@ def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions
         status, body = call(app, "POST", f"/api/jobs/{RUNNING}/kill", ada)
         assert status == 202 and kills == [RUNNING], body  # kills are not held up
         assert call(app, "GET", "/api/jobs", rita)[0] == 200
-        status, body = rerun(app, GRAINS, rita)
+        status, body, headers = call_from(
+            app, "127.0.0.1", "POST", f"/api/jobs/{GRAINS}/rerun", rita, {}
+        )
         assert status == 503, body
         assert "the re-run was not published" in body["error"]
+        assert int(headers["Retry-After"]) > 0  # nothing was sent: try again
         for thread in held:
             thread.join(30)
-        assert [status for status, _ in answers] == [503] * 2
-        assert all("may still be published" in body["error"] for _, body in answers)
+        assert [status for status, _, _ in answers] == [503] * 2
+        assert all("may still be published" in body["error"] for _, body, _ in answers)
+        # It may still go out: no Retry-After inviting a second one.
+        assert all("Retry-After" not in headers for _, _, headers in answers)
         status, body = rerun(app, FAILED, ada)  # still waiting: they keep their slots
         assert status == 429 and "re-runs of yours" in body["error"]
         release.set()

@@ -295,8 +295,8 @@ def paths() -> dict[str, Any]:
                     **AUTHED,
                     "503": _retry(
                         "No answer in time. A kill that had started may still be carried out"
-                        " (see the audit log); one that never got a thread was not carried"
-                        " out, and `error` says so."
+                        " (see the audit log): that answer has no Retry-After. One that never"
+                        " got a thread was not carried out, and `error` says so."
                     ),
                 },
             }
@@ -339,8 +339,9 @@ def paths() -> dict[str, Any]:
                     ),
                     "503": _retry(
                         "No answer in time. A re-run that had started may still be published"
-                        " (see the audit log and the job list); one that never got a thread"
-                        " was not, and `error` says so."
+                        " (see the audit log and the job list): that answer has no"
+                        " Retry-After. One that never got a thread was not, and `error` says"
+                        " so."
                     ),
                 },
             }

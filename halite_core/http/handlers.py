@@ -23,7 +23,7 @@ from halite_core.http.limits import RETRY_AFTER, Busy, Unavailable
 from halite_core.http.sessions import Session
 from halite_core.permissions import Denied
 from halite_core.queries import QueryError, UnknownJob
-from halite_core.salt_adapter import PublishRefused
+from halite_core.rerun import PublishFailed
 from halite_core.service import flag_arg
 
 if TYPE_CHECKING:
@@ -368,7 +368,18 @@ class Job(Base):
             await self.call("job", jid)
 
 
-class Kill(Base):
+class Acting(Base):
+    """A request that acts on minions (a kill, a re-run): one answered 503 after it had
+    started may still be carried out, so that 503 carries no Retry-After inviting an
+    automatic second try; one that never started carries it."""
+
+    def failure(self, exc: Exception) -> tuple[int, dict[str, Any], float | None]:
+        if isinstance(exc, Unavailable) and exc.started:
+            return 503, {"error": str(exc)}, None
+        return super().failure(exc)
+
+
+class Kill(Acting):
     async def post(self, jid: str) -> None:
         await self.call("kill", jid, status=202)
 
@@ -378,7 +389,7 @@ class Kill(Base):
 EXAMPLE_BODY = '{"minions": "failed"}'
 
 
-class Rerun(Base):
+class Rerun(Acting):
     """``POST /api/jobs/{jid}/rerun``: the service's rerun, with the JSON body's fields
     (:class:`~halite_core.api.RerunArguments`; an empty body asks for the defaults). The
     body's fields are checked by the service, after the permission, so that a refusal of
@@ -402,8 +413,8 @@ class Rerun(Base):
         # The master refused the publish, or did not answer it (Salt's client errors): a
         # 502 saying what the master said, rather than an internal error. The attempt is
         # in the audit log, with Salt's words.
-        if isinstance(exc, PublishRefused) or _salt_error(exc):
-            return 502, {"error": f"the master did not take the re-run: {exc}"}, None
+        if isinstance(exc, PublishFailed):
+            return 502, {"error": str(exc)}, None
         return super().failure(exc)
 
 
@@ -413,7 +424,7 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
     if not body or not body.strip():
         return {}
     try:
-        given = json.loads(body)
+        given = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         # ValueError: not JSON, or not UTF-8. RecursionError: arrays nested some thousands
         # deep exhaust the decoder's stack.
@@ -421,14 +432,9 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
     return given if isinstance(given, dict) else None
 
 
-def _salt_error(exc: Exception) -> bool:
-    """Whether ``exc`` is one of Salt's own (a publish the master refused or did not
-    answer: SaltClientError, SaltReqTimeoutError, AuthorizationError...)."""
-    try:
-        import salt.exceptions
-    except ImportError:  # no Salt here: no publish either
-        return False
-    return isinstance(exc, salt.exceptions.SaltException)
+def _no_constant(name: str) -> Any:
+    # NaN, Infinity: Python's json takes them; JSON has no such values.
+    raise ValueError(f"{name} is not JSON")
 
 
 class Activity(Base):
