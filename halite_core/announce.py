@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 
+from halite_core import jids
 from halite_core.config import engine_config
 from halite_core.errors import ConfigError
 from halite_core.jobcache import JobStore
@@ -122,7 +123,7 @@ def is_rerun_event(prefix: str, tag: object) -> bool:
     if not isinstance(tag, str) or not tag.startswith(prefix + "/"):
         return False
     middle, _, last = tag[len(prefix) + 1 :].rpartition("/")
-    return last == RERUN and "/" not in middle and bool(middle)
+    return last == RERUN and jids.is_jid(middle)
 
 
 class Announcer:

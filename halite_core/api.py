@@ -510,6 +510,7 @@ class JobDetail(Job):
     # newest first (at most MAX_RERUNS_SHOWN).
     rerun_of: str | None
     reruns: list[str]
+    reruns_more: bool  # more re-runs than ``reruns`` lists
     may_kill: NotRequired[bool]
     may_rerun: NotRequired[bool]
 

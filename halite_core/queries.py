@@ -460,7 +460,7 @@ def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> Jo
         select(j.jid)
         .where(j.rerun_of == jid, j.status != RESERVED)
         .order_by(j.jid.desc())
-        .limit(MAX_RERUNS_SHOWN)
+        .limit(MAX_RERUNS_SHOWN + 1)
     ).all()
     detail: JobDetail = {
         **job,
@@ -468,7 +468,8 @@ def job_detail(conn: Connection, jid: str, now: dt.datetime | None = None) -> Jo
         "kwargs": row.kwargs,
         "minion_results": minions,
         "rerun_of": row.rerun_of,
-        "reruns": list(reruns),
+        "reruns": list(reruns[:MAX_RERUNS_SHOWN]),
+        "reruns_more": len(reruns) > MAX_RERUNS_SHOWN,
     }
     if is_state_job:
         totals["duration_ms"] = round(totals["duration_ms"], 3)

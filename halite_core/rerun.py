@@ -2,20 +2,25 @@
 
 ``salt-run halite.rerun <jid>`` asks :func:`find` for the job and :func:`plan` for what to
 publish: the job's function, its arguments and keyword arguments as the index holds them,
-and the minions chosen (:class:`~halite_core.api.RerunArguments`): ``failed`` (the minions
-that failed it or never returned, by the rule of the job's ``minions.failed`` count),
-``no_return`` (those settled as not returning), ``all`` (every minion of the job), or minion
-ids of the job. :class:`NotRerunnable` says why a job cannot be run again: it still runs;
-it is a runner or wheel job, or one of several functions; its arguments are not what was
-published (cut at the size cap, stored as a text form, or a redaction placeholder); or no
-minion is left to run it on. The publish itself is the caller's (a list target, as the
-caller, never ``*``).
+and the minions chosen (:class:`~halite_core.api.RerunArguments`) among those the job
+targeted: ``failed`` (the minions whose return failed or that never returned, by the rule
+of the job's ``minions.failed`` count, except those an operator killed), ``no_return``
+(those settled as not returning), ``all`` (every targeted minion), or ids of targeted
+minions. The publish keeps the job's returner (``ret``) and publish options (``ret_config``,
+``ret_kwargs``, ``module_executors``, ``executor_opts``, its ``metadata``, with
+``halite_rerun_of`` added) as the index holds its publish load; a publish known from the
+bus alone (``event_return``) has none of them, as Salt's event does not carry them.
+:class:`NotRerunnable` says why a job cannot be run again: it still runs; it is a runner or
+wheel job, or one of several functions; the index holds no publish of it (only returns);
+its arguments are not what was published (cut at the size cap, stored as a text form, or
+a redaction placeholder); or no minion is left to run it on. The publish itself is the
+caller's (a list target, as the caller, never ``*``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -52,8 +57,8 @@ class Job:
     arguments: Any
     kwargs: Any
     load: Any
-    minions: Mapping[str, bool]  # minion -> whether it failed the job
-    states: Mapping[str, str]  # minion -> its state in the job
+    minions: Mapping[str, bool]  # targeted minion -> whether it failed the job
+    states: Mapping[str, str]  # targeted minion -> its state in the job
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class Plan:
     ret: str
     selection: str
     minions: list[str]
+    # The publish's own options the job had (Salt's clear load ``kwargs``: ret_config,
+    # ret_kwargs, module_executors, executor_opts), and its metadata with the link added.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def on_minions(function: str | None) -> bool:
@@ -87,8 +95,12 @@ def find(conn: Connection, jid: object) -> Job:
     if row is None or row.status == RESERVED:
         raise UnknownJob(f"no job with jid {jid} in the index")
     r = job_returns.c
+    # Targeted minions only: Salt takes a return for any jid from any minion, and one that
+    # was never targeted must not receive the job (and its arguments) through a re-run.
     returns = conn.execute(
-        select(r.minion, r.state, r.success, r.retcode, r.states_failed).where(r.jid == jid)
+        select(r.minion, r.state, r.success, r.retcode, r.states_failed).where(
+            r.jid == jid, r.expected.is_(True)
+        )
     ).all()
     return Job(
         jid=jid,
@@ -118,6 +130,13 @@ def plan(job: Job, minions: str | list[str] = FAILED) -> Plan:
             f"job {job.jid} ({function}) ran on the master, not on minions: a runner or wheel"
             " job cannot be re-run"
         )
+    if not isinstance(job.load, Mapping) or "tgt" not in job.load:
+        # Known from its minions' returns only: the function and arguments are a
+        # minion's word, not what was published.
+        raise NotRerunnable(
+            f"the index holds no publish of job {job.jid}, only returns: its arguments are"
+            " not known, it cannot be re-run"
+        )
     if job.status != JobStatus.COMPLETE.value:
         pending = sorted(m for m, state in job.states.items() if state == MinionState.PENDING)
         waiting = f" ({len(pending)} of {len(job.states)} minions have not returned)"
@@ -128,7 +147,7 @@ def plan(job: Job, minions: str | list[str] = FAILED) -> Plan:
     arguments = _published(job.jid, "arguments", job.arguments, list)
     kwargs = _published(job.jid, "keyword arguments", job.kwargs, dict)
     selection, chosen = _chosen(job, minions)
-    ret = job.load.get("ret") if isinstance(job.load, Mapping) else None
+    ret = job.load.get("ret")
     return Plan(
         jid=job.jid,
         function=function,
@@ -137,7 +156,24 @@ def plan(job: Job, minions: str | list[str] = FAILED) -> Plan:
         ret=ret if isinstance(ret, str) else "",
         selection=selection,
         minions=chosen,
+        options=_options(job.jid, job.load),
     )
+
+
+# What a publish passes on to its minions from Salt's clear load ``kwargs`` (master.py
+# _prep_pub), besides the metadata: kept for the re-run.
+PUBLISH_OPTIONS = ("ret_config", "ret_kwargs", "module_executors", "executor_opts")
+LINK = "halite_rerun_of"  # the re-run's metadata key naming the job it re-runs
+
+
+def _options(jid: str, load: Mapping[str, Any]) -> dict[str, Any]:
+    given = load.get("kwargs")
+    given = given if isinstance(given, Mapping) else {}
+    options = {name: encoding.restore(given[name]) for name in PUBLISH_OPTIONS if name in given}
+    metadata = given.get("metadata", load.get("metadata"))
+    metadata = encoding.restore(metadata) if isinstance(metadata, Mapping) else {}
+    options["metadata"] = {**metadata, LINK: jid}
+    return options
 
 
 def _chosen(job: Job, minions: str | list[str]) -> tuple[str, list[str]]:
@@ -146,7 +182,7 @@ def _chosen(job: Job, minions: str | list[str]) -> tuple[str, list[str]]:
         if unknown:
             raise QueryError(
                 f"{_names(unknown)} did not take part in job {job.jid}: a re-run runs on"
-                " minions of the job (see halite.job)"
+                " minions the job targeted (see halite.job)"
             )
         return NAMED, list(minions)
     if minions == ALL:
@@ -154,7 +190,12 @@ def _chosen(job: Job, minions: str | list[str]) -> tuple[str, list[str]]:
     elif minions == NO_RETURN:
         chosen = sorted(m for m, state in job.states.items() if state == MinionState.NO_RETURN)
     elif minions == FAILED:
-        chosen = sorted(m for m, failed in job.minions.items() if failed)
+        # Not the killed ones: an operator stopped them on purpose (name them, or all).
+        chosen = sorted(
+            m
+            for m, failed in job.minions.items()
+            if failed and job.states.get(m) != MinionState.KILLED
+        )
     else:
         raise QueryError(f"minions must be one of {', '.join(RERUN_SELECTIONS)} or minion ids")
     if not chosen:

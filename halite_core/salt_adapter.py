@@ -82,15 +82,18 @@ def kill_sender(opts: Mapping[str, Any]) -> SendKill:
 
 def rerun_sender(opts: Mapping[str, Any]) -> SendRerun:
     """Publish a re-run's plan as ``user``: the job's function, arguments and keyword
-    arguments to a list of minions (never ``*``), with the job it re-runs in the publish's
-    ``metadata`` (``halite_rerun_of``, which Salt's own ``jobs.list_job`` shows), without
-    waiting for the returns. Then ``<tag_prefix>/<jid>/rerun`` on the master's bus (the
-    engine counts it for Prometheus; a reactor may act on it).
+    arguments to a list of minions (never ``*``), with the job's returner and publish
+    options, and the job it re-runs in the publish's ``metadata`` (``halite_rerun_of``,
+    which Salt's own ``jobs.list_job`` shows), without waiting for the returns. Then
+    ``<tag_prefix>/<jid>/rerun`` on the master's bus (the engine counts it for Prometheus;
+    a reactor may act on it).
 
     The publish names the caller as its user, as Salt's own clients do: Salt's
     ``publisher_acl_blacklist`` applies to that name, and the job's ``user`` is the
     caller's. Salt accepts that name with the master's key when the master runs as root or
-    ``salt`` (or the name is ``sudo_<user>``)."""
+    ``salt``; a ``sudo_<user>`` name too, unless ``sudo_acl`` is on, when ``publisher_acl``
+    must grant the user the function. Other names' ``publisher_acl`` entries do not apply
+    to a publish with the master's key: halite's ``run:job:`` permission is the check."""
     timeout = gather_timeout(opts)
     tag_for = rerun_tag(opts)
 
@@ -104,10 +107,14 @@ def rerun_sender(opts: Mapping[str, Any]) -> SendRerun:
                 client.salt_user = user
             published = client.pub(
                 plan.minions, plan.function, arg, tgt_type="list", ret=plan.ret,
-                timeout=timeout, metadata={"halite_rerun_of": plan.jid},
+                timeout=timeout, **plan.options,
             )  # fmt: skip
         if not isinstance(published, Mapping) or not published.get("jid"):
-            raise PublishRefused(f"the master refused the publish of {plan.function}")
+            raise PublishRefused(
+                f"the master refused the publish of {plan.function}"
+                if not isinstance(published, Mapping) or published.get("minions") != []
+                else "none of the minions has an accepted key"
+            )
         jid = str(published["jid"])
         minions = list(published.get("minions") or [])
         notice = {"jid": jid, "rerun_of": plan.jid, "function": plan.function, "user": user,

@@ -37,7 +37,8 @@ def _job(store, jid=JID):
 @pytest.mark.parametrize(
     "minions, selection, chosen",
     [
-        ("failed", "failed", ["bad", "cut", "gone"]),
+        ("failed", "failed", ["bad", "gone"]),  # not the killed one
+        ("cut", "minions", ["cut"]),
         ("no_return", "no_return", ["gone"]),
         ("all", "all", ["bad", "cut", "gone", "ok"]),
         ("ok,bad", "minions", ["ok", "bad"]),
@@ -58,7 +59,7 @@ def test_the_default_is_the_failed_minions_and_the_arguments_are_as_published(st
     assert plan.function == "state.apply"
     assert plan.arguments == ["web"]
     assert plan.kwargs == {"pillar": {"x": 1}, "test": True}
-    assert plan.minions == ["bad", "cut", "gone"]
+    assert plan.minions == ["bad", "gone"]
 
 
 def test_arguments_of_types_json_lacks_are_published_as_they_were(store):
@@ -195,7 +196,7 @@ def test_a_rerun_publishes_as_the_caller_links_both_jobs_and_is_audited(store):
     answer = _service(store, publisher).rerun("sam", JID)
     assert answer == {
         "jid": NEW, "rerun_of": JID, "function": "state.apply", "selection": "failed",
-        "requested": ["bad", "cut", "gone"], "minions": ["bad", "cut", "gone"], "missing": [],
+        "requested": ["bad", "gone"], "minions": ["bad", "gone"], "missing": [],
     }  # fmt: skip
     ((plan, user),) = publisher.plans
     assert user == "sam"
@@ -207,7 +208,7 @@ def test_a_rerun_publishes_as_the_caller_links_both_jobs_and_is_audited(store):
     (entry,) = _audited(store)
     assert (entry["user"], entry["decision"], entry["jid"]) == ("sam", "allow", JID)
     assert entry["outcome"]["new_jid"] == NEW
-    assert entry["outcome"]["minions"] == ["bad", "cut", "gone"]
+    assert entry["outcome"]["minions"] == ["bad", "gone"]
 
 
 def test_the_link_waits_for_a_publish_committed_after_it(store):
@@ -318,3 +319,44 @@ def test_a_body_field_named_jid_does_not_stand_for_the_job(store):
         _service(store, Publisher(store)).rerun("sam", JID, {"jid": "20000101000000000000"})
     (entry,) = _audited(store)
     assert entry["arguments"]["jid"] == JID
+
+
+def test_a_minion_the_job_never_targeted_is_never_published_to(store):
+    """Salt takes a return for any jid from any minion: one that was not targeted must not
+    receive the job, and its arguments, through a re-run."""
+    _failing_job(store)
+    save_return(store, ret(JID, "intruder", fun="state.apply", retcode=1))
+    assert "intruder" not in rerun.plan(_job(store), "all").minions
+    assert "intruder" not in rerun.plan(_job(store)).minions
+    with pytest.raises(QueryError, match="minion intruder did not take part"):
+        rerun.plan(_job(store), ["intruder"])
+
+
+def test_a_job_known_from_its_returns_only_is_refused(store):
+    save_return(store, ret(JID, "m1", fun="cmd.run", fun_args=["curl x | sh"], retcode=1))
+    with pytest.raises(rerun.NotRerunnable, match="holds no publish of job"):
+        rerun.plan(_job(store), "all")
+
+
+def test_the_returner_and_publish_options_are_kept(store):
+    kwargs = {"ret_config": "alt", "ret_kwargs": {"a": 1}, "module_executors": ["sudo"],
+              "metadata": {"ticket": "OPS-1"}, "show_jid": True}  # fmt: skip
+    _failing_job(store, ret="mysql", kwargs=kwargs)
+    plan = rerun.plan(_job(store))
+    assert plan.ret == "mysql"
+    assert plan.options == {
+        "ret_config": "alt", "ret_kwargs": {"a": 1}, "module_executors": ["sudo"],
+        "metadata": {"ticket": "OPS-1", "halite_rerun_of": JID},
+    }  # fmt: skip
+
+
+def test_a_link_replayed_after_retention_brings_no_job_back(store):
+    import datetime as dt
+
+    from halite_core.store.schema import jobs_index
+
+    _failing_job(store)
+    assert store.clean_old_jobs(60, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))
+    store.apply_items([RerunItem(JID, "20261201090000000001")])
+    with store.db.read() as conn:
+        assert conn.execute(jobs_index.select().where(jobs_index.c.jid == JID)).first() is None

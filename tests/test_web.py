@@ -530,6 +530,14 @@ def test_the_pages_rerun_buttons(server, store):
                 expect(page.locator("#rerun-failed")).to_be_hidden()
             expect(page.locator("#job-title")).to_contain_text(RUNNING, timeout=20000)
             expect(page.locator("#kill")).to_be_visible()
+            # A job that cannot be shown leaves nothing of the one before to act on.
+            page.goto(f"{server.base}/#/job/{FAILED}")
+            expect(page.locator("#rerun-all")).to_be_visible(timeout=20000)
+            page.goto(f"{server.base}/#/job/20000101000000000000")
+            expect(page.locator("#job-title")).to_contain_text("no job with jid", timeout=20000)
+            for button in ("#kill", "#rerun-failed", "#rerun-all"):
+                expect(page.locator(button)).to_be_hidden()
+            expect(page.locator("#minions")).to_be_empty()
 
             viewer = browser.new_page()
             page_login(viewer, server.base, "vic")

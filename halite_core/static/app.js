@@ -153,11 +153,24 @@ function minionBlock(m) {
   return block;
 }
 
+// Each load of the job view is numbered: an answer (a GET, a re-run) that arrives after
+// another job was opened is dropped, never shown over it.
+let jobLoad = 0;
+
+function clearJob() {
+  for (const id of ["#kill", "#rerun-failed", "#rerun-all"]) { const b = $(id); b.hidden = true; b.onclick = null; }
+  for (const id of ["#job-meta", "#job-links", "#job-counts", "#minions"]) $(id).replaceChildren();
+  $("#job-links").hidden = true;
+}
+
 async function loadJob(jid) {
   show("job-view");
+  const mine = ++jobLoad;
+  clearJob();
   try {
     shownAs("job-view", `/api/jobs/${encodeURIComponent(jid)}`, {}, null, `job-${safe(jid)}`);
     const job = await api("GET", `/api/jobs/${encodeURIComponent(jid)}`);
+    if (mine !== jobLoad) return;
     $("#job-title").textContent = `${job.function} — ${job.jid}`;
     const meta = $("#job-meta"); meta.replaceChildren();
     for (const [k, v] of [["Status", job.status], ["Target", `${job.target} (${job.target_type})`],
@@ -187,12 +200,13 @@ async function loadJob(jid) {
     // A re-run publishes the job again: only for a complete job, to those who may
     // (run:job:<function>); the server refuses one it cannot re-run, and says why.
     const rerunnable = job.may_rerun && job.status === "complete";
-    const failed = job.minion_results.filter((m) => m.failed).map((m) => m.minion);
+    // As the server chooses them: failed or never returned, not those an operator killed.
+    const failed = job.minion_results.filter((m) => m.failed && m.state !== "killed").map((m) => m.minion);
     const all = job.minion_results.map((m) => m.minion).sort();
-    rerunButton($("#rerun-failed"), rerunnable && job.minions.failed > 0, job, "failed",
-                `its ${many(job.minions.failed, "failed minion")}`, failed);
-    rerunButton($("#rerun-all"), rerunnable && all.length > 0, job, "all", `all ${many(all.length, "minion")}`, all);
-  } catch (err) { $("#job-title").textContent = err.message; }
+    rerunButton($("#rerun-failed"), rerunnable && failed.length > 0, job, "failed",
+                `its ${many(failed.length, "failed minion")}`, failed, mine);
+    rerunButton($("#rerun-all"), rerunnable && all.length > 0, job, "all", `all ${many(all.length, "minion")}`, all, mine);
+  } catch (err) { if (mine === jobLoad) $("#job-title").textContent = err.message; }
 }
 
 function many(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
@@ -207,19 +221,26 @@ function jobLinks(jids) {
 function rerunLinks(job) {
   const links = $("#job-links"); links.replaceChildren();
   if (job.rerun_of) links.append(el("span", { class: "rerun-of" }, "Re-run of ", ...jobLinks([job.rerun_of])));
-  if (job.reruns && job.reruns.length) links.append(el("span", { class: "reruns" }, "Re-runs: ", ...jobLinks(job.reruns)));
+  if (job.reruns && job.reruns.length) {
+    links.append(el("span", { class: "reruns" }, "Re-runs: ", ...jobLinks(job.reruns),
+                    job.reruns_more ? ` (the newest ${job.reruns.length}; more are in the audit log)` : ""));
+  }
   links.hidden = !links.childElementCount;
 }
 
+// A minion id may hold a newline: quoted then, so that it cannot add lines of its own
+// to a confirmation.
+function shownName(name) { return /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(name) ? JSON.stringify(name) : name; }
+
 function namesText(names, shown = 20) {
-  const listed = names.slice(0, shown).join(", ");
+  const listed = names.slice(0, shown).map(shownName).join(", ");
   return names.length > shown ? `${listed} and ${names.length - shown} more` : listed;
 }
 
-function rerunButton(button, visible, job, minions, which, names) {
+function rerunButton(button, visible, job, minions, which, names, load) {
   button.hidden = !visible;
   button.onclick = async () => {
-    if (!confirm(`Re-run job ${job.jid} (${job.function}) with the same arguments, as you, on ${which}: ` +
+    if (!confirm(`Re-run job ${job.jid} (${shownName(job.function)}) with the same arguments, as you, on ${which}: ` +
                  `${namesText(names)}?`)) return;
     const result = $("#rerun-result");
     // Disabled until answered: a second click must not publish the job twice.
@@ -227,10 +248,11 @@ function rerunButton(button, visible, job, minions, which, names) {
     result.replaceChildren("publishing…");
     try {
       const outcome = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/rerun`, { minions });
+      if (load !== jobLoad) return;  // another job is shown now: not this answer
       result.replaceChildren("Re-run as ", ...jobLinks([outcome.jid]), ` on ${many(outcome.minions.length, "minion")}`,
                              outcome.missing.length ? `; not published to (no accepted key): ${namesText(outcome.missing)}` : "");
       loadJob(job.jid);  // its re-runs now list the new job
-    } catch (err) { result.replaceChildren(err.message); }
+    } catch (err) { if (load === jobLoad) result.replaceChildren(err.message); }
     finally { for (const b of [$("#rerun-failed"), $("#rerun-all")]) b.disabled = false; }
   };
 }

@@ -542,11 +542,15 @@ class Writes:
         re-run's publish load (another process journalled that): a row waits for it."""
         if not items:
             return
-        self._ensure_jobs(conn, {item.jid: {} for item in items})
+        asked = {item.jid for item in items}
+        # A link replayed after retention removed its job must not bring the job back.
+        cleaned = self._cleaned(conn, asked - self._known(conn, asked))
+        kept = [item for item in items if item.jid not in cleaned]
+        self._ensure_jobs(conn, {item.jid: {} for item in kept})
         self.db.executemany(
             conn,
             self._statements().rerun,
-            [{"k_jid": item.jid, "rerun_of": item.rerun_of} for item in items],
+            [{"k_jid": item.jid, "rerun_of": item.rerun_of} for item in kept],
         )
 
     def _save_loads(

@@ -144,6 +144,10 @@ def _serve(method, args, kwargs):
         bound = service.store.settings.request_timeout
         if method in ("kill", "rerun"):
             bound += float(__opts__.get("gather_job_timeout", 10))
+        if method == "rerun":
+            # The publish (up to gather_job_timeout) follows reads of the index: room for
+            # both, so that a slow read does not give up on a publish that then goes out.
+            bound += float(__opts__.get("gather_job_timeout", 10))
         return call_within(bound, lambda: getattr(service, method)(caller, *args, **kwargs))
     finally:
         service.close()
@@ -298,21 +302,24 @@ def kill(jid):
     return _call("kill", jid)
 
 
-def rerun(jid, minions="failed"):
+def rerun(jid=None, **kwargs):
     """
     Run a complete job again: publish its function with the same arguments and keyword
     arguments, as the caller, to a list of its minions (never ``*``), and answer the new
     job's jid without waiting for the returns (follow it with ``halite.job <new jid>``).
-    ``minions``: ``failed`` (the default: the minions that failed the job or never
-    returned), ``no_return`` (those settled as not returning), ``all`` (every minion of the
-    job), or minion ids of the job separated by commas. Needs ``run:job:<the job's
+    ``minions``: ``failed`` (the default: the minions whose return failed or that never
+    returned; not those killed), ``no_return`` (those settled as not returning), ``all``
+    (every minion the job targeted), or ids of targeted minions separated by commas. The
+    job's returner and publish options (``--return``, ``--return_config``,
+    ``--module-executors``, its metadata) are kept. Needs ``run:job:<the job's
     function>`` (admin has it; grant it to a role: ``run:job:state.*``). The new job
     records the one it re-runs (``rerun_of``; ``halite.job`` shows both directions).
     Allowed or denied, every re-run is written to the audit log.
 
     Refused with a clear error: an unknown jid, a job still running, a runner or wheel
-    job, a job of several functions, one whose arguments the index does not hold as they
-    were published (cut at the size limit, or kept as text), or no minion to re-run on.
+    job, a job of several functions, one known from its returns only, one whose arguments
+    the index does not hold as they were published (cut at the size limit, or kept as
+    text), or no minion to re-run on.
 
     Answer: ``{"jid": <new jid>, "rerun_of", "function", "selection", "requested":
     [...], "minions": [... the master published to], "missing": [... requested, with no
@@ -326,7 +333,9 @@ def rerun(jid, minions="failed"):
         salt-run halite.rerun 20261128115138123456 minions=all
         salt-run halite.rerun 20261128115138123456 minions=web1,web2
     """
-    return _call("rerun", jid, {"minions": minions})
+    # Unknown keywords (a typo such as minion=web1) are refused by the service, with a
+    # non-zero exit and an audit entry, not taken for Salt's usage hint.
+    return _call("rerun", jid, salt.utils.args.clean_kwargs(**kwargs))
 
 
 def audit_log(**kwargs):
