@@ -274,6 +274,9 @@ def test_a_rerun_runs_the_state_again_on_the_failing_minion_only(master, fleet, 
     denied = salt_run(master, "halite.rerun", fleet.real, user="bob")
     assert denied.returncode != 0, denied
     assert denied.data["error"] == "permission denied: 'sudo_bob' lacks run:job:*"
+    typo = salt_run(master, "halite.rerun", fleet.real, "minion=x", user="erin")
+    assert typo.returncode != 0, typo  # not taken for Salt's usage hint
+    assert typo.data["error"].startswith("unknown argument 'minion'")
     ret = salt_run(master, "halite.rerun", fleet.real, user="erin")
     assert ret.returncode == 0, ret
     new = ret.data["jid"]
@@ -301,10 +304,12 @@ def test_a_rerun_runs_the_state_again_on_the_failing_minion_only(master, fleet, 
     assert listed.data["User"] == "sudo_erin"
     # Both requests are in the audit log: the denial, and the re-run with its new job.
     entries = salt_run(master, "halite.audit", "action=rerun").data["entries"]
-    by_user = {entry["user"]: entry for entry in entries if entry["jid"] == fleet.real}
-    assert by_user["sudo_bob"]["decision"] == "deny"
-    assert by_user["sudo_erin"]["decision"] == "allow"
-    assert by_user["sudo_erin"]["outcome"]["new_jid"] == new
+    ours = [entry for entry in entries if entry["jid"] == fleet.real][::-1]  # oldest first
+    assert [(e["user"], e["decision"]) for e in ours] == [
+        ("sudo_bob", "deny"), ("sudo_erin", "allow"), ("sudo_erin", "allow")
+    ]  # fmt: skip
+    assert "unknown argument 'minion'" in ours[1]["outcome"]["error"]
+    assert ours[2]["outcome"]["new_jid"] == new
     # A re-run on the passing minion alone passes; re-running its failures is refused.
     passing = salt_run(master, "halite.rerun", fleet.real, f"minions={fleet.passing}", user="erin")
     assert passing.returncode == 0, passing
