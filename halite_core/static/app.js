@@ -115,20 +115,42 @@ async function download(button) {
 }
 
 // ---------------------------------------------------------------- routing
+// Every view is in the URL: #/<view>[/<id>][?<its filters, page, window...>], so that a
+// view can be linked to, survives a reload and the back button goes back through views.
+function hashState() {
+  const [path, query = ""] = (location.hash || "#/jobs").slice(1).split("?");
+  const [, view = "jobs", arg] = path.split("/");
+  return { view, arg: arg === undefined ? undefined : decodeURIComponent(arg), params: new URLSearchParams(query) };
+}
+
+// The URL of a view with these parameters (empty ones left out).
+function viewHash(view, params = new URLSearchParams(), arg) {
+  const kept = new URLSearchParams([...params].filter(([, v]) => v !== "" && v != null));
+  const query = [...kept].length ? `?${kept}` : "";
+  return `#/${view}${arg === undefined ? "" : "/" + encodeURIComponent(arg)}${query}`;
+}
+
+// Go to a view with these parameters: a new entry in the history (the back button
+// returns to the view as it was); the hashchange that follows loads it.
+function goTo(view, params, arg) {
+  const hash = viewHash(view, params, arg);
+  if (location.hash === hash) route(); else location.hash = hash;
+}
+
 async function route() {
   if (!state.token) { show("login-view"); return; }
   if (!state.me) {
     try { state.me = await api("GET", "/api/me"); } catch { return; }
     $("#who").textContent = state.me.user;
   }
-  const [, view, arg] = (location.hash || "#/jobs").split("/");
-  if (view === "job" && arg) { $("#kill-result").textContent = ""; $("#rerun-result").replaceChildren(); loadJob(arg); }
-  else if (view === "timeline") loadTimeline();
-  else if (view === "minions") loadMinions();
-  else if (view === "minion" && arg) loadMinion(decodeURIComponent(arg));
-  else if (view === "states") loadStates();
-  else if (view === "state" && arg) loadState(decodeURIComponent(arg));
-  else { show("jobs-view"); loadJobs(); }
+  const { view, arg, params } = hashState();
+  if (view === "job" && arg) { $("#kill-result").textContent = ""; $("#rerun-result").replaceChildren(); loadJob(arg, params); }
+  else if (view === "timeline") loadTimeline(params);
+  else if (view === "minions") loadMinions(params);
+  else if (view === "minion" && arg) loadMinion(arg, params);
+  else if (view === "states") loadStates(params);
+  else if (view === "state" && arg) loadState(arg, params);
+  else { show("jobs-view"); loadJobs(params); }
   if ($("#live").checked) startStream();
 }
 
