@@ -1671,3 +1671,23 @@ def test_each_routes_parameters_are_its_models_fields(server):
         assert (status, body["error"]) == (
             400, f"unknown parameter 'colour'; known: {', '.join(known)}"
         ), path  # fmt: skip
+
+
+def test_the_login_form_offers_the_configured_eauth(server):
+    """Before a session: GET /api/login names the eauth a login uses by default (the
+    engine's http: eauth), which the page's form offers."""
+    status, body = call(server, "GET", "/api/login")
+    assert (status, body) == (200, {"eauth": "auto"})
+    if BROWSER is None:
+        return
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=BROWSER, args=["--headless", "--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server.base + "/")
+            expect(page.locator("#eauth")).to_have_value("auto", timeout=20000)
+            expect(page.locator("#eauth")).to_have_attribute("placeholder", "auto")
+        finally:
+            browser.close()

@@ -72,6 +72,13 @@ class Me(TypedDict):
     may: May
 
 
+class LoginInfo(TypedDict):
+    """How to log in here: the external auth a login uses when it names none (the
+    engine's ``http: eauth``); the login form offers it."""
+
+    eauth: str
+
+
 class Credentials(TypedDict):
     """A login's JSON body; ``eauth`` defaults to the engine's ``http: eauth``."""
 
@@ -81,7 +88,7 @@ class Credentials(TypedDict):
 
 
 # What the routes answer, and (generated with them) every schema they refer to.
-ANSWERS = (Error, Me, Credentials, Page, JobDetail, KillOutcome, RerunOutcome, Activity,
+ANSWERS = (Error, Me, LoginInfo, Credentials, Page, JobDetail, KillOutcome, RerunOutcome, Activity,
            Timeline, AuditPage, MinionsPage, MinionHistory, StatesPage,
            StateHistory)  # fmt: skip
 # The request bodies that are the models the service parses them with: their schemas as
@@ -211,6 +218,11 @@ def _get(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
 def paths() -> dict[str, Any]:
     return {
         "/api/login": {
+            "get": {
+                "summary": "How to log in: the external auth a login uses by default.",
+                "security": [],
+                "responses": {"200": _answer("The default eauth.", "LoginInfo")},
+            },
             "post": {
                 "summary": "Log in with Salt's external auth; answers a session token.",
                 "security": [],
@@ -229,7 +241,7 @@ def paths() -> dict[str, Any]:
                     ),
                     "503": _retry("The external auth did not answer in time."),
                 },
-            }
+            },
         },
         "/api/logout": {
             "post": {

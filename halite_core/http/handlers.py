@@ -250,6 +250,10 @@ DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
 
 
 class Login(Base):
+    def get(self) -> None:
+        # Before a session: what the login form offers (no secret: the eauth's name).
+        self.write_json(200, {"eauth": self.web.default_eauth})
+
     async def post(self) -> None:
         fields = _login_fields(self.request.body, self.web.default_eauth)
         if fields is None:

@@ -49,10 +49,21 @@ async function login(event) {
   } catch (err) { $("#login-error").textContent = err.message; }
 }
 
+// The login form offers the external auth the engine is configured with.
+async function loginForm() {
+  show("login-view");
+  try {
+    const info = await api("GET", "/api/login");
+    const field = $("#eauth");
+    field.placeholder = info.eauth;
+    if (!field.value) field.value = info.eauth;
+  } catch { /* the form still works: the server applies its default */ }
+}
+
 function logout() {
   if (state.token) fetch("/api/logout", { method: "POST", headers: { "X-Auth-Token": state.token } });
   state.token = null; state.me = null; sessionStorage.removeItem("halite-token");
-  stopStream(); show("login-view");
+  stopStream(); loginForm();
 }
 
 // ---------------------------------------------------------------- downloads
@@ -138,7 +149,7 @@ function goTo(view, params, arg) {
 }
 
 async function route() {
-  if (!state.token) { show("login-view"); return; }
+  if (!state.token) { loginForm(); return; }
   if (!state.me) {
     try { state.me = await api("GET", "/api/me"); } catch { return; }
     $("#who").textContent = state.me.user;
