@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv postgresql chromium lint test test-sqlite test-postgresql test-core test-integration demo bench clean
+.PHONY: venv postgresql chromium lint test test-sqlite test-postgresql test-core test-integration demo screenshots bench clean
 
 # The distribution was called halite before it became saltext-halite: a checkout still
 # installed under the old name would register halite's loader directories twice.
@@ -63,6 +63,10 @@ test-integration: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# The README's screenshots, from the demo's page in Debian's Chromium.
+screenshots: $(STAMP) chromium
+	$(PY) scripts/demo.py --screenshots docs
 
 bench: $(STAMP) postgresql
 	$(PY) bench/ingest.py

@@ -2,8 +2,10 @@
 
 Starts the daemons on loopback in a temporary directory (SQLite index in the master's
 cachedir), runs a few jobs (including a state.apply whose one state fails on one of the
-minions), then prints what the job index holds, what Salt's own jobs runner says about the
-same jobs, and ends with ``salt-run halite.minions``: the failing minion first.
+minions), re-runs that state on the failing minion, then prints what the job index holds,
+what Salt's own jobs runner says about the same jobs, and ends with ``salt-run
+halite.minions``: the failing minion first. ``--screenshots docs`` saves the README's
+screenshots of the page (``make screenshots``).
 """
 
 import argparse
@@ -93,10 +95,12 @@ def write_configs(root: Path) -> tuple[Path, Path]:
               auto:
                 demo: ['@runner']
                 viewer: ['@runner']
+                admin: ['@runner']
             halite:
               users:
                 demo: [operator]
                 viewer: [viewer]
+                admin: [admin]
             """)
     )
     for name, directory in ((MINION_ID, minion_dir), (WEB_ID, web_dir(root))):
@@ -214,6 +218,26 @@ def show_index(master_dir: Path) -> None:
         print(out.stdout.rstrip() or out.stderr.rstrip())
 
 
+def rerun_failed(master_dir: Path) -> str:
+    """``salt-run halite.rerun`` of the failed state run (on its failing minion only); the
+    failed run's jid, once its re-run has completed."""
+    listed = salt_run(master_dir, "halite.jobs", "fun=state.apply", "result=failed")
+    failed = (listed or {}).get("jobs", [{}])[0].get("jid")
+    if not failed:
+        raise SystemExit(f"the demo's state run should have failed: {listed}")
+    again = salt_run(master_dir, "halite.rerun", failed)
+    if not isinstance(again, dict) or again.get("minions") != [WEB_ID]:
+        raise SystemExit(f"halite.rerun {failed} should publish to {WEB_ID} alone: {again}")
+    print(f"  salt-run halite.rerun {failed} -> {again['jid']} on {', '.join(again['minions'])}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = salt_run(master_dir, "halite.job", again["jid"])
+        if isinstance(job, dict) and job.get("status") == "complete":
+            return failed
+        time.sleep(0.5)
+    raise SystemExit(f"the re-run {again['jid']} did not complete")
+
+
 def show_minions(master_dir: Path) -> None:
     """The fleet, failing minions first: what the demo ends with."""
     print("\n$ salt-run halite.minions")
@@ -249,7 +273,10 @@ def show_page(master_dir: Path, serve: float | None) -> None:
                 raise
             time.sleep(0.5)
     print(f"\nJobs page: {base}/   (the API: {base}/api/openapi.json)")
-    print(f"log in as demo (operator: may kill) or viewer, any password (roles: {me['roles']})")
+    print(
+        "log in as demo (operator: may kill), admin (may also re-run) or viewer, any password"
+        f" (demo's roles: {me['roles']})"
+    )
     print("the demo's `auto` external auth accepts any password: never use it on a real master")
     show_minions(master_dir)
     if serve is not None:
@@ -264,6 +291,10 @@ def main() -> None:
     parser.add_argument(
         "--serve", type=float, default=None,
         help="seconds to keep serving the Jobs page (default: until Enter on a terminal)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--screenshots", type=Path, default=None, metavar="DIR",
+        help="save the page's screenshots into DIR (docs: the README's), then stop",
     )  # fmt: skip
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="halite-demo-"))
@@ -299,8 +330,16 @@ def main() -> None:
                 f"  salt {'-L ' + target if target == both else target} {' '.join(job)} -> {shown}"
             )
         time.sleep(0.5)  # returns are committed in batches, at most flush_interval apart
+        failed = rerun_failed(master_dir)
         show_index(master_dir)
-        show_page(master_dir, args.serve)
+        if args.screenshots is not None:
+            show_page(master_dir, 0)
+            from screenshots import take
+
+            for path in take(f"http://127.0.0.1:{HTTP_PORT}", "admin", failed, args.screenshots):
+                print(f"saved {path}")
+        else:
+            show_page(master_dir, args.serve)
     finally:
         for proc in reversed(daemons):
             proc.send_signal(signal.SIGTERM)
