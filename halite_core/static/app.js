@@ -5,16 +5,39 @@ const state = { token: sessionStorage.getItem("halite-token"), me: null, cursors
                 page: 0, filters: {}, stream: null, jobs: new Map() };
 const $ = (selector) => document.querySelector(selector);
 
+// The API's answer; a refusal or failure is an Error whose message a person can act on
+// (err.status is the HTTP status, err.missing the permission a 403 names).
 async function api(method, path, body) {
   const headers = { "Accept": "application/json" };
   if (state.token) headers["X-Auth-Token"] = state.token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers,
-                                       body: body === undefined ? undefined : JSON.stringify(body) });
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw Object.assign(new Error("halite cannot be reached: the master or its network is down; try again shortly"),
+                        { status: 0 });
+  }
   const data = await response.json().catch(() => ({ error: response.statusText }));
-  if (response.status === 401 && path !== "/api/login") { logout(); }
-  if (!response.ok) { const err = new Error(data.error || response.statusText); err.status = response.status; throw err; }
+  if (response.status === 401 && path !== "/api/login") {
+    logout();
+    $("#login-error").textContent = "Your session has ended: log in again.";
+  }
+  if (!response.ok) {
+    const err = new Error(failureText(response.status, data));
+    err.status = response.status; err.missing = data.missing;
+    throw err;
+  }
   return data;
+}
+
+function failureText(status, data) {
+  const said = data.error || `error ${status}`;
+  if (status === 403 && data.missing) return `You may not do this: your roles lack ${data.missing}.`;
+  if (status === 503) return `${said} (the server is up, what it depends on is not: try again shortly)`;
+  if (status === 429) return `${said} (too many at once: try again shortly)`;
+  if (status === 500) return `${said} (the master's log says more)`;
+  return said;
 }
 
 function el(tag, attrs = {}, ...children) {
