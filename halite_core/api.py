@@ -569,10 +569,17 @@ class AuditPage(TypedDict):
     next: str | None
 
 
+# An hour's jobs by result, as the listing's ``result`` column (docs/schema.md): the
+# activity chart stacks them. ("pass" is a keyword.)
+HourResults = TypedDict("HourResults", {"running": int, "failed": int, "changed": int, "pass": int})
+HourResults.__pydantic_config__ = Strict  # type: ignore[attr-defined]
+
+
 @with_config(Strict)
 class HourCount(TypedDict):
     hour_start: TimeText
     count: int
+    results: HourResults
 
 
 @with_config(Strict)

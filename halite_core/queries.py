@@ -41,6 +41,7 @@ from halite_core.api import (
     ActivityQuery,
     Bar,
     HourCount,
+    HourResults,
     Job,
     JobDetail,
     JobFilter,
@@ -495,20 +496,21 @@ def activity(
     functions: tuple[str, ...] | None = None,
 ) -> Activity:
     """Jobs started per hour over the last ``hours`` hours (the current, partial hour
-    included, oldest first, empty hours as 0), and how many jobs are running now."""
+    included, oldest first, empty hours as 0), each hour's jobs by their result (running,
+    failed, changed, pass: the listing's ``result``), and how many jobs are running now."""
     span = ActivityQuery.parse({"hours": hours}).hours
     moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     first = moment.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=span - 1)
     j = jobs_index.c
     bucket = _hour_bucket(j.start_time, conn.dialect.name).label("hour")
-    counted: dict[str, int] = dict(
-        conn.execute(
-            select(bucket, func.count())
-            .where(j.start_time >= first, j.status != RESERVED, j.system.is_(False))
-            .where(*_scope(j.function, functions, conn.dialect.name))
-            .group_by(bucket)
-        ).all()
-    )
+    counted: dict[str, dict[str, int]] = {}
+    for hour, result, count in conn.execute(
+        select(bucket, j.result, func.count())
+        .where(j.start_time >= first, j.status != RESERVED, j.system.is_(False))
+        .where(*_scope(j.function, functions, conn.dialect.name))
+        .group_by(bucket, j.result)
+    ).all():
+        counted.setdefault(hour, {})[result] = count
     running = conn.execute(
         select(func.count())
         .where(j.status == JobStatus.RUNNING.value, j.system.is_(False))
@@ -517,8 +519,16 @@ def activity(
     buckets: list[HourCount] = []
     for n in range(span):
         hour = first + dt.timedelta(hours=n)
+        found = counted.get(f"{hour:%Y-%m-%dT%H}", {})
+        results: HourResults = {
+            "running": found.get("running", 0),
+            "failed": found.get("failed", 0),
+            "changed": found.get("changed", 0),
+            "pass": found.get("pass", 0),
+        }
+        # The total counts every job of the hour, whatever its result column says.
         buckets.append(
-            {"hour_start": hour.isoformat(), "count": counted.get(f"{hour:%Y-%m-%dT%H}", 0)}
+            {"hour_start": hour.isoformat(), "count": sum(found.values()), "results": results}
         )
     return {"hours": buckets, "total": sum(b["count"] for b in buckets), "running": running}
 

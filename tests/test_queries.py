@@ -205,8 +205,44 @@ def test_activity_counts_jobs_per_hour_including_the_current_one(index):
     assert [b["count"] for b in result["hours"]] == [0, 0, 10]  # the 12:xx jobs, not system
     assert result["total"] == 10
     assert result["running"] == len(listing(index, status="running")["jobs"]) == 5
+    # The hour's running jobs; the running total also counts the 09:45 one.
+    assert result["hours"][-1]["results"] == {"running": 4, "failed": 0, "changed": 0, "pass": 6}
     with index.db.read() as conn, pytest.raises(QueryError, match="hours must be"):
         activity(conn, hours=0)
+
+
+def test_activity_counts_each_hour_by_the_listings_result(store):
+    """Per hour the jobs by result (the chart's stacks): the same jobs the listing gives
+    for that result, and the results of an hour add up to its count."""
+    from halite_core.queries import activity
+    from tests.test_fleet import state_ret
+
+    def job(jid, minions, *returns, fun="state.apply"):
+        publish(store, jid, fun=fun, minions=minions)
+        for value in returns:
+            save_return(store, value)
+
+    job("20261128100100000000", ["web1"], state_ret("20261128100100000000", "web1", failing=[1]))
+    job("20261128100200000000", ["web1"], state_ret("20261128100200000000", "web1", changing=[0]))
+    job("20261128100300000000", ["web1"], state_ret("20261128100300000000", "web1"))
+    job("20261128110100000000", ["web1", "web2"], state_ret("20261128110100000000", "web1"))
+    job("20261128110200000000", ["web2"], state_ret("20261128110200000000", "web2", changing=[0]))
+    job("20261128110300000000", ["db1"], ret("20261128110300000000", "db1", fun="test.ping"),
+        fun="test.ping")  # fmt: skip
+    job("20261128110400000000", ["db1"], fun="saltutil.find_job")  # bookkeeping: left out
+    with store.db.read() as conn:
+        hours = activity(conn, hours=3, now=dt.datetime(2026, 11, 28, 12, 5, tzinfo=UTC))["hours"]
+    assert [(b["hour_start"][11:13], b["count"], b["results"]) for b in hours] == [
+        ("10", 3, {"running": 0, "failed": 1, "changed": 1, "pass": 1}),
+        ("11", 3, {"running": 1, "failed": 0, "changed": 1, "pass": 1}),
+        ("12", 0, {"running": 0, "failed": 0, "changed": 0, "pass": 0}),
+    ]  # fmt: skip
+    for b in hours[:2]:
+        start = dt.datetime.fromisoformat(b["hour_start"])
+        end = (start + dt.timedelta(hours=1)).isoformat()  # jobs started before it
+        for result, count in b["results"].items():
+            found = listing(store, result=result, start=b["hour_start"], end=end)["jobs"]
+            assert len(found) == count, (b["hour_start"], result)
 
 
 def test_timeline_groups_bars_busiest_first(index):
