@@ -1,93 +1,164 @@
-// The Minions and States pages. Loaded after app.js (shared helpers), no build step.
+// The Minions and States pages. Loaded after app.js and jobs.js (shared helpers), no build step.
 "use strict";
 
 // ---------------------------------------------------------------- the fleet
-// Each list pages with the API's `next` cursor: "More" appends the next page.
-const fleet = { minions: null, minion: null, states: null, state: null };
+// Each view's filters are in the URL (#/minions?failing=true&minion=web*,
+// #/states?window=4h&result=changed); its list pages with the API's `next` cursor: "More"
+// appends the next page. Each load is numbered: a late answer for filters no longer shown
+// is dropped.
+const fleetLoads = {};
 
-async function pageInto(kind, path, params, body, row, more, error) {
-  try {
-    const data = await api("GET", `${path}?${params}`);
-    $(error).textContent = "";
-    const items = data[kind === "minion" ? "jobs" : kind === "state" ? "runs" : kind];
-    for (const item of items) body.append(row(item));
-    const button = $(more);
-    button.hidden = !data.next;
-    button.onclick = () => { params.set("cursor", data.next); pageInto(kind, path, params, body, row, more, error); };
-    return data;
-  } catch (err) { $(error).textContent = err.message; return null; }
+// The API parameters of a view: its filters from the URL, only those the API takes.
+function apiParams(params, keys) {
+  const query = new URLSearchParams({ limit: "50" });
+  for (const key of keys) if (params.get(key)) query.set(key, params.get(key));
+  return query;
 }
 
-function minionRow(m) {
+async function pageInto(kind, path, params, body, row, more, error, empty) {
+  const mine = fleetLoads[kind];
+  const button = $(more);
+  const first = !params.get("cursor");
+  if (first) noteRow(body, "Loading…");
+  else { button.disabled = true; button.textContent = "Loading…"; }
+  try {
+    const data = await api("GET", `${path}?${params}`);
+    if (mine !== fleetLoads[kind]) return null;
+    $(error).textContent = "";
+    const items = data[kind === "minion" ? "jobs" : kind === "state" ? "runs" : kind];
+    const now = Date.now();
+    if (first) body.replaceChildren();
+    for (const item of items) body.append(row(item, now));
+    if (first && !items.length) noteRow(body, empty, "empty");
+    button.hidden = !data.next;
+    button.onclick = () => {
+      const next = new URLSearchParams(params); next.set("cursor", data.next);
+      pageInto(kind, path, next, body, row, more, error, empty);
+    };
+    return data;
+  } catch (err) {
+    if (mine !== fleetLoads[kind]) return null;
+    $(error).textContent = errorText(err);
+    if (first) body.replaceChildren();
+    return null;
+  } finally {
+    if (mine === fleetLoads[kind]) { button.disabled = false; button.textContent = "More"; }
+  }
+}
+
+function startLoad(kind) { fleetLoads[kind] = (fleetLoads[kind] || 0) + 1; }
+
+// A filter form goes to its view with the form's parameters (a new history entry).
+function filterForm(selector, view, arg) {
+  $(selector).addEventListener("submit", (e) => {
+    e.preventDefault(); e.stopImmediatePropagation();  // before app.js's listener, which loads without the URL
+    goTo(view, formParams(e.target), typeof arg === "function" ? arg() : arg);
+  });
+}
+
+function jobLink(jid, text = jid) { return link(`#/job/${encodeURIComponent(jid)}`, text); }
+
+function minionRow(m, now) {
   const run = m.state_run;
   return el("tr", { class: `link minion-row${m.failing ? " failing" : ""}`, "data-minion": m.minion,
                     ...go(`#/minion/${encodeURIComponent(m.minion)}`) },
-    el("td", {}, m.minion),
-    el("td", {}, run ? `${run.function} ${time(run.start_time)}` : ""),
-    el("td", {}, run ? resultBadge(run.result) : ""),
+    el("th", { scope: "row" }, link(`#/minion/${encodeURIComponent(m.minion)}`, m.minion)),
+    el("td", {}, run ? resultBadge(run.result) : el("span", { class: "sub" }, "no state run")),
+    el("td", {}, run ? jobLink(run.jid, run.function) : "", " ", run ? timeEl(run.start_time, now) : ""),
     el("td", {}, run ? countsText(run.counts) : ""),
     stateLinks(run ? run.failing_states : []),
-    el("td", {}, m.last_job ? link(`#/job/${m.last_job.jid}`, `${m.last_job.function} ${time(m.last_job.start_time)}`) : ""));
+    el("td", {}, m.last_job ? jobLink(m.last_job.jid, m.last_job.function) : "", " ",
+       m.last_job ? timeEl(m.last_job.start_time, now) : ""));
 }
 
-async function loadMinions() {
+async function loadMinions(params = hashState().params) {
   show("minions-view");
-  const params = new URLSearchParams({ limit: "50" });
-  for (const [key, value] of new FormData($("#minion-filters")).entries()) if (value) params.set(key, value);
-  const body = $("#minions-table tbody"); body.replaceChildren();
-  shownAs("minions-view", "/api/minions", params, "minions", "minions");
-  await pageInto("minions", "/api/minions", params, body, minionRow, "#minions-more", "#minions-error");
+  document.title = "Minions · halite";
+  fillForm($("#minion-filters"), params);
+  const query = apiParams(params, ["minion", "failing"]);
+  startLoad("minions");
+  shownAs("minions-view", "/api/minions", query, "minions", "minions");
+  await pageInto("minions", "/api/minions", query, $("#minions-table tbody"), minionRow, "#minions-more",
+                 "#minions-error", "No minion matches these filters.");
 }
 
-function minionJobRow(j) {
-  return el("tr", { class: `link${j.result === "failed" ? " failing" : ""}`, "data-jid": j.jid, ...go(`#/job/${j.jid}`) },
-    el("td", {}, j.jid), el("td", {}, j.function), el("td", {}, time(j.start_time)), el("td", {}, j.state),
-    el("td", {}, resultBadge(j.result)), el("td", {}, countsText(j.counts)), stateLinks(j.failing_states));
+function minionJobRow(j, now) {
+  const took = j.returned_at && j.start_time ? new Date(j.returned_at) - new Date(j.start_time) : null;
+  return el("tr", { class: `link${j.result === "failed" ? " failing" : ""}`, "data-jid": j.jid, ...go(`#/job/${encodeURIComponent(j.jid)}`) },
+    el("td", {}, resultBadge(j.result)),
+    el("td", { class: "jid" }, jobLink(j.jid)), el("td", {}, j.function, j.test_run ? el("span", { class: "tag" }, "dry run") : ""),
+    el("td", {}, timeEl(j.start_time, now)), el("td", { class: "opt num" }, took == null || took < 0 ? "" : span(took)),
+    el("td", {}, MINION_STATES[j.state] || j.state), el("td", {}, countsText(j.counts)), stateLinks(j.failing_states));
 }
 
-async function loadMinion(id) {
+async function loadMinion(id, params = hashState().params) {
   show("minion-view");
+  document.title = `${id} · halite`;
   $("#minion-title").textContent = id;
-  const body = $("#minion-jobs tbody"); body.replaceChildren();
-  shownAs("minion-view", `/api/minions/${encodeURIComponent(id)}`, {}, "jobs", `minion-${safe(id)}`);
-  await pageInto("minion", `/api/minions/${encodeURIComponent(id)}`, new URLSearchParams({ limit: "50" }),
-                 body, minionJobRow, "#minion-more", "#minion-error");
+  fillForm($("#minion-job-filters"), params);
+  const query = apiParams(params, ["fun", "result"]);
+  startLoad("minion");
+  shownAs("minion-view", `/api/minions/${encodeURIComponent(id)}`, query, "jobs", `minion-${safe(id)}`);
+  await pageInto("minion", `/api/minions/${encodeURIComponent(id)}`, query, $("#minion-jobs tbody"), minionJobRow,
+                 "#minion-more", "#minion-error", "No job of this minion matches these filters.");
 }
 
-function failingStateRow(s) {
-  return el("tr", { class: "link", "data-state": s.state_id, ...go(`#/state/${encodeURIComponent(s.state_id)}`) },
-    el("td", {}, s.state_id), el("td", {}, s.function), el("td", {}, s.name), el("td", {}, s.sls),
-    el("td", {}, s.minions), el("td", {}, s.runs), el("td", {}, time(s.first)), el("td", {}, time(s.last)),
-    el("td", {}, s.comment));
+function failingStateRow(s, now) {
+  const open = `#/state/${encodeURIComponent(s.state_id)}`;
+  return el("tr", { class: "link", "data-state": s.state_id, ...go(open) },
+    el("th", { scope: "row" }, link(open, s.state_id)), el("td", {}, s.function), el("td", {}, s.name), el("td", {}, s.sls),
+    el("td", { class: "num" }, s.minions), el("td", { class: "num" }, s.runs),
+    el("td", { class: "opt" }, timeEl(s.first, now)), el("td", {}, timeEl(s.last, now)),
+    el("td", { class: "comment" }, s.comment));
 }
 
-async function loadStates() {
+const WINDOW_WORDS = { "1h": "hour", "4h": "4 hours", "24h": "24 hours", "7d": "7 days" };
+
+async function loadStates(params = hashState().params) {
   show("states-view");
-  const params = new URLSearchParams({ limit: "50" });
-  for (const [key, value] of new FormData($("#state-filters")).entries()) if (value) params.set(key, value);
-  const body = $("#states-table tbody"); body.replaceChildren();
-  shownAs("states-view", "/api/states", params, "states", "states");
-  await pageInto("states", "/api/states", params, body, failingStateRow, "#states-more", "#states-error");
+  document.title = "States · halite";
+  const form = $("#state-filters");
+  fillForm(form, params);
+  const query = apiParams(params, ["result", "window", "minion", "sls"]);
+  const result = params.get("result") || form.elements.result.value;
+  const within = params.get("window") || form.elements.window.value;
+  $("#states-caption").textContent = `States that ${result === "changed" ? "changed something" : "failed"}` +
+    ` in the last ${WINDOW_WORDS[within] || within}, busiest first`;
+  startLoad("states");
+  shownAs("states-view", "/api/states", query, "states", "states");
+  await pageInto("states", "/api/states", query, $("#states-table tbody"), failingStateRow, "#states-more",
+                 "#states-error", "No state matches these filters in this window.");
 }
 
-function stateRunRow(r) {
+function stateRunRow(r, now) {
   return el("tr", { class: r.result === "failed" ? "failing" : "", "data-minion": r.minion },
-    el("td", {}, link(`#/minion/${encodeURIComponent(r.minion)}`, r.minion)), el("td", {}, link(`#/job/${r.jid}`, r.jid)),
-    el("td", {}, r.function), el("td", {}, r.name), el("td", {}, resultBadge(r.result)),
-    el("td", {}, time(r.start_time)), el("td", {}, r.comment));
+    el("td", {}, resultBadge(r.result)),
+    el("td", {}, link(`#/minion/${encodeURIComponent(r.minion)}`, r.minion)), el("td", { class: "jid" }, jobLink(r.jid)),
+    el("td", {}, r.function), el("td", {}, r.name), el("td", {}, timeEl(r.start_time, now)),
+    el("td", { class: "comment" }, r.comment));
 }
 
-async function loadState(id) {
+async function loadState(id, params = hashState().params) {
   show("state-view");
+  document.title = `${id} · halite`;
   $("#state-title").textContent = id;
-  const body = $("#state-runs tbody"); body.replaceChildren();
-  shownAs("state-view", `/api/states/${encodeURIComponent(id)}`, {}, "runs", `state-${safe(id)}`);
-  const data = await pageInto("state", `/api/states/${encodeURIComponent(id)}`, new URLSearchParams({ limit: "50" }),
-                              body, stateRunRow, "#state-more", "#state-error");
+  fillForm($("#state-run-filters"), params);
+  const query = apiParams(params, ["result", "minion"]);
   const summary = $("#state-summary"); summary.replaceChildren();
+  startLoad("state");
+  shownAs("state-view", `/api/states/${encodeURIComponent(id)}`, query, "runs", `state-${safe(id)}`);
+  const data = await pageInto("state", `/api/states/${encodeURIComponent(id)}`, query, $("#state-runs tbody"),
+                              stateRunRow, "#state-more", "#state-error", "No failed or changed run of this state matches.");
   if (data) {
     const f = data.failed;
-    summary.append(el("span", { class: "fail" }, f.runs ? `failed in ${many(f.runs, "run")} on ` +
-      `${many(f.minions, "minion")}, first ${time(f.first)}, last ${time(f.last)}` : "never failed"));
+    summary.append(f.runs ? el("span", {}, resultBadge("failed"), ` in ${many(f.runs, "run")} on ${many(f.minions, "minion")}, first `,
+                                timeEl(f.first), ", last ", timeEl(f.last))
+                          : el("span", {}, resultBadge("pass"), " never failed"));
   }
 }
+
+filterForm("#minion-filters", "minions");
+filterForm("#minion-job-filters", "minion", () => hashState().arg);
+filterForm("#state-filters", "states");
+filterForm("#state-run-filters", "state", () => hashState().arg);
+$("#failing-only").addEventListener("change", () => $("#minion-filters").requestSubmit());
