@@ -45,6 +45,11 @@ def test_wheel_ships_loader_modules_behind_the_entry_point(tmp_path):
     assert "halite_core/saltext/_returners/halite.py" in names
     assert "halite_core/store/migrations/versions/0001_initial_schema.py" in names
     assert not any(name.startswith("salt/") for name in names)  # never shadow Salt itself
+    # The console's vendored charting libraries, their licences and README go with it.
+    vendored = {p.name for p in (ROOT / "halite_core/static/vendor").iterdir()}
+    assert {"chart.umd.min.js", "chartjs-plugin-zoom.min.js", "README.md"} <= vendored
+    assert {f"halite_core/static/vendor/{name}" for name in vendored} <= names
+    assert {"halite_core/static/index.html", "halite_core/static/charts.js"} <= names
     # Installed (not from this checkout), the entry point finds the shipped returner.
     out = subprocess.run(
         [sys.executable, "-c",
