@@ -262,6 +262,9 @@ def test_live_rows_are_marked_and_the_keyboard_opens_a_job(server, store, browse
         page.keyboard.press("Enter")
         expect(page.locator("#job-title")).to_contain_text(focused, timeout=WAIT)
         assert urlsplit(page.url).fragment == f"/job/{focused}"
+        expect(page.locator("#job-title")).to_be_focused()
+        page.go_back()  # and the focus is on the row again
+        expect(page.locator(f"#jobs tbody tr[data-jid='{focused}']")).to_be_focused(timeout=WAIT)
 
 
 def test_the_job_view_for_an_operator(server, store, browser):
@@ -375,6 +378,21 @@ def test_the_job_view_for_an_operator(server, store, browser):
         expect(page.locator("#minion-results tbody tr[data-minion=b] td").nth(2)).to_have_text("")
         text = page.locator("#minions").inner_text()
         assert "null" not in text and "success:" not in text
+        # b returns: the view follows the stream, and the job, complete, has no Kill.
+        page.locator("#minions details.minion[data-minion=a] summary").click()
+        expect(page.locator("#minions details.minion[data-minion=a]")).not_to_have_attribute(
+            "open", ""
+        )
+        save_return(store, ret(RUNNING, "b", {"slept": 1}, fun="test.sleep"))
+        server.hub.publish(
+            bus_event(f"salt/job/{RUNNING}/ret/b", {"fun": "test.sleep", "success": True})
+        )
+        expect(b.locator(".badge")).to_have_text("\u2713 pass", timeout=WAIT)
+        expect(b).to_contain_text("slept: 1")
+        expect(page.locator("#kill")).to_be_hidden()
+        expect(page.locator("#minions details.minion[data-minion=a]")).not_to_have_attribute(
+            "open", ""
+        )
 
 
 def test_the_job_view_for_a_viewer(server, store, browser):

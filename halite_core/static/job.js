@@ -242,10 +242,16 @@ function minionBlock(job, m, open) {
     el("h3", {}, m.minion), " ", resultBadge(result),
     m.state !== "returned" && m.state !== "running" ? el("span", { class: "tag" }, MINION_STATES[m.state] || m.state) : "",
     el("span", { class: "facts" }, ...minionFacts(m))));
-  block.append(el("p", { class: "minion-links" },
-    link(`#/minion/${encodeURIComponent(m.minion)}`, `${m.minion}'s history`)));
-  if (m.state === "returned") block.append(returnTools(job, m));
-  block.append(...returnView(job, m));
+  // Its contents are made when it first opens: a job of thousands of minions stays quick.
+  const fill = () => {
+    if (block.dataset.filled) return;
+    block.dataset.filled = "1";
+    block.append(el("p", { class: "minion-links" },
+      link(`#/minion/${encodeURIComponent(m.minion)}`, `${m.minion}'s history`)));
+    if (m.state === "returned") block.append(returnTools(job, m));
+    block.append(...returnView(job, m));
+  };
+  if (open) fill(); else block.addEventListener("toggle", () => { if (block.open) fill(); });
   return block;
 }
 
@@ -288,10 +294,11 @@ function minionTable(listed, blocks) {
 }
 
 // The minions part: drawn again without a fetch when only the Failed only switch changes.
-function drawMinions(job, failedOnly) {
+// opened: the minions whose details were open (a live redraw keeps them open).
+function drawMinions(job, failedOnly, opened = null) {
   const results = sortedMinions(job.minion_results);
   const listed = failedOnly ? results.filter((m) => m.failed) : results;
-  const blocks = listed.map((m) => minionBlock(job, m, m.failed || listed.length <= 10));
+  const blocks = listed.map((m) => minionBlock(job, m, m.failed || (opened ? opened.has(m.minion) : listed.length <= 10)));
   const parts = [];
   if (!results.length) parts.push(el("p", { class: "sub" }, "No minion was targeted."));
   else if (!listed.length) parts.push(el("p", { class: "sub" }, "No minion failed this job."));
@@ -370,39 +377,59 @@ async function loadJob(jid, params) {
   clearJob();
   $("#job-title").textContent = `Job ${jid}`;
   $("#job-status").textContent = "Loading…";
+  // Opened from a row with the keyboard: the focus goes on with the view, not to the page's top.
+  if (focusLost()) $("#job-title").focus({ preventScroll: true });
   try {
     shownAs("job-view", `/api/jobs/${encodeURIComponent(jid)}`, {}, null, `job-${safe(jid)}`);
     const job = await api("GET", `/api/jobs/${encodeURIComponent(jid)}`);
     if (mine !== jobLoad) return;
     $("#job-status").textContent = "";
-    document.title = `${job.function} ${job.jid} · halite`;
-    $("#job-title").textContent = `${job.function} — ${job.jid}`;
-    jobMeta(job);
-    jobShown.job = job;
-    drawMinions(job, $("#failed-only").checked);
-    const kill = $("#kill");
-    kill.hidden = !(job.may_kill && job.status === "running");
-    kill.onclick = async () => {
-      if (!confirm(`Kill job ${job.jid} (${job.function}) on the minions still running it?`)) return;
-      try {
-        const result = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/kill`);
-        $("#kill-result").textContent = `signalled: ${result.signalled.join(", ") || "none"}`;
-        loadJob(job.jid);
-      } catch (err) { $("#kill-result").textContent = errorText(err); }
-    };
-    rerunLinks(job);
-    // A re-run publishes the job again: only for a complete job, to those who may
-    // (run:job:<function>); the server refuses one it cannot re-run, and says why.
-    const rerunnable = job.may_rerun && job.status === "complete";
-    // As the server chooses them: failed or never returned, not those an operator killed.
-    const failed = job.minion_results.filter((m) => m.failed && m.state !== "killed").map((m) => m.minion);
-    const all = job.minion_results.map((m) => m.minion).sort();
-    rerunButton($("#rerun-failed"), rerunnable && failed.length > 0, job, "failed",
-                `its ${many(failed.length, "failed minion")}`, failed, mine);
-    rerunButton($("#rerun-all"), rerunnable && all.length > 0, job, "all", `all ${many(all.length, "minion")}`, all, mine);
+    showJob(job, mine);
   } catch (err) {
     if (mine === jobLoad) { $("#job-title").textContent = errorText(err); $("#job-status").textContent = ""; }
   }
+}
+
+// The job on screen, drawn from its answer; again (opened details kept open) when the live
+// stream says one of its minions returned or it completed.
+function showJob(job, mine, opened = null) {
+  document.title = `${job.function} ${job.jid} · halite`;
+  $("#job-title").textContent = `${job.function} — ${job.jid}`;
+  jobMeta(job);
+  jobShown.job = job;
+  drawMinions(job, $("#failed-only").checked, opened);
+  const kill = $("#kill");
+  kill.hidden = !(job.may_kill && job.status === "running");
+  kill.onclick = async () => {
+    if (!confirm(`Kill job ${job.jid} (${job.function}) on the minions still running it?`)) return;
+    try {
+      const result = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/kill`);
+      $("#kill-result").textContent = `signalled: ${result.signalled.join(", ") || "none"}`;
+      loadJob(job.jid);
+    } catch (err) { $("#kill-result").textContent = errorText(err); }
+  };
+  rerunLinks(job);
+  // A re-run publishes the job again: only for a complete job, to those who may
+  // (run:job:<function>); the server refuses one it cannot re-run, and says why.
+  const rerunnable = job.may_rerun && job.status === "complete";
+  // As the server chooses them: failed or never returned, not those an operator killed.
+  const failed = job.minion_results.filter((m) => m.failed && m.state !== "killed").map((m) => m.minion);
+  const all = job.minion_results.map((m) => m.minion).sort();
+  rerunButton($("#rerun-failed"), rerunnable && failed.length > 0, job, "failed",
+              `its ${many(failed.length, "failed minion")}`, failed, mine);
+  rerunButton($("#rerun-all"), rerunnable && all.length > 0, job, "all", `all ${many(all.length, "minion")}`, all, mine);
+}
+
+// Live: the job on screen fetched again, quietly (a failure leaves it as it was). Not a new
+// load of the view: a re-run's answer still on its way is still this view's.
+async function refreshJob(jid) {
+  if ($("#job-view").hidden || !jobShown.job || jobShown.job.jid !== jid) return;
+  const mine = jobLoad;
+  let job;
+  try { job = await api("GET", `/api/jobs/${encodeURIComponent(jid)}`); } catch { return; }
+  if (mine !== jobLoad || !jobShown.job || jobShown.job.jid !== jid) return;
+  const opened = new Set([...document.querySelectorAll("#minions details.minion[open]")].map((d) => d.dataset.minion));
+  showJob(job, mine, opened);
 }
 
 // The Failed only switch is in the URL (#/job/<jid>?failed=1): back and reload keep it.

@@ -38,6 +38,10 @@ function timeEl(iso, now) {
 setInterval(() => {
   const now = Date.now();
   for (const node of document.querySelectorAll("time[data-ago]")) node.textContent = ago(node.dateTime, now);
+  for (const row of document.querySelectorAll("#jobs tr.job.result-running")) {  // "running 3m" goes on
+    const job = state.jobs.get(row.dataset.jid);
+    if (job) row.querySelector(".duration").textContent = jobDuration(job, now);
+  }
 }, 30000);
 
 // A length of time: "850 ms", "12 s", "3m 12s", "2h 5m"; coarse drops the smaller unit.
@@ -237,6 +241,12 @@ async function loadJobs(params = hashState().params, quiet = false) {
     });
     body.replaceChildren(...rows);
     if (!rows.length) noteRow(body, "No jobs match these filters.", "empty");
+    // Back from a job opened with the keyboard: the focus returns to its row.
+    const opened = typeof jobShown === "object" && jobShown.job ? jobShown.job.jid : null;
+    if (!quiet && opened && focusLost()) {
+      const back = rows.find((r) => r.dataset.jid === opened);
+      if (back) back.focus();
+    }
     jobsShown.key = key; jobsShown.params = new URLSearchParams(params); jobsShown.next = page.next;
     $("#next").disabled = !page.next; $("#prev").disabled = first;
     $("#jobs-caption").textContent = `Jobs, newest first${first ? "" : " (a later page)"}`;
@@ -245,6 +255,11 @@ async function loadJobs(params = hashState().params, quiet = false) {
     $("#jobs-error").textContent = errorText(err);
     if (!quiet || !same) body.replaceChildren();
   }
+}
+
+function focusLost() {
+  const active = document.activeElement;
+  return !active || active === document.body || Boolean(active.closest("[hidden]"));
 }
 
 function markFresh(row, ms) {
@@ -292,7 +307,7 @@ $("#prev").addEventListener("click", previousPage);
 // The event stream redraws the first page (throttled), marking the rows that arrived or
 // changed, and the activity chart (less often). A second redraw a moment later catches a
 // return that reached the bus before the index.
-const live = { soon: null, again: null, activity: 0, activityTimer: null };
+const live = { soon: null, again: null, activity: 0, activityTimer: null, job: null, jobAgain: null };
 const ACTIVITY_EVERY_MS = 15000;
 
 function liveRefresh() {
@@ -311,11 +326,22 @@ function liveActivity() {
   }, wait);
 }
 
-function liveChanged() {
+function liveChanged(event) {
   if (!live.soon) live.soon = setTimeout(() => { live.soon = null; liveRefresh(); }, 300);
   clearTimeout(live.again);
   live.again = setTimeout(liveRefresh, 2500);
   liveActivity();
+  let jid = null;
+  try { jid = JSON.parse(event.data).jid; } catch { /* an event without a job: nothing to follow */ }
+  if (jid && typeof refreshJob === "function" && jobShown.job && jobShown.job.jid === jid) liveJob(jid);
+}
+
+// The job on screen follows its returns: at most one fetch a second, again once the index
+// has the return (it may reach the bus a moment earlier).
+function liveJob(jid) {
+  if (!live.job) live.job = setTimeout(() => { live.job = null; refreshJob(jid); }, 300);
+  clearTimeout(live.jobAgain);
+  live.jobAgain = setTimeout(() => refreshJob(jid), 2500);
 }
 
 function startStream() {
