@@ -1,8 +1,7 @@
 // The Jobs page: plain JavaScript over halite's HTTP API (/api/openapi.json), no build step.
 "use strict";
 
-const state = { token: sessionStorage.getItem("halite-token"), me: null, cursors: [null],
-                page: 0, filters: {}, stream: null, jobs: new Map() };
+const state = { token: sessionStorage.getItem("halite-token"), me: null, stream: null, jobs: new Map() };
 const $ = (selector) => document.querySelector(selector);
 
 // The API's answer; a refusal or failure is an Error whose message a person can act on
@@ -191,15 +190,9 @@ async function route() {
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
-  $("#filters").addEventListener("submit", (e) => {
-    e.preventDefault(); state.filters = filtersFrom(e.target); state.page = 0; state.cursors = [null]; loadJobs();
-  });
-  $("#next").addEventListener("click", () => { state.page += 1; loadJobs(); });
-  $("#prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); loadJobs(); });
+  // The views' own controls (filters, pages, the timeline's window) are wired by their
+  // scripts, through the URL (goTo).
   $("#live").addEventListener("change", (e) => (e.target.checked ? startStream() : stopStream()));
-  $("#group-by").addEventListener("change", loadTimeline);
-  $("#minion-filters").addEventListener("submit", (e) => { e.preventDefault(); loadMinions(); });
-  $("#state-filters").addEventListener("submit", (e) => { e.preventDefault(); loadStates(); });
   for (const button of document.querySelectorAll(".downloads button")) {
     button.addEventListener("click", () => download(button));
   }
