@@ -29,11 +29,9 @@ function zoomButtons(chart) {
   $("#timeline-zoom-in").disabled = !chart;
 }
 
-// The router's call, with the view's URL parameters (#/timeline?window=4h&group_by=user).
+// The router's call, with the view's URL parameters (#/timeline?window=4h&group_by=user);
+// without them, those of the URL.
 async function loadTimeline(params) {
-  // app.js also calls this on a change of #group-by, with the event: the change listener
-  // below puts the choice in the URL, whose route loads it.
-  if (typeof Event !== "undefined" && params instanceof Event) return;
   show("timeline-view");
   const { windowName, groupBy } = timelineParams(params instanceof URLSearchParams ? params : hashState().params);
   $("#timeline-window").value = windowName;
@@ -54,6 +52,12 @@ async function loadTimeline(params) {
     if (asked !== TIMELINE.asked) return;
     $("#timeline-error").textContent = err.message;
     $("#timeline-caption").textContent = `Jobs of ${words} by ${groupBy}`;
+    // Nothing left of another window or grouping to be taken for this one.
+    if (TIMELINE.chart) TIMELINE.chart.destroy();
+    TIMELINE.chart = null;
+    $("#timeline-numbers").replaceChildren();
+    $("#timeline-truncated").hidden = true;
+    zoomButtons(null);
   }
 }
 
