@@ -205,6 +205,14 @@ def _number(value: Any) -> float:
 ALREADY_RUNNING = re.compile(r'The function "[^"]+" is running as PID \d+')
 
 
+def _run_order(state: dict[str, Any]) -> tuple[bool, float, str]:
+    """Run order: by ``__run_num__`` (a minion may send one that is no number: last), then
+    by id as text (an id may be a number)."""
+    run_num = state["run_num"]
+    number = isinstance(run_num, (int, float)) and not isinstance(run_num, bool)
+    return (not number, run_num if number else 0, str(state["id"]))
+
+
 def parse(ret: object, succeeded: bool = False) -> dict[str, Any]:
     """A minion's return of a ``state.*`` job, for people: what kind it is and, for a state
     run, each state in run order with the counts.
@@ -218,7 +226,7 @@ def parse(ret: object, succeeded: bool = False) -> dict[str, Any]:
     ret = unwrap(ret)
     states = _states(ret)
     if states is not None:
-        states.sort(key=lambda s: (s["run_num"] is None, s["run_num"] or 0, s["id"]))
+        states.sort(key=_run_order)
         failing = [
             {"id": s["id"], "comment": s["comment"]} for s in states if s["result"] == "failed"
         ]

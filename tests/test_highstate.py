@@ -85,3 +85,15 @@ def test_orchestration_payload_is_unwrapped():
     assert highstate.runner_payload("runner.test.arg", [1]) == ([1], None, None)
     assert highstate.is_state_function("runner.state.orch")
     assert not highstate.is_state_function("runner.jobs.list_jobs")
+
+
+def test_odd_run_numbers_and_ids_still_parse_in_an_order():
+    """A minion's return may hold a __run_num__ that is text, or ids that are numbers: the
+    job still shows (it was an internal error), such states last."""
+    ret = {
+        "cmd_|-a_|-a_|-run": {**state(False), "__run_num__": "1", "__id__": "a"},
+        "cmd_|-b_|-b_|-run": {**state(True), "__run_num__": 0, "__id__": 7},
+        "cmd_|-c_|-c_|-run": {**state(True), "__run_num__": 0, "__id__": "c"},
+    }
+    parsed = highstate.parse(ret)
+    assert [s["id"] for s in parsed["states"]] == [7, "c", "a"]
