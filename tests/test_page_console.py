@@ -560,6 +560,31 @@ def test_the_yaml_writer_reads_back_as_the_json(server, store, browser):
     fill(store)
     with console(browser, server, "vic") as page:
         page.wait_for_function("typeof yaml === 'function'")
-        for value in [TRICKY, *TRICKY.values(), "top\nlevel\n", "yes", None, 5, [], {}]:
+        # A key over 1,024 characters (a state key naming a long script) too.
+        long_keys = {"k" * 1100: 1, "cmd_|-x_|-" + "echo " * 300: {"a": [1, "x\ny\n"]}}
+        for value in [TRICKY, *TRICKY.values(), long_keys, "top\nlevel\n", "yes", None, 5, [], {}]:
             text = page.evaluate("(v) => yaml(v)", value)
             assert yaml.safe_load(text) == value, text
+
+
+def test_a_mangled_link_and_a_failing_server_say_so(server, store, browser):
+    """A link cut in the middle of a %-escape, and a server whose API fails at the page's
+    start: a message each, never a blank page."""
+    from playwright.sync_api import expect
+
+    fill(store)
+    with console(browser, server, "vic") as page:
+        page.goto(f"{server.base}/#/job/%E0%A4%A")
+        expect(page.locator("#jobs-error")).to_contain_text("cut or mangled", timeout=WAIT)
+    context = browser.new_context()  # the 503 below is a console error of its own
+    page = context.new_page()
+    try:
+        page_login(page, server.base, "vic")
+        page.route("**/api/me", lambda route: route.fulfill(
+            status=503, content_type="application/json",
+            body='{"error": "the database is unavailable"}'))  # fmt: skip
+        page.reload()
+        expect(page.locator("#jobs-error")).to_contain_text("database is unavailable", timeout=WAIT)
+        expect(page.locator("#jobs-view")).to_be_visible()
+    finally:
+        context.close()

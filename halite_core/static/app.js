@@ -151,9 +151,14 @@ async function download(button) {
 // Every view is in the URL: #/<view>[/<id>][?<its filters, page, window...>], so that a
 // view can be linked to, survives a reload and the back button goes back through views.
 function hashState() {
-  const [path, query = ""] = (location.hash || "#/jobs").slice(1).split("?");
+  const hash = (location.hash || "#/jobs").slice(1);
+  const at = hash.indexOf("?");  // the first ?: a value may hold another (search=a?b)
+  const path = at < 0 ? hash : hash.slice(0, at), query = at < 0 ? "" : hash.slice(at + 1);
   const [, view = "jobs", arg] = path.split("/");
-  return { view, arg: arg === undefined ? undefined : decodeURIComponent(arg), params: new URLSearchParams(query) };
+  let id = arg;
+  try { id = arg === undefined ? undefined : decodeURIComponent(arg); }
+  catch { return { view: "broken", arg, params: new URLSearchParams() }; }  // a link cut mid-%
+  return { view, arg: id, params: new URLSearchParams(query) };
 }
 
 // The URL of a view with these parameters (empty ones left out).
@@ -173,10 +178,21 @@ function goTo(view, params, arg) {
 async function route() {
   if (!state.token) { loginForm(); return; }
   if (!state.me) {
-    try { state.me = await api("GET", "/api/me"); } catch { return; }
+    try { state.me = await api("GET", "/api/me"); }
+    catch (err) {
+      if (!state.token) return;  // a 401: the login form says the session ended
+      // Said where the page opens, tried again at the next view asked for.
+      show("jobs-view"); $("#jobs-error").textContent = err.message;
+      return;
+    }
     $("#who").textContent = state.me.user;
   }
   const { view, arg, params } = hashState();
+  if (view === "broken") {
+    show("jobs-view");
+    $("#jobs-error").textContent = "This link is cut or mangled (a % not followed by two hex digits): open the job from the list.";
+    return;
+  }
   if (view === "job" && arg) { $("#kill-result").textContent = ""; $("#rerun-result").replaceChildren(); loadJob(arg, params); }
   else if (view === "timeline") loadTimeline(params);
   else if (view === "minions") loadMinions(params);

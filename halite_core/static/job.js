@@ -52,7 +52,10 @@ function yamlLines(value, column) {
   const lines = [];
   const entries = Array.isArray(value) ? value.map((v) => [null, v]) : Object.entries(value);
   for (const [key, item] of entries) {
-    const head = key === null ? `${pad}-` : `${pad}${yamlScalar(key)}:`;
+    // A key over 1,024 characters (a state's key holds its name: a long script) is
+    // written in YAML's explicit form, which has no such limit.
+    const shown = key === null ? null : yamlScalar(key);
+    const head = key === null ? `${pad}-` : shown.length > 1000 ? `${pad}? ${shown}\n${pad}:` : `${pad}${shown}:`;
     if (isContainer(item)) {
       const empty = yamlEmpty(item);
       if (empty) { lines.push(`${head} ${empty}`); continue; }
@@ -293,12 +296,18 @@ function minionTable(listed, blocks) {
        el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))), body));
 }
 
+const AUTO_OPEN = 20;
+
 // The minions part: drawn again without a fetch when only the Failed only switch changes.
 // opened: the minions whose details were open (a live redraw keeps them open).
 function drawMinions(job, failedOnly, opened = null) {
   const results = sortedMinions(job.minion_results);
   const listed = failedOnly ? results.filter((m) => m.failed) : results;
-  const blocks = listed.map((m) => minionBlock(job, m, m.failed || (opened ? opened.has(m.minion) : listed.length <= 10)));
+  // Failed minions open by themselves, the first AUTO_OPEN of them: a job that failed on
+  // thousands must not build thousands of state tables before it shows.
+  let autoOpen = AUTO_OPEN;
+  const blocks = listed.map((m) => minionBlock(job, m, opened ? opened.has(m.minion)
+    : (m.failed ? autoOpen-- > 0 : listed.length <= 10)));
   const parts = [];
   if (!results.length) parts.push(el("p", { class: "sub" }, "No minion was targeted."));
   else if (!listed.length) parts.push(el("p", { class: "sub" }, "No minion failed this job."));
@@ -401,12 +410,14 @@ function showJob(job, mine, opened = null) {
   const kill = $("#kill");
   kill.hidden = !(job.may_kill && job.status === "running");
   kill.onclick = async () => {
-    if (!confirm(`Kill job ${job.jid} (${job.function}) on the minions still running it?`)) return;
+    if (!confirm(`Kill job ${job.jid} (${shownName(job.function)}) on the minions still running it?`)) return;
+    kill.disabled = true;  // until answered: a second click must not kill twice
     try {
       const result = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/kill`);
       $("#kill-result").textContent = `signalled: ${result.signalled.join(", ") || "none"}`;
       loadJob(job.jid);
     } catch (err) { $("#kill-result").textContent = errorText(err); }
+    finally { kill.disabled = false; }
   };
   rerunLinks(job);
   // A re-run publishes the job again: only for a complete job, to those who may

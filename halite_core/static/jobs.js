@@ -239,7 +239,11 @@ async function loadJobs(params = hashState().params, quiet = false) {
       if ((jobsShown.fresh.get(job.jid) || 0) > now) markFresh(row, jobsShown.fresh.get(job.jid) - now);
       return row;
     });
+    // A live redraw keeps the keyboard's place: the focused row is focused again.
+    const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("#jobs tbody tr");
+    const keep = focused ? focused.dataset.jid : null;
     body.replaceChildren(...rows);
+    if (keep) { const again = rows.find((r) => r.dataset.jid === keep); if (again) again.focus({ preventScroll: true }); }
     if (!rows.length) noteRow(body, "No jobs match these filters.", "empty");
     // Back from a job opened with the keyboard: the focus returns to its row.
     const opened = typeof jobShown === "object" && jobShown.job ? jobShown.job.jid : null;
@@ -307,13 +311,19 @@ $("#prev").addEventListener("click", previousPage);
 // The event stream redraws the first page (throttled), marking the rows that arrived or
 // changed, and the activity chart (less often). A second redraw a moment later catches a
 // return that reached the bus before the index.
-const live = { soon: null, again: null, activity: 0, activityTimer: null, job: null, jobAgain: null };
+const live = { soon: null, again: null, activity: 0, activityTimer: null, job: null, jobAgain: null,
+               retry: 1000, loading: false, more: false };
 const ACTIVITY_EVERY_MS = 15000;
 
-function liveRefresh() {
+// One live reload at a time: events that come while one is on its way ask for one more
+// after it, so that a slow answer is shown rather than superseded again and again.
+async function liveRefresh() {
   const { view, params } = hashState();
   if ($("#jobs-view").hidden || view !== "jobs" || params.get("cursor")) return;
-  loadJobs(params, true);
+  if (live.loading) { live.more = true; return; }
+  live.loading = true;
+  try { await loadJobs(params, true); } finally { live.loading = false; }
+  if (live.more) { live.more = false; setTimeout(liveRefresh, 1000); }
 }
 
 function liveActivity() {
@@ -346,8 +356,23 @@ function liveJob(jid) {
 
 function startStream() {
   if (state.stream || !state.token) return;
-  state.stream = new EventSource(`/api/jobs/stream?token=${encodeURIComponent(state.token)}`);
-  for (const type of ["new", "return", "complete"]) state.stream.addEventListener(type, liveChanged);
+  const stream = new EventSource(`/api/jobs/stream?token=${encodeURIComponent(state.token)}`);
+  state.stream = stream;
+  for (const type of ["new", "return", "complete"]) stream.addEventListener(type, liveChanged);
+  stream.addEventListener("open", () => { live.retry = 1000; $("#live-note").textContent = ""; });
+  stream.onerror = () => {
+    if (stream.readyState !== EventSource.CLOSED) return;  // the browser reconnects by itself
+    // Refused (a session that ended, a server that answered 503): said, and tried again
+    // after a while; a session that ended is found by asking who we are.
+    if (state.stream === stream) state.stream = null;
+    $("#live-note").textContent = "Live updates paused: the event stream was refused; trying again…";
+    setTimeout(async () => {
+      if (!state.token || !$("#live").checked || state.stream) return;
+      try { await api("GET", "/api/me"); } catch { return; }  // a 401 goes to the login form
+      startStream();
+    }, live.retry);
+    live.retry = Math.min(live.retry * 2, 60000);
+  };
 }
 
 function stopStream() { if (state.stream) { state.stream.close(); state.stream = null; } }
