@@ -147,7 +147,7 @@ function stateTable(states, caption) {
       el("tr", {}, el("td", { class: "num" }, s.run_num ?? i), el("td", {}, resultBadge(kind)),
          el("td", { class: "id" }, s.id ?? ""), el("td", {}, s.function ?? ""), el("td", {}, s.name ?? ""),
          el("td", { class: "num" }, s.duration_ms == null ? "" : span(s.duration_ms)),
-         el("td", { class: "comment" }, s.comment ?? "")));
+         el("td", { class: "comment" }, commentText(s.comment))));
     const changes = changesView(s.changes);
     if (changes.length) {
       group.append(el("tr", { class: "changes-row" },
@@ -317,6 +317,14 @@ function drawMinions(job, failedOnly, opened = null) {
                   `${many(results.length - listed.length, "minion")} that did not fail ${results.length - listed.length === 1 ? "is" : "are"} hidden.`));
   }
   $("#minions").replaceChildren(...parts, ...blocks);
+}
+
+// A state's comment as Salt's CLI shows it: a list is one line each; anything else not
+// text is its JSON (not "[object Object]").
+function commentText(comment) {
+  if (comment == null) return "";
+  if (Array.isArray(comment)) return comment.map((c) => (typeof c === "string" ? c : JSON.stringify(c))).join("\n");
+  return typeof comment === "string" ? comment : JSON.stringify(comment);
 }
 
 function argText(value) { return typeof value === "string" ? value : JSON.stringify(value); }

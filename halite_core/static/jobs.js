@@ -47,6 +47,7 @@ setInterval(() => {
 // A length of time: "850 ms", "12 s", "3m 12s", "2h 5m"; coarse drops the smaller unit.
 function span(ms, coarse = false) {
   if (ms == null || Number.isNaN(ms)) return "";
+  ms = Math.max(ms, 0);  // a minion's clock may put its end before its start
   if (ms < 10) return `${Math.round(ms * 10) / 10} ms`;  // Salt's state durations: 0.4 ms
   if (ms < 1000) return `${Math.round(ms)} ms`;
   const s = Math.round(ms / 1000);
