@@ -18,6 +18,7 @@ them instead.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -457,6 +458,31 @@ class Job(TypedDict):
     minions: MinionCounts
     system: bool
     master_id: str | None
+    # The call's arguments as a command line shows them, cut for a listing (the detail
+    # has them whole): see arguments_preview.
+    arguments_preview: str
+
+
+PREVIEW_CHARS = 80
+
+
+def arguments_preview(arguments: object, kwargs: object, limit: int = PREVIEW_CHARS) -> str:
+    """``halite_demo test=True``: positional arguments, then ``key=value``, text bare and
+    anything else as JSON, cut to ``limit`` characters with an ellipsis."""
+
+    def shown(value: object) -> str:
+        if isinstance(value, str):
+            return value
+        try:
+            return json.dumps(value, separators=(",", ":"), default=str)
+        except (TypeError, ValueError):
+            return repr(value)
+
+    parts = [shown(a) for a in arguments] if isinstance(arguments, list) else []
+    if isinstance(kwargs, Mapping):
+        parts.extend(f"{k}={shown(v)}" for k, v in kwargs.items())
+    text = " ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @with_config(Strict)

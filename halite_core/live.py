@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from halite_core import jids
-from halite_core.api import Job, Page
+from halite_core.api import Job, Page, arguments_preview
 from halite_core.queries import QueryError
 from halite_core.states import JobStatus
+from halite_core.store.writes import split_arguments
 
 MAX_LIVE = 500
 
@@ -70,6 +71,7 @@ def live_page(
                 "minions": {"targeted": None, "returned": None, "failed": None, "changed": None},
                 "system": False,
                 "master_id": master_id,
+                "arguments_preview": arguments_preview(*split_arguments(job.get("Arguments"))),
             }
         )  # fmt: skip
     return {"jobs": listed, "next": None, "live": True}

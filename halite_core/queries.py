@@ -52,6 +52,7 @@ from halite_core.api import (
     Timeline,
     TimelineQuery,
     UnknownJob,
+    arguments_preview,
     count_arg,
 )
 from halite_core.states import JobStatus, MinionState, minion_failed
@@ -392,6 +393,7 @@ def _job(
         },
         "system": row["system"],
         "master_id": row["master_id"],
+        "arguments_preview": arguments_preview(row.get("arguments"), row.get("kwargs")),
     }
 
 

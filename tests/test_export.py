@@ -26,7 +26,7 @@ from tests.test_web import POLICY, PasswordSessions, call, login, right_password
 SLEEP, GRAINS, STATE = "20261128120000000001", "20261128120000000002", "20261128130000000000"
 JOB_HEADER = ["jid", "function", "target", "target_type", "user", "start_time", "end_time",
               "status", "result", "minions.targeted", "minions.returned", "minions.failed",
-              "minions.changed", "system", "master_id"]  # fmt: skip
+              "minions.changed", "system", "master_id", "arguments_preview"]  # fmt: skip
 
 
 def serve(service, salt_opts, live_jobs=None):

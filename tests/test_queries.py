@@ -680,3 +680,13 @@ def test_a_filter_given_as_text_or_as_values_is_the_same(index):
                           start=dt.datetime(2026, 11, 28, 12, tzinfo=UTC))  # fmt: skip
     assert as_text == as_values
     assert _service(index).jobs("root", as_text) == _service(index).jobs("root", as_values)
+
+
+def test_a_listing_row_previews_the_arguments(store):
+    publish(store, "20261128120000000001", fun="state.apply",
+            arg=["web", {"test": True, "pillar": {"a": 1}, "__kwarg__": True}])  # fmt: skip
+    publish(store, "20261128120000000002", fun="cmd.run", arg=["x" * 200])
+    rows = {job["jid"]: job for job in listing(store)["jobs"]}
+    assert rows["20261128120000000001"]["arguments_preview"] == 'web test=true pillar={"a":1}'
+    long = rows["20261128120000000002"]["arguments_preview"]
+    assert len(long) == 80 and long.endswith("…")

@@ -35,6 +35,7 @@ JOB = {
     "minions": {"targeted": 2, "returned": 2, "failed": 1, "changed": 0},
     "system": False,
     "master_id": "m_master",
+    "arguments_preview": "app",
 }
 
 
