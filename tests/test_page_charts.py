@@ -29,6 +29,7 @@ LONG = "saltext.an_extension_with_a_long_name.and_a_function_whose_name_goes_on_
 WORDS = {"1h": "the last hour", "4h": "the last 4 hours", "24h": "the last 24 hours",
          "7d": "the last 7 days"}  # fmt: skip
 needs_browser = pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
+pytestmark = pytest.mark.page  # run in the SQLite pass only (see the Makefile)
 
 
 def vendor_script():

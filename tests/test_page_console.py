@@ -20,7 +20,10 @@ from tests.test_web import BROWSER, page_login
 # test_web's real server on a temporary store, with the fixtures it is made of.
 salt_opts, sessions, server = test_web.salt_opts, test_web.sessions, test_web.server
 
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
+pytestmark = [
+    pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium"),
+    pytest.mark.page,
+]
 
 UTC = dt.timezone.utc
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

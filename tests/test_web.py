@@ -1300,9 +1300,11 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
         publish(store, jid, fun="test.sleep", minions=["down1"])
     store.flush()
     service = policy_service(store, send_kill=send_kill, operators=("otto",))
-    app = started(WebApp(service, sessions(right_password), None, "auto", request_timeout=1,
-                         salt_timeout=1))  # fmt: skip
+    app = started(WebApp(service, sessions(right_password), None, "auto"))
     olga, otto = login(app, "olga"), login(app, "otto")
+    # Short bounds from here on (a first login may take Salt's token code a while to load;
+    # a read must not be refused on a slow machine): the kills wait 3 + 1 s.
+    app.request_timeout, app.salt_timeout = 3, 1
     held = [
         threading.Thread(target=lambda jid=jid: answers.append(
             call(app, "POST", f"/api/jobs/{jid}/kill", olga)))
@@ -1601,15 +1603,16 @@ def test_a_token_store_that_hangs_gets_a_bounded_503(store, salt_opts):
             release.wait(60)  # a cache backend that does not answer
             return super().find(token)
 
-    app = started(WebApp(policy_service(store), Hanging(salt_opts), None, "auto",
-                         request_timeout=0.5))  # fmt: skip
+    app = started(WebApp(policy_service(store), Hanging(salt_opts), None, "auto"))
     try:
-        token = login(app, "vic")
+        token = login(app, "vic")  # Salt's token code may take a while to load at first
+        app.request_timeout = 0.5
         status, body, headers = call_from(app, "127.0.0.1", "GET", "/api/jobs", token)
         assert status == 503, body
         assert body["error"] == "Salt's token store did not answer within 0.5 s"
         assert int(headers["Retry-After"]) > 0
         release.set()
+        app.request_timeout = 30  # the token store answers again: no bound to race
         assert call(app, "GET", "/api/me", token)[1]["user"] == "vic"
     finally:
         release.set()
