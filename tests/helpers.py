@@ -74,3 +74,21 @@ def save_load(store, jid, load, minions=None):
 def save_return(store, load, returned_at=None):
     """Index one minion return at once; False for a duplicate (the first return wins)."""
     return store.apply_items(store.items_for("save_return", load, returned_at)) == 1
+
+
+def watch_page(page, problems):
+    """Collect into ``problems`` what a page must never do: a console error (a failed
+    request included: the page links its own icon, so none may fail), an uncaught
+    exception, a Content-Security-Policy violation. Returns the page."""
+
+    def logged(message):
+        if message.type == "error":
+            problems.append(f"{message.text} ({message.location.get('url', '')})")
+
+    page.on("console", logged)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation',"
+        " (e) => console.error('CSP: ' + e.violatedDirective))"
+    )
+    return page

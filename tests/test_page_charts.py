@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_web
-from tests.helpers import publish, ret, save_return
+from tests.helpers import publish, ret, save_return, watch_page
 from tests.test_fleet import state_ret
 from tests.test_web import BROWSER, call, login, page_login
 
@@ -89,17 +89,8 @@ def browsing(server, user="ada", **page_options):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=BROWSER, args=args)
         try:
-            page = browser.new_page(reduced_motion="reduce", **page_options)
             errors = []
-
-            def logged(message):
-                # The page links its icon (favicon.svg): no request may fail, /favicon.ico included.
-                where = message.location.get("url", "")
-                if message.type == "error":
-                    errors.append(f"{message.text} ({where})")
-
-            page.on("console", logged)
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page = watch_page(browser.new_page(reduced_motion="reduce", **page_options), errors)
             page_login(page, server.base, user)
             yield page
             assert errors == []

@@ -14,7 +14,7 @@ import yaml
 
 from halite_core.http.stream import bus_event
 from tests import test_web
-from tests.helpers import publish, ret, save_return
+from tests.helpers import publish, ret, save_return, watch_page
 from tests.test_web import BROWSER, page_login
 
 # test_web's real server on a temporary store, with the fixtures it is made of.
@@ -108,21 +108,8 @@ def console(browser, server, user, **options):
     """A page logged in as ``user``; on leaving, no console error, uncaught exception or
     CSP violation was seen."""
     context = browser.new_context(**options)
-    page = context.new_page()
     problems = []
-
-    def logged(message):
-        # The page links its icon (favicon.svg): no request may fail, /favicon.ico included.
-        where = message.location.get("url", "")
-        if message.type == "error":
-            problems.append(f"{message.text} ({where})")
-
-    page.on("console", logged)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.add_init_script(
-        "document.addEventListener('securitypolicyviolation',"
-        " (e) => console.error('CSP: ' + e.violatedDirective))"
-    )
+    page = watch_page(context.new_page(), problems)
     try:
         page_login(page, server.base, user)
         yield page

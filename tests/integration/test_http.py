@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from saltfactories.utils import random_string
 
-from tests.helpers import free_port
+from tests.helpers import free_port, watch_page
 from tests.integration.conftest import PERMISSIONS, _start_master, wait_for
 from tests.integration.test_master_job_cache import run_job
 from tests.test_page_console import contrast
@@ -308,20 +308,7 @@ def watched(browser, problems):
     """A page in a context of its own whose console errors, uncaught exceptions and
     Content-Security-Policy violations go to ``problems``."""
     page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-
-    def logged(message):
-        # The browser asks for /favicon.ico of its own accord; the page has none.
-        where = message.location.get("url", "")
-        if message.type == "error" and not where.endswith("/favicon.ico"):
-            problems.append(f"{message.text} ({where})")
-
-    page.on("console", logged)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.add_init_script(
-        "document.addEventListener('securitypolicyviolation',"
-        " (e) => console.error('CSP: ' + e.violatedDirective))"
-    )
-    return page
+    return watch_page(page, problems)
 
 
 def log_in(page, base, user):
