@@ -469,12 +469,15 @@ def test_a_journal_that_cannot_be_written_loses_nothing(store, settings, tmp_pat
         dataclasses.replace(settings, journal_dir=str(tmp_path / "blocker" / "journal")),
         store.db,
     )
-    publish(store, JID, minions=("m1",))
-    assert blocked.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
-    assert "cannot journal 1 writes" in caplog.text
-    blocked.flush()
-    assert set(store.get_jid(JID)) == {"m1"}
-    assert job_row(store, JID)["status"] == "complete"
+    try:
+        publish(store, JID, minions=("m1",))
+        assert blocked.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
+        assert "cannot journal 1 writes" in caplog.text
+        blocked.flush()
+        assert set(store.get_jid(JID)) == {"m1"}
+        assert job_row(store, JID)["status"] == "complete"
+    finally:
+        blocked.close(wait=10)  # its committer, which keeps failing to take its lock, ends
 
 
 def test_spooled_and_journalled_writes_read_back_as_sent(store, settings, tmp_path):

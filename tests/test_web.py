@@ -977,9 +977,10 @@ def test_a_frozen_database_gets_a_bounded_503(store, pg_server, sessions):
         return {m: f"Signal 9 sent to job {jid} at pid 42" for m in minions}
 
     app = started(WebApp(policy_service(store, send_kill=send_kill), sessions(right_password),
-                         None, "auto", request_timeout=1, salt_timeout=0.5))  # fmt: skip
+                         None, "auto"))  # fmt: skip
     try:
         vic, olga = login(app, "vic"), login(app, "olga")
+        app.request_timeout, app.salt_timeout = 1, 0.5  # logged in: short bounds from here
         assert call(app, "GET", "/api/jobs", vic)[0] == 200
         thaw = frozen_postgresql(pg_server)
         try:
@@ -1302,9 +1303,9 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
     service = policy_service(store, send_kill=send_kill, operators=("otto",))
     app = started(WebApp(service, sessions(right_password), None, "auto"))
     olga, otto = login(app, "olga"), login(app, "otto")
-    # Short bounds from here on (a first login may take Salt's token code a while to load;
-    # a read must not be refused on a slow machine): the kills wait 3 + 1 s.
-    app.request_timeout, app.salt_timeout = 3, 1
+    # Bounds shorter than the defaults, but roomy for a kill to reach its minions on a slow
+    # machine (a first login may take Salt's token code a while to load too): 8 + 1 s.
+    app.request_timeout, app.salt_timeout = 8, 1
     held = [
         threading.Thread(target=lambda jid=jid: answers.append(
             call(app, "POST", f"/api/jobs/{jid}/kill", olga)))
@@ -1314,6 +1315,7 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
         for thread in held:
             thread.start()
         wait_until(lambda: len(sent) == 4)
+        app.request_timeout = 3  # the kills that come next wait 3 + 1 s
         status, page = call(app, "GET", "/api/jobs", olga)
         assert status == 200 and len(page["jobs"]) == 5
         status, body = call(app, "POST", f"/api/jobs/{jids[4]}/kill", olga)
@@ -1358,10 +1360,12 @@ def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions
     failed_job(store)
     store.flush()
     service = policy_service(store, send_kill=send_kill, send_rerun=send_rerun)
-    app = started(WebApp(service, sessions(right_password), None, "auto", request_timeout=1,
-                         salt_timeout=1))  # fmt: skip
+    app = started(WebApp(service, sessions(right_password), None, "auto"))
     assert RERUNS_PER_USER == RERUN_THREADS == 2  # ada's two re-runs take every thread
     ada, rita = login(app, "ada"), login(app, "rita")
+    # Logged in: bounds shorter than the defaults, but roomy for a re-run to reach the
+    # master on a slow machine (8 + 1 s).
+    app.request_timeout, app.salt_timeout = 8, 1
     path = f"/api/jobs/{FAILED}/rerun"
     held = [
         threading.Thread(
@@ -1373,6 +1377,7 @@ def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions
         for thread in held:
             thread.start()
         wait_until(lambda: len(sent) == 2)
+        app.request_timeout = 3  # the re-runs that come next wait 3 + 1 s
         status, body = rerun(app, FAILED, ada)
         assert status == 429 and "re-runs of yours" in body["error"], body
         status, body = call(app, "POST", f"/api/jobs/{RUNNING}/kill", ada)
@@ -1408,15 +1413,16 @@ def test_a_live_listing_answered_503_keeps_its_slot_until_its_thread_is_free(sto
         release.wait(60)  # every minion asked, one is down
         return {"jobs": [], "next": None, "live": True}
 
-    app = started(WebApp(policy_service(store), sessions(right_password), live, "auto",
-                         request_timeout=0.5, salt_timeout=0.5))  # fmt: skip
+    app = started(WebApp(policy_service(store), sessions(right_password), live, "auto"))
     try:
         olga = login(app, "olga")
+        app.request_timeout, app.salt_timeout = 0.5, 0.5  # logged in: short bounds
         assert call(app, "GET", "/api/jobs?live=true", olga)[0] == 503
         status, body = call(app, "GET", "/api/jobs?live=true", olga)
         assert status == 429 and "already running" in body["error"]
         release.set()
         wait_until(lambda: app.live_slots.in_use == 0)
+        app.request_timeout = 30  # the minions answer again: no bound to race
         assert call(app, "GET", "/api/jobs?live=true", olga)[0] == 200
     finally:
         release.set()
@@ -1440,6 +1446,7 @@ def test_a_login_answered_503_keeps_its_slot_until_the_external_auth_answers(sto
         assert status == 429 and "already waiting" in body["error"]
         release.set()
         wait_until(lambda: app.logins_waiting == 0)
+        app.request_timeout = 30  # the external auth answers again: no bound to race
         assert log_in_from(app, "127.0.0.1", "x", "wrong")[0] == 401
     finally:
         release.set()
