@@ -17,6 +17,10 @@
       request_timeout: 30            # seconds halite's runners and API wait for it
       keep_running_seconds: 604800   # a running job idle this long is cleaned all the same
       clean_batch_size: 500          # jobs deleted per transaction by clean_old_jobs
+      partition_interval: day        # PostgreSQL: each partition holds a day, week or month
+      partitions_ahead: 2            # PostgreSQL: partitions created beyond the current one
+      read_db_url: postgresql+psycopg://halite@replica/halite  # default: none (reads primary)
+      read_max_lag: 10               # seconds a replica may be behind before reads leave it
       system_functions:              # bookkeeping jobs, hidden from listings; replaces
         - saltutil.find_job          # the default, SYSTEM_FUNCTIONS below ([]: none)
         - runner.jobs.*
@@ -59,6 +63,7 @@ HALITE_OPTIONS = (
     "db_url", "flush_interval", "batch_size", "journal_dir", "jid_dir", "max_return_bytes",
     "spool_dir", "spool_replay_interval", "spool_max_bytes", "sqlite_busy_timeout",
     "read_timeout", "request_timeout", "keep_running_seconds", "clean_batch_size",
+    "partition_interval", "partitions_ahead", "read_db_url", "read_max_lag",
     "system_functions", "roles", "users",
 )  # fmt: skip
 
@@ -73,7 +78,11 @@ DEFAULTS: dict[str, Any] = {
     "read_timeout": 2.0,
     "request_timeout": 30.0,
     "keep_running_seconds": 7 * 86400,
+    "partition_interval": "day",
+    "partitions_ahead": 2,
+    "read_max_lag": 10.0,
 }
+PARTITION_INTERVALS = ("day", "week", "month")
 # The databases halite's schema and queries are written for (db.py refuses others too).
 DIALECTS = ("sqlite", "postgresql")
 # Seconds are waited on with threading (whose bound is some 292 years) and SQLite's busy
@@ -134,6 +143,12 @@ class Settings:
     read_timeout: float = DEFAULTS["read_timeout"]
     request_timeout: float = DEFAULTS["request_timeout"]
     keep_running_seconds: int = DEFAULTS["keep_running_seconds"]
+    partition_interval: str = DEFAULTS["partition_interval"]
+    partitions_ahead: int = DEFAULTS["partitions_ahead"]
+    # A streaming replica for the runners', the API's and the page's reads (not for Salt's
+    # job cache reads), left while it is more than read_max_lag seconds behind.
+    read_db_url: str | None = None
+    read_max_lag: float = DEFAULTS["read_max_lag"]
     system_functions: tuple[str, ...] = SYSTEM_FUNCTIONS
     # The halite engine is configured: its process commits every journal of this master,
     # and Salt's worker processes only append (they commit themselves while it is down).
@@ -157,8 +172,9 @@ class Settings:
             )
         cachedir = str(opts.get("cachedir") or os.getcwd())
         default_url = "sqlite:///" + os.path.join(cachedir, "halite.db")
+        db_url = _db_url(section.get("db_url") or default_url)
         return cls(
-            db_url=_db_url(section.get("db_url") or default_url),
+            db_url=db_url,
             spool_dir=_directory(section, "spool_dir", cachedir, "spool"),
             journal_dir=_directory(section, "journal_dir", cachedir, "journal"),
             jid_dir=_directory(section, "jid_dir", cachedir, "jids"),
@@ -175,6 +191,10 @@ class Settings:
             read_timeout=_positive(section, "read_timeout", float),
             request_timeout=_positive(section, "request_timeout", float),
             keep_running_seconds=_positive(section, "keep_running_seconds", int, zero=True),
+            partition_interval=_choice(section, "partition_interval", PARTITION_INTERVALS),
+            partitions_ahead=_positive(section, "partitions_ahead", int),
+            read_db_url=_read_db_url(section, db_url),
+            read_max_lag=_positive(section, "read_max_lag", float),
             system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
             engine_commits=engine_configured(opts),
         )
@@ -234,6 +254,38 @@ def _db_url(value: object) -> str:
     if backend not in DIALECTS:
         raise ConfigError(
             f"halite:db_url uses {backend}; halite supports {' and '.join(DIALECTS)} ({hint})"
+        )
+    return value
+
+
+def _choice(section: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = section.get(key, DEFAULTS[key])
+    if value not in choices:
+        raise ConfigError(f"halite:{key} must be one of {', '.join(choices)}, not {value!r}")
+    return str(value)
+
+
+def _read_db_url(section: Mapping[str, Any], db_url: str) -> str | None:
+    """A replica's URL: PostgreSQL, with a PostgreSQL primary (a replica of SQLite is no
+    such thing); None when not set."""
+    value = section.get("read_db_url")
+    if value is None or value == "":
+        return None
+    hint = "e.g. postgresql+psycopg://halite@replica/halite"
+    if not isinstance(value, str):
+        raise ConfigError(f"halite:read_db_url is not a database URL ({hint})")
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"halite:read_db_url is not a database URL ({hint})") from exc
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError(
+            f"halite:read_db_url uses {url.get_backend_name()}: a read replica is a PostgreSQL"
+            f" streaming replica ({hint})"
+        )
+    if make_url(db_url).get_backend_name() != "postgresql":
+        raise ConfigError(
+            "halite:read_db_url is for a PostgreSQL db_url: its replica serves the reads"
         )
     return value
 

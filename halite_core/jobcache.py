@@ -138,6 +138,8 @@ class JobStore:
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
         self.db = db or get_database(settings.db_url, settings.sqlite_busy_timeout)
+        if self.db.partitions is not None:
+            self.db.partitions.configure(settings.partition_interval, settings.partitions_ahead)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.writes = Writes(settings, self.db)
         self.retention = Retention(settings, self.db)

@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import pytest
@@ -7,8 +8,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from halite_core.store import db as dbmod
+from halite_core.store import partitions
 from halite_core.store.schema import PG_SEARCH_TEXT, Base
 from tests.conftest import postgresql_only, sqlite_only
+
+PARTITION = re.compile(r"_(p[0-9]{8}|default)$")
 
 
 def head_revision():
@@ -173,14 +177,31 @@ def test_postgresql_migrations_build_exactly_what_a_fresh_database_gets(pg_serve
             )
         migrated.ensure_schema()
         skip = "ix_jobs_index_search_trgm"  # outside the models (an expression index)
+
+        def modelled(name, kind, _):
+            # The partitions are the tables' own, outside the models (partitions.py).
+            return name != skip and not (kind == "table" and PARTITION.search(name or ""))
+
+        def not_of_a_partition(item, name, kind, reflected, _):
+            # PostgreSQL's own copy of a foreign key for each partition it refers to.
+            return not (kind == "foreign_key_constraint" and reflected
+                        and PARTITION.search(item.referred_table.name))  # fmt: skip
+
         with migrated.engine.connect() as conn:
             assert dbmod.current_revision(conn) == head_revision()
             context = MigrationContext.configure(
-                conn, opts={"include_name": lambda name, kind, _: name != skip}
+                conn, opts={"include_name": modelled, "include_object": not_of_a_partition}
             )
             assert compare_metadata(context, Base.metadata) == []
+            assert partitions.is_partitioned(conn, "job_returns")
+            made = partitions.existing(conn, "jobs_index")
+            assert "jobs_index_p20261128" in made and "jobs_index_default" in made
+            assert conn.exec_driver_sql(
+                "SELECT tableoid::regclass::text FROM jobs_index"
+            ).scalar() == "jobs_index_p20261128"  # fmt: skip
         indexes = (
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+            f"AND tablename IN ({', '.join(repr(t) for t in Base.metadata.tables)}) "
             "ORDER BY indexname"
         )
         with migrated.engine.connect() as a, fresh.engine.connect() as b:

@@ -31,6 +31,7 @@ from sqlalchemy.pool import StaticPool
 from halite_core import encoding
 from halite_core.errors import HaliteError
 from halite_core.perprocess import PerProcess
+from halite_core.store.partitions import Partitions
 from halite_core.store.schema import Base
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,15 @@ class Database:
         self._schema_lock = threading.Lock()
         self._plans: dict[Any, _BulkPlan] = {}
         self._positional: Any = None  # see _driver_dialect
+        # PostgreSQL: who writes keeps the partitions ahead (see partitions.py).
+        self.partitions: Partitions | None = None if self.is_sqlite else Partitions()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
         self.ensure_schema()
+        if self.partitions is not None:
+            self.partitions.maybe_create(self.engine)
         with self.engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():

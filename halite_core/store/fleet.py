@@ -321,7 +321,21 @@ def refresh_minions(conn: Connection, jobs: Iterable[str]) -> None:
     stale = (
         f"SELECT minion FROM minion_status WHERE last_jid IN ({among}) OR state_jid IN ({among})"
     )
-    minions = [m for (m,) in conn.execute(text(stale), params)]
+    refresh_listed(conn, [m for (m,) in conn.execute(text(stale), params)])
+
+
+def refresh_minions_in_range(conn: Connection, lo: str, hi: str) -> None:
+    """:func:`refresh_minions` for the jobs of jids ``lo`` (included) to ``hi`` (excluded):
+    a partition retention dropped whole."""
+    stale = (
+        "SELECT minion FROM minion_status WHERE (last_jid >= :lo AND last_jid < :hi)"
+        " OR (state_jid >= :lo AND state_jid < :hi)"
+    )
+    refresh_listed(conn, [m for (m,) in conn.execute(text(stale), {"lo": lo, "hi": hi})])
+
+
+def refresh_listed(conn: Connection, minions: list[str]) -> None:
+    """Set the rows of ``minions`` from what job_returns holds of them."""
     for start in range(0, len(minions), 400):
         part = {f"m{i}": m for i, m in enumerate(minions[start : start + 400])}
         listed = ", ".join(f":{name}" for name in part)

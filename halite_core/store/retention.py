@@ -8,12 +8,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, literal, or_, select
 
 from halite_core import jids
 from halite_core.config import Settings
 from halite_core.states import RUNNING
-from halite_core.store import fleet
+from halite_core.store import fleet, partitions
 from halite_core.store.db import Database
 from halite_core.store.ops import utcnow
 from halite_core.store.schema import cleaned_jobs, job_returns, jobs_index, state_results
@@ -68,6 +68,8 @@ class Retention:
             or_(j.end_time.is_(None), j.end_time < cutoff),
         )
         removed = 0
+        if self.db.partitions is not None:
+            removed += self._drop_partitions(cutoff, idle, moment)
         while True:
             with self.db.write() as conn:
                 oldest = (
@@ -96,6 +98,37 @@ class Retention:
         if removed:
             log.info("halite: removed %d jobs idle for more than %ss", removed, keep)
         return removed
+
+    def _drop_partitions(self, cutoff: dt.datetime, idle: Sequence[Any], at: dt.datetime) -> int:
+        """PostgreSQL: drop the partitions all of whose jobs are to go (see partitions.py),
+        their jids remembered and the minions whose latest job was one of them refreshed,
+        in one transaction; the rest goes row by row."""
+        with self.db.write() as conn:
+            if not partitions.is_partitioned(conn):
+                return 0
+            dropped = partitions.drop_expired(
+                conn, cutoff, idle, lambda c, lo, hi: self._remember_range(c, lo, hi, at)
+            )
+            for lo, hi in dropped.ranges:
+                fleet.refresh_minions_in_range(conn, lo, hi)
+        if dropped.partitions:
+            log.info(
+                "halite: dropped partitions %s (%d jobs idle for more than %s)",
+                ", ".join(dropped.partitions), dropped.jobs, cutoff.isoformat(),
+            )  # fmt: skip
+        return dropped.jobs
+
+    def _remember_range(self, conn: Connection, lo: str, hi: str, at: dt.datetime) -> int:
+        """Remember the jobs of jids ``lo`` to ``hi`` as cleaned; returns how many."""
+        j = jobs_index.c
+        rows = select(j.jid, literal(at, cleaned_jobs.c.cleaned_at.type)).where(
+            j.jid >= lo, j.jid < hi
+        )
+        stmt = self._insert(cleaned_jobs).from_select(["jid", "cleaned_at"], rows)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=["jid"], set_={"cleaned_at": stmt.excluded.cleaned_at}
+        )
+        return int(conn.execute(upsert).rowcount)
 
     def _remember_cleaned(self, conn: Connection, batch: Sequence[str], at: dt.datetime) -> None:
         stmt = self._insert(cleaned_jobs).values(

@@ -105,6 +105,8 @@ class Base(DeclarativeBase):
 
 
 UNANNOUNCED = "announced_at IS NULL AND status = 'complete'"
+# On PostgreSQL the large tables are partitioned by jid, that is by time (partitions.py).
+PARTITIONED = {"postgresql_partition_by": "RANGE (jid)"}
 RERUNS = "rerun_of IS NOT NULL"
 
 
@@ -165,6 +167,7 @@ class Job(Base):
             postgresql_where=text(RERUNS),
             sqlite_where=text(RERUNS),
         ),
+        PARTITIONED,
     )
 
 
@@ -194,7 +197,7 @@ class JobReturn(Base):
     # minion's latest result in minion_status. None: not a state run, or not known.
     test_run: Mapped[bool | None] = mapped_column(Boolean)
 
-    __table_args__ = (Index(None, "minion", "start_time", "jid"),)
+    __table_args__ = (Index(None, "minion", "start_time", "jid"), PARTITIONED)
 
 
 class StateResult(Base):
@@ -228,6 +231,7 @@ class StateResult(Base):
         # Covers halite.state's failure totals (runs, minions, first, last): only the
         # state's failed entries are read, in minion order, and no row.
         Index(None, "state_id", "result", "minion", "start_time", "test_run"),
+        PARTITIONED,
     )
 
 
@@ -391,6 +395,20 @@ def create_pg_search_index(conn: Connection, ddl: tuple[str, ...] = PG_SEARCH_DD
 def _pg_search_index(target: Table, conn: Connection, **_: Any) -> None:
     if conn.dialect.name == "postgresql":
         create_pg_search_index(conn)
+
+
+def create_default_partition(conn: Connection, table: str) -> None:
+    """The partition of ``table`` for jids no range partition holds (partitions.py)."""
+    conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {table}_default PARTITION OF {table} DEFAULT")
+
+
+def _default_partition(target: Table, conn: Connection, **_: Any) -> None:
+    if conn.dialect.name == "postgresql":
+        create_default_partition(conn, target.name)
+
+
+for _table in (jobs_index, job_returns, state_results):
+    event.listen(_table, "after_create", _default_partition)
 
 
 # For queries only (created by the DDL above, not by ``create_all``).

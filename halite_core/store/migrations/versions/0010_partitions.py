@@ -1,0 +1,143 @@
+"""partitions: jobs_index, job_returns and state_results partitioned by jid (time) on
+PostgreSQL
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-02
+
+PostgreSQL only (SQLite keeps its plain tables). The three tables are rebuilt as tables
+partitioned by range of ``jid``: a partition for each day that holds jobs, one for today
+and the next two days, and a default one (see ``halite_core/store/partitions.py``; later
+partitions follow ``halite:partition_interval``). The rows are copied, then the old
+tables dropped, and the keys, foreign keys and indexes built again under their own names.
+
+It runs in one transaction and takes the tables' EXCLUSIVE lock first: reads go on while
+the rows are copied, writes wait (Salt's returns wait in halite's journals, and Salt is not
+held up); the drop and the index builds at the end lock reads out too. It takes about as
+long as copying the tables and building their indexes: some 15 s per million returns on
+the hardware of the tests (docs/operations.md, "Large sites").
+"""
+
+import datetime as dt
+import re
+
+from alembic import op
+
+from halite_core.store.schema import create_pg_search_index
+
+revision: str = "0010"
+down_revision: str | None = "0009"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+# Copied in this order, dropped in the reverse one.
+TABLES = ("jobs_index", "job_returns", "state_results")
+KEYS = {
+    "jobs_index": "ALTER TABLE jobs_index ADD CONSTRAINT pk_jobs_index PRIMARY KEY (jid)",
+    "job_returns": "ALTER TABLE job_returns ADD CONSTRAINT pk_job_returns"
+    " PRIMARY KEY (jid, minion)",
+    "state_results": "ALTER TABLE state_results ADD CONSTRAINT pk_state_results"
+    " PRIMARY KEY (jid, minion, state_key)",
+}
+FOREIGN_KEYS = tuple(
+    f"ALTER TABLE {table} ADD CONSTRAINT fk_{table}_jid_jobs_index FOREIGN KEY (jid)"
+    " REFERENCES jobs_index (jid) ON DELETE CASCADE"
+    for table in ("job_returns", "state_results")
+)
+# The models' indexes at this revision.
+INDEXES = (
+    "CREATE INDEX ix_jobs_index_created_at ON jobs_index (created_at)",
+    "CREATE INDEX ix_jobs_index_function_start_time_jid ON jobs_index"
+    " (function, start_time, jid)",
+    "CREATE INDEX ix_jobs_index_master_id_start_time_jid ON jobs_index"
+    " (master_id, start_time, jid)",
+    "CREATE INDEX ix_jobs_index_rerun_of ON jobs_index (rerun_of, jid)"
+    " WHERE rerun_of IS NOT NULL",
+    "CREATE INDEX ix_jobs_index_result_start_time_jid ON jobs_index (result, start_time, jid)",
+    "CREATE INDEX ix_jobs_index_start_time_jid ON jobs_index (start_time, jid)",
+    "CREATE INDEX ix_jobs_index_status_start_time_jid ON jobs_index (status, start_time, jid)",
+    "CREATE INDEX ix_jobs_index_target_start_time_jid ON jobs_index (target, start_time, jid)",
+    "CREATE INDEX ix_jobs_index_unannounced ON jobs_index (end_time)"
+    " WHERE announced_at IS NULL AND status = 'complete'",
+    'CREATE INDEX ix_jobs_index_user_start_time_jid ON jobs_index ("user", start_time, jid)',
+    "CREATE INDEX ix_job_returns_minion_start_time_jid ON job_returns (minion, start_time, jid)",
+    "CREATE INDEX ix_state_results_result_start_time ON state_results (result, start_time)",
+    "CREATE INDEX ix_state_results_state_id_result_minion_start_time_test_run ON"
+    " state_results (state_id, result, minion, start_time, test_run)",
+    "CREATE INDEX ix_state_results_state_id_start_time_jid_minion ON state_results"
+    " (state_id, start_time, jid, minion)",
+)
+SEARCH_TEXT = (
+    "(coalesce(function, '') || ' ' || coalesce(target, '') || ' ' || coalesce(\"user\", ''))"
+)
+SEARCH_DDL = (
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    f"CREATE INDEX ix_jobs_index_search_trgm ON jobs_index USING gin ({SEARCH_TEXT} gin_trgm_ops)",
+)
+DAY = re.compile(r"^[0-9]{8}$")
+
+
+def _days() -> list[dt.date]:
+    """The days of the jids stored, and today and the next two days."""
+    found = set()
+    for (prefix,) in op.get_bind().exec_driver_sql(
+        "SELECT DISTINCT substr(jid, 1, 8) FROM jobs_index"
+    ):
+        if prefix and DAY.match(prefix):
+            try:
+                found.add(dt.datetime.strptime(prefix, "%Y%m%d").date())
+            except ValueError:
+                continue  # not a date: the default partition takes it
+    today = dt.datetime.now(dt.timezone.utc).date()
+    found.update(today + dt.timedelta(days=n) for n in range(3))
+    return sorted(found)
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    run = bind.exec_driver_sql
+    # No halite of the revision before may write while the rows are copied.
+    run("LOCK TABLE jobs_index, job_returns, state_results IN EXCLUSIVE MODE")
+    days = _days()
+    for table in TABLES:
+        run(
+            f"CREATE TABLE {table}_partitioned (LIKE {table} INCLUDING DEFAULTS)"
+            " PARTITION BY RANGE (jid)"
+        )
+        run(f"CREATE TABLE {table}_default PARTITION OF {table}_partitioned DEFAULT")
+        for day in days:
+            lo, hi = f"{day:%Y%m%d}", f"{day + dt.timedelta(days=1):%Y%m%d}"
+            run(
+                f"CREATE TABLE {table}_p{lo} PARTITION OF {table}_partitioned"
+                f" FOR VALUES FROM ('{lo}') TO ('{hi}')"
+            )
+        run(f"INSERT INTO {table}_partitioned SELECT * FROM {table}")
+    for table in reversed(TABLES):
+        run(f"DROP TABLE {table}")
+    for table in TABLES:
+        run(f"ALTER TABLE {table}_partitioned RENAME TO {table}")
+        run(KEYS[table])
+    for statement in (*FOREIGN_KEYS, *INDEXES):
+        run(statement)
+    create_pg_search_index(bind, SEARCH_DDL)  # left out, with a warning, if it may not
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    run = bind.exec_driver_sql
+    run("LOCK TABLE jobs_index, job_returns, state_results IN EXCLUSIVE MODE")
+    for table in TABLES:
+        run(f"CREATE TABLE {table}_plain (LIKE {table} INCLUDING DEFAULTS)")
+        run(f"INSERT INTO {table}_plain SELECT * FROM {table}")
+    for table in reversed(TABLES):
+        run(f"DROP TABLE {table}")  # its partitions with it
+    for table in TABLES:
+        run(f"ALTER TABLE {table}_plain RENAME TO {table}")
+        run(KEYS[table])
+    for statement in (*FOREIGN_KEYS, *INDEXES):
+        run(statement)
+    create_pg_search_index(bind, SEARCH_DDL)
