@@ -47,12 +47,10 @@ FOREIGN_KEYS = tuple(
 # The models' indexes at this revision.
 INDEXES = (
     "CREATE INDEX ix_jobs_index_created_at ON jobs_index (created_at)",
-    "CREATE INDEX ix_jobs_index_function_start_time_jid ON jobs_index"
-    " (function, start_time, jid)",
+    "CREATE INDEX ix_jobs_index_function_start_time_jid ON jobs_index (function, start_time, jid)",
     "CREATE INDEX ix_jobs_index_master_id_start_time_jid ON jobs_index"
     " (master_id, start_time, jid)",
-    "CREATE INDEX ix_jobs_index_rerun_of ON jobs_index (rerun_of, jid)"
-    " WHERE rerun_of IS NOT NULL",
+    "CREATE INDEX ix_jobs_index_rerun_of ON jobs_index (rerun_of, jid) WHERE rerun_of IS NOT NULL",
     "CREATE INDEX ix_jobs_index_result_start_time_jid ON jobs_index (result, start_time, jid)",
     "CREATE INDEX ix_jobs_index_start_time_jid ON jobs_index (start_time, jid)",
     "CREATE INDEX ix_jobs_index_status_start_time_jid ON jobs_index (status, start_time, jid)",
