@@ -199,6 +199,7 @@ class Partitions:
         self.ahead = ahead
         self._next_check = 0.0
         self._lock = threading.Lock()
+        self.today: Callable[[], dt.date] = _utc_today  # the day whose jids are written now
 
     def configure(self, interval: str, ahead: int) -> None:
         """The settings of the process's job store (``partition_interval``, ``ahead``)."""
@@ -208,7 +209,7 @@ class Partitions:
             self.interval, self.ahead = interval, ahead
             self._next_check = 0.0
 
-    def maybe_create(self, engine: Engine, today: Callable[[], dt.date] | None = None) -> None:
+    def maybe_create(self, engine: Engine) -> None:
         """Create the partitions ahead if this process has not checked lately; a failure
         (the tables locked, the database away) is logged and tried again later, never
         raised: the write that comes next goes to a partition or to the default one."""
@@ -217,7 +218,7 @@ class Partitions:
             return
         try:
             self._next_check = now + RETRY_AFTER
-            day = (today or _utc_today)()
+            day = self.today()
             with engine.connect() as conn, conn.begin():
                 if not is_partitioned(conn):
                     self._next_check = now + CHECK_EVERY
@@ -251,10 +252,12 @@ def drop_expired(
     jid) all of whose jobs match ``idle`` (the predicates of retention on ``jobs_index``).
     ``before_drop(conn, lo, hi)`` is called for each first (it records the jids removed and
     refreshes what refers to them) and returns how many jobs the partition holds."""
-    _lock(conn)
+    dropped = Dropped([], [], 0)
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    if not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})").scalar():
+        return dropped  # another master is at it
     j = jobs_index.c
     cut = cutoff.date()
-    dropped = Dropped([], [], 0)
     for name, part in sorted(existing(conn, "jobs_index").items()):
         if part is None or part.hi > cut:
             continue

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, literal, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, literal, or_, select
+from sqlalchemy.exc import OperationalError
 
 from halite_core import jids
 from halite_core.config import Settings
@@ -103,14 +104,21 @@ class Retention:
         """PostgreSQL: drop the partitions all of whose jobs are to go (see partitions.py),
         their jids remembered and the minions whose latest job was one of them refreshed,
         in one transaction; the rest goes row by row."""
-        with self.db.write() as conn:
-            if not partitions.is_partitioned(conn):
-                return 0
-            dropped = partitions.drop_expired(
-                conn, cutoff, idle, lambda c, lo, hi: self._remember_range(c, lo, hi, at)
-            )
-            for lo, hi in dropped.ranges:
-                fleet.refresh_minions_in_range(conn, lo, hi)
+        try:
+            with self.db.write() as conn:
+                if not partitions.is_partitioned(conn):
+                    return 0
+                dropped = partitions.drop_expired(
+                    conn, cutoff, idle, lambda c, lo, hi: self._remember_range(c, lo, hi, at)
+                )
+                for lo, hi in dropped.ranges:
+                    fleet.refresh_minions_in_range(conn, lo, hi)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            # A long read holds a table: its old jobs go row by row this time.
+            log.warning("halite: no partition dropped, a table is in use (%s)", exc.orig)
+            return 0
         if dropped.partitions:
             log.info(
                 "halite: dropped partitions %s (%d jobs idle for more than %s)",
@@ -128,7 +136,11 @@ class Retention:
         upsert = stmt.on_conflict_do_update(
             index_elements=["jid"], set_={"cleaned_at": stmt.excluded.cleaned_at}
         )
-        return int(conn.execute(upsert).rowcount)
+        conn.execute(upsert)
+        return int(
+            conn.scalar(select(func.count()).select_from(jobs_index).where(j.jid >= lo, j.jid < hi))
+            or 0
+        )
 
     def _remember_cleaned(self, conn: Connection, batch: Sequence[str], at: dt.datetime) -> None:
         stmt = self._insert(cleaned_jobs).values(

@@ -1,0 +1,347 @@
+"""Time partitions on PostgreSQL (halite_core/store/partitions.py): created ahead by several
+masters at once, retention by dropping whole partitions with the boundary cleaned exactly,
+the migration of a populated unpartitioned database, and reads of one job pruned to one
+partition. The interval arithmetic runs on either database."""
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+
+import pytest
+from alembic import command
+from sqlalchemy import event, select, text
+
+from halite_core.jobcache import JobStore
+from halite_core.service import Service
+from halite_core.store import db as dbmod
+from halite_core.store import partitions
+from halite_core.store.partitions import Range
+from halite_core.store.schema import (
+    cleaned_jobs,
+    job_returns,
+    jobs_index,
+    minion_status,
+    state_results,
+)
+from tests.conftest import postgresql_only
+from tests.helpers import publish, ret, save_return
+from tests.test_fleet import POLICY, state_ret
+
+UTC = dt.timezone.utc
+D1, D2, D3 = dt.date(2026, 11, 20), dt.date(2026, 11, 21), dt.date(2026, 11, 22)
+
+
+def jid_at(day, hour, n=0):
+    return f"{day:%Y%m%d}{hour:02d}0000{n:06d}"
+
+
+def started(jid):
+    return dt.datetime.strptime(jid[:20], "%Y%m%d%H%M%S%f").replace(tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ intervals (any database)
+def test_intervals_start_on_their_day_monday_or_first_and_follow_on():
+    day = dt.date(2026, 12, 31)  # a Thursday
+    assert partitions.wanted(day, "day", 2) == [
+        Range(dt.date(2026, 12, 31), dt.date(2027, 1, 1)),
+        Range(dt.date(2027, 1, 1), dt.date(2027, 1, 2)),
+        Range(dt.date(2027, 1, 2), dt.date(2027, 1, 3)),
+    ]
+    assert partitions.wanted(day, "week", 1) == [
+        Range(dt.date(2026, 12, 28), dt.date(2027, 1, 4)),
+        Range(dt.date(2027, 1, 4), dt.date(2027, 1, 11)),
+    ]
+    assert partitions.wanted(dt.date(2027, 1, 31), "month", 1) == [
+        Range(dt.date(2027, 1, 1), dt.date(2027, 2, 1)),
+        Range(dt.date(2027, 2, 1), dt.date(2027, 3, 1)),
+    ]
+    assert Range(D1, D2).bounds() == ("20261120", "20261121")
+    assert Range(D1, D2).suffix == "p20261120"
+
+
+def test_a_changed_interval_starts_after_the_partitions_already_made():
+    """Weekly partitions asked for where daily ones exist: only the days not covered are
+    made, so no range overlaps another (PostgreSQL would refuse it)."""
+    daily = [Range(D1, D2), Range(D2, D3)]
+    week = Range(dt.date(2026, 11, 16), dt.date(2026, 11, 23))
+    assert partitions.uncovered([week], daily) == [
+        Range(dt.date(2026, 11, 16), D1),
+        Range(D3, dt.date(2026, 11, 23)),
+    ]
+    assert partitions.uncovered([Range(D1, D2)], daily) == []
+
+
+# ------------------------------------------------------------------ PostgreSQL
+pytestmark_pg = postgresql_only("partitions are PostgreSQL's; SQLite keeps plain tables")
+
+
+def partition_of(store, table, jid):
+    with store.db.read() as conn:
+        return conn.execute(
+            text(f"SELECT tableoid::regclass::text FROM {table} WHERE jid = :jid"), {"jid": jid}
+        ).scalar()
+
+
+def names(store, table="jobs_index"):
+    with store.db.read() as conn:
+        return set(partitions.existing(conn, table))
+
+
+@pytestmark_pg
+def test_two_masters_create_the_partitions_ahead_at_once_each_one_once(store, settings):
+    """Two masters' stores on one database write their first returns at the same moment:
+    both create the partitions ahead (current day and two more) under one lock, each
+    partition is made once, no write fails, and each job is in its day's partition."""
+    other = JobStore(dataclasses.replace(settings, master_id="master2"),
+                     dbmod.Database(settings.db_url))  # fmt: skip
+    stores = (store, other)
+    for each in stores:
+        each.db.partitions.today = lambda: D1
+    store.db.ensure_schema()
+    assert names(store) == {"jobs_index_default"}
+    made, failures, ready = [], [], threading.Barrier(2)
+
+    def first_write(each, n):
+        ready.wait()
+        try:
+            with each.db.engine.begin() as conn:  # what maybe_create does, at once
+                made.extend(partitions.create_ahead(conn, D1, "day", 2))
+            publish(each, jid_at(D2, 10, n), minions=("m1",))
+            save_return(each, ret(jid_at(D2, 10, n), "m1"))
+            each.flush()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_write, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert failures == []
+        expected = {"jobs_index_p20261120", "jobs_index_p20261121", "jobs_index_p20261122"}
+        assert sorted(made) == sorted(expected)  # each once, by one master or the other
+        for table in ("jobs_index", "job_returns", "state_results"):
+            assert names(store, table) == {
+                name.replace("jobs_index", table) for name in expected | {"jobs_index_default"}
+            }
+        for n in range(2):
+            assert partition_of(store, "jobs_index", jid_at(D2, 10, n)) == "jobs_index_p20261121"
+            assert partition_of(store, "job_returns", jid_at(D2, 10, n)) == (
+                "job_returns_p20261121"
+            )
+    finally:
+        other.close()
+        other.db.dispose()
+
+
+@pytestmark_pg
+def test_the_writer_keeps_partitions_ahead_and_a_future_jid_in_the_default_loses_nothing(
+    store, caplog
+):
+    """The store's own writes create the partitions ahead. A job published under a clock
+    days ahead goes to the default partition; when its day comes, its partition cannot be
+    made (its rows are in the default one): that is said, nothing fails, the job stays."""
+    store.db.partitions.today = lambda: D1
+    ahead = jid_at(D3 + dt.timedelta(days=3), 8)
+    publish(store, jid_at(D1, 9), minions=("m1",))
+    publish(store, ahead, minions=("m1",))
+    store.flush()
+    assert partition_of(store, "jobs_index", jid_at(D1, 9)) == "jobs_index_p20261120"
+    assert partition_of(store, "jobs_index", ahead) == "jobs_index_default"
+    caplog.set_level(logging.WARNING)
+    with store.db.engine.begin() as conn:
+        created = partitions.create_ahead(conn, D3 + dt.timedelta(days=2), "day", 2)
+    assert created == ["jobs_index_p20261124", "jobs_index_p20261126"]
+    assert "no partition for jids 20261125 to 20261126" in caplog.text
+    save_return(store, ret(ahead, "m1"))
+    store.flush()
+    assert set(store.get_jid(ahead)) == {"m1"}
+    assert partition_of(store, "job_returns", ahead) == "job_returns_default"
+
+
+def age(store, jid, at, running=False):
+    """Make ``jid`` written, answered and (unless running) ended at ``at``."""
+    with store.db.write() as conn:
+        conn.execute(
+            jobs_index.update()
+            .where(jobs_index.c.jid == jid)
+            .values(created_at=at, last_return_at=at, end_time=None if running else at)
+        )
+
+
+@pytestmark_pg
+def test_retention_drops_whole_partitions_and_cleans_the_boundary_exactly(store, caplog):
+    """keep_jobs_seconds of 6 h at noon on D3: the partition of D1 (every job to go) is
+    dropped whole; D2's holds a running job, so only its idle job goes, row by row; in
+    D3's (the boundary) the job before the cut-off goes and the later one stays; an old
+    job in the default partition goes too. Each removed jid is remembered, a late return
+    for one is dropped, and the minions' latest runs come from what is left."""
+    store.db.partitions.today = lambda: D1
+    a1, a2 = jid_at(D1, 10, 1), jid_at(D1, 11, 2)
+    b1, b2 = jid_at(D2, 10, 1), jid_at(D2, 11, 2)
+    c1, c2 = jid_at(D3, 3, 1), jid_at(D3, 9, 2)
+    old = jid_at(dt.date(2026, 11, 10), 10)  # no partition of its own: the default's
+    publish(store, a1, fun="state.apply", minions=("web1", "web3"))
+    save_return(store, state_ret(a1, "web1", failing=[1]))
+    save_return(store, state_ret(a1, "web3", failing=[2]))
+    publish(store, a2, minions=("web1",))
+    save_return(store, ret(a2, "web1"))
+    for jid in (b1, b2, c1, c2, old):
+        publish(store, jid, fun="state.apply", minions=("web1", "web2"))
+        save_return(store, state_ret(jid, "web1", changing=[0]))
+        if jid != b2:
+            save_return(store, state_ret(jid, "web2"))
+    store.flush()
+    for jid in (a1, a2, b1, c1, c2, old):
+        age(store, jid, started(jid))
+    age(store, b2, started(b2), running=True)
+    assert partition_of(store, "state_results", a1) == "state_results_p20261120"
+    assert partition_of(store, "jobs_index", old) == "jobs_index_default"
+    caplog.set_level(logging.INFO)
+    noon = dt.datetime(2026, 11, 22, 12, tzinfo=UTC)
+    assert store.clean_old_jobs(keep_seconds=6 * 3600, now=noon) == 5
+    assert "dropped partitions jobs_index_p20261120 (2 jobs" in caplog.text
+    for table in ("jobs_index", "job_returns", "state_results"):
+        assert names(store, table) == {
+            f"{table}_default",
+            f"{table}_p20261121",
+            f"{table}_p20261122",
+        }
+    with store.db.read() as conn:
+        kept = set(conn.scalars(select(jobs_index.c.jid)))
+        kept_returns = set(conn.execute(select(job_returns.c.jid, job_returns.c.minion)))
+        kept_states = set(conn.scalars(select(state_results.c.jid)))
+        cleaned = set(conn.scalars(select(cleaned_jobs.c.jid)))
+        latest = {row.minion: row for row in conn.execute(select(minion_status))}
+    assert kept == {b2, c2}
+    assert kept_returns == {(b2, "web1"), (b2, "web2"), (c2, "web1"), (c2, "web2")}
+    assert kept_states == {b2, c2}
+    assert cleaned == {a1, a2, b1, c1, old}
+    assert set(latest) == {"web1", "web2"}  # web3 returned only in D1's partition
+    assert latest["web1"].last_jid == c2 and latest["web1"].state_jid == c2
+    save_return(store, ret(a1, "web1"))  # late, for a job whose partition was dropped
+    store.flush()
+    assert store.get_jid(a1) == {}
+    assert store.clean_old_jobs(keep_seconds=6 * 3600, now=noon) == 0  # nothing left to go
+
+
+@pytestmark_pg
+def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, settings):
+    """A history written by halite, taken back to revision 0009's plain tables, then
+    upgraded: every row of the three tables is the same, each in its day's partition
+    (made for every day that holds jobs), the foreign keys and the search hold, and
+    writes go on."""
+    store.db.partitions.today = lambda: D1
+    jobs = [jid_at(day, hour, n) for n, (day, hour) in enumerate(
+        [(D1, 10), (D2, 10), (D2, 11), (D3, 9), (dt.date(2026, 11, 5), 12)])]  # fmt: skip
+    for jid in jobs:
+        publish(store, jid, fun="state.apply", minions=("web1", "web2"))
+        save_return(store, state_ret(jid, "web1", failing=[0], changing=[1]))
+    store.flush()
+    cfg = dbmod.alembic_config(store.db)
+
+    def dump():
+        with store.db.engine.connect() as conn:
+            return {
+                table.name: sorted(
+                    json.dumps(dict(row._mapping), default=str, sort_keys=True)
+                    for row in conn.execute(select(table))
+                )
+                for table in (jobs_index, job_returns, state_results)
+            }
+
+    before = dump()
+    assert sum(len(rows) for rows in before.values()) == 5 + 10 + 10
+    command.downgrade(cfg, "0009")
+    with store.db.engine.connect() as conn:
+        assert not partitions.is_partitioned(conn)
+        assert not partitions.is_partitioned(conn, "job_returns")
+    assert dump() == before
+    command.upgrade(cfg, "head")
+    assert dump() == before
+    for jid in jobs:
+        day = jid[:8]
+        assert partition_of(store, "jobs_index", jid) == f"jobs_index_p{day}"
+        assert partition_of(store, "job_returns", jid) == f"job_returns_p{day}"
+        assert partition_of(store, "state_results", jid) == f"state_results_p{day}"
+    with store.db.engine.connect() as conn:
+        with pytest.raises(Exception, match="foreign key"):
+            conn.execute(
+                text(
+                    "INSERT INTO job_returns (jid, minion, state, expected, start_time,"
+                    " return_truncated) VALUES ('20261120000000000099', 'x', 'pending',"
+                    " true, now(), false)"
+                )
+            )
+        conn.rollback()
+        found = conn.execute(
+            text("SELECT count(*) FROM jobs_index WHERE function ILIKE '%apply%'")
+        ).scalar()
+    assert found == 5
+    save_return(store, state_ret(jobs[1], "web2"))
+    store.flush()
+    assert set(store.get_jid(jobs[1])) == {"web1", "web2"}
+
+
+# ------------------------------------------------------------------ plans
+def relations(plan):
+    """The tables a JSON plan reads."""
+    found = set()
+    if isinstance(plan, dict):
+        if "Relation Name" in plan:
+            found.add(plan["Relation Name"])
+        for value in plan.values():
+            found |= relations(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            found |= relations(value)
+    return found
+
+
+@pytestmark_pg
+def test_the_reads_of_one_job_are_pruned_to_its_partition(store, settings):
+    """Every statement the runners' and Salt's reads of one job send (its detail, its
+    returns, Salt's get_jid and get_load) reads one partition of each partitioned table:
+    EXPLAIN of each, with its own parameters, names no partition of another day (but the
+    lookup of the job's re-runs, which may be of any day)."""
+    store.db.partitions.today = lambda: D1
+    for day in (D1, D2, D3):
+        publish(store, jid_at(day, 10), fun="state.apply", minions=("web1",))
+        save_return(store, state_ret(jid_at(day, 10), "web1", failing=[0]))
+    store.flush()
+    target = jid_at(D2, 10)
+    sent = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "jid" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        Service(store, POLICY).job("root", target)
+        store.get_jid(target)
+        store.get_load(target)
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", capture)
+    assert sent
+    # A job's re-runs are other jobs, of any day: that lookup probes the partial index of
+    # re-runs in each partition (ix_jobs_index_rerun_of), and is the one read left whole.
+    reruns = [statement for statement, _ in sent if "rerun_of =" in statement]
+    assert len(reruns) == 1
+    seen = set()
+    with store.db.engine.connect() as conn:
+        for statement, parameters in sent:
+            if statement in reruns:
+                continue
+            (plan,) = conn.exec_driver_sql(
+                "EXPLAIN (FORMAT JSON) " + statement, parameters
+            ).scalar()  # fmt: skip
+            read = relations(plan)
+            others = {name for name in read if "_p2026" in name and "_p20261121" not in name}
+            assert not others, (statement, read)
+            assert not {"jobs_index_default", "job_returns_default"} & read, (statement, read)
+            seen |= read
+    assert {"jobs_index_p20261121", "job_returns_p20261121"} <= seen
