@@ -61,6 +61,7 @@ from halite_core.jobcache import (
     item_to_line,
 )
 from halite_core.metrics import Metrics, get_metrics
+from halite_core.store.replica import ReplicaReads
 from halite_core.store.schema import job_returns, jobs_index
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class ActiveJobs:
         self.metrics.watch_engine(self._running_now)
         journal_dir, spool = store.settings.journal_dir, store.spool
         self.metrics.watch_storage(lambda: backlog_bytes(journal_dir), spool.size)
+        views = store.views
+        if isinstance(views, ReplicaReads):
+            self.metrics.watch_replica(lambda: (views.source, views.lag))
 
     # ------------------------------------------------------------------ start
     def recover(self) -> int:

@@ -63,6 +63,7 @@ from halite_core.store.ops import (
     item_jid,
     utcnow,
 )
+from halite_core.store.replica import ReplicaReads
 from halite_core.store.retention import Retention
 from halite_core.store.salt_reads import (
     _latest,
@@ -148,6 +149,12 @@ class JobStore:
         self._replay_lock = threading.Lock()
         self._committer: Committer | None = None
         self._as_engine = False
+        # The runners', the API's and the page's reads: a replica's when one is configured.
+        self.views: Database | ReplicaReads = (
+            ReplicaReads(self.db, settings.read_db_url, settings.read_max_lag)
+            if settings.read_db_url
+            else self.db
+        )
 
     # ------------------------------------------------------------------ jids
     def reserve_jid(self, jid: str) -> bool:

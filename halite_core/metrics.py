@@ -46,6 +46,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Running = Callable[[], "tuple[int, float | None]"]  # (running jobs, oldest one's age in s)
 Size = Callable[[], int]
+Replica = Callable[[], "tuple[str, float | None]"]  # (where reads go, the replica's lag in s)
 T = TypeVar("T")
 
 
@@ -105,7 +106,17 @@ class _Gauges(Collector):
             "halite_spool_bytes",
             "Bytes of writes waiting in the spool for the database (rejected/ not counted).",
         )
-        families: list[Metric] = [running, oldest, backlog, spool]
+        on_replica = GaugeMetricFamily(
+            "halite_reads_on_replica",
+            "1 while the runners', the API's and the page's reads go to read_db_url's replica,"
+            " 0 while they go to the primary (the replica behind or not answering).",
+        )
+        lag = GaugeMetricFamily(
+            "halite_replica_lag_seconds",
+            "How far behind the primary read_db_url's replica was at its last measure"
+            " (absent: not known).",
+        )
+        families: list[Metric] = [running, oldest, backlog, spool, on_replica, lag]
         if empty:
             return families
         watched = self._metrics.watched
@@ -118,6 +129,12 @@ class _Gauges(Collector):
             backlog.add_metric([], _safely(watched.backlog, 0))
         if watched.spool is not None:
             spool.add_metric([], _safely(watched.spool, 0))
+        if watched.replica is not None:
+            unknown: tuple[str, float | None] = ("primary", None)
+            source, seconds = _safely(watched.replica, unknown)
+            on_replica.add_metric([], 1 if source == "replica" else 0)
+            if seconds is not None and seconds != float("inf"):
+                lag.add_metric([], seconds)
         return [family for family in families if family.samples]
 
 
@@ -137,6 +154,7 @@ class Watched:
         self.running: Running | None = None
         self.backlog: Size | None = None
         self.spool: Size | None = None
+        self.replica: Replica | None = None
 
 
 class Metrics:
@@ -244,6 +262,11 @@ class Metrics:
         """``running()``: how many jobs the engine holds as running, and the age in seconds
         of the oldest (None: none); called at each scrape."""
         self.watched.running = running
+
+    def watch_replica(self, replica: Replica) -> None:
+        """``replica()``: where the reads went last ("replica" or "primary"), and the
+        replica's lag in seconds (None: not known); called at each scrape."""
+        self.watched.replica = replica
 
     def watch_storage(self, backlog: Size, spool: Size) -> None:
         """Bytes of the journals not committed yet, and of the spool; called at each scrape."""

@@ -208,7 +208,7 @@ class Service:
         asked = _merged(asked, given)
         scope = self.view_scope(user, "jobs", _given(asked))
         filters = _checked(JobFilter, asked)
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             return list_jobs(conn, filters, functions=scope)
 
     def job(self, user: str | None, jid: object) -> JobDetail:
@@ -216,7 +216,7 @@ class Service:
         grants = self.grants(user)
         if grants.job_scope("view") == ():
             raise self._deny(user, "job", "view:job:*", arguments)
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             detail = job_detail(conn, text_arg("jid", jid) or "")
         function = detail["function"] or ""
         if not grants.allows("view", "job", function):
@@ -256,7 +256,7 @@ class Service:
         visible = self._state_runs_visible(user)
         if query.failing and not visible:
             raise self._deny(user, "minions", f"view:job:{STATE_JOBS}", arguments)
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             return fleet.minions(conn, query, functions=scope, states_visible=visible)
 
     def minion(
@@ -272,7 +272,7 @@ class Service:
         arguments = {"minion": minion, **_given(asked)}
         scope = self.view_scope(user, "minion", arguments)
         query = _checked(MinionQuery, asked)
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             try:
                 return fleet.minion_history(
                     conn, minion, query, functions=scope,
@@ -299,7 +299,7 @@ class Service:
         asked = _merged(asked, given)
         self._need_state_runs(user, "states", _given(asked))
         query = _checked(StatesQuery, asked)
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             return fleet.failing_states(conn, query)
 
     def state(
@@ -314,19 +314,19 @@ class Service:
         asked = _merged(asked, given)
         self._need_state_runs(user, "state", {"state_id": state_id, **_given(asked)})
         query = _checked(StateQuery, asked)
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             return fleet.state_history(conn, state_id, query)
 
     def activity(self, user: str | None, hours: object = 24) -> Activity:
         scope = self.view_scope(user, "activity", {"hours": hours})
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             return activity(conn, hours, functions=scope)
 
     def timeline(
         self, user: str | None, window: object = "24h", group_by: object = "function"
     ) -> Timeline:
         scope = self.view_scope(user, "timeline", {"window": window, "group_by": group_by})
-        with self.store.db.read() as conn:
+        with self.store.views.read() as conn:
             return timeline(conn, window, group_by, functions=scope)
 
     def audit(

@@ -69,6 +69,16 @@ class PostgresServer:
         )  # fmt: skip
         return self
 
+    def replica(self) -> PostgresServer:
+        """A streaming replica of this server (pg_basebackup -R), started on a port of its
+        own; hot standby, so that it serves reads."""
+        replica = PostgresServer()
+        self._run(
+            str(self.bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port),
+            "-U", self.user, "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+        return replica.start()
+
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop")
 

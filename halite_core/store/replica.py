@@ -1,0 +1,115 @@
+"""Reads from a PostgreSQL streaming replica (``halite: read_db_url``).
+
+The runners', the API's and the page's reads go to the replica while it is at most
+``read_max_lag`` seconds behind the primary; beyond that, or when it does not answer, they
+go to the primary, and the log says so (once per change, and again when the replica is
+back). Salt's job cache interface (``get_load``, ``get_jid``, ...), the plans of kills and
+re-runs and the audit log read the primary always: they must see what was just written.
+
+The lag is measured on the replica, at most once per :data:`CHECK_EVERY` seconds:
+
+- 0 when it is not in recovery (a primary given as ``read_db_url``), or when it streams
+  from the primary and has replayed all it received;
+- else the time since the last transaction it replayed was committed on the primary (no
+  such transaction: not known, taken as too far behind).
+
+Several masters' engines writing heartbeats keep that last time recent on a live site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from halite_core.store.db import Database, get_database
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 1.0  # seconds between two measures of the replica's lag
+LAG = (
+    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0"
+    " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"
+    " AND coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false) THEN 0"
+    " ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+class ReplicaReads:
+    """``read()``: a read transaction on the replica while it is close enough, else on the
+    primary. ``source``, ``lag`` and ``reason`` say where the last choice went and why."""
+
+    def __init__(self, primary: Database, url: str, max_lag: float) -> None:
+        self.primary = primary
+        self.url = url
+        self.max_lag = max_lag
+        self.check_every = CHECK_EVERY
+        self.source = "primary"
+        self.lag: float | None = None  # seconds; None: not measured, or not answering
+        self.reason = "not measured yet"
+        self._checked_at = -math.inf
+        self._lock = threading.Lock()
+        self._shown = make_url(url).render_as_string()
+
+    @property
+    def replica(self) -> Database:
+        # One engine per process (Salt forks), as for the primary.
+        return get_database(self.url)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        if self._choose() == "replica":
+            try:
+                conn = self.replica.engine.connect()
+            except DBAPIError as exc:
+                self._left(f"it does not answer ({_first_line(exc)})", None)
+            else:
+                with conn, conn.begin():
+                    yield conn
+                return
+        with self.primary.read() as conn:
+            yield conn
+
+    def _choose(self) -> str:
+        now = time.monotonic()
+        if now - self._checked_at < self.check_every or not self._lock.acquire(blocking=False):
+            return self.source
+        try:
+            self._checked_at = now
+            self.primary.ensure_schema()  # the replica has the schema the primary has
+            try:
+                with self.replica.engine.connect() as conn:
+                    value = conn.exec_driver_sql(LAG).scalar()
+                    conn.rollback()
+            except DBAPIError as exc:
+                self._left(f"it does not answer ({_first_line(exc)})", None)
+                return self.source
+            lag = math.inf if value is None else float(value)
+            if lag > self.max_lag:
+                behind = "not known" if lag == math.inf else f"{lag:.1f} s"
+                self._left(f"it is behind by {behind} (read_max_lag {self.max_lag:g} s)", lag)
+            else:
+                if self.source != "replica":
+                    log.warning(
+                        "halite: reads from the replica %s again (%.1f s behind)", self._shown, lag
+                    )
+                self.source, self.lag, self.reason = "replica", lag, "close enough"
+            return self.source
+        finally:
+            self._lock.release()
+
+    def _left(self, why: str, lag: float | None) -> None:
+        if self.source != "primary" or self.reason == "not measured yet":
+            log.warning("halite: reads from the primary, not the replica %s: %s", self._shown, why)
+        self.source, self.lag, self.reason = "primary", lag, why
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return str(exc.orig or exc).strip().splitlines()[0]
