@@ -45,11 +45,11 @@ chromium:
 			--no-install-recommends chromium >/dev/null; \
 	fi
 
-# The page's own browser tests (-m page) run in the SQLite pass only: the page is the
-# same over either database, whose queries both passes test.
+# The page's own browser tests (-m page) and the tests that are the same over either
+# database (-m once) run in the SQLite pass only; both passes test every query and write.
 test: lint postgresql chromium
 	$(VENV)/bin/pytest tests
-	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests -m "not page"
+	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests -m "not page and not once"
 
 test-sqlite: $(STAMP) chromium
 	$(VENV)/bin/pytest tests

@@ -1,4 +1,9 @@
+import pytest
+
 from halite_core import highstate
+
+# The same over either database: run once, in the SQLite pass.
+pytestmark = pytest.mark.once
 
 
 def state(result, changes=None, duration=1.5):

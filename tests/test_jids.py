@@ -6,6 +6,9 @@ import pytest
 
 from halite_core import jids
 
+# The same over either database: run once, in the SQLite pass.
+pytestmark = pytest.mark.once
+
 UTC = dt.timezone.utc
 
 

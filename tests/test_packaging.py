@@ -8,6 +8,11 @@ import zipfile
 from email.parser import Parser
 from pathlib import Path
 
+import pytest
+
+# The same over either database: run once, in the SQLite pass.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[1]
 # What a build would leave in the checkout it runs in; the copy below keeps it out.
 BUILD_LEFTOVERS = (".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",

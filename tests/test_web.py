@@ -1285,6 +1285,7 @@ def test_query_values_reach_the_service_as_sent(server):
     assert status == 400 and "user must not contain a NUL character" in body["error"]
 
 
+@pytest.mark.once
 def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
     """Kills wait for the minions (gather_job_timeout for one that is down), on threads of
     their own with a limit per user: plain reads answer while they wait, and a kill that
@@ -1338,6 +1339,7 @@ def test_kills_waiting_for_minions_have_threads_of_their_own(store, sessions):
         stopped(app)
 
 
+@pytest.mark.once
 def test_reruns_waiting_for_the_master_have_threads_of_their_own(store, sessions):
     """Re-runs wait for the master to take the publish, on threads of their own with a
     limit per user: a kill and plain reads answer while they wait, and a re-run that never
@@ -1626,6 +1628,7 @@ def test_a_token_store_that_hangs_gets_a_bounded_503(store, salt_opts):
         stopped(app)
 
 
+@pytest.mark.once
 def test_the_generated_document_matches_the_server(server, tmp_path):
     """schemathesis generates requests from /api/openapi.json (generated from the models
     of halite_core.api) and checks every answer of this server against it: status codes,

@@ -138,6 +138,7 @@ def _running(base, token, jid):
     return next((j for j in page.get("jobs", []) if j["jid"] == jid), None)
 
 
+@pytest.mark.once
 def test_openapi_document_matches_the_server(web_master, web_minion, tmp_path):
     """schemathesis generates requests from /api/openapi.json and checks every answer
     against it: status codes, content types, response schemas, and never a 5xx."""

@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 import yaml
 from sqlalchemy import select
 
@@ -125,6 +126,7 @@ def test_jobs_outside_the_scope_answer_as_unknown_ones(master, minion, index):
     assert read["outcome"]["error"] == f"no job with jid {grains} in the index"
 
 
+@pytest.mark.once
 def test_a_bad_halite_option_is_a_clear_error_of_every_runner(master, tmp_path):
     """flush_interval: -1 is refused by the configuration's own ConfigError: every
     halite runner answers it with an error and exit 1, never a traceback."""

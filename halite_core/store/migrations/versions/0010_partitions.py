@@ -15,7 +15,7 @@ It runs in one transaction and takes the tables' EXCLUSIVE lock first: reads go 
 the rows are copied, writes wait (Salt's returns wait in halite's journals, and Salt is not
 held up); the drop and the index builds at the end lock reads out too. It takes about as
 long as copying the tables and building their indexes: some 15 s per million returns on
-the hardware of the tests (docs/operations.md, "Large sites").
+the hardware of the tests (the README, "Large sites").
 """
 
 import datetime as dt
