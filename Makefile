@@ -76,6 +76,7 @@ bench: $(STAMP) postgresql
 	$(PY) bench/listing.py
 	$(PY) bench/load.py
 	$(PY) bench/listing_pg.py
+	$(PY) bench/retention.py
 	$(PY) bench/fleet.py
 
 clean:
