@@ -9,9 +9,8 @@ import json
 import logging
 import threading
 
-import pytest
 from alembic import command
-from sqlalchemy import event, select, text
+from sqlalchemy import event, inspect, select, text
 
 from halite_core.jobcache import JobStore
 from halite_core.service import Service
@@ -230,10 +229,10 @@ def test_retention_drops_whole_partitions_and_cleans_the_boundary_exactly(store,
 
 @pytestmark_pg
 def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, settings):
-    """A history written by halite, taken back to revision 0009's plain tables, then
-    upgraded: every row of the three tables is the same, each in its day's partition
-    (made for every day that holds jobs), the foreign keys and the search hold, and
-    writes go on."""
+    """A history written by halite, taken back to revision 0009's plain tables (a reading
+    role granted SELECT on them), then upgraded: every row of the three tables is the
+    same, each in its day's partition (made for every day that holds jobs), the keys, the
+    role's privileges and the search hold, and writes go on."""
     store.db.partitions.today = lambda: D1
     jobs = [jid_at(day, hour, n) for n, (day, hour) in enumerate(
         [(D1, 10), (D2, 10), (D2, 11), (D3, 9), (dt.date(2026, 11, 5), 12)])]  # fmt: skip
@@ -256,6 +255,12 @@ def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, setti
     before = dump()
     assert sum(len(rows) for rows in before.values()) == 5 + 10 + 10
     command.downgrade(cfg, "0009")
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reader')"
+            " THEN CREATE ROLE reader; END IF; END $$"
+        )
+        conn.exec_driver_sql("GRANT SELECT ON jobs_index, job_returns, state_results TO reader")
     with store.db.engine.connect() as conn:
         assert not partitions.is_partitioned(conn)
         assert not partitions.is_partitioned(conn, "job_returns")
@@ -268,15 +273,14 @@ def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, setti
         assert partition_of(store, "job_returns", jid) == f"job_returns_p{day}"
         assert partition_of(store, "state_results", jid) == f"state_results_p{day}"
     with store.db.engine.connect() as conn:
-        with pytest.raises(Exception, match="foreign key"):
-            conn.execute(
-                text(
-                    "INSERT INTO job_returns (jid, minion, state, expected, start_time,"
-                    " return_truncated) VALUES ('20261120000000000099', 'x', 'pending',"
-                    " true, now(), false)"
-                )
-            )
-        conn.rollback()
+        # The keys, the other roles' privileges and no foreign key (schema.job_of).
+        assert inspect(conn).get_pk_constraint("job_returns")["constrained_columns"] == [
+            "jid", "minion"
+        ]  # fmt: skip
+        assert inspect(conn).get_foreign_keys("state_results") == []
+        assert conn.exec_driver_sql(
+            "SELECT has_table_privilege('reader', 'job_returns', 'SELECT')"
+        ).scalar()  # fmt: skip
         found = conn.execute(
             text("SELECT count(*) FROM jobs_index WHERE function ILIKE '%apply%'")
         ).scalar()

@@ -17,7 +17,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -104,6 +104,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def job_of() -> ForeignKeyConstraint:
+    """A row's job, on SQLite only. On PostgreSQL the tables are partitioned, and a foreign
+    key to a partitioned table would check each row inserted through the whole partition
+    tree and make every partition drop lock all of ``jobs_index``: there halite writes a
+    job's row before (in the transaction of) its first return and deletes the rows of a job
+    together, which the key would only have checked."""
+    return ForeignKeyConstraint(["jid"], ["jobs_index.jid"], ondelete="CASCADE").ddl_if(
+        dialect="sqlite"
+    )
+
+
 UNANNOUNCED = "announced_at IS NULL AND status = 'complete'"
 # On PostgreSQL the large tables are partitioned by jid, that is by time (partitions.py).
 PARTITIONED = {"postgresql_partition_by": "RANGE (jid)"}
@@ -174,9 +185,7 @@ class Job(Base):
 class JobReturn(Base):
     __tablename__ = "job_returns"
 
-    jid: Mapped[str] = mapped_column(
-        String(64), ForeignKey("jobs_index.jid", ondelete="CASCADE"), primary_key=True
-    )
+    jid: Mapped[str] = mapped_column(String(64), primary_key=True)
     minion: Mapped[str] = mapped_column(String(255), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     expected: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
@@ -197,7 +206,7 @@ class JobReturn(Base):
     # minion's latest result in minion_status. None: not a state run, or not known.
     test_run: Mapped[bool | None] = mapped_column(Boolean)
 
-    __table_args__ = (Index(None, "minion", "start_time", "jid"), PARTITIONED)
+    __table_args__ = (Index(None, "minion", "start_time", "jid"), job_of(), PARTITIONED)
 
 
 class StateResult(Base):
@@ -208,9 +217,7 @@ class StateResult(Base):
 
     __tablename__ = "state_results"
 
-    jid: Mapped[str] = mapped_column(
-        String(64), ForeignKey("jobs_index.jid", ondelete="CASCADE"), primary_key=True
-    )
+    jid: Mapped[str] = mapped_column(String(64), primary_key=True)
     minion: Mapped[str] = mapped_column(String(255), primary_key=True)
     # Salt's key of the state: module_|-id_|-name_|-function (at most 1024 characters).
     state_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
@@ -231,6 +238,7 @@ class StateResult(Base):
         # Covers halite.state's failure totals (runs, minions, first, last): only the
         # state's failed entries are read, in minion order, and no row.
         Index(None, "state_id", "result", "minion", "start_time", "test_run"),
+        job_of(),
         PARTITIONED,
     )
 

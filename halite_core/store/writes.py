@@ -197,6 +197,7 @@ class _Statements:
     upsert_return: Any
     recount: Any
     settle: Any
+    recount_all: Any
     endtime: Any
     no_return: Any
     killed: Any
@@ -293,6 +294,52 @@ class _Statements:
                 ),
             )
         )
+        # PostgreSQL: the two above for a batch of jobs in one statement, from one pass
+        # over their rows (the jobs' rows are locked by then, in jid order).
+        wanted = select(
+            func.unnest(bindparam("jids", type_=ARRAY(String()))).label("jid")
+        ).subquery("wanted")
+        counts = (
+            select(
+                wanted.c.jid,
+                func.count(rows.c.minion).label("targeted"),
+                func.count(rows.c.minion).filter(returned).label("returned"),
+                func.count(rows.c.minion).filter(minion_failed_sql(rows.c)).label("failed"),
+                func.count(rows.c.minion)
+                .filter(returned, rows.c.states_changed > 0)
+                .label("changed"),
+                func.count(rows.c.minion).filter(rows.c.state == PENDING).label("pending"),
+                func.max(rows.c.returned_at).filter(returned).label("last_return"),
+                func.max(rows.c.returned_at).label("last_settled"),
+            )
+            .select_from(wanted.outerjoin(rows, rows.c.jid == wanted.c.jid))
+            .group_by(wanted.c.jid)
+            .subquery("counts")
+        )
+        c = counts.c
+        all_done = c.pending == 0
+        recount_all = (
+            update(jobs_index)
+            .where(j.jid == c.jid)
+            .values(
+                minions_targeted=c.targeted,
+                minions_returned=c.returned,
+                minions_failed=c.failed,
+                minions_changed=c.changed,
+                last_return_at=c.last_return,
+                status=case((all_done, COMPLETE), else_=RUNNING),
+                result=case(
+                    (~all_done, RUNNING),
+                    (c.failed > 0, JobResult.FAILED.value),
+                    (c.changed > 0, JobResult.CHANGED.value),
+                    else_=JobResult.PASS.value,
+                ),
+                end_time=case(
+                    (all_done, func.coalesce(c.last_settled, c.last_return, j.start_time)),
+                    else_=None,
+                ),
+            )
+        )
         at = bindparam("at", type_=j.last_return_at.type)
         endtime = (
             update(jobs_index)
@@ -322,7 +369,7 @@ class _Statements:
         )
         return cls(
             upsert_load, fill_load, target, stub.on_conflict_do_nothing(), upsert_return,
-            recount, settle, endtime, no_return, killed, rerun,
+            recount, settle, recount_all, endtime, no_return, killed, rerun,
         )  # fmt: skip
 
 
@@ -621,10 +668,18 @@ class Writes:
         """Set the counters, status and end time of jobs from their job_returns rows.
 
         Recounting (an indexed range scan of the job's rows) rather than incrementing keeps
-        the counters exact whatever order and however often writes arrive.
+        the counters exact whatever order and however often writes arrive. On PostgreSQL
+        one statement recounts the batch's jobs: two correlated statements per job cost
+        several times more on partitioned tables (a scan of the partitions' plans each).
         """
-        params = [{"k_jid": jid} for jid in sorted(job_ids)]
+        ordered = sorted(set(job_ids))
+        if not ordered:
+            return
         stmts = self._statements()
+        if self.db.dialect_name == "postgresql":
+            conn.execute(stmts.recount_all, {"jids": ordered})
+            return
+        params = [{"k_jid": jid} for jid in ordered]
         self.db.executemany(conn, stmts.recount, params)
         self.db.executemany(conn, stmts.settle, params)
 

@@ -9,7 +9,9 @@ PostgreSQL only (SQLite keeps its plain tables). The three tables are rebuilt as
 partitioned by range of ``jid``: a partition for each day that holds jobs, one for today
 and the next two days, and a default one (see ``halite_core/store/partitions.py``; later
 partitions follow ``halite:partition_interval``). The rows are copied, then the old
-tables dropped, and the keys, foreign keys and indexes built again under their own names.
+tables dropped, and the keys, indexes and the other roles' privileges given again under
+their own names. The foreign keys of ``job_returns`` and ``state_results`` to
+``jobs_index`` are left out on PostgreSQL (see ``schema.job_of``).
 
 It runs in one transaction and takes the tables' EXCLUSIVE lock first: reads go on while
 the rows are copied, writes wait (Salt's returns wait in halite's journals, and Salt is not
@@ -39,6 +41,7 @@ KEYS = {
     "state_results": "ALTER TABLE state_results ADD CONSTRAINT pk_state_results"
     " PRIMARY KEY (jid, minion, state_key)",
 }
+# Revision 0009's, given back by the downgrade.
 FOREIGN_KEYS = tuple(
     f"ALTER TABLE {table} ADD CONSTRAINT fk_{table}_jid_jobs_index FOREIGN KEY (jid)"
     " REFERENCES jobs_index (jid) ON DELETE CASCADE"
@@ -112,14 +115,35 @@ def upgrade() -> None:
                 f" FOR VALUES FROM ('{lo}') TO ('{hi}')"
             )
         run(f"INSERT INTO {table}_partitioned SELECT * FROM {table}")
+    grants = {table: _grants(table) for table in TABLES}
     for table in reversed(TABLES):
         run(f"DROP TABLE {table}")
     for table in TABLES:
         run(f"ALTER TABLE {table}_partitioned RENAME TO {table}")
         run(KEYS[table])
-    for statement in (*FOREIGN_KEYS, *INDEXES):
+        for statement in grants[table]:
+            run(statement)
+    # No foreign keys between partitioned tables (see schema.job_of).
+    for statement in INDEXES:
         run(statement)
     create_pg_search_index(bind, SEARCH_DDL)  # left out, with a warning, if it may not
+    for table in TABLES:
+        run(f"ANALYZE {table}")
+
+
+def _grants(table: str) -> list[str]:
+    """The GRANTs that give the table's privileges again (those of other roles than its
+    owner: a role that reads the history, on the primary or a replica, keeps reading it)."""
+    rows = op.get_bind().exec_driver_sql(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END,"
+        " a.privilege_type, a.is_grantable FROM pg_class c"
+        " CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee"
+        f" WHERE c.oid = '{table}'::regclass AND a.grantee <> c.relowner"
+    )
+    return [
+        f"GRANT {privilege} ON {table} TO {grantee}" + (" WITH GRANT OPTION" if grantable else "")
+        for grantee, privilege, grantable in rows
+    ]
 
 
 def downgrade() -> None:
@@ -131,11 +155,14 @@ def downgrade() -> None:
     for table in TABLES:
         run(f"CREATE TABLE {table}_plain (LIKE {table} INCLUDING DEFAULTS)")
         run(f"INSERT INTO {table}_plain SELECT * FROM {table}")
+    grants = {table: _grants(table) for table in TABLES}
     for table in reversed(TABLES):
         run(f"DROP TABLE {table}")  # its partitions with it
     for table in TABLES:
         run(f"ALTER TABLE {table}_plain RENAME TO {table}")
         run(KEYS[table])
+        for statement in grants[table]:
+            run(statement)
     for statement in (*FOREIGN_KEYS, *INDEXES):
         run(statement)
     create_pg_search_index(bind, SEARCH_DDL)
