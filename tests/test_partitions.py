@@ -349,3 +349,29 @@ def test_the_reads_of_one_job_are_pruned_to_its_partition(store, settings):
             assert not {"jobs_index_default", "job_returns_default"} & read, (statement, read)
             seen |= read
     assert {"jobs_index_p20261121", "job_returns_p20261121"} <= seen
+
+
+@pytestmark_pg
+def test_a_partition_written_to_during_retention_is_not_dropped(store):
+    """A late write to an old job, in a transaction still open when retention starts and
+    committed while it waits: the drop locks the partition before it looks at its jobs,
+    so it sees the write, and the job (active again) is kept, partition and all."""
+    store.db.partitions.today = lambda: D1
+    old = jid_at(D1, 10)
+    publish(store, old, minions=("web1",))
+    save_return(store, ret(old, "web1"))
+    store.flush()
+    age(store, old, started(old))
+    noon = dt.datetime(2026, 11, 22, 12, tzinfo=UTC)
+    with store.db.engine.connect() as late:
+        late.execute(
+            jobs_index.update().where(jobs_index.c.jid == old).values(last_return_at=noon)
+        )  # not committed yet: committed half a second into retention's wait
+        timer = threading.Timer(0.5, late.commit)
+        timer.start()
+        try:
+            assert store.clean_old_jobs(keep_seconds=6 * 3600, now=noon) == 0
+        finally:
+            timer.join()
+    assert "jobs_index_p20261120" in names(store)
+    assert set(store.get_jid(old)) == {"web1"}

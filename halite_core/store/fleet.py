@@ -72,13 +72,18 @@ MINION_JOB = (
 )
 
 
-def refresh_minions_sql(minions: str, where: str = "") -> str:
+# The returns of a partition about to be dropped (jids :lo to :hi), left out of a refresh.
+OUTSIDE_RANGE = " AND NOT (r.jid >= :lo AND r.jid < :hi)"
+
+
+def refresh_minions_sql(minions: str, where: str = "", outside: str = "") -> str:
     """Set the rows of the minions ``minions`` (a subquery), those also matching ``where``,
-    from their whole history in job_returns: for retention, which may remove a minion's
-    latest job, and for a state run replaced by a return that is none."""
+    from their whole history in job_returns (but the returns ``outside`` leaves out): for
+    retention, which may remove a minion's latest job, and for a state run replaced by a
+    return that is none."""
     latest = (
         "FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned'"
-        f" AND {MINION_JOB} {{more}} ORDER BY r.start_time DESC, r.jid DESC LIMIT 1"
+        f" AND {MINION_JOB}{outside} {{more}} ORDER BY r.start_time DESC, r.jid DESC LIMIT 1"
     )
     real_run = "AND r.states_total IS NOT NULL AND r.test_run IS NOT TRUE"
     not_system = "AND NOT EXISTS (SELECT 1 FROM jobs_index j WHERE j.jid = r.jid AND j.system)"
@@ -324,29 +329,36 @@ def refresh_minions(conn: Connection, jobs: Iterable[str]) -> None:
     refresh_listed(conn, [m for (m,) in conn.execute(text(stale), params)])
 
 
-def refresh_minions_in_range(conn: Connection, lo: str, hi: str) -> None:
-    """:func:`refresh_minions` for the jobs of jids ``lo`` (included) to ``hi`` (excluded):
-    a partition retention dropped whole."""
+def refresh_minions_outside(conn: Connection, lo: str, hi: str) -> None:
+    """:func:`refresh_minions` for the jobs of jids ``lo`` (included) to ``hi`` (excluded),
+    before they go: a partition retention is about to drop whole. Their returns are left
+    out, so the partition can be dropped last, holding its parent's lock a moment only."""
     stale = (
         "SELECT minion FROM minion_status WHERE (last_jid >= :lo AND last_jid < :hi)"
         " OR (state_jid >= :lo AND state_jid < :hi)"
     )
-    refresh_listed(conn, [m for (m,) in conn.execute(text(stale), {"lo": lo, "hi": hi})])
+    bounds = {"lo": lo, "hi": hi}
+    found = [m for (m,) in conn.execute(text(stale), bounds)]
+    refresh_listed(conn, found, OUTSIDE_RANGE, bounds)
 
 
-def refresh_listed(conn: Connection, minions: list[str]) -> None:
-    """Set the rows of ``minions`` from what job_returns holds of them."""
+def refresh_listed(
+    conn: Connection, minions: list[str], outside: str = "", bounds: dict[str, str] | None = None
+) -> None:
+    """Set the rows of ``minions`` from what job_returns holds of them (but the returns
+    ``outside`` leaves out, with its parameters ``bounds``)."""
     for start in range(0, len(minions), 400):
-        part = {f"m{i}": m for i, m in enumerate(minions[start : start + 400])}
+        part: dict[str, str] = {f"m{i}": m for i, m in enumerate(minions[start : start + 400])}
         listed = ", ".join(f":{name}" for name in part)
-        conn.execute(text(refresh_minions_sql(listed)), part)
+        params = {**part, **(bounds or {})}
+        conn.execute(text(refresh_minions_sql(listed, outside=outside)), params)
         conn.execute(
             text(
                 f"DELETE FROM minion_status WHERE minion IN ({listed}) AND NOT EXISTS (SELECT 1"
                 " FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned'"
-                f" AND {MINION_JOB})"
+                f" AND {MINION_JOB}{outside})"
             ),
-            part,
+            params,
         )
         conn.execute(
             text(

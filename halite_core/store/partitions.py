@@ -32,6 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
 from sqlalchemy import Connection, and_, false, func, not_, select, text
@@ -243,35 +244,76 @@ class Dropped:
 
 
 def drop_expired(
-    conn: Connection,
+    begin: Callable[[], ContextManager[Connection]],
     cutoff: dt.datetime,
     idle: Sequence[Any],
     before_drop: Callable[[Connection, str, str], int],
 ) -> Dropped:
-    """Drop, in ``conn``'s transaction, the partitions wholly older than ``cutoff`` (by
-    jid) all of whose jobs match ``idle`` (the predicates of retention on ``jobs_index``).
-    ``before_drop(conn, lo, hi)`` is called for each first (it records the jids removed and
-    refreshes what refers to them) and returns how many jobs the partition holds."""
+    """Drop the partitions wholly older than ``cutoff`` (by jid) all of whose jobs match
+    ``idle`` (the predicates of retention on ``jobs_index``), each in a transaction of its
+    own from ``begin()``:
+
+    1. the partition's three tables are locked (EXCLUSIVE: reads go on, a late write to
+       that old partition waits), so that no job in it becomes active after the check;
+    2. a job to keep (``idle`` not true) leaves the partition to the row-by-row clean-up;
+    3. ``before_drop(conn, lo, hi)`` records the jids removed and refreshes what refers to
+       them, the partition's rows still there, and returns how many jobs it holds;
+    4. the partitions are detached and dropped, last: their parents' lock is held a moment.
+
+    A partition whose locks are not had within :data:`LOCK_TIMEOUT` (or any database
+    error) ends this pass, logged: it and the later ones are left for the next clean-up."""
     dropped = Dropped([], [], 0)
-    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    if not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})").scalar():
-        return dropped  # another master is at it
-    j = jobs_index.c
     cut = cutoff.date()
-    for name, part in sorted(existing(conn, "jobs_index").items()):
-        if part is None or part.hi > cut:
+    with begin() as conn:
+        candidates = [
+            (name, part)
+            for name, part in sorted(existing(conn, "jobs_index").items())
+            if part is not None and part.hi <= cut
+        ]
+    # A job for which retention's predicate is not true (false, or NULL: a time not known)
+    # is one the row-by-row clean-up keeps.
+    to_keep = not_(func.coalesce(and_(*idle), false()))
+    for name, part in candidates:
+        try:
+            jobs = _drop_one(begin, name, part, to_keep, before_drop)
+        except DBAPIError as exc:
+            log.warning(
+                "halite: partition %s not dropped this time, its old jobs go row by row (%s)",
+                name, str(exc.orig or exc).strip().splitlines()[0],
+            )  # fmt: skip
+            break
+        if jobs is None:
             continue
-        lo, hi = part.bounds()
-        # A job for which retention's predicate is not true (false, or NULL: a time not
-        # known) is one the row-by-row clean-up keeps.
-        to_keep = not_(func.coalesce(and_(*idle), false()))
-        kept = conn.execute(select(j.jid).where(j.jid >= lo, j.jid < hi, to_keep).limit(1)).first()
-        if kept is not None:
-            continue  # a job to keep: this partition is cleaned row by row
-        dropped.jobs += before_drop(conn, lo, hi)
+        dropped.jobs += jobs
+        dropped.partitions.append(name)
+        dropped.ranges.append(part.bounds())
+    return dropped
+
+
+def _drop_one(
+    begin: Callable[[], ContextManager[Connection]],
+    name: str,
+    part: Range,
+    to_keep: Any,
+    before_drop: Callable[[Connection, str, str], int],
+) -> int | None:
+    """One partition's drop (see :func:`drop_expired`): how many jobs it held, or None
+    when it stays."""
+    j = jobs_index.c
+    lo, hi = part.bounds()
+    with begin() as conn:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        if not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})").scalar():
+            return None  # another master is at it
+        if name not in existing(conn, "jobs_index"):
+            return None  # dropped meanwhile
+        for table in reversed(TABLES):  # the writers' order: the jobs first
+            conn.exec_driver_sql(f"LOCK TABLE {table}_{part.suffix} IN EXCLUSIVE MODE")
+        kept = conn.execute(select(j.jid).where(j.jid >= lo, j.jid < hi, to_keep).limit(1))
+        if kept.first() is not None:
+            return None  # a job to keep: this partition is cleaned row by row
+        jobs = before_drop(conn, lo, hi)
         for table in TABLES:
             conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {table}_{part.suffix}")
             conn.exec_driver_sql(f"DROP TABLE {table}_{part.suffix}")
-        dropped.partitions.append(name)
-        dropped.ranges.append((lo, hi))
-    return dropped
+    return jobs

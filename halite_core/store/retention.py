@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, literal, or_, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from halite_core import jids
 from halite_core.config import Settings
@@ -102,22 +102,26 @@ class Retention:
 
     def _drop_partitions(self, cutoff: dt.datetime, idle: Sequence[Any], at: dt.datetime) -> int:
         """PostgreSQL: drop the partitions all of whose jobs are to go (see partitions.py),
-        their jids remembered and the minions whose latest job was one of them refreshed,
-        in one transaction; the rest goes row by row."""
+        their jids remembered and the minions whose latest job was one of them refreshed
+        first; the rest goes row by row."""
+        with self.db.read() as conn:
+            if not partitions.is_partitioned(conn):
+                return 0
+
+        def before_drop(conn: Connection, lo: str, hi: str) -> int:
+            removed = self._remember_range(conn, lo, hi, at)
+            fleet.refresh_minions_outside(conn, lo, hi)
+            return removed
+
         try:
-            with self.db.write() as conn:
-                if not partitions.is_partitioned(conn):
-                    return 0
-                dropped = partitions.drop_expired(
-                    conn, cutoff, idle, lambda c, lo, hi: self._remember_range(c, lo, hi, at)
-                )
-                for lo, hi in dropped.ranges:
-                    fleet.refresh_minions_in_range(conn, lo, hi)
-        except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-                raise
-            # A long read holds a table: its old jobs go row by row this time.
-            log.warning("halite: no partition dropped, a table is in use (%s)", exc.orig)
+            dropped = partitions.drop_expired(self.db.write, cutoff, idle, before_drop)
+        except DBAPIError as exc:
+            # Its locks not had in time (a long read, a late write), or anything else: the
+            # old jobs go row by row this time, and the drop is tried at the next clean-up.
+            log.warning(
+                "halite: no partition dropped this time, old jobs go row by row (%s)",
+                str(exc.orig or exc).strip().splitlines()[0],
+            )
             return 0
         if dropped.partitions:
             log.info(
