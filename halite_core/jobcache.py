@@ -203,6 +203,12 @@ class JobStore:
         item = AuditItem(dict(entry))
         self.submit([(item_to_line(item), item)])
 
+    def read_own_writes(self) -> None:
+        """The views read the primary for a while (read_max_lag): this process has just
+        committed what its next read must show."""
+        if isinstance(self.views, ReplicaReads):
+            self.views.stay_on_primary()
+
     # ------------------------------------------------------------------ retention, engine
     def clean_old_jobs(
         self, keep_seconds: int | None = None, now: dt.datetime | None = None

@@ -140,6 +140,9 @@ class Service:
             call_within(self.store.settings.read_timeout, self.store.flush)
         except DatabaseTimeout:
             pass
+        # What was just committed (a kill's marks, a re-run's link) is read back from the
+        # primary: a replica may not have it yet.
+        self.store.read_own_writes()
 
     def _deny(
         self, user: str | None, action: str, needed: str, arguments: Any, jid: str | None = None

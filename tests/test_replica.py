@@ -5,6 +5,8 @@ job cache reads stay on the primary."""
 
 import dataclasses
 import logging
+import os
+import signal
 import time
 
 import pytest
@@ -88,6 +90,11 @@ def test_reads_leave_a_replica_that_falls_behind_and_come_back_to_it(
     # The runners read the replica, behind but within read_max_lag: not yet there.
     assert listed(service) == {first}
     assert store.views.source == "replica"
+    # What this process just committed (a kill, a re-run) is read back from the primary.
+    store.read_own_writes()
+    assert listed(service) == {first, second}
+    store.views._primary_until = 0  # as once read_max_lag has passed
+    assert listed(service) == {first}
     caplog.set_level(logging.WARNING)
     store.views.max_lag = 0.5
     time.sleep(1)
@@ -143,3 +150,31 @@ def test_the_replica_options_are_read():
     assert (settings.partition_interval, settings.partitions_ahead) == ("week", 4)
     with pytest.raises(ConfigError, match="partition_interval must be one of day, week, month"):
         Settings.from_opts({"halite": {"partition_interval": "hour"}})
+
+
+@pg
+def test_a_replica_whose_primary_stopped_sending_is_left_once_behind(
+    replicated_store, settings, replica, pg_server, caplog
+):
+    """The primary's WAL sender stops (a hung link): the replica has replayed all it got,
+    but not what the primary has written since; once that is older than read_max_lag the
+    reads go to the primary."""
+    store, first, second = replicated_store, "20261202100000000011", "20261202100000000012"
+    service = Service(store, POLICY)
+    publish(store, first, minions=("m1",))
+    store.flush()
+    wait_until(lambda: replicated(replica, settings.db_url, first), what="the replica has it")
+    assert listed(service) == {first} and store.views.source == "replica"
+    (sender,) = on(pg_server.url(), "SELECT pid FROM pg_stat_replication")[0]
+    os.kill(sender, signal.SIGSTOP)
+    try:
+        store.views.max_lag = 0.5
+        time.sleep(1)
+        publish(store, second, minions=("m1",))
+        store.flush()
+        caplog.set_level(logging.WARNING)
+        assert listed(service) == {first, second}
+        assert store.views.source == "primary"
+        assert "behind by" in caplog.text
+    finally:
+        os.kill(sender, signal.SIGCONT)

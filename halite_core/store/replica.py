@@ -6,14 +6,16 @@ go to the primary, and the log says so (once per change, and again when the repl
 back). Salt's job cache interface (``get_load``, ``get_jid``, ...), the plans of kills and
 re-runs and the audit log read the primary always: they must see what was just written.
 
-The lag is measured on the replica, at most once per :data:`CHECK_EVERY` seconds:
+The lag is measured at most once per :data:`CHECK_EVERY` seconds: the primary's WAL
+position is read, then the replica's. It is 0 when the replica has replayed up to that
+position; else the time since the last transaction it replayed was committed on the primary
+(none replayed: not known, taken as too far behind). A server that is not in recovery is no
+replica (a promoted one has left the primary's history): the reads go to the primary.
+After this process commits what it must read back (a kill, a re-run), its reads go to the
+primary for ``read_max_lag`` seconds.
 
-- 0 when it is not in recovery (a primary given as ``read_db_url``), or when it streams
-  from the primary and has replayed all it received;
-- else the time since the last transaction it replayed was committed on the primary (no
-  such transaction: not known, taken as too far behind).
-
-Several masters' engines writing heartbeats keep that last time recent on a live site.
+Several masters' engines writing heartbeats keep the last replayed time recent on a live
+site.
 """
 
 from __future__ import annotations
@@ -27,18 +29,18 @@ from collections.abc import Iterator
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from halite_core.store.db import Database, get_database
 
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 1.0  # seconds between two measures of the replica's lag
+PRIMARY_POSITION = "SELECT CAST(pg_current_wal_flush_lsn() AS text)"
+UNKNOWN_POSITION = "FFFFFFFF/FFFFFFFF"  # no replica has replayed that far
 LAG = (
-    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0"
-    " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"
-    " AND coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false) THEN 0"
-    " ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END"
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= CAST(%(at)s AS pg_lsn),"
+    " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
 )
 
 
@@ -55,6 +57,7 @@ class ReplicaReads:
         self.lag: float | None = None  # seconds; None: not measured, or not answering
         self.reason = "not measured yet"
         self._checked_at = -math.inf
+        self._primary_until = -math.inf
         self._lock = threading.Lock()
         self._shown = make_url(url).render_as_string()
 
@@ -72,26 +75,44 @@ class ReplicaReads:
                 self._left(f"it does not answer ({_first_line(exc)})", None)
             else:
                 with conn, conn.begin():
-                    yield conn
+                    try:
+                        yield conn
+                    except OperationalError as exc:
+                        # Gone in the middle of a read: this one fails, the next go on.
+                        self._left(f"it failed a read ({_first_line(exc)})", None)
+                        raise
                 return
         with self.primary.read() as conn:
             yield conn
 
     def _choose(self) -> str:
         now = time.monotonic()
+        if now < self._primary_until:
+            return "primary"
         if now - self._checked_at < self.check_every or not self._lock.acquire(blocking=False):
             return self.source
         try:
             self._checked_at = now
             self.primary.ensure_schema()  # the replica has the schema the primary has
             try:
+                with self.primary.engine.connect() as conn:
+                    position = conn.exec_driver_sql(PRIMARY_POSITION).scalar()
+                    conn.rollback()
+            except DBAPIError:
+                position = UNKNOWN_POSITION  # the primary away: judged by time alone
+            try:
                 with self.replica.engine.connect() as conn:
-                    value = conn.exec_driver_sql(LAG).scalar()
+                    standby, caught_up, since = conn.exec_driver_sql(
+                        LAG, {"at": position}
+                    ).one()  # fmt: skip
                     conn.rollback()
             except DBAPIError as exc:
                 self._left(f"it does not answer ({_first_line(exc)})", None)
                 return self.source
-            lag = math.inf if value is None else float(value)
+            if not standby:
+                self._left("it is not a standby (not in recovery)", None)
+                return self.source
+            lag = 0.0 if caught_up else math.inf if since is None else max(float(since), 0.0)
             if lag > self.max_lag:
                 behind = "not known" if lag == math.inf else f"{lag:.1f} s"
                 self._left(f"it is behind by {behind} (read_max_lag {self.max_lag:g} s)", lag)
@@ -104,6 +125,11 @@ class ReplicaReads:
             return self.source
         finally:
             self._lock.release()
+
+    def stay_on_primary(self) -> None:
+        """Read the primary for ``max_lag`` seconds: this process just committed what it
+        must read back."""
+        self._primary_until = time.monotonic() + self.max_lag
 
     def _left(self, why: str, lag: float | None) -> None:
         if self.source != "primary" or self.reason == "not measured yet":
