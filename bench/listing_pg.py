@@ -16,7 +16,11 @@ checked against the same question asked in plain SQL.
 Last, as ``bench/listing.py`` does, Salt's own ``local_cache`` is filled with
 ``--local-jobs`` jobs (default 10,000) and timed on the same two questions, for a ratio.
 
+The jobs fill a partition a day (``--partitions day``, as halite makes them), or all go to
+the default partition (``--partitions none``): the same questions over one table.
+
 Usage: python bench/listing_pg.py [--jobs 1000000] [--repeat 9] [--local-jobs 10000]
+       [--partitions day|none]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from halite_core.queries import JobFilter, list_jobs  # noqa: E402
+from halite_core.store import partitions  # noqa: E402
 from halite_core.store.db import Database  # noqa: E402
 
 EPOCH = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
@@ -41,7 +46,8 @@ RARE_EVERY = 100_003  # a rare job every this many jobs
 
 FILL = """
 INSERT INTO jobs_index (jid, function, target, target_type, "user", start_time, end_time,
-    status, minions_targeted, minions_returned, minions_failed, master_id, system)
+    status, minions_targeted, minions_returned, minions_failed, minions_changed, result,
+    master_id, system)
 SELECT to_char(t, 'YYYYMMDDHH24MISS') || lpad(mod(i, 1000000)::text, 6, '0'),
        CASE WHEN mod(i, {rare}) = 7 THEN 'network.traceroute'
             ELSE (ARRAY['test.ping', 'test.ping', 'test.ping', 'state.apply', 'state.apply',
@@ -57,7 +63,7 @@ SELECT to_char(t, 'YYYYMMDDHH24MISS') || lpad(mod(i, 1000000)::text, 6, '0'),
             ELSE (ARRAY['root', 'root', 'root', 'salt-api',
                         'user' || lpad(mod(i, 20)::text, 2, '0')])[1 + mod(i / 7, 5)]
        END,
-       t, t + interval '2 seconds', 'complete', 5, 5, 0, 'master1',
+       t, t + interval '2 seconds', 'complete', 5, 5, 0, 0, 'pass', 'master1',
        mod(i, 12) = 9 AND mod(i, {rare}) <> 7
 FROM generate_series(0, {n} - 1) AS i,
      LATERAL (SELECT timestamptz '{epoch}' + i * interval '5 seconds' AS t) AS times
@@ -84,6 +90,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--local-jobs", type=int, default=10_000)
+    parser.add_argument(
+        "--partitions", choices=("day", "none"), default="day",
+        help="day: a partition for each day of the jobs, as a live database has them;"
+        " none: every job in the default partition, as one plain table",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from tests.pgserver import PostgresServer
@@ -93,14 +104,19 @@ def main() -> None:
         server.wait_ready()
         db = Database(server.create_database())
         db.ensure_schema()
+        days = 5 * args.jobs // 86400 + 1
+        if args.partitions == "day":
+            with db.engine.begin() as conn:
+                partitions.create_ahead(conn, EPOCH.date(), "day", days)
         started = time.perf_counter()
         with db.engine.begin() as conn:
             conn.exec_driver_sql(FILL.format(n=args.jobs, rare=RARE_EVERY, epoch=EPOCH.isoformat()))
             conn.exec_driver_sql("ANALYZE jobs_index")
             size = conn.exec_driver_sql(f"SELECT pg_relation_size('{INDEX}')").scalar() or 0
         print(
-            f"{args.jobs:,} jobs written in {time.perf_counter() - started:.0f} s with the "
-            f"search index in place; the index holds {size / 2**20:.0f} MiB"
+            f"{args.jobs:,} jobs over {days} days written in {time.perf_counter() - started:.0f} s"
+            f" with the search index in place; the index holds {size / 2**20:.0f} MiB;"
+            f" partitions: {'one a day' if args.partitions == 'day' else 'the default only'}"
         )
         rare = (args.jobs - 1 - 7) // RARE_EVERY + 1 if args.jobs > 7 else 0
         one_hour = EPOCH + dt.timedelta(seconds=5 * args.jobs // 2)
