@@ -5,7 +5,7 @@
     halite:
       db_url: sqlite:////var/cache/salt/master/halite.db  # default: halite.db in cachedir
       flush_interval: 0.1            # seconds writes wait to be committed together; 0: at once
-      batch_size: 1000               # commit sooner once this many writes are waiting
+      batch_size: 5000               # commit sooner once this many writes are waiting
       journal_dir: /var/cache/salt/master/halite/journal  # default: halite/journal in cachedir
       jid_dir: /var/cache/salt/master/halite/jids   # jids handed out (files, as local_cache)
       max_return_bytes: 4194304      # larger returns are stored truncated, with a marker
@@ -69,7 +69,7 @@ HALITE_OPTIONS = (
 
 DEFAULTS: dict[str, Any] = {
     "flush_interval": 0.1,
-    "batch_size": 1000,
+    "batch_size": 5000,
     "max_return_bytes": 4 * 1024 * 1024,
     "spool_replay_interval": 5.0,
     "sqlite_busy_timeout": 30.0,

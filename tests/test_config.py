@@ -8,7 +8,7 @@ def test_defaults_live_in_the_masters_cachedir():
     assert settings.db_url == "sqlite:////var/cache/salt/master/halite.db"
     assert settings.spool_dir == "/var/cache/salt/master/halite/spool"
     assert settings.journal_dir == "/var/cache/salt/master/halite/journal"
-    assert (settings.flush_interval, settings.batch_size) == (0.1, 1000)
+    assert (settings.flush_interval, settings.batch_size) == (0.1, 5000)
     assert settings.keep_jobs_seconds == 86400 and settings.master_id == "m_master"
 
 

@@ -358,3 +358,26 @@ def test_a_journal_whose_pid_now_belongs_to_another_process_is_recovered(store, 
     assert JobStore(dataclasses.replace(settings, spool_replay_interval=0)).recover() == 1
     assert set(store.get_jid(JID)) == {"m1"}
     assert list(Path(settings.journal_dir).glob("*.jsonl*")) == []
+
+
+def test_a_batch_of_large_writes_is_committed_in_parts(settings, monkeypatch):
+    """A batch ends at batch_size writes or at BATCH_BYTES of lines, whichever comes first:
+    a backlog of large returns is committed a few tens of MB at a time, all of it."""
+    from halite_core.durability import committer as committing
+
+    monkeypatch.setattr(committing, "BATCH_BYTES", 64 * 1024)
+    store = JobStore(dataclasses.replace(settings, batch_size=10_000, flush_interval=3600))
+    batches = []
+    apply_items = store.writes.apply_items
+    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
+        batches.append(len(items)), apply_items(items))[1])  # fmt: skip
+    jid = "20261128120000000001"
+    minions = [f"m{n}" for n in range(40)]
+    load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": minions, "tgt_type": "list"}
+    assert store.record("save_load", jid, load, minions) is True  # journalled, as Salt's
+    for minion in minions:
+        assert store.record("save_return", ret(jid, minion, "x" * 8000)) is True
+    store.flush()
+    assert sum(batches) == 41 and len(batches) >= 4  # 320 kB of lines, 64 kB a batch
+    assert len(store.get_jid(jid)) == 40
+    store.close()

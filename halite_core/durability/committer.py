@@ -60,6 +60,9 @@ ENGINE_LOCK = ".engine.lock"
 CLOSE_SECONDS = 2.0  # longest a process's exit waits for its last batch
 IDLE_SECONDS = 0.01  # flush_interval 0: how often the committer looks for new lines
 READ_BYTES = 4 << 20  # read at most this much of a journal at once: memory stays bounded
+# A batch is committed once it holds batch_size writes or this many bytes of lines: a
+# batch of large returns stays a few tens of MB.
+BATCH_BYTES = 32 << 20
 
 Entry = tuple[str, Any]  # a journal line and the operation it holds
 Span = tuple[int, int, list[Entry]]  # where this process journalled some entries
@@ -325,6 +328,7 @@ class Committer:
         lives = {owner: owner == me or _writes_still(owner, me) for owner in newest}
         batch: list[Entry] = []
         marks: dict[str, int] = {}
+        size = 0  # bytes of the batch's lines: large returns end a batch sooner
         done = 0
         finished: list[str] = []
         for name, owner, seq in journals:
@@ -338,14 +342,15 @@ class Committer:
                 while local and local[0][1] <= offset:
                     self._forget_local(local)  # read from the file already
                 if local and local[0][0] == offset:
-                    _, offset, entries = self._forget_local(local)
+                    start, offset, entries = self._forget_local(local)
                     batch.extend(entries)
+                    size += offset - start
                     marks[name] = offset
-                    if len(batch) >= self._batch_size:
+                    if len(batch) >= self._batch_size or size >= BATCH_BYTES:
                         if not self._commit(batch, marks):
                             return done
                         done += len(batch)
-                        batch, marks = [], {}
+                        batch, marks, size = [], {}, 0
                     continue
                 limit = local[0][0] - offset if local and local[0][0] > offset else READ_BYTES
                 chunk = _read_chunk(path, offset, limit)
@@ -366,18 +371,23 @@ class Committer:
                     if offset >= size:
                         finished.append(name)
                     break
-                for raw in data[:end].split(b"\n"):
+                at = 0
+                while at < end:
+                    newline = data.index(b"\n", at)
+                    raw, at = data[at:newline], newline + 1
                     if raw.strip():
                         entry = self._entry(raw)
                         if entry is not None:
                             batch.append(entry)
+                    size += len(raw) + 1
+                    if len(batch) >= self._batch_size or size >= BATCH_BYTES:
+                        marks[name] = offset + at  # this far, the rest of the chunk next
+                        if not self._commit(batch, marks):
+                            return done
+                        done += len(batch)
+                        batch, marks, size = [], {}, 0
                 offset += end
                 marks[name] = offset
-                if len(batch) >= self._batch_size:
-                    if not self._commit(batch, marks):
-                        return done
-                    done += len(batch)
-                    batch, marks = [], {}
                 if end == 0 or offset >= size:
                     if closed and offset >= size:
                         finished.append(name)
