@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from halite_core.errors import ConfigError
@@ -239,23 +239,27 @@ def _patterns(section: Mapping[str, Any], key: str, default: tuple[str, ...]) ->
     return tuple(value)
 
 
+def _url(key: str, value: object, hint: str) -> URL:
+    """``value`` parsed as a database URL, or a ConfigError naming ``halite:<key>``; the
+    text itself is never shown: it may hold a password."""
+    if not isinstance(value, str):
+        raise ConfigError(f"halite:{key} is not a database URL ({hint})")
+    try:
+        return make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"halite:{key} is not a database URL ({hint})") from exc
+
+
 def _db_url(value: object) -> str:
     """The URL as given, once SQLAlchemy can parse it and it names a supported database;
     refused here, it would fail later, on the first write, as a traceback."""
     hint = "e.g. sqlite:////var/cache/salt/master/halite.db or postgresql+psycopg://user@host/db"
-    if not isinstance(value, str):
-        raise ConfigError(f"halite:db_url is not a database URL ({hint})")
-    try:
-        url = make_url(value)
-    except (ArgumentError, ValueError) as exc:
-        # The text itself is not shown: it may hold a password.
-        raise ConfigError(f"halite:db_url is not a database URL ({hint})") from exc
-    backend = url.get_backend_name()
+    backend = _url("db_url", value, hint).get_backend_name()
     if backend not in DIALECTS:
         raise ConfigError(
             f"halite:db_url uses {backend}; halite supports {' and '.join(DIALECTS)} ({hint})"
         )
-    return value
+    return str(value)
 
 
 def _choice(section: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
@@ -272,12 +276,7 @@ def _read_db_url(section: Mapping[str, Any], db_url: str) -> str | None:
     if value is None or value == "":
         return None
     hint = "e.g. postgresql+psycopg://halite@replica/halite"
-    if not isinstance(value, str):
-        raise ConfigError(f"halite:read_db_url is not a database URL ({hint})")
-    try:
-        url = make_url(value)
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"halite:read_db_url is not a database URL ({hint})") from exc
+    url = _url("read_db_url", value, hint)
     if url.get_backend_name() != "postgresql":
         raise ConfigError(
             f"halite:read_db_url uses {url.get_backend_name()}: a read replica is a PostgreSQL"
@@ -287,7 +286,7 @@ def _read_db_url(section: Mapping[str, Any], db_url: str) -> str | None:
         raise ConfigError(
             "halite:read_db_url is for a PostgreSQL db_url: its replica serves the reads"
         )
-    return value
+    return str(value)
 
 
 def _directory(section: Mapping[str, Any], key: str, cachedir: str, name: str) -> str:
