@@ -140,9 +140,6 @@ class Service:
             call_within(self.store.settings.read_timeout, self.store.flush)
         except DatabaseTimeout:
             pass
-        # What was just committed (a kill's marks, a re-run's link) is read back from the
-        # primary: a replica may not have it yet.
-        self.store.read_own_writes()
 
     def _deny(
         self, user: str | None, action: str, needed: str, arguments: Any, jid: str | None = None
@@ -412,8 +409,10 @@ class Service:
             self._record(user, "kill", "allow", resource=f"job:{function}", jid=target["jid"],
                          arguments=arguments, outcome=outcome)  # fmt: skip
         # The marks and the entry are journalled: commit them now if the database takes
-        # them within read_timeout, so that the job read right after shows the kill.
+        # them within read_timeout, so that the job read right after shows the kill (from
+        # the primary: a replica may not have it yet).
         self._commit_own_writes()
+        self.store.read_own_writes()
         answer: KillOutcome = {
             "jid": target["jid"],
             "function": function,
@@ -494,8 +493,10 @@ class Service:
         self._record(user, "rerun", "allow", resource=resource, jid=job.jid,
                      arguments=arguments, outcome=outcome)  # fmt: skip
         # The link and the entry are journalled: commit them now if the database takes
-        # them within read_timeout, so that the jobs read right after show the link.
+        # them within read_timeout, so that the jobs read right after show the link (from
+        # the primary: a replica may not have it yet).
         self._commit_own_writes()
+        self.store.read_own_writes()
         return {
             "jid": new_jid,
             "rerun_of": job.jid,
