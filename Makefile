@@ -77,6 +77,7 @@ bench: $(STAMP) postgresql
 	$(PY) bench/load.py
 	$(PY) bench/listing_pg.py
 	$(PY) bench/retention.py
+	$(PY) bench/fanin.py
 	$(PY) bench/fleet.py
 
 clean:
