@@ -71,6 +71,7 @@ CLI Example:
 """
 
 import logging
+import time
 
 import salt.utils.event
 
@@ -136,18 +137,22 @@ def announcer(engine, bus, events):
 
 def run_once(engine, bus, wait=0.05, max_events=10000, publish=None, announce=None):
     """Handle the events on the bus (waiting up to ``wait`` seconds for the first, then
-    taking what is already there, up to ``max_events``), then do what is due. ``publish``
-    receives the job events the Jobs page streams (new, return, complete); ``announce``
-    (an Announcer) fires the completion events that are due."""
+    taking what is already there, up to ``max_events`` or for at most the engine's
+    ``flush_interval``), then do what is due. ``publish`` receives the job events the Jobs
+    page streams (new, return, complete); ``announce`` (an Announcer) fires the completion
+    events that are due."""
     running = {jid: job.function for jid, job in engine.jobs.items()} if publish else None
     event = bus.get_event(wait=wait, full=True, auto_reconnect=True)
     handled = 0
+    # A fan-in keeps the bus busy (Salt's no_block read waits some 10 ms for the next
+    # event): the changes are handed over at least every flush_interval all the same.
+    until = time.monotonic() + engine.options.flush_interval
     while event:
         _safely(engine.handle, event.get("tag"), event.get("data"))
         if publish:
             _safely(_publish_bus, publish, event.get("tag"), event.get("data"))
         handled += 1
-        if handled >= max_events:
+        if handled >= max_events or time.monotonic() >= until:
             break
         # no_block: Salt's get_event blocks forever when wait is 0.
         event = bus.get_event(full=True, no_block=True, auto_reconnect=True)
