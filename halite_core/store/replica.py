@@ -7,7 +7,8 @@ back). Salt's job cache interface (``get_load``, ``get_jid``, ...), the plans of
 re-runs and the audit log read the primary always: they must see what was just written.
 
 The lag is measured at most once per :data:`CHECK_EVERY` seconds: the primary's WAL
-position is read, then the replica's. It is 0 when the replica has replayed up to that
+position is read (where it inserts: a commit need not be flushed to be seen, with
+``synchronous_commit`` off), then the replica's. It is 0 when the replica has replayed up to that
 position; else the time since the last transaction it replayed was committed on the primary
 (none replayed: not known, taken as too far behind). A server that is not in recovery is no
 replica (a promoted one has left the primary's history): the reads go to the primary.
@@ -36,7 +37,7 @@ from halite_core.store.db import Database, get_database
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 1.0  # seconds between two measures of the replica's lag
-PRIMARY_POSITION = "SELECT CAST(pg_current_wal_flush_lsn() AS text)"
+PRIMARY_POSITION = "SELECT CAST(pg_current_wal_insert_lsn() AS text)"
 UNKNOWN_POSITION = "FFFFFFFF/FFFFFFFF"  # no replica has replayed that far
 LAG = (
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= CAST(%(at)s AS pg_lsn),"
