@@ -410,6 +410,7 @@ def test_the_document_says_which_routes_answer_csv(server):
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.page
 @pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
 def test_the_pages_download_buttons_download_what_is_filtered(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright

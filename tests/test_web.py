@@ -463,6 +463,7 @@ def test_the_document_lists_the_rerun_route_and_its_body(server):
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.page
 @pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
 def test_the_pages_rerun_buttons(server, store):
     """An admin on a complete failed job: both buttons, a confirmation naming the job, its

@@ -161,6 +161,7 @@ FAILED = "\u2715 failed"  # a result badge: its symbol and its word (never colou
 RUNNING = "\u25cf running"
 
 
+@pytest.mark.page
 @pytest.mark.skipif(BROWSER is None, reason="`make test` installs Debian's chromium")
 def test_the_page_in_a_real_browser(web_master, web_minion):
     """What a person sees on the console of a real master: a job appears live as running,
