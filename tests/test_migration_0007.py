@@ -4,6 +4,7 @@ and changed-minion count, and each minion's row in minion_status, come from the 
 The rows are inserted by SQL with the columns 0006 had, as the committer of that release
 wrote them (its counters included); the upgrade is halite's own (``ensure_schema``)."""
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sqlalchemy import bindparam, select, text
 from halite_core.jobcache import JobStore
 from halite_core.store import db as dbmod
 from halite_core.store.schema import JSONDoc, UTCDateTime, jobs_index, minion_status
+from tests.conftest import BACKEND
 from tests.helpers import publish, ret, save_return
 
 UTC = dt.timezone.utc
@@ -137,14 +139,21 @@ def history(conn):
 
 
 @pytest.fixture
-def database(settings):
-    """An empty database at revision 0006 (SQLite, or PostgreSQL with HALITE_TEST_DB)."""
-    database = dbmod.Database(settings.db_url)
+def database(request, settings):
+    """An empty database at revision 0006 (SQLite, or PostgreSQL with HALITE_TEST_DB: a
+    database of its own, not a copy of the tests' template with today's schema)."""
+    url = settings.db_url
+    if BACKEND == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        url = server.create_database()
+    database = dbmod.Database(url)
     if database.is_sqlite:
         Path(database.url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(dbmod.alembic_config(database), "0006")
     yield database
     database.dispose()
+    if BACKEND == "postgresql":
+        server.drop_database(url)
 
 
 def upgraded(database, fill):
@@ -214,7 +223,7 @@ def test_the_states_of_older_runs_are_not_parsed_again(database):
 def test_the_index_goes_on_from_the_history(database, settings):
     """After the upgrade the committer moves the rows on from what the migration filled."""
     upgraded(database, history)
-    store = JobStore(settings)
+    store = JobStore(dataclasses.replace(settings, db_url=database.url.render_as_string(False)))
     try:
         later = "20261201170000000000"
         publish(store, later, fun="state.apply", minions=("web1",))

@@ -352,8 +352,15 @@ def test_returner_never_raises_when_the_database_is_unusable(tmp_path):
     }
     from halite_core.store.db import get_database
 
-    with get_database(f"sqlite:///{tmp_path}/good/halite.db").read() as conn:
-        assert len(conn.execute(select(jobs_index.c.jid)).all()) == 2
+    def stored():
+        with get_database(f"sqlite:///{tmp_path}/good/halite.db").read() as conn:
+            return len(conn.execute(select(jobs_index.c.jid)).all())
+
+    # A replay takes the spool's file before it commits what it held: wait for the commit.
+    while stored() < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        flush_all()
+    assert stored() == 2
 
 
 def test_local_time_jids_of_older_salt_are_read_in_the_masters_zone(tmp_path, monkeypatch):
