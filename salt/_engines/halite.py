@@ -195,14 +195,18 @@ def start(**options):
     http = options.pop("http", None)
     events = options.pop("events", None)
     engine = build(options)
-    bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
+    # Read as salt-api reads it: Salt's synchronous get_event costs ~0.2 ms an event.
+    reader = salt_adapter.BusReader(__opts__)
+    bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
     announce = announcer(engine, bus, events)
     publish = serve_http(http)  # None: off; `http: {}` serves with the defaults
     try:
+        reader.wait_listening()  # subscribed before the running set is rebuilt
         engine.recover()
         while True:
-            run_once(engine, bus, publish=publish, announce=announce)
+            run_once(engine, reader, publish=publish, announce=announce)
     finally:
         engine.flush()
         engine.store.close()
+        reader.close()
         bus.destroy()

@@ -265,3 +265,33 @@ def test_a_failed_job_triggers_the_reactor_once(engine_master, busy_minion, inde
     assert lines.count(failed) == 1, lines
     assert passed not in lines
     assert (job(index, passed) or {}).get("announced_at") is not None
+
+
+def test_the_bus_reader_hands_on_every_event_in_order_and_waits_when_full(engine_master):
+    """The engine's reader of the bus (salt_adapter.BusReader, Salt's asynchronous
+    subscriber in a thread of its own): subscribed once wait_listening() answers, every
+    event handed on in the order it was fired, none lost while its queue is full (the
+    reader waits), and its thread ends on close()."""
+    import salt.utils.event
+
+    from halite_core.salt_adapter import BusReader
+
+    opts = engine_master.config
+    reader = BusReader(opts, backlog=20)
+    try:
+        assert reader.wait_listening(timeout=30)
+        prefix = f"halite/test/{random_string('order-')}"
+        with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
+            for n in range(200):
+                assert bus.fire_event({"n": n}, f"{prefix}/{n}")
+        time.sleep(1)  # the queue holds 20: the reader waits with the rest
+        seen = []
+        deadline = time.monotonic() + 60
+        while len(seen) < 200 and time.monotonic() < deadline:
+            event = reader.get_event(wait=1)
+            if event is not None and event["tag"].startswith(prefix + "/"):
+                seen.append(event["data"]["n"])
+        assert seen == list(range(200))
+    finally:
+        reader.close()
+    assert not reader.running
