@@ -1,3 +1,4 @@
+import datetime as dt
 import re
 import shutil
 
@@ -208,11 +209,34 @@ def test_postgresql_migrations_build_exactly_what_a_fresh_database_gets(pg_serve
             built = a.exec_driver_sql(indexes).all()
             assert built == b.exec_driver_sql(indexes).all()
             assert skip in {name for name, _ in built}
+            # Revision 0011: the large JSON columns in lz4, in every partition, as fresh.
+            compression = (
+                "SELECT c.relname, a.attname, a.attcompression FROM pg_attribute a"
+                " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND a.attnum > 0"
+                " AND c.relkind IN ('r', 'p') AND a.attcompression <> '' ORDER BY 1, 2"
+            )
+            lz4 = a.exec_driver_sql(compression).all()
+            assert ("job_returns_p20261128", "return_value", "l") in lz4
+            assert ("jobs_index_default", "load", "l") in lz4
+            assert {(t, c) for t, c, _ in lz4} >= {
+                (t, c) for t, c, _ in b.exec_driver_sql(compression).all()
+            }
+            assert {m for _, _, m in lz4} == {"l"}
+            assert {(PARTITION.sub("", t), c) for t, c, _ in lz4} == {
+                ("job_returns", "return_value"), ("jobs_index", "load")
+            }  # fmt: skip
             found = a.execute(
                 text(f"SELECT jid FROM jobs_index WHERE {PG_SEARCH_TEXT} ILIKE :needle"),
                 {"needle": "%REFRESH%"},
             ).scalars().all()  # fmt: skip
             assert found == ["20261128120000000001"]
+        with fresh.engine.begin() as conn:  # a partition made later takes its parent's
+            partitions.create_ahead(conn, dt.date(2026, 12, 2), "day", 0)
+            assert conn.exec_driver_sql(
+                "SELECT attcompression FROM pg_attribute WHERE attname = 'return_value'"
+                " AND attrelid = 'job_returns_p20261202'::regclass"
+            ).scalar() == "l"  # fmt: skip
     finally:
         fresh.dispose()
         migrated.dispose()
@@ -223,7 +247,6 @@ def test_postgresql_migrations_build_exactly_what_a_fresh_database_gets(pg_serve
 def test_rows_given_as_tuples_are_bound_as_dicts_are(store):
     """Database.executemany_rows (the ingest path's tuples) binds what executemany binds
     for the same values, and refuses a name the statement does not have."""
-    import datetime as dt
 
     from sqlalchemy import select
 
