@@ -12,7 +12,7 @@ from halite_core.config import Settings
 from halite_core.jobcache import JobStore
 
 
-def _run(opts: dict[str, Any], ready: Any, stop: Any, peak: Any) -> None:
+def _run(opts: dict[str, Any], ready: Any, stop: Any, peak: Any, cpu: Any) -> None:
     store = JobStore(Settings.from_opts(opts))
     committer = store.committer(engine=True)
     while not committer.holds_lock():
@@ -21,19 +21,26 @@ def _run(opts: dict[str, Any], ready: Any, stop: Any, peak: Any) -> None:
     ready.set()
     stop.wait()
     store.close(wait=600)
-    peak.value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak.value = usage.ru_maxrss  # KiB
+    cpu.value = usage.ru_utime + usage.ru_stime
 
 
 class EngineCommitter:
-    """``with EngineCommitter(opts) as engine: ...``; ``engine.peak_rss_mb`` afterwards."""
+    """``with EngineCommitter(opts) as engine: ...``; ``engine.peak_rss_mb`` and
+    ``engine.cpu_seconds`` (the process's, user and system) afterwards."""
 
     def __init__(self, opts: dict[str, Any]) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._ready, self._stop = ctx.Event(), ctx.Event()
         self._peak = ctx.Value("q", 0)
+        self._cpu = ctx.Value("d", 0.0)
         keep = {k: opts[k] for k in ("cachedir", "id", "engines", "halite") if k in opts}
-        self._proc = ctx.Process(target=_run, args=(keep, self._ready, self._stop, self._peak))
+        self._proc = ctx.Process(
+            target=_run, args=(keep, self._ready, self._stop, self._peak, self._cpu)
+        )
         self.peak_rss_mb = 0.0
+        self.cpu_seconds = 0.0
 
     def __enter__(self) -> EngineCommitter:
         self._proc.start()
@@ -45,3 +52,4 @@ class EngineCommitter:
         self._stop.set()
         self._proc.join(600)
         self.peak_rss_mb = self._peak.value / 1024
+        self.cpu_seconds = self._cpu.value

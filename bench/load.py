@@ -105,10 +105,13 @@ def worker(settings: Settings, index: int, jobs: int, start_gate, results, wait=
         store.flush(timeout=600)  # until a committer has taken every write of this worker
     elapsed = time.perf_counter() - t0
     rejected = len(list(Path(settings.spool_dir, "rejected").glob("*.json")))
-    results.put((count, elapsed, latencies, errors, len(store.spool.pending()), rejected))
+    cpu = time.process_time()
+    results.put((count, elapsed, latencies, errors, len(store.spool.pending()), rejected, cpu))
 
 
-def run(backend: str, url: str, root: Path, returns: int, workers: int, how: str) -> dict:
+def run(
+    backend: str, url: str, root: Path, returns: int, workers: int, how: str, server=None
+) -> dict:
     opts = {"cachedir": str(root / "cache"), "id": "load_master", "halite": {"db_url": url}}
     if how == "own":
         found = _run(backend, opts, returns, workers)
@@ -122,6 +125,7 @@ def run(backend: str, url: str, root: Path, returns: int, workers: int, how: str
             blocker = sqlite3.connect(url.removeprefix("sqlite:///"))
             blocker.execute("BEGIN EXCLUSIVE")
         with EngineCommitter(opts) as engine:
+            before = server.cpu_seconds() if server is not None else 0.0
             found = _run(backend, opts, returns, workers)
             if how == "outage":
                 found["spool_mb"] = _size(Path(Settings.from_opts(opts).spool_dir)) / 1e6
@@ -130,7 +134,10 @@ def run(backend: str, url: str, root: Path, returns: int, workers: int, how: str
                 t0 = time.perf_counter()
                 found["lost"] = _wait_stored(opts, found["returns"], 600)
                 found["recovery_s"] = time.perf_counter() - t0
+            if server is not None:
+                found["db_cpu"] = server.cpu_seconds() - before
         found["rss_mb"] = engine.peak_rss_mb
+        found["committer_cpu"] = engine.cpu_seconds
     if "lost" not in found:
         found["lost"] = found["returns"] - _stored(opts)
     found["how"] = how
@@ -213,6 +220,7 @@ def _run(backend: str, opts: dict, returns: int, workers: int, wait: bool = True
     errors = sum(o[3] for o in outs) + sum(o[5] for o in outs)
     spooled = max(o[4] for o in outs)
     return {
+        "workers_cpu": sum(o[6] for o in outs),
         "backend": backend,
         "returns": count,
         "rate": count / elapsed,
@@ -256,7 +264,7 @@ def main() -> None:
                         url = server.create_database(f"load{n}")
                     else:
                         url = f"sqlite:///{root}/halite.db"
-                    rows.append(run(backend, url, root, args.returns, args.workers, how))
+                    rows.append(run(backend, url, root, args.returns, args.workers, how, server))
                 finally:
                     shutil.rmtree(root, ignore_errors=True)
         finally:
@@ -274,6 +282,22 @@ def main() -> None:
         print(
             f"  {r['backend']:<11} {r['how']:<10} {r['rate']:>10,.0f} {r['p50_ms']:>8.3f} "
             f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {r['lost']:>5} {rss:>14}"
+        )
+    cores = os.cpu_count() or 1
+    for r in rows:
+        if r["how"] != "engine":
+            continue
+        # Where the time goes: CPU seconds per 1,000 returns of each part, and the rate
+        # they allow when all of this machine's cores do nothing else.
+        parts = {"workers": r["workers_cpu"], "committer": r["committer_cpu"]}
+        if "db_cpu" in r:
+            parts["PostgreSQL"] = r["db_cpu"]
+        per = {name: seconds * 1000 / r["returns"] for name, seconds in parts.items()}
+        print(
+            f"  CPU, {r['backend']}, engine: "
+            + ", ".join(f"{name} {value:.2f} s" for name, value in per.items())
+            + f" per 1,000 returns; {cores} cores at most "
+            f"{cores * 1000 / sum(per.values()):,.0f} returns/s"
         )
     if halves is not None:
         print(

@@ -90,6 +90,19 @@ class PostgresServer:
         ).stdout.split()
         return [postmaster, *map(int, found)]
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) the server has used so far: the postmaster's, its
+        exited backends' (reaped: counted in its children's times) and the live ones'."""
+        total = 0
+        for n, pid in enumerate(self._processes()):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile: counted with the postmaster's children
+            # utime, stime (and for the postmaster cutime, cstime): fields 14-17.
+            total += sum(int(x) for x in fields[11 : 15 if n == 0 else 13])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def freeze(self) -> None:
         """Stop every server process (SIGSTOP): connections are accepted by the kernel and
         queries sent, but nothing ever answers, as with a hung host or disk."""
