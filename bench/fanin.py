@@ -233,12 +233,20 @@ def observe(url: str, jid: str, expected: int, engine_pid: int, stop, results) -
     first_seen: dict[str, float] = {}
     timeline: list[tuple[float, int]] = []
     row = None
+    counted = None
     try:
         with db.connect() as conn:
             while not stop.is_set():
                 t0 = time.monotonic()
-                found = conn.scalars(rows).all()
                 row = conn.execute(job).one_or_none()
+                # The job's counter is recounted in the transaction that stores its
+                # returns: while it stands still no new row is visible, and the rows are
+                # read (10,000 at the end) only after a commit, not at every poll.
+                if row is not None and row.minions_returned != counted:
+                    counted = row.minions_returned
+                    found = conn.scalars(rows).all()
+                else:
+                    found = []
                 conn.rollback()  # a fresh snapshot at each poll
                 seen = time.monotonic()
                 for minion in found:
