@@ -19,8 +19,8 @@ where only the returner's dependencies are.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -175,89 +175,107 @@ def live_listing(opts: Mapping[str, Any], size: int, scope: tuple[str, ...] | No
     return live_page(found, running_jids(answers), scope, jid_utc(opts), opts.get("id"))
 
 
-BUS_BACKLOG = 50_000  # events held between the bus and the engine's loop
+BUS_BACKLOG_BYTES = 256 * 2**20  # events (as the bus carries them) held for the engine
 LISTENING = "halite/engine/listening"  # fired until the reader has seen it: subscribed
+BAD_FRAME_PAUSE = 1.0  # seconds before the reader connects again after a frame it could not read
+
+
+class ReaderStopped(RuntimeError):
+    """The bus reader's thread ended: the engine stops, and Salt starts it again."""
 
 
 class BusReader:
-    """The master's event bus, read the way salt-api reads it: Salt's asynchronous
-    subscriber (``set_event_handler``) on an event loop that runs for good in a thread of
-    its own, handing each event to the engine's loop through a bounded queue.
+    """The master's event bus, read for the engine by Salt's asynchronous subscriber (the
+    master's IPC publish client, as salt-api's event listener reads it) on an event loop
+    that runs for good in a thread of its own, handing each event on through a queue.
 
     Salt's synchronous ``get_event`` runs an event loop once per call, some 0.2 ms of CPU
     an event: three quarters of what a 10,000-minion fan-in cost the engine's main thread.
-    When the engine falls behind, the queue fills and the reader waits with the next event;
-    the rest wait in the bus's socket, as they would for a synchronous reader.
+
+    The queue holds at most ``backlog`` bytes of events as the bus carries them (unpacked
+    by the engine's thread as it takes them). When the engine falls behind, the reader
+    waits with the next event and the rest wait in the bus's socket, as they would for a
+    synchronous reader. A frame that cannot be read is logged and the reader connects
+    again. If the reader's thread ends, :meth:`get_event` raises :class:`ReaderStopped`,
+    so that the engine's process ends and Salt starts it again.
 
     ``get_event`` takes the arguments of Salt's, so the engine's loop reads either.
     """
 
-    def __init__(self, opts: Mapping[str, Any], backlog: int = BUS_BACKLOG) -> None:
-        self._opts = opts
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(backlog)
-        self._closed = threading.Event()
-        self._ready = threading.Event()
-        self._listening = threading.Event()
-        self._marker = f"{LISTENING}/{uuid.uuid4().hex}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="halite-bus", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            raise self._failure
-
-    def _run(self) -> None:
+    def __init__(self, opts: Mapping[str, Any], backlog: int = BUS_BACKLOG_BYTES) -> None:
         import salt.utils.event
 
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            bus = salt.utils.event.get_master_event(
-                self._opts, self._opts["sock_dir"], listen=True, io_loop=loop
-            )
+        self._opts = opts
+        self._unpack = salt.utils.event.SaltEvent.unpack
+        self._events: collections.deque[bytes] = collections.deque()
+        self._held = 0
+        self._backlog = backlog
+        self._room = threading.Condition()
+        self._closed = threading.Event()
+        self._listening = threading.Event()
+        marker = f"{LISTENING}/{uuid.uuid4().hex}"
+        self._marker = marker
+        self._marker_frame = (marker + salt.utils.event.TAGEND).encode()
+        self._loop = asyncio.new_event_loop()
+        self._pump = self._loop.create_task(self._read())  # runs once the thread runs the loop
+        self._thread = threading.Thread(target=self._run, name="halite-bus", daemon=True)
+        self._thread.start()
 
-            async def received(raw: bytes) -> None:
-                self._take(bus, raw)
-
-            bus.set_event_handler(received)
-        except BaseException as exc:  # noqa: BLE001 - raised in the engine's thread
-            self._failure = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._loop = loop
-        self._ready.set()
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
         try:
-            loop.run_forever()
+            self._loop.run_until_complete(self._pump)
+        except asyncio.CancelledError:
+            pass
+        except BaseException:  # noqa: BLE001 - the engine's thread learns of it
+            log.exception("halite engine: the bus reader stopped")
         finally:
-            try:
-                bus.destroy()
-            finally:
-                loop.close()
+            self._loop.close()
+            with self._room:
+                self._room.notify_all()
 
-    def _take(self, bus: Any, raw: bytes) -> None:
-        try:
-            tag, data = bus.unpack(raw)
-        except Exception:  # noqa: BLE001 - one bad frame must not stop the reader
-            log.warning("halite engine: an event on the bus could not be read", exc_info=True)
-            return
-        if tag == self._marker:
+    async def _read(self) -> None:
+        import salt.transport
+
+        while not self._closed.is_set():
+            client = salt.transport.ipc_publish_client("master", self._opts, io_loop=self._loop)
+            try:
+                while not self._closed.is_set():
+                    raw = await client.recv()  # connects, and again after a disconnect
+                    if raw is not None:
+                        self._take(raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a frame it cannot read: connect again
+                log.warning(
+                    "halite engine: a frame on the bus could not be read; connecting again",
+                    exc_info=True,
+                )
+                await asyncio.sleep(BAD_FRAME_PAUSE)
+            finally:
+                client.close()
+
+    def _take(self, raw: bytes) -> None:
+        if raw.startswith(self._marker_frame):
             self._listening.set()
             return
-        event = {"tag": tag, "data": data}
+        size = len(raw)
         warned = False
-        while not self._closed.is_set():
-            try:
-                self._queue.put(event, timeout=0.5)
-                return
-            except queue.Full:
+        with self._room:
+            while self._held and self._held + size > self._backlog:
+                if self._closed.is_set():
+                    return
                 if not warned:
                     warned = True
                     log.warning(
-                        "halite engine: %d bus events wait for the engine; reading paused",
-                        self._queue.qsize(),
+                        "halite engine: %d events (%d MB) wait for the engine; reading paused",
+                        len(self._events),
+                        self._held // 2**20,
                     )
+                self._room.wait(0.5)
+            self._events.append(raw)
+            self._held += size
+            self._room.notify_all()
 
     def wait_listening(self, timeout: float = 30.0) -> bool:
         """Until the subscriber is connected: fire a marker event (``halite/engine/
@@ -270,6 +288,8 @@ class BusReader:
             self._opts, self._opts["sock_dir"], listen=False
         ) as bus:
             while not self._listening.is_set() and time.monotonic() < deadline:
+                if not self.running:
+                    raise ReaderStopped("the bus reader stopped before it was subscribed")
                 bus.fire_event({}, self._marker)
                 self._listening.wait(0.1)
         if not self._listening.is_set():
@@ -280,13 +300,24 @@ class BusReader:
         self, wait: float = 5, full: bool = True, no_block: bool = False, **_: Any
     ) -> dict[str, Any] | None:
         """The next event as Salt's ``get_event(full=True)`` gives it, or None: at once
-        with ``no_block``, else after at most ``wait`` seconds."""
+        with ``no_block``, else after at most ``wait`` seconds. Raises
+        :class:`ReaderStopped` once the reader's thread has ended and nothing is left."""
+        with self._room:
+            if not self._events and not no_block:
+                self._room.wait_for(lambda: self._events or not self.running, timeout=wait)
+            if not self._events:
+                if not self.running and not self._closed.is_set():
+                    raise ReaderStopped("the bus reader stopped")
+                return None
+            raw = self._events.popleft()
+            self._held -= len(raw)
+            self._room.notify_all()
         try:
-            if no_block:
-                return self._queue.get_nowait()
-            return self._queue.get(timeout=wait)
-        except queue.Empty:
+            tag, data = self._unpack(raw)
+        except Exception:  # noqa: BLE001 - one bad event must not stop the engine
+            log.warning("halite engine: an event on the bus could not be read", exc_info=True)
             return None
+        return {"tag": tag, "data": data}
 
     @property
     def running(self) -> bool:
@@ -295,7 +326,10 @@ class BusReader:
 
     def close(self) -> None:
         self._closed.set()
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
+        with self._room:
+            self._room.notify_all()
+        try:
+            self._loop.call_soon_threadsafe(self._pump.cancel)
+        except RuntimeError:  # the loop has closed: the thread has ended already
+            pass
         self._thread.join(5)

@@ -197,10 +197,11 @@ def start(**options):
     engine = build(options)
     # Read as salt-api reads it: Salt's synchronous get_event costs ~0.2 ms an event.
     reader = salt_adapter.BusReader(__opts__)
-    bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
-    announce = announcer(engine, bus, events)
-    publish = serve_http(http)  # None: off; `http: {}` serves with the defaults
+    bus = None
     try:
+        bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
+        announce = announcer(engine, bus, events)
+        publish = serve_http(http)  # None: off; `http: {}` serves with the defaults
         reader.wait_listening()  # subscribed before the running set is rebuilt
         engine.recover()
         while True:
@@ -209,4 +210,5 @@ def start(**options):
         engine.flush()
         engine.store.close()
         reader.close()
-        bus.destroy()
+        if bus is not None:
+            bus.destroy()

@@ -271,20 +271,21 @@ def test_the_bus_reader_hands_on_every_event_in_order_and_waits_when_full(engine
     """The engine's reader of the bus (salt_adapter.BusReader, Salt's asynchronous
     subscriber in a thread of its own): subscribed once wait_listening() answers, every
     event handed on in the order it was fired, none lost while its queue is full (the
-    reader waits), and its thread ends on close()."""
+    reader waits), and its thread ends on close(); get_event then answers None, not
+    ReaderStopped (the engine closed it)."""
     import salt.utils.event
 
     from halite_core.salt_adapter import BusReader
 
     opts = engine_master.config
-    reader = BusReader(opts, backlog=20)
+    reader = BusReader(opts, backlog=1)  # bytes: one event at a time
     try:
         assert reader.wait_listening(timeout=30)
         prefix = f"halite/test/{random_string('order-')}"
         with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
             for n in range(200):
                 assert bus.fire_event({"n": n}, f"{prefix}/{n}")
-        time.sleep(1)  # the queue holds 20: the reader waits with the rest
+        time.sleep(1)  # the queue holds one event: the reader waits with the rest
         seen = []
         deadline = time.monotonic() + 60
         while len(seen) < 200 and time.monotonic() < deadline:
@@ -295,3 +296,4 @@ def test_the_bus_reader_hands_on_every_event_in_order_and_waits_when_full(engine
     finally:
         reader.close()
     assert not reader.running
+    assert reader.get_event(wait=0.1) is None
