@@ -237,6 +237,10 @@ def test_postgresql_migrations_build_exactly_what_a_fresh_database_gets(pg_serve
                 "SELECT attcompression FROM pg_attribute WHERE attname = 'return_value'"
                 " AND attrelid = 'job_returns_p20261202'::regclass"
             ).scalar() == "l"  # fmt: skip
+        # Revision 0011's downgrade: the server's default method again, as 0010 left it.
+        command.downgrade(dbmod.alembic_config(migrated), "0010")
+        with migrated.engine.connect() as conn:
+            assert conn.exec_driver_sql(compression).all() == []
     finally:
         fresh.dispose()
         migrated.dispose()

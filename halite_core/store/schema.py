@@ -416,17 +416,28 @@ PG_LZ4_COLUMNS = (("job_returns", "return_value"), ("jobs_index", "load"))
 def set_pg_compression(
     conn: Connection, columns: tuple[tuple[str, str], ...] = PG_LZ4_COLUMNS, method: str = "lz4"
 ) -> bool:
-    """Compress ``columns`` (table, column) with ``method``, in each table and its
-    partitions (revision 0011 passes its own frozen copy). Changes the catalogue only:
-    values already stored keep their compression until rewritten. False, and a note in
-    the log, where the server cannot (it keeps pglz). Runs in a savepoint."""
+    """Compress ``columns`` (table, column) with ``method`` (``default``: the server's
+    ``default_toast_compression``), in each table and its partitions (revision 0011 passes
+    its own frozen copy). Changes the catalogue only: values already stored keep their
+    compression until rewritten. The tables are locked first, in the order writers take
+    them. False, and a note in the log, where the server has no such method (it keeps
+    pglz); any other error is raised. A table that does not exist is left out."""
     version = conn.dialect.server_version_info or (0,)
     if version < (14,):
         log.info("halite: PostgreSQL %s has no column compression; pglz stays", version)
         return False
+    present = [
+        (table, column)
+        for table, column in columns
+        if conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is not None
+    ]
+    if not present:
+        return False
     try:
         with conn.begin_nested():
-            for table, column in columns:
+            tables = sorted({table for table, _ in present}, key=WRITE_ORDER.index)
+            conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+            for table, column in present:
                 children = conn.exec_driver_sql(
                     "SELECT inhrelid::regclass::text FROM pg_inherits"
                     " WHERE inhparent = %(table)s::regclass ORDER BY 1",
@@ -437,12 +448,18 @@ def set_pg_compression(
                         f"ALTER TABLE ONLY {name} ALTER COLUMN {column} SET COMPRESSION {method}"
                     )
     except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != FEATURE_NOT_SUPPORTED:
+            raise
         log.warning(
             "halite: the JSON columns keep PostgreSQL's pglz compression (%s)",
             str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
         )
         return False
     return True
+
+
+FEATURE_NOT_SUPPORTED = "0A000"  # e.g. a server built without lz4
+WRITE_ORDER = ("jobs_index", "job_returns")  # the order writes take the tables' locks
 
 
 @event.listens_for(Base.metadata, "after_create")

@@ -11,7 +11,9 @@ spent on it) and read back faster, at about the same size. Later partitions take
 parent's method.
 
 It changes the catalogue only, in a moment: values already stored keep pglz until they are
-rewritten. A server before 14, or built without lz4, keeps pglz (a note in the log).
+rewritten. It locks the two tables for that moment (writes wait in halite's journals). A
+server before 14, or built without lz4, keeps pglz (a note in the log). The downgrade puts
+the columns back to the server's default method.
 """
 
 from alembic import op
@@ -36,4 +38,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        set_pg_compression(bind, COLUMNS, method="pglz")
+        set_pg_compression(bind, COLUMNS, method="default")
