@@ -221,7 +221,9 @@ ODD = 'we\'ird %_*?\\ "quoted" ünï — 🚀'
 def test_odd_characters_in_minion_and_state_ids_are_kept_and_found_exactly(store):
     minion = "m" + ODD
     key = f"file_|-{ODD}_|-/etc/{ODD}_|-managed"
-    assert run_of(store, minion, one_state(key, __sls__=ODD))
+    # Published now: the states' listing looks at the last 24 hours by default.
+    now = dt.datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
+    assert run_of(store, minion, one_state(key, __sls__=ODD), jid=now)
     assert stored_states(store) == [(minion, key, ODD, f"/etc/{ODD}", ODD, "it failed", 0)]
     service = Service(store, Policy.from_config({}, {}, master_user="root"), "m1")
     assert [m["minion"] for m in service.minions("root", minion="m*")["minions"]] == [minion]
