@@ -144,8 +144,9 @@ def run_once(engine, bus, wait=0.05, max_events=10000, publish=None, announce=No
     running = {jid: job.function for jid, job in engine.jobs.items()} if publish else None
     event = bus.get_event(wait=wait, full=True, auto_reconnect=True)
     handled = 0
-    # A fan-in keeps the bus busy (Salt's no_block read waits some 10 ms for the next
-    # event): the changes are handed over at least every flush_interval all the same.
+    # A fan-in keeps the bus busy (the reader's queue, or Salt's no_block read, which
+    # waits some 10 ms, always has a next event): the changes are handed over at least
+    # every flush_interval all the same.
     until = time.monotonic() + engine.options.flush_interval
     while event:
         _safely(engine.handle, event.get("tag"), event.get("data"))
@@ -154,7 +155,7 @@ def run_once(engine, bus, wait=0.05, max_events=10000, publish=None, announce=No
         handled += 1
         if handled >= max_events or time.monotonic() >= until:
             break
-        # no_block: Salt's get_event blocks forever when wait is 0.
+        # no_block: Salt's get_event blocks forever when wait is 0 (BusReader's takes both).
         event = bus.get_event(full=True, no_block=True, auto_reconnect=True)
     _safely(engine.tick)
     if announce is not None:
