@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from halite_core.durability.committer import commit_or_spool
 from halite_core.jobcache import JobStore, is_outage, item_to_line, split_arguments
+from halite_core.store.ops import MinionsItem
 from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
 from tests.helpers import publish, ret, save_return, untaken
@@ -64,6 +65,37 @@ def test_repeated_return_keeps_the_first(store):
     assert job_row(store, JID)["minions_returned"] == 1
 
 
+def test_small_and_large_returns_of_one_batch_are_stored_and_the_earliest_wins(store):
+    """PostgreSQL stores a batch's small returns in one statement and its large ones row
+    by row: both keep the first-wins rule (the earliest accepted return of a minion) and
+    the count of returns stored, whatever path each took."""
+    big = {"lines": ["x" * 100] * 60}  # over 4 kB as JSON
+    publish(store, JID, minions=("m1", "m2", "m3"))
+    t0 = dt.datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC)
+    later, earlier = t0 + dt.timedelta(seconds=5), t0 - dt.timedelta(seconds=5)
+
+    def items(minion, value, at):
+        return store.items_for("save_return", ret(JID, minion, value), at)
+
+    assert store.apply_items(items("m1", "small, later", later) + items("m2", big, later)) == 2
+    batch = (
+        items("m1", "small, earlier", earlier)  # replaces the later one
+        + items("m2", {**big, "n": 2}, earlier)  # the same, large
+        + items("m3", "m3 at t0", t0)
+        + items("m3", "m3 later", later)  # a repeat in the batch: the earliest is kept
+    )
+    assert store.apply_items(batch) == 3
+    assert store.apply_items(items("m1", "too late", later)) == 0
+    got = store.get_jid(JID)
+    assert got["m1"]["return"] == "small, earlier"
+    assert got["m2"]["return"] == {**big, "n": 2}
+    assert got["m3"]["return"] == "m3 at t0"
+    rows = return_rows(store, JID)
+    assert rows["m1"]["returned_at"] == earlier and rows["m3"]["returned_at"] == t0
+    job = job_row(store, JID)
+    assert (job["minions_returned"], job["status"]) == (3, "complete")
+
+
 def test_return_before_publish_then_publish_reconciles(store):
     save_return(store, ret(JID, "m1", fun="test.ping"))
     job = job_row(store, JID)
@@ -73,6 +105,30 @@ def test_return_before_publish_then_publish_reconciles(store):
     assert (job["minions_targeted"], job["minions_returned"], job["status"]) == (2, 1, "running")
     assert job["target"] == "m1,m2"
     assert store.get_load(JID)["Minions"] == ["m1", "m2"]
+
+
+def test_a_target_list_naming_a_minion_twice_and_a_repeated_publish_count_each_minion_once(
+    store,
+):
+    """The placeholders of a batch go to the database in one statement on PostgreSQL,
+    which may not touch a row twice: a minion listed twice (a publish, the minions a
+    syndic adds, as a journal line may hold them) is one pending row; a minion that
+    returned keeps its return."""
+    publish(store, JID, minions=("m1", "m2", "m1"))
+    assert job_row(store, JID)["minions_targeted"] == 2
+    save_return(store, ret(JID, "m2"))
+    # One batch: the journal's line as it was written, and the same minions again.
+    store.apply_items([MinionsItem(JID, ["m2", "m3", "m3", "m1"]), MinionsItem(JID, ["m3"])])
+    rows = return_rows(store, JID)
+    assert sorted(rows) == ["m1", "m2", "m3"]
+    assert {m: r["state"] for m, r in rows.items()} == {
+        "m1": "pending",
+        "m2": "returned",
+        "m3": "pending",
+    }
+    assert all(row["expected"] for row in rows.values())
+    job = job_row(store, JID)
+    assert (job["minions_targeted"], job["minions_returned"], job["status"]) == (3, 1, "running")
 
 
 def test_unexpected_minion_counts_as_targeted(store):

@@ -50,18 +50,34 @@ MINION_PARAMETERS = ("minion", *_LAST, *_RUN)
 # One statement per minion of a batch: its row made if it is new, its latest job and its
 # latest real state run each moved forward only (every value on the right is the row's
 # old one, as in any UPDATE). A minion without a job or run in the batch has NULLs there.
+_MINION_SET = " ON CONFLICT (minion) DO UPDATE SET " + ", ".join(
+    f"{name} = CASE WHEN {_later(cols[0][:-4])} THEN excluded.{name} ELSE minion_status.{name} END"
+    for cols in (_LAST, _RUN)
+    for name in cols
+)
 UPSERT_MINION = text(
     f"INSERT INTO minion_status ({', '.join(MINION_PARAMETERS)}) VALUES"
     f" ({', '.join(':' + name for name in MINION_PARAMETERS[:-1])}, coalesce(:healthy, 1))"
-    " ON CONFLICT (minion) DO UPDATE SET "
-    + ", ".join(
-        f"{name} = CASE WHEN {_later(cols[0][:-4])} THEN excluded.{name}"
-        f" ELSE minion_status.{name} END"
-        for cols in (_LAST, _RUN)
-        for name in cols
-    )
+    + _MINION_SET
 ).bindparams(
     bindparam("last_start", type_=UTCDateTime()), bindparam("state_start", type_=UTCDateTime())
+)
+# PostgreSQL: the same for a batch's minions in one statement (each minion once), a column
+# an array in binary: a statement per minion is a message each way per minion, and while
+# Salt's workers keep the cores busy each waits for the server to be scheduled.
+_MINION_ARRAYS = {"last_start": "timestamptz[]", "state_start": "timestamptz[]",
+                  "states_total": "integer[]", "states_passed": "integer[]",
+                  "states_failed": "integer[]", "states_changed": "integer[]",
+                  "healthy": "integer[]"}  # fmt: skip
+UPSERT_MINIONS_POSTGRESQL = (
+    f"INSERT INTO minion_status ({', '.join(MINION_PARAMETERS)}) SELECT "
+    + ", ".join(f"k.{name}" for name in MINION_PARAMETERS[:-1])
+    + ", coalesce(k.healthy, 1) FROM unnest("
+    + ", ".join(
+        f"CAST(%({name})b AS {_MINION_ARRAYS.get(name, 'text[]')})" for name in MINION_PARAMETERS
+    )
+    + f") AS k({', '.join(MINION_PARAMETERS)})"
+    + _MINION_SET
 )
 
 
@@ -216,10 +232,14 @@ def note_returns(
     last = _latest_per_minion(row for row in rows if row.function not in system)
     real = _latest_per_minion(row for row in runs if not row.test_run)
     minions = sorted({row.minion for row in rows})
-    db.executemany_rows(
-        conn, UPSERT_MINION, MINION_PARAMETERS,
-        [_minion(name, last.get(name), real.get(name)) for name in minions],
-    )  # fmt: skip
+    params = [_minion(name, last.get(name), real.get(name)) for name in minions]
+    if db.is_sqlite:
+        db.executemany_rows(conn, UPSERT_MINION, MINION_PARAMETERS, params)
+    else:
+        columns = [list(values) for values in zip(*params, strict=True)]
+        conn.exec_driver_sql(
+            UPSERT_MINIONS_POSTGRESQL, dict(zip(MINION_PARAMETERS, columns, strict=True))
+        )
     if replaced:
         keys = [_key(row) for row in replaced]
         db.executemany(conn, DROP_REPLACED, keys)
