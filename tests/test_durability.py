@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from halite_core import audit
 from halite_core.durability.journal import writer_for
 from halite_core.jobcache import JobStore
 from halite_core.permissions import Denied, Policy
 from halite_core.service import Service
+from halite_core.store.ops import KilledItem, MinionsItem, NoReturnItem
 from halite_core.store.schema import audit_log
 from tests.conftest import sqlite_only
 from tests.helpers import publish, ret, save_load, save_return
@@ -343,6 +344,27 @@ def test_a_return_long_after_its_job_was_cleaned_is_still_dropped(store):
     store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=3))
     save_return(store, ret(JID, "m2", "very late"))
     assert store.get_jid(JID) == {}
+
+
+def test_minions_settled_or_added_after_their_job_was_cleaned_do_not_bring_it_back(store):
+    """The engine settles minions that never answered, a kill marks minions killed and a
+    syndic adds minions, possibly long after the publish: once retention removed the job,
+    these are dropped like its late returns, and no job row comes back."""
+    publish(store, JID, minions=("m1", "m2"))
+    save_return(store, ret(JID, "m1"))
+    now = dt.datetime.now(UTC)
+    store.apply_items([NoReturnItem(JID, ["m2"], now)])
+    assert store.clean_old_jobs(keep_seconds=60, now=now + dt.timedelta(days=3)) == 1
+    late = now + dt.timedelta(days=3, minutes=1)
+    store.apply_items(
+        [NoReturnItem(JID, ["m2"], late), KilledItem(JID, ["m3"], late), MinionsItem(JID, ["m4"])]
+    )
+    with store.db.read() as conn:
+        from halite_core.store.schema import job_returns, jobs_index
+
+        assert conn.scalar(select(func.count()).where(jobs_index.c.jid == JID)) == 0
+        assert conn.scalar(select(func.count()).where(job_returns.c.jid == JID)) == 0
+    assert store.get_jid(JID) == {} and store.get_load(JID) == {}
 
 
 def test_a_journal_whose_pid_now_belongs_to_another_process_is_recovered(store, settings):

@@ -58,6 +58,7 @@ from halite_core.store.ops import (
     ReturnItem,
     ReturnRow,
     SaltWrite,
+    SettledItem,
     item_jid,
     utcnow,
 )
@@ -583,8 +584,15 @@ class Writes:
         returned = {(item.row.jid, item.row.minion) for item in returns}
         expected: set[tuple[str, str]] = set()
         self._save_loads(conn, loads, touched, returned, expected)
-        minion_jobs = {item.jid for item in items if isinstance(item, MinionsItem)}
-        cleaned = self._cleaned(conn, minion_jobs - self._known(conn, minion_jobs))
+        # Minions added to a job, and minions settled (no return, killed), for a job that
+        # retention removed are dropped, as its returns are: they must not bring it back.
+        later = {item.jid for item in items if isinstance(item, MinionsItem | SettledItem)}
+        cleaned = self._cleaned(conn, later - self._known(conn, later))
+        if cleaned:
+            log.info(
+                "halite: minions added or settled for jobs already cleaned, dropped: %s",
+                ", ".join(sorted(cleaned)),
+            )
         for item in items:
             if isinstance(item, MinionsItem) and item.jid not in cleaned:
                 self._ensure_jobs(conn, {item.jid: {}})
@@ -596,7 +604,9 @@ class Writes:
             (NoReturnItem, NO_RETURN, stmts.no_return),
             (KilledItem, KILLED, stmts.killed),
         ):
-            marked = [item for item in items if isinstance(item, kind)]
+            marked = [
+                item for item in items if isinstance(item, kind) and item.jid not in cleaned
+            ]
             if not marked:
                 continue
             self._ensure_jobs(conn, {item.jid: {} for item in marked})
