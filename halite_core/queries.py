@@ -231,6 +231,34 @@ def _expand(conn: Connection, column: str, pattern: str) -> tuple[str, tuple[str
     return column, values
 
 
+# PostgreSQL partitions the large tables by jid, and a job's start time is its jid's time
+# (in UTC, or in the master's local time: jid_utc). A bound on the start time therefore
+# bounds the jid too, within this margin, and the jid bound lets the planner leave out the
+# partitions of other days: the start-time condition stays, and decides which jobs are in.
+JID_MARGIN = dt.timedelta(days=1)
+
+
+def jid_bounds(
+    column: Any, dialect: str, after: dt.datetime | None = None, before: dt.datetime | None = None
+) -> list[ColumnElement[bool]]:
+    """Conditions on a jid ``column`` implied by start times from ``after`` and before
+    ``before``, on PostgreSQL (none elsewhere: SQLite's tables are not partitioned, and a
+    second range there could turn its planner from the start-time index)."""
+    if dialect != "postgresql":
+        return []
+    found: list[ColumnElement[bool]] = []
+    for moment, later in ((after, False), (before, True)):
+        if moment is None:
+            continue
+        try:
+            edge = moment + JID_MARGIN if later else moment - JID_MARGIN
+        except OverflowError:
+            continue  # a bound at the calendar's end bounds nothing
+        text = edge.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%S%f")
+        found.append(column < text if later else column >= text)
+    return found
+
+
 def listing_query(
     filters: JobFilter,
     limit: int,
@@ -279,13 +307,17 @@ def listing_query(
         query = query.where(order_start >= filters.start)
     if filters.end is not None:
         query = query.where(order_start < filters.end)
+    # The rows ordered by (a minion's returns, or the jobs), and the jobs joined to them.
+    for jid in [order_jid] if order_jid is j.jid else [order_jid, j.jid]:
+        query = query.where(*jid_bounds(jid, dialect, filters.start, filters.end))
     if cursor:
         after_start, after_jid = _decode_jobs_cursor(cursor)
         query = query.where(
             or_(
                 order_start < after_start,
                 and_(order_start == after_start, order_jid < after_jid),
-            )
+            ),
+            *jid_bounds(order_jid, dialect, before=after_start),
         )
     newest = (order_start.desc(), order_jid.desc())
     inner_limit = SEARCH_SCAN if filters.search and plan.search == "scan" else limit
@@ -509,6 +541,7 @@ def activity(
     for hour, result, count in conn.execute(
         select(bucket, j.result, func.count())
         .where(j.start_time >= first, j.status != RESERVED, j.system.is_(False))
+        .where(*jid_bounds(j.jid, conn.dialect.name, first))
         .where(*_scope(j.function, functions, conn.dialect.name))
         .group_by(bucket, j.result)
     ).all():
@@ -552,6 +585,7 @@ def timeline(
     changed = (
         select(func.count())
         .where(r.jid == j.jid, r.states_changed > 0)
+        .where(*jid_bounds(r.jid, conn.dialect.name, since))
         .scalar_subquery()
         .label("changed")
     )
@@ -569,6 +603,7 @@ def timeline(
             changed,
         )  # fmt: skip
         .where(j.start_time >= since, j.status != RESERVED, j.system.is_(False))
+        .where(*jid_bounds(j.jid, conn.dialect.name, since))
         .where(*_scope(j.function, functions, conn.dialect.name))
         .order_by(j.start_time.desc(), j.jid.desc())
         .limit(MAX_BARS + 1)

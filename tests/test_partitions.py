@@ -12,6 +12,7 @@ import threading
 from alembic import command
 from sqlalchemy import event, inspect, select, text
 
+from halite_core import queries
 from halite_core.jobcache import JobStore
 from halite_core.service import Service
 from halite_core.store import db as dbmod
@@ -351,6 +352,59 @@ def test_the_reads_of_one_job_are_pruned_to_its_partition(store, settings):
             assert not {"jobs_index_default", "job_returns_default"} & read, (statement, read)
             seen |= read
     assert {"jobs_index_p20261121", "job_returns_p20261121"} <= seen
+
+
+@pytestmark_pg
+def test_reads_bounded_in_time_leave_out_the_partitions_of_earlier_days(store, settings):
+    """A job's start time is its jid's, so a listing from a start time (its later pages, a
+    minion's jobs), the activity chart and the timeline bound the jid too, and PostgreSQL
+    reads no partition more than a day before the bound: EXPLAIN of each names none of
+    D1's, and the answers are those of the start times alone."""
+    store.db.partitions.today = lambda: D1
+    for day in (D1, D2, D3):
+        for hour in (9, 23):
+            publish(store, jid_at(day, hour), fun="test.ping", minions=("web1", "web2"))
+            save_return(store, ret(jid_at(day, hour), "web1", fun="test.ping"))
+    store.flush()
+    service = Service(store, POLICY)
+    since = dt.datetime.combine(D3, dt.time(10), UTC)
+    sent = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        # The reads with a start-time bound (the count of running jobs has none: those
+        # are of any day).
+        if statement.lstrip().upper().startswith("SELECT") and "start_time >=" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        page = service.jobs("root", start=since.isoformat())
+        midnight = dt.datetime.combine(D3, dt.time(0), UTC).isoformat()
+        first = service.jobs("root", start=midnight, limit=1)
+        second = service.jobs("root", start=midnight, cursor=first["next"])
+        theirs = service.jobs("root", minion="web1", start=since.isoformat())
+        with store.db.read() as conn:
+            late = dt.datetime.combine(D3, dt.time(23, 30), UTC)
+            chart = queries.activity(conn, 12, now=late)
+            bars = queries.timeline(conn, "1h", now=late)
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", capture)
+    assert [job["jid"] for job in page["jobs"]] == [jid_at(D3, 23)]
+    assert [job["jid"] for job in first["jobs"] + second["jobs"]] == [
+        jid_at(D3, 23),
+        jid_at(D3, 9),
+    ]
+    assert [job["jid"] for job in theirs["jobs"]] == [jid_at(D3, 23)]
+    assert chart["total"] == 1
+    assert [bar["jid"] for row in bars["rows"] for bar in row["bars"]] == [jid_at(D3, 23)]
+    assert len(sent) == 6
+    with store.db.engine.connect() as conn:
+        for statement, parameters in sent:
+            (plan,) = conn.exec_driver_sql(
+                "EXPLAIN (FORMAT JSON) " + statement, parameters
+            ).scalar()  # fmt: skip
+            read = relations(plan)
+            assert not {name for name in read if name.endswith("_p20261120")}, (statement, read)
 
 
 @pytestmark_pg
