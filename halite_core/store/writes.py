@@ -604,9 +604,7 @@ class Writes:
             (NoReturnItem, NO_RETURN, stmts.no_return),
             (KilledItem, KILLED, stmts.killed),
         ):
-            marked = [
-                item for item in items if isinstance(item, kind) and item.jid not in cleaned
-            ]
+            marked = [item for item in items if isinstance(item, kind) and item.jid not in cleaned]
             if not marked:
                 continue
             self._ensure_jobs(conn, {item.jid: {} for item in marked})
