@@ -140,28 +140,46 @@ def test_two_masters_create_the_partitions_ahead_at_once_each_one_once(store, se
 
 
 @pytestmark_pg
-def test_the_writer_keeps_partitions_ahead_and_a_future_jid_in_the_default_loses_nothing(
-    store, caplog
-):
+def test_the_writer_keeps_partitions_ahead_and_a_future_jid_moves_to_its_partition(store, caplog):
     """The store's own writes create the partitions ahead. A job published under a clock
-    days ahead goes to the default partition; when its day comes, its partition cannot be
-    made (its rows are in the default one): that is said, nothing fails, the job stays."""
+    days ahead goes to the default partition; when its day comes, its partitions are made
+    with the job's rows (its return, its changed states) moved in from the default ones,
+    which it then leaves: retention can drop that day whole. That is said, nothing is lost,
+    and later writes of the job go to its partition."""
     store.db.partitions.today = lambda: D1
     ahead = jid_at(D3 + dt.timedelta(days=3), 8)
     publish(store, jid_at(D1, 9), minions=("m1",))
-    publish(store, ahead, minions=("m1",))
+    publish(store, ahead, fun="state.apply", minions=("m1", "m2"))
+    save_return(store, state_ret(ahead, "m1", failing=[0]))
     store.flush()
     assert partition_of(store, "jobs_index", jid_at(D1, 9)) == "jobs_index_p20261120"
-    assert partition_of(store, "jobs_index", ahead) == "jobs_index_default"
+    for table in ("jobs_index", "job_returns", "state_results"):
+        assert partition_of(store, table, ahead) == f"{table}_default"
+    before = store.get_jid(ahead)
     caplog.set_level(logging.WARNING)
     with store.db.engine.begin() as conn:
         created = partitions.create_ahead(conn, D3 + dt.timedelta(days=2), "day", 2)
-    assert created == ["jobs_index_p20261124", "jobs_index_p20261126"]
-    assert "no partition for jids 20261125 to 20261126" in caplog.text
-    save_return(store, ret(ahead, "m1"))
+    assert created == ["jobs_index_p20261124", "jobs_index_p20261125", "jobs_index_p20261126"]
+    assert "held 1 jobs of jids 20261125 to 20261126" in caplog.text
+    for table in ("jobs_index", "job_returns", "state_results"):
+        assert partition_of(store, table, ahead) == f"{table}_p20261125"
+        assert f"{table}_default" in names(store, table)
+        with store.db.read() as conn:
+            left = conn.execute(text(f"SELECT count(*) FROM {table}_default")).scalar()
+            assert left == 0, table
+    assert store.get_jid(ahead) == before
+    job = store.get_load(ahead)
+    assert job["Minions"] == ["m1", "m2"]
+    save_return(store, ret(ahead, "m2", fun="state.apply"))
     store.flush()
-    assert set(store.get_jid(ahead)) == {"m1"}
-    assert partition_of(store, "job_returns", ahead) == "job_returns_default"
+    assert set(store.get_jid(ahead)) == {"m1", "m2"}
+    with store.db.read() as conn:
+        counts = conn.execute(
+            select(jobs_index.c.minions_returned, jobs_index.c.status).where(
+                jobs_index.c.jid == ahead
+            )
+        ).one()
+    assert tuple(counts) == (2, "complete")
 
 
 def age(store, jid, at, running=False):

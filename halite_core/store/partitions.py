@@ -9,6 +9,10 @@ partition (partition pruning).
 
 - Each table has a ``<table>_default`` partition: a jid whose range has no partition (a job
   of a day before partitioning began, or one published under a skewed clock) goes there.
+  When the range of a job from a clock ahead comes due, its partition is made and the
+  job's rows move out of the default one (PostgreSQL refuses the partition otherwise, and
+  the whole interval would then be written to the default partition, out of reach of
+  retention's drops).
 - Partitions are created ahead (``partitions_ahead`` intervals beyond the current one) by
   whichever process writes, under one advisory lock, so that several masters on one
   database never race: the first creates, the others find them there. A creation waits at
@@ -39,7 +43,7 @@ from sqlalchemy import Connection, and_, false, func, not_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from halite_core.store.schema import jobs_index
+from halite_core.store.schema import Base, jobs_index
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +165,7 @@ def _lock(conn: Connection) -> None:
 def create_ahead(conn: Connection, today: dt.date, interval: str, ahead: int) -> list[str]:
     """Create the partitions of the current interval and ``ahead`` more that are missing,
     in ``conn``'s transaction; returns the names created. A range whose rows are already in
-    the default partition (a future jid) is left there, and said."""
+    the default partition (a future jid) is made with those rows moved in, and said."""
     _lock(conn)
     made = [r for r in existing(conn, "jobs_index").values() if r is not None]
     created = []
@@ -177,17 +181,49 @@ def create_ahead(conn: Connection, today: dt.date, interval: str, ahead: int) ->
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != "23514":  # check_violation
                 raise
+            moved = _create_from_default(conn, part)
             log.warning(
-                "halite: no partition for jids %s to %s: the default partition already holds"
-                " jobs of that range (published under a clock ahead of this one); they stay"
-                " there, and retention removes them row by row",
-                lo, hi,
+                "halite: the default partition held %d jobs of jids %s to %s (published under"
+                " a clock ahead of this one): moved into the new partition",
+                moved, lo, hi,
             )  # fmt: skip
-            continue
         created.append(f"jobs_index_{part.suffix}")
     if created:
         log.info("halite: created partitions %s", ", ".join(created))
     return created
+
+
+def _create_from_default(conn: Connection, part: Range) -> int:
+    """Make ``part``'s partitions when the default ones already hold rows of its range
+    (jids from a clock ahead), moving those rows in: PostgreSQL refuses a new partition
+    whose rows the default partition holds. In one savepoint of ``conn``'s transaction, the
+    three tables locked first in the writers' order (jobs, then returns, then states), and
+    only for as long as the move takes: the default partition is detached, the new one
+    made, the range's rows copied into it and deleted from the default, which is attached
+    again. Returns how many jobs moved."""
+    lo, hi = part.bounds()
+    jobs = 0
+    with conn.begin_nested():
+        conn.exec_driver_sql(
+            f"LOCK TABLE {', '.join(reversed(TABLES))} IN ACCESS EXCLUSIVE MODE"
+        )  # fmt: skip
+        for table in reversed(TABLES):
+            quote = conn.dialect.identifier_preparer.quote
+            columns = ", ".join(quote(c.name) for c in Base.metadata.tables[table].c)
+            default, new = f"{table}_default", f"{table}_{part.suffix}"
+            inside = f"jid >= '{lo}' AND jid < '{hi}'"
+            conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {default}")
+            conn.exec_driver_sql(
+                f"CREATE TABLE {new} PARTITION OF {table} FOR VALUES FROM ('{lo}') TO ('{hi}')"
+            )
+            count = conn.exec_driver_sql(
+                f"INSERT INTO {new} ({columns}) SELECT {columns} FROM {default} WHERE {inside}"
+            ).rowcount
+            conn.exec_driver_sql(f"DELETE FROM {default} WHERE {inside}")
+            conn.exec_driver_sql(f"ALTER TABLE {table} ATTACH PARTITION {default} DEFAULT")
+            if table == "jobs_index":
+                jobs = int(count)
+    return jobs
 
 
 class Partitions:
