@@ -254,7 +254,9 @@ def jid_bounds(
             edge = moment + JID_MARGIN if later else moment - JID_MARGIN
         except OverflowError:
             continue  # a bound at the calendar's end bounds nothing
-        text = edge.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%S%f")
+        utc = edge.astimezone(dt.timezone.utc)
+        # The year padded by hand: strftime writes the year 999 as "999", not "0999".
+        text = f"{utc.year:04d}{utc:%m%d%H%M%S%f}"
         found.append(column < text if later else column >= text)
     return found
 

@@ -145,7 +145,8 @@ def test_the_writer_keeps_partitions_ahead_and_a_future_jid_moves_to_its_partiti
     days ahead goes to the default partition; when its day comes, its partitions are made
     with the job's rows (its return, its changed states) moved in from the default ones,
     which it then leaves: retention can drop that day whole. That is said, nothing is lost,
-    and later writes of the job go to its partition."""
+    and later writes of the job go to its partition. A move that cannot have its locks
+    holds up neither the other partitions nor the tables' other partitions."""
     store.db.partitions.today = lambda: D1
     ahead = jid_at(D3 + dt.timedelta(days=3), 8)
     publish(store, jid_at(D1, 9), minions=("m1",))
@@ -157,9 +158,29 @@ def test_the_writer_keeps_partitions_ahead_and_a_future_jid_moves_to_its_partiti
         assert partition_of(store, table, ahead) == f"{table}_default"
     before = store.get_jid(ahead)
     caplog.set_level(logging.WARNING)
+    due = D3 + dt.timedelta(days=2)
+    # A move that fails (here a table of another's in the way, with the name of the new
+    # partition) is undone whole; the other partitions are made all the same, and the job
+    # stays where it is.
     with store.db.engine.begin() as conn:
-        created = partitions.create_ahead(conn, D3 + dt.timedelta(days=2), "day", 2)
-    assert created == ["jobs_index_p20261124", "jobs_index_p20261125", "jobs_index_p20261126"]
+        conn.exec_driver_sql("CREATE TABLE job_returns_p20261125 (x integer)")
+    with store.db.engine.begin() as conn:
+        created = partitions.create_ahead(conn, due, "day", 2)
+    assert created == ["jobs_index_p20261124", "jobs_index_p20261126"]
+    assert "no partition yet for jids 20261125 to 20261126" in caplog.text
+    assert "already exists" in caplog.text
+    assert "jobs_index_p20261125" not in names(store)
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE job_returns_p20261125")
+    assert partition_of(store, "jobs_index", ahead) == "jobs_index_default"
+    assert store.get_jid(ahead) == before
+    # At the next check, with a VACUUM on an old partition (which the move does not need).
+    with store.db.engine.connect() as vacuum:
+        vacuum.exec_driver_sql("LOCK TABLE job_returns_p20261120 IN SHARE UPDATE EXCLUSIVE MODE")
+        with store.db.engine.begin() as conn:
+            created = partitions.create_ahead(conn, due, "day", 2)
+        vacuum.rollback()
+    assert created == ["jobs_index_p20261125"]
     assert "held 1 jobs of jids 20261125 to 20261126" in caplog.text
     for table in ("jobs_index", "job_returns", "state_results"):
         assert partition_of(store, table, ahead) == f"{table}_p20261125"

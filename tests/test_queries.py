@@ -89,6 +89,19 @@ def test_each_filter(index):
     assert [j["start_time"][11:16] for j in window] == ["12:06", "12:05", "12:04"]
 
 
+def test_time_bounds_at_the_ends_of_the_calendar_leave_every_job_in(index):
+    """Start and end times from year 1 to 9999 are accepted; on PostgreSQL they also bound
+    the jid (partition pruning), which must not leave out a job they let in: strftime
+    writes the year 999 without its leading zero."""
+    everything = jids(listing(index, include_system=True))
+    assert len(everything) == 12
+    for start in ("0001-01-01T00:00:00Z", "0050-06-01T00:00:00Z", "0999-12-31T00:00:00Z"):
+        assert jids(listing(index, include_system=True, start=start)) == everything, start
+        assert jids(listing(index, include_system=True, minion="web1", start=start))
+    assert jids(listing(index, include_system=True, end="9999-12-31T23:59:59Z")) == everything
+    assert jids(listing(index, include_system=True, end="0999-12-31T00:00:00Z")) == []
+
+
 def test_filters_combine(index):
     page = listing(index, fun="state.*", user="bob", minion="db1")
     assert [j["function"] for j in page["jobs"]] == ["state.highstate", "state.highstate"]

@@ -181,7 +181,18 @@ def create_ahead(conn: Connection, today: dt.date, interval: str, ahead: int) ->
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != "23514":  # check_violation
                 raise
-            moved = _create_from_default(conn, part)
+            try:
+                moved = _create_from_default(conn, part)
+            except DBAPIError as exc:
+                # The tables busy (a VACUUM of a default partition, a long transaction):
+                # the other ranges are made all the same, this one at the next check.
+                log.warning(
+                    "halite: no partition yet for jids %s to %s, whose jobs the default"
+                    " partition holds (published under a clock ahead of this one): moving"
+                    " them failed (%s); tried again at the next check",
+                    lo, hi, str(exc.orig or exc).strip().splitlines()[0],
+                )  # fmt: skip
+                continue
             log.warning(
                 "halite: the default partition held %d jobs of jids %s to %s (published under"
                 " a clock ahead of this one): moved into the new partition",
@@ -196,17 +207,20 @@ def create_ahead(conn: Connection, today: dt.date, interval: str, ahead: int) ->
 def _create_from_default(conn: Connection, part: Range) -> int:
     """Make ``part``'s partitions when the default ones already hold rows of its range
     (jids from a clock ahead), moving those rows in: PostgreSQL refuses a new partition
-    whose rows the default partition holds. In one savepoint of ``conn``'s transaction, the
-    three tables locked first in the writers' order (jobs, then returns, then states), and
-    only for as long as the move takes: the default partition is detached, the new one
+    whose rows the default partition holds. In one savepoint of ``conn``'s transaction (an
+    error undoes all of it), the three parent tables and their default partitions locked
+    first in the writers' order (jobs, then returns, then states), and only for as long as
+    the move takes: the default partition is detached, the new one
     made, the range's rows copied into it and deleted from the default, which is attached
     again. Returns how many jobs moved."""
     lo, hi = part.bounds()
     jobs = 0
     with conn.begin_nested():
-        conn.exec_driver_sql(
-            f"LOCK TABLE {', '.join(reversed(TABLES))} IN ACCESS EXCLUSIVE MODE"
-        )  # fmt: skip
+        # The parents alone (ONLY) and their default partitions: every read and write goes
+        # through a parent, and the other partitions, which a VACUUM may hold, are not
+        # touched.
+        names = [f"ONLY {t}, {t}_default" for t in reversed(TABLES)]
+        conn.exec_driver_sql(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE")
         for table in reversed(TABLES):
             quote = conn.dialect.identifier_preparer.quote
             columns = ", ".join(quote(c.name) for c in Base.metadata.tables[table].c)
