@@ -210,9 +210,9 @@ def _create_from_default(conn: Connection, part: Range) -> int:
     whose rows the default partition holds. In one savepoint of ``conn``'s transaction (an
     error undoes all of it), the three parent tables and their default partitions locked
     first in the writers' order (jobs, then returns, then states), and only for as long as
-    the move takes: the default partition is detached, the new one
-    made, the range's rows copied into it and deleted from the default, which is attached
-    again. Returns how many jobs moved."""
+    the move takes: the default partition is detached, the new one made, the range's rows
+    copied into it and deleted from the default, which is attached again. Returns how many
+    jobs moved."""
     lo, hi = part.bounds()
     jobs = 0
     with conn.begin_nested():
