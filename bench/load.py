@@ -13,6 +13,10 @@ Two ways to commit, as on a master: ``engine``, the master's config lists the ha
 and the engine's committer (in a process of its own) commits every worker's journal; ``own``,
 no engine, and the first worker that journals commits for all.
 
+With the engine's committer, each backend is also run in two halves: the workers alone
+(nobody commits) and then the committer alone, draining their backlog; together the
+halves show whether the workers or the committer bound the rate.
+
 A third run stops the database (SQLite: another program holds its write lock; PostgreSQL:
 the server is stopped) for a burst of ``--burst`` returns, and reports the committer's peak
 resident memory while the journals and the spool take the burst on disk, then that every
@@ -240,13 +244,7 @@ def main() -> None:
     parser.add_argument("--committer", default="engine,own,outage")
     args = parser.parse_args()
     rows = []
-    halves = None
-    if "sqlite" in args.backend.split(",") and "engine" in args.committer.split(","):
-        root = Path(tempfile.mkdtemp(prefix="halite-load-apart-"))
-        try:
-            halves = apart(f"sqlite:///{root}/halite.db", root, args.returns, args.workers)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    halves = {}
     for backend in args.backend.split(","):
         server = None
         try:
@@ -265,6 +263,16 @@ def main() -> None:
                     else:
                         url = f"sqlite:///{root}/halite.db"
                     rows.append(run(backend, url, root, args.returns, args.workers, how, server))
+                finally:
+                    shutil.rmtree(root, ignore_errors=True)
+            if "engine" in args.committer.split(","):
+                root = Path(tempfile.mkdtemp(prefix=f"halite-load-{backend}-apart-"))
+                try:
+                    if server is not None:
+                        url = server.create_database("apart")
+                    else:
+                        url = f"sqlite:///{root}/halite.db"
+                    halves[backend] = apart(url, root, args.returns, args.workers)
                 finally:
                     shutil.rmtree(root, ignore_errors=True)
         finally:
@@ -299,12 +307,12 @@ def main() -> None:
             + f" per 1,000 returns; {cores} cores at most "
             f"{cores * 1000 / sum(per.values()):,.0f} returns/s"
         )
-    if halves is not None:
+    for backend, half in halves.items():
         print(
-            f"  apart, sqlite: the {args.workers} workers alone (nobody commits: the most this "
-            f"machine journals) {halves['rate']:,.0f} returns/s; "
-            f"the engine's committer alone, draining their backlog, {halves['drain_rate']:,.0f} "
-            f"returns/s ({halves['lost']} missing)"
+            f"  apart, {backend}: the {args.workers} workers alone (nobody commits: the most "
+            f"this machine journals) {half['rate']:,.0f} returns/s; "
+            f"the engine's committer alone, draining their backlog, {half['drain_rate']:,.0f} "
+            f"returns/s ({half['lost']} missing)"
         )
     for r in rows:
         if r["how"] == "outage":
