@@ -3,6 +3,7 @@ masters at once, retention by dropping whole partitions with the boundary cleane
 the migration of a populated unpartitioned database, and reads of one job pruned to one
 partition. The interval arithmetic runs on either database."""
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -347,6 +348,30 @@ def relations(plan):
     return found
 
 
+@contextlib.contextmanager
+def selects_sent(store, needle):
+    """The SELECT statements (with their parameters) sent within the block that hold
+    ``needle``."""
+    sent = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and needle in statement:
+            sent.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        yield sent
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", capture)
+
+
+def read_by(store, statement, parameters):
+    """The relations PostgreSQL's plan of ``statement`` reads."""
+    with store.db.engine.connect() as conn:
+        (plan,) = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar()
+    return relations(plan)
+
+
 @pytestmark_pg
 def test_the_reads_of_one_job_are_pruned_to_its_partition(store, settings):
     """Every statement the runners' and Salt's reads of one job send (its detail, its
@@ -359,37 +384,24 @@ def test_the_reads_of_one_job_are_pruned_to_its_partition(store, settings):
         save_return(store, state_ret(jid_at(day, 10), "web1", failing=[0]))
     store.flush()
     target = jid_at(D2, 10)
-    sent = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT") and "jid" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(store.db.engine, "before_cursor_execute", capture)
-    try:
+    with selects_sent(store, "jid") as sent:
         Service(store, POLICY).job("root", target)
         store.get_jid(target)
         store.get_load(target)
-    finally:
-        event.remove(store.db.engine, "before_cursor_execute", capture)
     assert sent
     # A job's re-runs are other jobs, of any day: that lookup probes the partial index of
     # re-runs in each partition (ix_jobs_index_rerun_of), and is the one read left whole.
     reruns = [statement for statement, _ in sent if "rerun_of =" in statement]
     assert len(reruns) == 1
     seen = set()
-    with store.db.engine.connect() as conn:
-        for statement, parameters in sent:
-            if statement in reruns:
-                continue
-            (plan,) = conn.exec_driver_sql(
-                "EXPLAIN (FORMAT JSON) " + statement, parameters
-            ).scalar()  # fmt: skip
-            read = relations(plan)
-            others = {name for name in read if "_p2026" in name and "_p20261121" not in name}
-            assert not others, (statement, read)
-            assert not {"jobs_index_default", "job_returns_default"} & read, (statement, read)
-            seen |= read
+    for statement, parameters in sent:
+        if statement in reruns:
+            continue
+        read = read_by(store, statement, parameters)
+        others = {name for name in read if "_p2026" in name and "_p20261121" not in name}
+        assert not others, (statement, read)
+        assert not {"jobs_index_default", "job_returns_default"} & read, (statement, read)
+        seen |= read
     assert {"jobs_index_p20261121", "job_returns_p20261121"} <= seen
 
 
@@ -407,16 +419,9 @@ def test_reads_bounded_in_time_leave_out_the_partitions_of_earlier_days(store, s
     store.flush()
     service = Service(store, POLICY)
     since = dt.datetime.combine(D3, dt.time(10), UTC)
-    sent = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        # The reads with a start-time bound (the count of running jobs has none: those
-        # are of any day).
-        if statement.lstrip().upper().startswith("SELECT") and "start_time >=" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(store.db.engine, "before_cursor_execute", capture)
-    try:
+    # The reads with a start-time bound (the count of running jobs has none: those are of
+    # any day).
+    with selects_sent(store, "start_time >=") as sent:
         page = service.jobs("root", start=since.isoformat())
         midnight = dt.datetime.combine(D3, dt.time(0), UTC).isoformat()
         first = service.jobs("root", start=midnight, limit=1)
@@ -426,8 +431,6 @@ def test_reads_bounded_in_time_leave_out_the_partitions_of_earlier_days(store, s
             late = dt.datetime.combine(D3, dt.time(23, 30), UTC)
             chart = queries.activity(conn, 12, now=late)
             bars = queries.timeline(conn, "1h", now=late)
-    finally:
-        event.remove(store.db.engine, "before_cursor_execute", capture)
     assert [job["jid"] for job in page["jobs"]] == [jid_at(D3, 23)]
     assert [job["jid"] for job in first["jobs"] + second["jobs"]] == [
         jid_at(D3, 23),
@@ -437,13 +440,9 @@ def test_reads_bounded_in_time_leave_out_the_partitions_of_earlier_days(store, s
     assert chart["total"] == 1
     assert [bar["jid"] for row in bars["rows"] for bar in row["bars"]] == [jid_at(D3, 23)]
     assert len(sent) == 6
-    with store.db.engine.connect() as conn:
-        for statement, parameters in sent:
-            (plan,) = conn.exec_driver_sql(
-                "EXPLAIN (FORMAT JSON) " + statement, parameters
-            ).scalar()  # fmt: skip
-            read = relations(plan)
-            assert not {name for name in read if name.endswith("_p20261120")}, (statement, read)
+    for statement, parameters in sent:
+        read = read_by(store, statement, parameters)
+        assert not {name for name in read if name.endswith("_p20261120")}, (statement, read)
 
 
 @pytestmark_pg
