@@ -576,18 +576,19 @@ def test_events_stream_as_they_happen(server):
     token = login(server, "tess")
     request = urllib.request.Request(server.base + "/api/jobs/stream")
     request.add_header("X-Auth-Token", token)
-    lines = []
+    lines, subscribed = [], threading.Event()
 
     def read():
         with urllib.request.urlopen(request, timeout=30) as response:
             for raw in response:
                 lines.append(raw.decode())
+                subscribed.set()  # the server subscribes before its first line
                 if raw.startswith(b"data:") and b"test.echo" in raw:
                     return
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    time.sleep(0.5)
+    assert subscribed.wait(20)  # events published before then are not this stream's
     for tag, data in (
         ("salt/job/20261128130000000001/new", {"fun": "grains.items", "tgt": "*", "minions": []}),
         ("salt/job/20261128130000000001/ret/a", {"fun": "grains.items", "success": True}),
