@@ -702,8 +702,8 @@ def test_a_forged_cursor_is_a_400_on_http(web, path):
 # ---------------------------------------------------------------------- the driver
 @pytest.mark.parametrize("driver", ["psycopg2", "pg8000", "psycopg_async"])
 def test_a_postgresql_driver_other_than_psycopg_is_refused_where_the_url_is_taken(driver):
-    """The ingest path talks psycopg's dialect to the driver (``%(name)b`` placeholders for
-    a batch's states, executemany's row counts): with another driver, which the URL check
+    """The ingest path talks psycopg's dialect to the driver (a binary COPY of a batch's
+    rows, executemany's row counts): with another driver, which the URL check
     lets through, every batch holding a failed or changed state was refused, far from the
     configuration. Nothing is connected to here."""
     from halite_core.store.db import Database, SchemaError

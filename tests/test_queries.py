@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from halite_core.config import Settings
+from halite_core.jobcache import JobStore
 from halite_core.queries import (
     JobFilter,
     QueryError,
@@ -14,7 +16,7 @@ from halite_core.queries import (
     list_jobs,
     listing_query,
 )
-from tests.conftest import postgresql_only, sqlite_only
+from tests.conftest import BACKEND, postgresql_only, sqlite_only
 from tests.helpers import publish, ret, save_return
 
 UTC = dt.timezone.utc
@@ -279,11 +281,20 @@ def test_timeline_groups_bars_busiest_first(index):
         timeline(conn, window="2d")
 
 
-@pytest.fixture
-def random_index(store):
+@pytest.fixture(scope="module")
+def random_index(request, tmp_path_factory):
     """240 jobs with random functions, targets and users (some sharing a start second),
-    and the same facts kept in Python to check listings against."""
+    and the same facts kept in Python to check listings against. Built once for the
+    module: its tests only read it (66 listings, each paged to the end)."""
     import random
+
+    opts = {"cachedir": str(tmp_path_factory.mktemp("random_index") / "cache"),
+            "id": "master1_master", "keep_jobs_seconds": 3600}  # fmt: skip
+    if BACKEND == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        template = request.getfixturevalue("pg_template")
+        opts["halite"] = {"db_url": server.create_database(template=template)}
+    store = JobStore(Settings.from_opts(opts))
 
     rnd = random.Random(5)
     funs = ["test.ping", "test.arg", "state.apply", "state.sls", "state.highstate",
@@ -302,7 +313,8 @@ def random_index(store):
         target = ",".join(minions)
         facts.append({"jid": jid, "function": fun, "target": target, "user": user,
                       "minions": minions, "system": fun == "saltutil.find_job"})  # fmt: skip
-    return store, facts
+    yield store, facts
+    store.db.dispose()
 
 
 def expected(facts, fun=None, target=None, search=None, user=None, include_system=False,
@@ -394,7 +406,8 @@ def test_search_on_postgresql_reads_the_trigram_index(random_index):
     query = listing_query(JobFilter(search="refresh"), 51, None, "postgresql", Plan(search="fts"))
     with store.db.engine.connect() as conn:
         sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
-        conn.exec_driver_sql("SET enable_seqscan = off")  # 240 jobs: a scan would be cheaper
+        # 240 jobs: a scan would be cheaper. LOCAL: the pooled connection is shared.
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql))
         # The index of each partition (PostgreSQL names them) is the search index's own.
         own = set(conn.exec_driver_sql(

@@ -96,6 +96,33 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path):
         again.ensure_schema()
 
 
+def test_fresh_databases_made_at_once_in_one_process_are_all_made(tmp_path):
+    """Two stores starting in two threads (the engine's web server and its writer) each
+    create their schema; Alembic's command context is one module-level proxy, and two
+    migrations at once tore it down under each other (a KeyError out of the second)."""
+    import threading
+
+    databases = [dbmod.Database(f"sqlite:///{tmp_path}/at-once-{n}.db") for n in range(6)]
+    start, failed = threading.Barrier(len(databases)), []
+
+    def make(database):
+        start.wait()
+        try:
+            database.ensure_schema()
+        except Exception as exc:  # the assertion below names it
+            failed.append(repr(exc))
+
+    threads = [threading.Thread(target=make, args=(database,)) for database in databases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    for database in databases:
+        with database.engine.connect() as conn:
+            assert dbmod.current_revision(conn) == head_revision()
+
+
 def test_foreign_tables_without_a_revision_are_left_alone(tmp_path):
     database = dbmod.Database(f"sqlite:///{tmp_path}/foreign.db")
     with database.engine.begin() as conn:

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from halite_core import encoding
@@ -59,6 +61,12 @@ def _json_serializer(value: Any) -> str:
     return encoding.dumps(value)[0]
 
 
+# Alembic's command context is a module-level proxy (``alembic.context``): two migrations
+# at once in one process (two stores starting in two threads) tear it down under each
+# other, and one of them fails with a KeyError.
+_ALEMBIC = threading.Lock()
+
+
 class Database:
     """An engine plus the knowledge of how to write to it safely."""
 
@@ -72,8 +80,8 @@ class Database:
                 f"halite supports {' and '.join(SUPPORTED)}"
             )
         if self.dialect_name == "postgresql" and self.url.get_driver_name() != PG_DRIVER:
-            # The write path speaks psycopg's own dialect to the driver (its binary
-            # placeholders, the row counts of its executemany): another driver would refuse
+            # The write path speaks psycopg's own dialect to the driver (its binary COPY,
+            # the row counts of its executemany): another driver would refuse
             # every batch with a failed or changed state, far from here.
             raise SchemaError(
                 f"halite:db_url {self.url.render_as_string()} uses the"
@@ -100,6 +108,7 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, busy_timeout)
         self._schema_ready = False
+        self._may_stage = self.is_sqlite  # PostgreSQL: checked before the first write
         self._schema_lock = threading.Lock()
         self._plans: dict[Any, _BulkPlan] = {}
         self._positional: Any = None  # see _driver_dialect
@@ -110,6 +119,8 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
         self.ensure_schema()
+        if not self._may_stage:
+            self._check_stage()
         if self.partitions is not None:
             self.partitions.maybe_create(self.engine)
         with self.engine.connect() as conn:
@@ -124,6 +135,24 @@ class Database:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def _check_stage(self) -> None:
+        # The write path stages batches in temporary tables (Stage): a role that may not
+        # make them would have every batch refused, one by one, far from the cause.
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT current_user, current_database(),"
+                " has_database_privilege(current_database(), 'TEMPORARY')"
+            ).one()
+            conn.rollback()
+        user, database, allowed = row
+        if not allowed:
+            raise SchemaError(
+                f"the PostgreSQL role {user} may not create temporary tables in {database},"
+                " where halite stages each batch it writes: GRANT TEMPORARY ON DATABASE"
+                f' "{database}" TO "{user}"; until then writes wait in the spool'
+            )
+        self._may_stage = True
+
     def ensure_schema(self) -> None:
         """Create a fresh schema, upgrade an older one, refuse a newer one; once per process."""
         if self._schema_ready:
@@ -132,7 +161,7 @@ class Database:
             if not self._schema_ready:
                 if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
                     Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-                with self._migration_lock():
+                with self._migration_lock(), _ALEMBIC:
                     migrate(self)
                 self._schema_ready = True
 
@@ -258,6 +287,74 @@ class _BulkPlan:
         source = "def row(v):\n" + "\n".join(body) + f"\n    return ({order},)\n"
         exec(compile(source, f"<halite bulk plan {id(stmt)}>", "exec"), env)  # noqa: S102
         return cls(compiled.string, env["row"])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """PostgreSQL: a temporary table a batch's rows are copied into (binary ``COPY``), for
+    one statement to write them all where they belong (:meth:`statement`). A batch of
+    thousands of rows goes to the server as one stream of binary rows, which psycopg
+    writes in C and the server reads without parsing a statement per row or an array per
+    column. The table is the session's own, made on first use in each transaction that
+    needs it (a connection pooler may hand the next transaction another session), and
+    emptied before each use and at every commit."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]  # (column, PostgreSQL type), in COPY's order
+
+    def statement(self, body: str) -> str:
+        """``body`` (an INSERT ... SELECT ... FROM k) as one statement that reads the
+        staged rows as ``k``."""
+        return body.replace(" FROM k", f" FROM {self.name} AS k")
+
+    @property
+    def create(self) -> str:
+        columns = ", ".join(f"{name} {kind}" for name, kind in self.columns)
+        return (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.name} ({columns}) ON COMMIT DELETE ROWS;"
+            f" DELETE FROM {self.name}"
+        )
+
+    @property
+    def copy(self) -> str:
+        names = ", ".join(name for name, _ in self.columns)
+        return f"COPY {self.name} ({names}) FROM STDIN (FORMAT BINARY)"
+
+
+def run_staged(
+    conn: Connection,
+    stage: Stage,
+    rows: Iterable[Sequence[Any]],
+    sql: str,
+    params: dict[str, Any] | None = None,
+) -> int:
+    """PostgreSQL: copy ``rows`` (tuples in ``stage.columns``' order) into ``stage``, then
+    run ``sql`` (made by :meth:`Stage.statement`) in the same transaction; returns the
+    rows it changed. The driver's errors in the copy are raised as SQLAlchemy's, as those
+    of any statement are (a connection lost on the way invalidated)."""
+    import psycopg  # the postgres extra; only PostgreSQL stages
+
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(stage.create)
+            with cursor.copy(stage.copy) as copy:
+                copy.set_types([kind for _, kind in stage.columns])
+                for row in rows:
+                    copy.write_row(row)
+    except psycopg.Error as exc:
+        lost = raw.closed or raw.broken
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            stage.copy, None, exc, psycopg.Error, connection_invalidated=lost
+        ) from exc
+    result = conn.exec_driver_sql(sql, params or {})
+    try:
+        return int(result.rowcount)
+    finally:
+        result.close()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import sqlite
 
 from halite_core import highstate
 from halite_core.states import RETURNED, minion_failed
-from halite_core.store.db import Database
+from halite_core.store.db import Database, Stage, run_staged
 from halite_core.store.ops import ReturnRow
 from halite_core.store.schema import UTCDateTime, sqlite_text, state_results
 
@@ -62,21 +62,20 @@ UPSERT_MINION = text(
 ).bindparams(
     bindparam("last_start", type_=UTCDateTime()), bindparam("state_start", type_=UTCDateTime())
 )
-# PostgreSQL: the same for a batch's minions in one statement (each minion once), a column
-# an array in binary: a statement per minion is a message each way per minion, and while
-# Salt's workers keep the cores busy each waits for the server to be scheduled.
-_MINION_ARRAYS = {"last_start": "timestamptz[]", "state_start": "timestamptz[]",
-                  "states_total": "integer[]", "states_passed": "integer[]",
-                  "states_failed": "integer[]", "states_changed": "integer[]",
-                  "healthy": "integer[]"}  # fmt: skip
-UPSERT_MINIONS_POSTGRESQL = (
+# PostgreSQL: the same for a batch's minions in one statement (each minion once), staged
+# (halite_core.store.db.Stage): a statement per minion is a message each way per minion,
+# and while Salt's workers keep the cores busy each waits for the server to be scheduled.
+_MINION_TYPES = {"last_start": "timestamptz", "state_start": "timestamptz",
+                 "states_total": "int4", "states_passed": "int4", "states_failed": "int4",
+                 "states_changed": "int4", "healthy": "int4"}  # fmt: skip
+MINIONS_STAGE = Stage(
+    "halite_stage_minions",
+    tuple((name, _MINION_TYPES.get(name, "text")) for name in MINION_PARAMETERS),
+)
+UPSERT_MINIONS_POSTGRESQL = MINIONS_STAGE.statement(
     f"INSERT INTO minion_status ({', '.join(MINION_PARAMETERS)}) SELECT "
     + ", ".join(f"k.{name}" for name in MINION_PARAMETERS[:-1])
-    + ", coalesce(k.healthy, 1) FROM unnest("
-    + ", ".join(
-        f"CAST(%({name})b AS {_MINION_ARRAYS.get(name, 'text[]')})" for name in MINION_PARAMETERS
-    )
-    + f") AS k({', '.join(MINION_PARAMETERS)})"
+    + ", coalesce(k.healthy, 1) FROM k"
     + _MINION_SET
 )
 
@@ -236,10 +235,7 @@ def note_returns(
     if db.is_sqlite:
         db.executemany_rows(conn, UPSERT_MINION, MINION_PARAMETERS, params)
     else:
-        columns = [list(values) for values in zip(*params, strict=True)]
-        conn.exec_driver_sql(
-            UPSERT_MINIONS_POSTGRESQL, dict(zip(MINION_PARAMETERS, columns, strict=True))
-        )
+        run_staged(conn, MINIONS_STAGE, params, UPSERT_MINIONS_POSTGRESQL)
     if replaced:
         keys = [_key(row) for row in replaced]
         db.executemany(conn, DROP_REPLACED, keys)
@@ -260,10 +256,7 @@ def note_returns(
         db.executemany_rows(conn, _add_states(db), STATE_PARAMETERS, states)
     else:
         # One statement for the batch: a row per state costs PostgreSQL a statement each.
-        columns = [list(values) for values in zip(*states, strict=True)]
-        conn.exec_driver_sql(
-            ADD_STATES_POSTGRESQL, dict(zip(STATE_PARAMETERS, columns, strict=True))
-        )
+        run_staged(conn, STATES_STAGE, states, ADD_STATES_POSTGRESQL)
 
 
 def _minion(name: str, last: ReturnRow | None, run: ReturnRow | None) -> tuple[Any, ...]:
@@ -282,17 +275,15 @@ STATE_PARAMETERS = (
     "jid", "minion", "state_key", "state_id", "function", "name", "sls", "result", "comment",
     "run_num", "start_time", "returned_at", "test_run",
 )  # fmt: skip
-# PostgreSQL's array types of STATE_PARAMETERS, in order.
-_STATE_ARRAYS = (*("text[]",) * 9, "integer[]", "timestamptz[]", "timestamptz[]", "boolean[]")
-# psycopg's own placeholders, ``%(name)b``: the arrays go in binary, which psycopg writes
-# without quoting each element of the text form.
-ADD_STATES_POSTGRESQL = (
-    f"INSERT INTO state_results ({', '.join(STATE_PARAMETERS)}) SELECT * FROM unnest("
-    + ", ".join(
-        f"CAST(%({name})b AS {kind})"
-        for name, kind in zip(STATE_PARAMETERS, _STATE_ARRAYS, strict=True)
-    )
-    + ") ON CONFLICT DO NOTHING"
+# PostgreSQL: a batch's rows staged (halite_core.store.db.Stage), in one statement.
+STATES_STAGE = Stage(
+    "halite_stage_states",
+    tuple(zip(STATE_PARAMETERS, (*("text",) * 9, "int4", "timestamptz", "timestamptz", "bool"),
+              strict=True)),
+)  # fmt: skip
+ADD_STATES_POSTGRESQL = STATES_STAGE.statement(
+    f"INSERT INTO state_results ({', '.join(STATE_PARAMETERS)}) SELECT * FROM k"
+    " ON CONFLICT DO NOTHING"
 )
 _ADD_STATES: dict[str, Any] = {}
 

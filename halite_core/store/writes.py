@@ -44,7 +44,7 @@ from halite_core.states import (
     minion_failed_sql,
 )
 from halite_core.store import fleet
-from halite_core.store.db import Database
+from halite_core.store.db import Database, Stage, run_staged
 from halite_core.store.ops import (
     AuditItem,
     EndtimeItem,
@@ -147,32 +147,35 @@ RETURN_COLUMNS = (
 # (``highstate.StateSummary``'s fields last).
 RETURN_PARAMETERS = ("jid", "minion", "expected", "start_time", *RETURN_COLUMNS)
 
-# PostgreSQL: the small returns of a batch in one statement, a column an array (in binary,
-# ``%(name)b``), with the upsert of ``_Statements.upsert_return``. Row by row, each return
-# is a statement of its own and a message each way; while Salt's workers keep both cores
-# busy (a 10,000-minion fan-in), each of those exchanges waits for the server to be
-# scheduled, and a batch of 3,000 returns took seconds. Large returns stay row by row: an
-# array of megabyte values costs PostgreSQL more than the rows do.
+# PostgreSQL: a batch's returns staged (binary COPY, halite_core.store.db.Stage) and
+# upserted by one statement, with the upsert of ``_Statements.upsert_return``. Row by row,
+# each return is a statement of its own and a message each way; while Salt's workers keep
+# both cores busy (a 10,000-minion fan-in), each of those exchanges waits for the server
+# to be scheduled, and a batch of 3,000 returns took seconds; as arrays, one per column,
+# the driver spent more on building them than the server on the rows. Large returns stay
+# row by row: copying megabyte values through the stage costs PostgreSQL more than the
+# rows do.
 SMALL_RETURN = 4096
-_RETURN_ARRAYS = {
-    "jid": "text[]", "minion": "text[]", "expected": "boolean[]", "start_time": "timestamptz[]",
-    "state": "text[]", "function": "text[]", "returned_at": "timestamptz[]",
-    "return_value": "text[]", "return_truncated": "boolean[]", "retcode": "integer[]",
-    "success": "boolean[]", "out": "text[]", "states_total": "integer[]",
-    "states_passed": "integer[]", "states_failed": "integer[]", "states_changed": "integer[]",
-    "states_duration_ms": "float8[]", "test_run": "boolean[]",
+_RETURN_TYPES = {
+    "jid": "text", "minion": "text", "expected": "bool", "start_time": "timestamptz",
+    "state": "text", "function": "text", "returned_at": "timestamptz",
+    "return_value": "text", "return_truncated": "bool", "retcode": "int4",
+    "success": "bool", "out": "text", "states_total": "int4",
+    "states_passed": "int4", "states_failed": "int4", "states_changed": "int4",
+    "states_duration_ms": "float8", "test_run": "bool",
 }  # fmt: skip
-UPSERT_RETURNS_POSTGRESQL = (
+RETURNS_STAGE = Stage(
+    "halite_stage_returns", tuple((name, _RETURN_TYPES[name]) for name in RETURN_PARAMETERS)
+)
+UPSERT_RETURNS_POSTGRESQL = RETURNS_STAGE.statement(
     f"INSERT INTO job_returns ({', '.join(RETURN_PARAMETERS)}) SELECT "
     + ", ".join(
         "CAST(k.return_value AS jsonb)" if name == "return_value" else f"k.{name}"
         for name in RETURN_PARAMETERS
     )
-    + " FROM unnest("
-    + ", ".join(f"CAST(%({name})b AS {_RETURN_ARRAYS[name]})" for name in RETURN_PARAMETERS)
-    + f") AS k({', '.join(RETURN_PARAMETERS)}) ON CONFLICT (jid, minion) DO UPDATE SET "
+    + " FROM k ON CONFLICT (jid, minion) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in RETURN_COLUMNS)
-    + " WHERE job_returns.state <> %(returned)s"
+    + f" WHERE job_returns.state <> '{RETURNED}'"
     " OR job_returns.returned_at > excluded.returned_at"
 )
 NO_SUMMARY = (None, None, None, None, None)
@@ -211,15 +214,17 @@ LOAD_COLUMNS = (
 )
 
 
-# PostgreSQL: a batch's placeholders (a row per targeted minion that has not returned) in
-# one statement; row by row, a 10,000-minion publish costs PostgreSQL 10,000 statements.
-# The arrays go in binary (``%(name)b``); the keys are unique (ON CONFLICT cannot touch a
-# row twice in one statement).
-PLACEHOLDERS_POSTGRESQL = (
+# PostgreSQL: a batch's placeholders (a row per targeted minion that has not returned)
+# staged and upserted by one statement; row by row, a 10,000-minion publish costs
+# PostgreSQL 10,000 statements. The keys are unique (ON CONFLICT cannot touch a row twice
+# in one statement).
+PLACEHOLDERS_STAGE = Stage(
+    "halite_stage_targets", (("jid", "text"), ("minion", "text"), ("start_time", "timestamptz"))
+)
+PLACEHOLDERS_POSTGRESQL = PLACEHOLDERS_STAGE.statement(
     "INSERT INTO job_returns (jid, minion, state, expected, start_time, return_truncated) "
-    "SELECT k.jid, k.minion, %(state)s, true, k.start_time, false FROM unnest("
-    "CAST(%(jids)b AS text[]), CAST(%(minions)b AS text[]), CAST(%(starts)b AS timestamptz[])"
-    ") AS k(jid, minion, start_time) ON CONFLICT (jid, minion) DO UPDATE SET expected = true"
+    f"SELECT k.jid, k.minion, '{PENDING}', true, k.start_time, false FROM k"
+    " ON CONFLICT (jid, minion) DO UPDATE SET expected = true"
 )
 
 
@@ -712,15 +717,8 @@ class Writes:
         if not unique:
             return
         if self.db.dialect_name == "postgresql":
-            conn.exec_driver_sql(
-                PLACEHOLDERS_POSTGRESQL,
-                {
-                    "state": PENDING,
-                    "jids": [jid for (jid, _), _ in unique],
-                    "minions": [minion for (_, minion), _ in unique],
-                    "starts": [start for _, start in unique],
-                },
-            )
+            rows = [(jid, minion, start) for (jid, minion), start in unique]
+            run_staged(conn, PLACEHOLDERS_STAGE, rows, PLACEHOLDERS_POSTGRESQL)
             return
         params = [
             {"jid": jid, "minion": minion, "state": PENDING, "expected": True,
@@ -900,18 +898,16 @@ class Writes:
         if self.db.dialect_name != "postgresql":
             return self.db.executemany_rows(conn, stmt, RETURN_PARAMETERS, rows)
         value = RETURN_PARAMETERS.index("return_value")
-        small = [row for row in rows if len(row[value].text) <= SMALL_RETURN]
+        duration = RETURN_PARAMETERS.index("states_duration_ms")
         large = [row for row in rows if len(row[value].text) > SMALL_RETURN]
         stored = self.db.executemany_rows(conn, stmt, RETURN_PARAMETERS, large)
+        small = [
+            (*row[:value], row[value].text, *row[value + 1 : duration],
+             None if row[duration] is None else float(row[duration]), *row[duration + 1 :])
+            for row in rows if len(row[value].text) <= SMALL_RETURN
+        ]  # fmt: skip
         if small:
-            columns = [list(values) for values in zip(*small, strict=True)]
-            columns[value] = [encoded.text for encoded in columns[value]]
-            duration = RETURN_PARAMETERS.index("states_duration_ms")
-            columns[duration] = [None if ms is None else float(ms) for ms in columns[duration]]
-            params: dict[str, Any] = dict(zip(RETURN_PARAMETERS, columns, strict=True))
-            params["returned"] = RETURNED
-            result = conn.exec_driver_sql(UPSERT_RETURNS_POSTGRESQL, params)
-            stored += int(result.rowcount)
+            stored += run_staged(conn, RETURNS_STAGE, small, UPSERT_RETURNS_POSTGRESQL)
         return stored
 
     def _known(self, conn: Connection, job_ids: Iterable[str]) -> set[str]:
