@@ -47,9 +47,19 @@ chromium:
 
 # The page's own browser tests (-m page) and the tests that are the same over either
 # database (-m once) run in the SQLite pass only; both passes test every query and write.
+# The two passes run side by side (each waits on daemons and a database much of the
+# time, and the machine has two cores), each into its own log and temporary directory;
+# the logs are printed as each pass ends.
 test: lint postgresql chromium
-	$(VENV)/bin/pytest tests
-	HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests -m "not page and not once"
+	@logs=$$(mktemp -d /tmp/halite-test.XXXX); \
+	( $(VENV)/bin/pytest tests --basetemp=$$logs/s > $$logs/sqlite.log 2>&1; \
+	  echo $$? > $$logs/sqlite.rc; echo "===== the SQLite pass"; cat $$logs/sqlite.log ) & \
+	( HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests -m "not page and not once" \
+	    --basetemp=$$logs/p > $$logs/postgresql.log 2>&1; \
+	  echo $$? > $$logs/postgresql.rc; echo "===== the PostgreSQL pass"; cat $$logs/postgresql.log ) & \
+	wait; sqlite=$$(cat $$logs/sqlite.rc); postgresql=$$(cat $$logs/postgresql.rc); \
+	rm -rf $$logs; echo "SQLite pass: exit $$sqlite; PostgreSQL pass: exit $$postgresql"; \
+	test "$$sqlite" = 0 && test "$$postgresql" = 0
 
 test-sqlite: $(STAMP) chromium
 	$(VENV)/bin/pytest tests
