@@ -1,5 +1,6 @@
 """Builders for the loads and returns Salt hands a job cache, and a free loopback port."""
 
+import contextlib
 import socket
 
 
@@ -92,3 +93,28 @@ def watch_page(page, problems):
         " (e) => console.error('CSP: ' + e.violatedDirective))"
     )
     return page
+
+
+@contextlib.contextmanager
+def restricted_role(pg_server, role, revoked):
+    """A new PostgreSQL database, and a role of its own that has ``revoked`` (CREATE,
+    TEMPORARY) on it no more (taken from PUBLIC) but may create tables in ``public``:
+    yields (the role's URL, an AUTOCOMMIT engine of the server's superuser, the
+    database's name); both are dropped afterwards."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(pg_server.create_database())
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f'REVOKE {revoked} ON DATABASE "{url.database}" FROM PUBLIC')
+        conn.exec_driver_sql(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+    try:
+        yield url.set(username=role).render_as_string(hide_password=False), admin, url.database
+    finally:
+        admin.dispose()
+        pg_server.drop_database(url.render_as_string(False))
+        server = sa.create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+        with server.connect() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+        server.dispose()

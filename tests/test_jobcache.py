@@ -14,7 +14,7 @@ from halite_core.jobcache import JobStore, is_outage, item_to_line, split_argume
 from halite_core.store.ops import MinionsItem
 from halite_core.store.schema import job_returns, jobs_index
 from tests.conftest import postgresql_only, sqlite_only
-from tests.helpers import publish, ret, save_return, untaken
+from tests.helpers import publish, restricted_role, ret, save_return, untaken
 
 UTC = dt.timezone.utc
 JID = "20261128120000000001"
@@ -423,38 +423,30 @@ def test_a_role_without_temporary_gets_a_clear_error_and_loses_nothing(pg_server
     """PostgreSQL batches are staged in temporary tables: a role without TEMPORARY on its
     database (revoked from PUBLIC) is told what to grant, its writes wait in the spool,
     and they are all committed once it is granted."""
-    import sqlalchemy as sa
-
     from halite_core.config import Settings
 
-    url = sa.make_url(pg_server.create_database())
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql("CREATE ROLE halite_no_temp LOGIN")
-        conn.exec_driver_sql(f'REVOKE TEMPORARY ON DATABASE "{url.database}" FROM PUBLIC')
-        conn.exec_driver_sql("GRANT CREATE, USAGE ON SCHEMA public TO halite_no_temp")
-    plain = url.set(username="halite_no_temp").render_as_string(hide_password=False)
-    opts = {**opts, "halite": {"db_url": plain}}
-    settings = dataclasses.replace(Settings.from_opts(opts), spool_replay_interval=0)
-    store = JobStore(settings)
-    try:
-        with caplog.at_level("WARNING"):
-            assert store.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
-            store.flush()
-        assert len(store.spool.pending()) == 1
-        assert f'GRANT TEMPORARY ON DATABASE "{url.database}" TO "halite_no_temp"' in caplog.text
-        with store.db.read() as conn:
-            assert conn.execute(select(func.count()).select_from(job_returns)).scalar() == 0
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{url.database}" TO halite_no_temp')
-        store.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
-        store.flush()  # commits m2, then replays the spool
-        assert store.spool.pending() == []
-        assert set(return_rows(store, JID)) == {"m1", "m2"}
-        assert job_row(store, JID)["minions_returned"] == 2
-    finally:
-        store.db.dispose()
-        admin.dispose()
+    with restricted_role(pg_server, "halite_no_temp", "TEMPORARY") as (plain, admin, database):
+        opts = {**opts, "halite": {"db_url": plain}}
+        settings = dataclasses.replace(Settings.from_opts(opts), spool_replay_interval=0)
+        store = JobStore(settings)
+        try:
+            with caplog.at_level("WARNING"):
+                assert store.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
+                store.flush()
+            assert len(store.spool.pending()) == 1
+            grant = f'GRANT TEMPORARY ON DATABASE "{database}" TO "halite_no_temp"'
+            assert grant in caplog.text
+            with store.db.read() as conn:
+                assert conn.execute(select(func.count()).select_from(job_returns)).scalar() == 0
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{database}" TO halite_no_temp')
+            store.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
+            store.flush()  # commits m2, then replays the spool
+            assert store.spool.pending() == []
+            assert set(return_rows(store, JID)) == {"m1", "m2"}
+            assert job_row(store, JID)["minions_returned"] == 2
+        finally:
+            store.db.dispose()
 
 
 @postgresql_only("concurrent writers on PostgreSQL (SQLite serialises them with BEGIN IMMEDIATE)")

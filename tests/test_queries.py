@@ -17,7 +17,7 @@ from halite_core.queries import (
     listing_query,
 )
 from tests.conftest import BACKEND, postgresql_only, sqlite_only
-from tests.helpers import publish, ret, save_return
+from tests.helpers import publish, restricted_role, ret, save_return
 
 UTC = dt.timezone.utc
 
@@ -422,41 +422,24 @@ def test_search_on_postgresql_reads_the_trigram_index(random_index):
 def test_search_without_pg_trgm_is_still_exact(pg_server, tmp_path, caplog):
     """A role without CREATE on its database gets the schema without the search index, a
     warning that says how to add it, and the same search results (by scanning)."""
-    import sqlalchemy as sa
-
-    from halite_core.config import Settings
-    from halite_core.jobcache import JobStore
-
-    url = sa.make_url(pg_server.create_database())
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql("CREATE ROLE halite_plain LOGIN")
-        conn.exec_driver_sql(f'REVOKE CREATE ON DATABASE "{url.database}" FROM PUBLIC')
-        conn.exec_driver_sql("GRANT CREATE, USAGE ON SCHEMA public TO halite_plain")
-    plain = url.set(username="halite_plain").render_as_string(hide_password=False)
-    opts = {"cachedir": str(tmp_path / "cache"), "id": "master1_master",
-            "halite": {"db_url": plain}}  # fmt: skip
-    store = JobStore(Settings.from_opts(opts))
-    try:
-        with caplog.at_level("WARNING"):
-            publish(store, "20261128120000000001", fun="pkg.refresh_db", minions=["web1"])
-            publish(store, "20261128120000000002", fun="test.ping", minions=["web1"])
-        assert "no search index on PostgreSQL" in caplog.text
-        assert "CREATE EXTENSION IF NOT EXISTS pg_trgm" in caplog.text
-        with store.db.read() as conn:
-            indexes = conn.exec_driver_sql(
-                "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs_index'"
-            ).scalars().all()  # fmt: skip
-        assert indexes and "ix_jobs_index_search_trgm" not in indexes
-        assert jids(listing(store, search="refresh")) == ["20261128120000000001"]
-    finally:
-        store.db.dispose()
-        admin.dispose()
-        pg_server.drop_database(url.render_as_string(False))
-        server = sa.create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
-        with server.connect() as conn:
-            conn.exec_driver_sql("DROP ROLE halite_plain")
-        server.dispose()
+    with restricted_role(pg_server, "halite_plain", "CREATE") as (plain, _, _):
+        opts = {"cachedir": str(tmp_path / "cache"), "id": "master1_master",
+                "halite": {"db_url": plain}}  # fmt: skip
+        store = JobStore(Settings.from_opts(opts))
+        try:
+            with caplog.at_level("WARNING"):
+                publish(store, "20261128120000000001", fun="pkg.refresh_db", minions=["web1"])
+                publish(store, "20261128120000000002", fun="test.ping", minions=["web1"])
+            assert "no search index on PostgreSQL" in caplog.text
+            assert "CREATE EXTENSION IF NOT EXISTS pg_trgm" in caplog.text
+            with store.db.read() as conn:
+                indexes = conn.exec_driver_sql(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs_index'"
+                ).scalars().all()  # fmt: skip
+            assert indexes and "ix_jobs_index_search_trgm" not in indexes
+            assert jids(listing(store, search="refresh")) == ["20261128120000000001"]
+        finally:
+            store.db.dispose()
 
 
 @sqlite_only("the FTS5 search index and its triggers")
