@@ -303,9 +303,11 @@ class Stage:
     columns: tuple[tuple[str, str], ...]  # (column, PostgreSQL type), in COPY's order
 
     def statement(self, body: str) -> str:
-        """``body`` (an INSERT ... SELECT ... FROM k) as one statement that reads the
+        """``body`` (an INSERT ... SELECT ... FROM k ...) as one statement that reads the
         staged rows as ``k``."""
-        return body.replace(" FROM k", f" FROM {self.name} AS k")
+        if body.count(" FROM k ") != 1:
+            raise ValueError(f"a staged statement reads FROM k once: {body}")
+        return body.replace(" FROM k ", f" FROM {self.name} AS k ")
 
     @property
     def create(self) -> str:
