@@ -51,12 +51,14 @@ chromium:
 # time, and the machine has two cores), each into its own log and temporary directory;
 # the logs are printed as each pass ends.
 test: lint postgresql chromium
-	@logs=$$(mktemp -d /tmp/halite-test.XXXX); \
+	@logs=$$(mktemp -d /tmp/halite-test.XXXX); echo "the two passes log into $$logs"; \
 	( $(VENV)/bin/pytest tests --basetemp=$$logs/s > $$logs/sqlite.log 2>&1; \
-	  echo $$? > $$logs/sqlite.rc; echo "===== the SQLite pass"; cat $$logs/sqlite.log ) & \
+	  echo $$? > $$logs/sqlite.rc; \
+	  flock $$logs/print.lock sh -c "echo '===== the SQLite pass'; cat $$logs/sqlite.log" ) & \
 	( HALITE_TEST_DB=postgresql $(VENV)/bin/pytest tests -m "not page and not once" \
 	    --basetemp=$$logs/p > $$logs/postgresql.log 2>&1; \
-	  echo $$? > $$logs/postgresql.rc; echo "===== the PostgreSQL pass"; cat $$logs/postgresql.log ) & \
+	  echo $$? > $$logs/postgresql.rc; \
+	  flock $$logs/print.lock sh -c "echo '===== the PostgreSQL pass'; cat $$logs/postgresql.log" ) & \
 	wait; sqlite=$$(cat $$logs/sqlite.rc); postgresql=$$(cat $$logs/postgresql.rc); \
 	rm -rf $$logs; echo "SQLite pass: exit $$sqlite; PostgreSQL pass: exit $$postgresql"; \
 	test "$$sqlite" = 0 && test "$$postgresql" = 0

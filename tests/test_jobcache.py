@@ -445,6 +445,26 @@ def test_a_role_without_temporary_gets_a_clear_error_and_loses_nothing(pg_server
             assert store.spool.pending() == []
             assert set(return_rows(store, JID)) == {"m1", "m2"}
             assert job_row(store, JID)["minions_returned"] == 2
+            # Revoked again after the check: a new session cannot make its stage, and the
+            # write waits in the spool again (not set aside as refused).
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    f'REVOKE TEMPORARY ON DATABASE "{database}" FROM halite_no_temp'
+                )
+            store.db.engine.dispose()
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                store.record("save_return", ret(JID, "m3"), dt.datetime.now(UTC))
+                store.flush()
+            assert len(store.spool.pending()) == 1
+            assert not store.spool.rejected.exists() or not any(store.spool.rejected.iterdir())
+            assert "may no longer create temporary tables" in caplog.text
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{database}" TO halite_no_temp')
+            store.record("save_return", ret(JID, "m4"), dt.datetime.now(UTC))
+            store.flush()
+            assert store.spool.pending() == []
+            assert job_row(store, JID)["minions_returned"] == 4
         finally:
             store.db.dispose()
 

@@ -161,7 +161,7 @@ class Database:
             if not self._schema_ready:
                 if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
                     Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-                with self._migration_lock(), _ALEMBIC:
+                with self._migration_lock():
                     migrate(self)
                 self._schema_ready = True
 
@@ -302,25 +302,31 @@ class Stage:
     name: str
     columns: tuple[tuple[str, str], ...]  # (column, PostgreSQL type), in COPY's order
 
+    @property
+    def table(self) -> str:
+        """The table's name, with a digest of its columns: a pooler may hand this session
+        to a halite of another version, whose stage of the same name has other columns."""
+        return f"{self.name}_{zlib.crc32(repr(self.columns).encode()):08x}"
+
     def statement(self, body: str) -> str:
         """``body`` (an INSERT ... SELECT ... FROM k ...) as one statement that reads the
         staged rows as ``k``."""
         if body.count(" FROM k ") != 1:
             raise ValueError(f"a staged statement reads FROM k once: {body}")
-        return body.replace(" FROM k ", f" FROM {self.name} AS k ")
+        return body.replace(" FROM k ", f" FROM {self.table} AS k ")
 
     @property
     def create(self) -> str:
         columns = ", ".join(f"{name} {kind}" for name, kind in self.columns)
         return (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.name} ({columns}) ON COMMIT DELETE ROWS;"
-            f" DELETE FROM {self.name}"
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} ({columns})"
+            f" ON COMMIT DELETE ROWS; DELETE FROM {self.table}"
         )
 
     @property
     def copy(self) -> str:
         names = ", ".join(name for name, _ in self.columns)
-        return f"COPY {self.name} ({names}) FROM STDIN (FORMAT BINARY)"
+        return f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
 def run_staged(
@@ -345,6 +351,14 @@ def run_staged(
                 copy.set_types([kind for _, kind in stage.columns])
                 for row in rows:
                     copy.write_row(row)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # TEMPORARY revoked since the first write's check: an outage, spooled, as then.
+        raise SchemaError(
+            f"the PostgreSQL role {raw.info.user} may no longer create temporary tables in"
+            f" {raw.info.dbname} ({exc}), where halite stages each batch it writes: GRANT"
+            f' TEMPORARY ON DATABASE "{raw.info.dbname}" TO "{raw.info.user}"; until then'
+            " writes wait in the spool"
+        ) from exc
     except psycopg.Error as exc:
         lost = raw.closed or raw.broken
         if lost:
@@ -419,7 +433,7 @@ def migrate(db: Database) -> None:
                     f"{current}, newer than this halite knows (head {head}): upgrade halite "
                     "on this master, or point it at another database"
                 ) from exc
-        with conn.begin():
+        with conn.begin(), _ALEMBIC:
             cfg.attributes["connection"] = conn
             if current is None:
                 existing = set(inspect(conn).get_table_names())

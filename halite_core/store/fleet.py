@@ -282,7 +282,9 @@ STATES_STAGE = Stage(
               strict=True)),
 )  # fmt: skip
 ADD_STATES_POSTGRESQL = STATES_STAGE.statement(
-    f"INSERT INTO state_results ({', '.join(STATE_PARAMETERS)}) SELECT * FROM k"
+    f"INSERT INTO state_results ({', '.join(STATE_PARAMETERS)}) SELECT "
+    + ", ".join(f"k.{name}" for name in STATE_PARAMETERS)
+    + " FROM k"
     " ON CONFLICT DO NOTHING"
 )
 _ADD_STATES: dict[str, Any] = {}
