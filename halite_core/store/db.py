@@ -146,11 +146,7 @@ class Database:
             conn.rollback()
         user, database, allowed = row
         if not allowed:
-            raise SchemaError(
-                f"the PostgreSQL role {user} may not create temporary tables in {database},"
-                " where halite stages each batch it writes: GRANT TEMPORARY ON DATABASE"
-                f' "{database}" TO "{user}"; until then writes wait in the spool'
-            )
+            raise no_temporary(user, database, "may not")
         self._may_stage = True
 
     def ensure_schema(self) -> None:
@@ -329,6 +325,15 @@ class Stage:
         return f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
+def no_temporary(user: str, database: str, may: str) -> SchemaError:
+    """The error (an outage: writes are spooled) of a role that cannot make its stages."""
+    return SchemaError(
+        f"the PostgreSQL role {user} {may} create temporary tables in {database}, where"
+        f' halite stages each batch it writes: GRANT TEMPORARY ON DATABASE "{database}"'
+        f' TO "{user}"; until then writes wait in the spool'
+    )
+
+
 def run_staged(
     conn: Connection,
     stage: Stage,
@@ -353,12 +358,7 @@ def run_staged(
                     copy.write_row(row)
     except psycopg.errors.InsufficientPrivilege as exc:
         # TEMPORARY revoked since the first write's check: an outage, spooled, as then.
-        raise SchemaError(
-            f"the PostgreSQL role {raw.info.user} may no longer create temporary tables in"
-            f" {raw.info.dbname} ({exc}), where halite stages each batch it writes: GRANT"
-            f' TEMPORARY ON DATABASE "{raw.info.dbname}" TO "{raw.info.user}"; until then'
-            " writes wait in the spool"
-        ) from exc
+        raise no_temporary(raw.info.user, raw.info.dbname, "may no longer") from exc
     except psycopg.Error as exc:
         lost = raw.closed or raw.broken
         if lost:
