@@ -146,6 +146,7 @@ class JobStore:
         self.retention = Retention(settings, self.db)
         self._engine_state = EngineState(self.db)
         self._next_spool_check = 0.0
+        self._committed_since_replay = False
         self._replay_lock = threading.Lock()
         self._committer: Committer | None = None
         self._as_engine = False
@@ -555,11 +556,14 @@ class JobStore:
         """Commit journalled writes in one transaction; raises when the database fails
         (halite_core.durability.committer.commit_or_spool decides what then)."""
         self.writes.apply_items([self._prepared(item) for _, item in entries])
+        self._committed_since_replay = True  # the database takes writes: replay at once
 
     # ------------------------------------------------------------------ the committer
     def committer(self, engine: bool = False) -> Committer:
         """This process's committer for this store's journals, started on first use. A Salt
-        process defers to the engine when the engine is configured (``engine_commits``)."""
+        process defers to the engine when the engine is configured (``engine_commits``).
+        Stores of one database and journal directory in one process share the committer
+        the first of them built (its settings time the commits and the spool's replay)."""
         committer = self._committer
         if committer is None or committer.pid != os.getpid() or (engine and not self._as_engine):
             if engine:
@@ -590,10 +594,10 @@ class JobStore:
         committer = self._committer
         if committer is None or committer.pid != os.getpid():
             return 0
-        if committer.run_once() or committer.holds_lock():
+        bound = self.settings.read_timeout if timeout is None else timeout
+        if committer.run_once(wait=bound) or committer.holds_lock():
             return 1
         name, size = writer_for(self.settings.journal_dir).position()
-        bound = self.settings.read_timeout if timeout is None else timeout
         return int(wait_taken(self.settings.journal_dir, name, size, bound))
 
     def close(self, wait: float | None = None) -> bool:
@@ -614,12 +618,20 @@ class JobStore:
         done = committer.run_once()
         return done + self.replay_spool()
 
-    def maybe_replay(self) -> int:
-        """Replay the spool if the replay interval has passed and something is waiting."""
-        now = time.monotonic()
-        if now < self._next_spool_check or not self._replay_lock.acquire(blocking=False):
+    def maybe_replay(self, wait: float = 0.0) -> int:
+        """Replay the spool if something waits in it: at once when a write was committed
+        since the last attempt (the database is back), else once per
+        ``spool_replay_interval`` (while it is away, each attempt costs a connection
+        timeout). ``wait``: how long to wait for a replay another thread runs, so that a
+        reader's flush does not return before the writes that replay holds are in."""
+        lock = self._replay_lock
+        if not (lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False)):
             return 0
         try:
+            now = time.monotonic()
+            if now < self._next_spool_check and not self._committed_since_replay:
+                return 0
+            self._committed_since_replay = False
             self._next_spool_check = now + self.settings.spool_replay_interval
             return self.replay_spool()
         finally:

@@ -200,9 +200,9 @@ class Committer:
     """Drains a journal directory into the database while this process holds its lock.
 
     ``apply`` commits prepared entries (raising on failure); ``tick`` runs after each pass
-    (the spool's replay). ``engine``: this is the engine's committer, which takes the lock
-    whoever held it before. ``defer``: a Salt worker's, which commits only while no engine
-    runs."""
+    (the spool's replay), given how long it may wait for a tick another thread runs.
+    ``engine``: this is the engine's committer, which takes the lock whoever held it
+    before. ``defer``: a Salt worker's, which commits only while no engine runs."""
 
     def __init__(
         self,
@@ -212,7 +212,7 @@ class Committer:
         is_outage: Callable[[BaseException], bool],
         interval: float,
         batch_size: int,
-        tick: Callable[[], object] | None = None,
+        tick: Callable[[float], object] | None = None,
         engine: bool = False,
         defer: bool = False,
     ) -> None:
@@ -287,13 +287,15 @@ class Committer:
                 backlog = False
                 log.exception("halite: the committer's pass failed")
 
-    def run_once(self) -> int:
-        """One pass: take the lock if this process may commit, drain, then tick."""
+    def run_once(self, wait: float = 0.0) -> int:
+        """One pass: take the lock if this process may commit, drain, then tick; ``wait``:
+        how long the tick may wait for one another thread runs (a reader that wants every
+        write of this process visible waits; the committer's own thread does not)."""
         if self._closed or not self._may_commit():
             return 0
         done = self.drain()
         if self._tick is not None:
-            self._tick()
+            self._tick(wait)
         return done
 
     # ------------------------------------------------------------------ draining
