@@ -149,7 +149,9 @@ function filtersFrom(form) { return Object.fromEntries(formParams(form)); }
 const JOB_FILTERS = ["search", "fun", "target", "user", "minion", "status", "result", "start", "end",
                      "include_system", "cursor"];
 const FRESH_MS = 6000;  // how long a row that arrived or changed live stays marked
-const jobsShown = { key: null, params: new URLSearchParams(), next: null, fresh: new Map() };
+// focusBack: the job whose row takes the focus when the list is drawn (back from that job
+// opened with the keyboard), whichever load draws first: a live refresh may overtake it.
+const jobsShown = { key: null, params: new URLSearchParams(), next: null, fresh: new Map(), focusBack: null };
 let jobsLoad = 0;
 let pagerStack = null;  // the cursors before the page being opened (for Previous), until it shows
 
@@ -217,6 +219,7 @@ async function loadJobs(params = hashState().params, quiet = false) {
       history.replaceState({ ...(history.state || {}), jobsStack: pagerStack.stack, backIsPrev: pagerStack.back }, "");
     }
     pagerStack = null;
+    jobsShown.focusBack = typeof jobShown === "object" && jobShown.job ? jobShown.job.jid : null;
   }
   const first = !params.get("cursor");
   $("#activity").hidden = !first;
@@ -247,9 +250,11 @@ async function loadJobs(params = hashState().params, quiet = false) {
     body.replaceChildren(...rows);
     if (keep) { const again = rows.find((r) => r.dataset.jid === keep); if (again) again.focus({ preventScroll: true }); }
     if (!rows.length) noteRow(body, "No jobs match these filters.", "empty");
-    // Back from a job opened with the keyboard: the focus returns to its row.
-    const opened = typeof jobShown === "object" && jobShown.job ? jobShown.job.jid : null;
-    if (!quiet && opened && focusLost()) {
+    // Back from a job opened with the keyboard: the focus returns to its row (also when a
+    // live refresh overtook the load that went back, and drew the list first).
+    const opened = jobsShown.focusBack;
+    jobsShown.focusBack = null;
+    if (opened && focusLost()) {
       const back = rows.find((r) => r.dataset.jid === opened);
       if (back) back.focus();
     }
