@@ -737,3 +737,34 @@ def test_a_write_postgresql_refuses_for_good_is_not_an_outage(store):
                                  "FROM generate_series(1, 400) g")  # fmt: skip
     assert isinstance(refused.value, sqlalchemy.exc.OperationalError)
     assert is_outage(refused.value) is False
+
+
+def test_a_second_hand_publish_fills_a_job_and_never_replaces_the_first(store):
+    """A load known second-hand (the engine's bus event) fills a job that has no publish yet
+    (its minions were added first), in the same batch as a first-hand one of another job; it never
+    replaces a publish, which replaces it (PostgreSQL: the loads of a batch are staged)."""
+    from halite_core.store.ops import LoadItem
+
+    early, known = "20261128120000000101", "20261128120000000102"
+    store.apply_items([MinionsItem(early, ["m1"])])
+    first_hand = {"fun": "test.arg", "arg": ["a", {"__kwarg__": True, "k": 1}], "tgt": "m1",
+                  "tgt_type": "glob", "user": "alice"}  # fmt: skip
+    heard = {"fun": "test.arg", "arg": ["bus"], "tgt": "m1", "tgt_type": "list", "user": "bus"}
+    store.apply_items(
+        [LoadItem(known, first_hand, ["m1"]), LoadItem(early, heard, ["m1"], only_new=True)]
+    )
+    store.apply_items([LoadItem(known, heard, ["m1"], only_new=True)])
+
+    def job(jid):
+        with store.db.read() as conn:
+            return conn.execute(
+                select(jobs_index.c.user, jobs_index.c.arguments, jobs_index.c.kwargs,
+                       jobs_index.c.target_type, jobs_index.c.load["user"].as_string())
+                .where(jobs_index.c.jid == jid)
+            ).one()  # fmt: skip
+
+    assert tuple(job(known)) == ("alice", ["a"], {"k": 1}, "glob", "alice")
+    assert tuple(job(early)) == ("bus", ["bus"], {}, "list", "bus")
+    store.apply_items([LoadItem(early, first_hand, ["m1"])])  # the publish itself, later
+    assert tuple(job(early)) == ("alice", ["a"], {"k": 1}, "glob", "alice")
+    assert job_row(store, early)["minions_targeted"] == 1

@@ -214,6 +214,54 @@ LOAD_COLUMNS = (
 )
 
 
+# PostgreSQL: a batch's publish loads staged and upserted by one statement (and those known
+# second-hand by another, which fills only a row without a publish); executed once per
+# load, each is a statement of its own for the server, and 4,000 of them took PostgreSQL
+# 0.4 s, four times what the same rows cost staged. The keys are unique (a load per jid).
+_LOAD_TYPES = {
+    "jid": "text", "function": "text", "target": "text", "target_type": "text",
+    "user": "text", "arguments": "text", "kwargs": "text", "start_time": "timestamptz",
+    "status": "text", "master_id": "text", "load": "text", "system": "bool",
+    "created_at": "timestamptz",
+}  # fmt: skip
+_JSON_LOAD_COLUMNS = ("arguments", "kwargs", "load")
+LOADS_STAGE = Stage(
+    "halite_stage_loads",
+    tuple((f"{name}_" if name == "user" else name, _LOAD_TYPES[name]) for name in STUB_COLUMNS),
+)
+
+
+def _staged_loads(where: str = "") -> str:
+    def source(name: str) -> str:
+        if name in _JSON_LOAD_COLUMNS:
+            return f"CAST(k.{name} AS jsonb)"
+        return "k.user_" if name == "user" else f"k.{name}"
+
+    def quoted(name: str) -> str:
+        return '"user"' if name == "user" else name
+
+    return LOADS_STAGE.statement(
+        f"INSERT INTO jobs_index ({', '.join(map(quoted, (*STUB_COLUMNS, *ZERO_COUNTS)))})"
+        f" SELECT {', '.join(source(name) for name in STUB_COLUMNS)}, "
+        + ", ".join(repr(value) for value in ZERO_COUNTS.values())
+        + " FROM k ON CONFLICT (jid) DO UPDATE SET "
+        + ", ".join(f"{quoted(name)} = excluded.{quoted(name)}" for name in LOAD_COLUMNS)
+        + where
+    )
+
+
+UPSERT_LOADS_POSTGRESQL = _staged_loads()
+FILL_LOADS_POSTGRESQL = _staged_loads(" WHERE jobs_index.load IS NULL")
+
+
+def _load_row(params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A load's parameters as a row of :data:`LOADS_STAGE` (JSON as its text)."""
+    return tuple(
+        value.text if isinstance(value, encoding.Encoded) else value
+        for value in (params[name] for name in STUB_COLUMNS)
+    )
+
+
 # PostgreSQL: a batch's placeholders (a row per targeted minion that has not returned)
 # staged and upserted by one statement; row by row, a 10,000-minion publish costs
 # PostgreSQL 10,000 statements. The keys are unique (ON CONFLICT cannot touch a row twice
@@ -697,9 +745,15 @@ class Writes:
             expected.update((jid, minion) for minion in targets if (jid, minion) in returned)
             pending = [m for m in targets if (jid, m) not in returned]
             placeholders.extend((jid, minion, start) for minion in pending)
-        stmts = self._statements()
-        self.db.executemany(conn, stmts.upsert_load, rows)
-        self.db.executemany(conn, stmts.fill_load, fill_only)
+        if self.db.dialect_name == "postgresql":
+            staged = ((rows, UPSERT_LOADS_POSTGRESQL), (fill_only, FILL_LOADS_POSTGRESQL))
+            for params, sql in staged:
+                if params:
+                    run_staged(conn, LOADS_STAGE, [_load_row(p) for p in params], sql)
+        else:
+            stmts = self._statements()
+            self.db.executemany(conn, stmts.upsert_load, rows)
+            self.db.executemany(conn, stmts.fill_load, fill_only)
         self._add_placeholders(conn, placeholders)
         touched.update(loads)
 
