@@ -146,7 +146,10 @@ class JobStore:
         self.retention = Retention(settings, self.db)
         self._engine_state = EngineState(self.db)
         self._next_spool_check = 0.0
-        self._committed_since_replay = False
+        # A commit failed (the database away), and the first one to succeed after it: the
+        # spool is replayed then, not at the next interval.
+        self._commits_failing = False
+        self._database_back = False
         self._replay_lock = threading.Lock()
         self._committer: Committer | None = None
         self._as_engine = False
@@ -555,8 +558,14 @@ class JobStore:
     def apply_entries(self, entries: Sequence[tuple[str, Item]]) -> None:
         """Commit journalled writes in one transaction; raises when the database fails
         (halite_core.durability.committer.commit_or_spool decides what then)."""
-        self.writes.apply_items([self._prepared(item) for _, item in entries])
-        self._committed_since_replay = True  # the database takes writes: replay at once
+        try:
+            self.writes.apply_items([self._prepared(item) for _, item in entries])
+        except Exception:
+            self._commits_failing = True
+            raise
+        if self._commits_failing:
+            self._commits_failing = False
+            self._database_back = True
 
     # ------------------------------------------------------------------ the committer
     def committer(self, engine: bool = False) -> Committer:
@@ -620,18 +629,19 @@ class JobStore:
 
     def maybe_replay(self, wait: float = 0.0) -> int:
         """Replay the spool if something waits in it: at once when a write was committed
-        since the last attempt (the database is back), else once per
-        ``spool_replay_interval`` (while it is away, each attempt costs a connection
-        timeout). ``wait``: how long to wait for a replay another thread runs, so that a
-        reader's flush does not return before the writes that replay holds are in."""
+        after one failed (the database is back), else once per ``spool_replay_interval``
+        (while it is away, each attempt costs a connection timeout; while only the spooled
+        writes fail, each costs what made them fail). ``wait``: how long to wait for a
+        replay another thread runs, so that a reader's flush does not return before the
+        writes that replay holds are in."""
         lock = self._replay_lock
         if not (lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False)):
             return 0
         try:
             now = time.monotonic()
-            if now < self._next_spool_check and not self._committed_since_replay:
+            if now < self._next_spool_check and not self._database_back:
                 return 0
-            self._committed_since_replay = False
+            self._database_back = False
             self._next_spool_check = now + self.settings.spool_replay_interval
             return self.replay_spool()
         finally:
