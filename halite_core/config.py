@@ -178,7 +178,7 @@ class Settings:
             spool_dir=_directory(section, "spool_dir", cachedir, "spool"),
             journal_dir=_directory(section, "journal_dir", cachedir, "journal"),
             jid_dir=_directory(section, "jid_dir", cachedir, "jids"),
-            master_id=opts.get("id"),
+            master_id=None if opts.get("id") is None else str(opts["id"]),
             jid_utc=jid_utc,
             keep_jobs_seconds=_keep_jobs_seconds(opts),
             flush_interval=_positive(section, "flush_interval", float, zero=True),

@@ -558,10 +558,17 @@ class JobStore:
     def apply_entries(self, entries: Sequence[tuple[str, Item]]) -> None:
         """Commit journalled writes in one transaction; raises when the database fails
         (halite_core.durability.committer.commit_or_spool decides what then)."""
+        self.writes.apply_items([self._prepared(item) for _, item in entries])
+
+    def _apply_journalled(self, entries: Sequence[tuple[str, Item]]) -> None:
+        """:meth:`apply_entries` for the committer's batches, which also notes when the
+        database is back: a batch committed after one failed because it was away (not
+        the spool's own replays, nor writes the database refused)."""
         try:
-            self.writes.apply_items([self._prepared(item) for _, item in entries])
-        except Exception:
-            self._commits_failing = True
+            self.apply_entries(entries)
+        except Exception as exc:
+            if is_outage(exc):
+                self._commits_failing = True
             raise
         if self._commits_failing:
             self._commits_failing = False
@@ -581,7 +588,7 @@ class JobStore:
             def build() -> Committer:
                 return Committer(
                     self.settings.journal_dir,
-                    apply=self.apply_entries,
+                    apply=self._apply_journalled,
                     spool=self.spool,
                     is_outage=is_outage,
                     interval=self.settings.flush_interval,

@@ -768,3 +768,19 @@ def test_a_second_hand_publish_fills_a_job_and_never_replaces_the_first(store):
     store.apply_items([LoadItem(early, first_hand, ["m1"])])  # the publish itself, later
     assert tuple(job(early)) == ("alice", ["a"], {"k": 1}, "glob", "alice")
     assert job_row(store, early)["minions_targeted"] == 1
+
+
+def test_a_numeric_master_id_is_stored_as_its_text(opts):
+    """YAML reads ``id: 1234`` as a number: the master's id is stored as its text (on
+    PostgreSQL the batch's loads are copied as text, which refuses a number)."""
+    from halite_core.config import Settings
+
+    store = JobStore(Settings.from_opts({**opts, "id": 1234}))
+    store.db.ensure_schema()
+    try:
+        publish(store, JID)
+        store.flush()
+        assert job_row(store, JID)["master_id"] == "1234"
+        assert not store.spool.rejected.exists() or not any(store.spool.rejected.iterdir())
+    finally:
+        store.db.dispose()

@@ -263,6 +263,7 @@ async function loadJobs(params = hashState().params, quiet = false) {
     $("#jobs-caption").textContent = `Jobs, newest first${first ? "" : " (a later page)"}`;
   } catch (err) {
     if (mine !== jobsLoad) return;
+    jobsShown.focusBack = null;  // not carried to a later redraw, which may be much later
     $("#jobs-error").textContent = errorText(err);
     if (!quiet || !same) body.replaceChildren();
   }
