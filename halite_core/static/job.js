@@ -372,7 +372,9 @@ function jobMeta(job) {
 // Each load of the job view is numbered: an answer (a GET, a re-run) that arrives after
 // another job was opened is dropped, never shown over it.
 let jobLoad = 0;
-const jobShown = { job: null };  // the job on screen: the Failed only switch redraws it
+// job: the job on screen (the Failed only switch redraws it); jid: the job the view was last
+// opened for, even before its answer came (back to the list, the focus returns to its row).
+const jobShown = { job: null, jid: null };
 
 function clearJob() {
   for (const id of ["#kill", "#rerun-failed", "#rerun-all"]) { const b = $(id); b.hidden = true; b.onclick = null; }
@@ -390,6 +392,7 @@ async function loadJob(jid, params) {
     return;
   }
   show("job-view");
+  jobShown.jid = jid;
   const mine = ++jobLoad;
   clearJob();
   $("#job-title").textContent = `Job ${jid}`;

@@ -219,7 +219,7 @@ async function loadJobs(params = hashState().params, quiet = false) {
       history.replaceState({ ...(history.state || {}), jobsStack: pagerStack.stack, backIsPrev: pagerStack.back }, "");
     }
     pagerStack = null;
-    jobsShown.focusBack = typeof jobShown === "object" && jobShown.job ? jobShown.job.jid : null;
+    jobsShown.focusBack = typeof jobShown === "object" ? jobShown.jid : null;
   }
   const first = !params.get("cursor");
   $("#activity").hidden = !first;
