@@ -580,8 +580,22 @@ def test_a_mangled_link_and_a_failing_server_say_so(server, store, browser):
 
     fill(store)
     with console(browser, server, "vic") as page:
+        # The list's answer lands after the mangled link is shown (a loaded server): the
+        # message stays.
+        held = []
+        page.route("**/api/jobs?*", lambda route: held.append(route))
+        page.goto(f"{server.base}/#/jobs?fun=test.*")
+        page.wait_for_function(
+            "document.querySelector('#jobs tbody').textContent.includes('Loading')"
+        )
         page.goto(f"{server.base}/#/job/%E0%A4%A")
         expect(page.locator("#jobs-error")).to_contain_text("cut or mangled", timeout=WAIT)
+        assert held
+        for route in held:
+            route.continue_()
+        page.unroute("**/api/jobs?*")
+        page.wait_for_timeout(500)
+        expect(page.locator("#jobs-error")).to_contain_text("cut or mangled")
     context = browser.new_context()  # the 503 below is a console error of its own
     page = context.new_page()
     try:

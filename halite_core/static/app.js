@@ -190,6 +190,7 @@ async function route() {
   const { view, arg, params } = hashState();
   if (view === "broken") {
     show("jobs-view");
+    supersedeJobs();
     $("#jobs-error").textContent = "This link is cut or mangled (a % not followed by two hex digits): open the job from the list.";
     return;
   }

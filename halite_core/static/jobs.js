@@ -153,6 +153,9 @@ const FRESH_MS = 6000;  // how long a row that arrived or changed live stays mar
 // opened with the keyboard), whichever load draws first: a live refresh may overtake it.
 const jobsShown = { key: null, params: new URLSearchParams(), next: null, fresh: new Map(), focusBack: null };
 let jobsLoad = 0;
+// A message put where the list goes (a mangled link): a list load still on its way would
+// clear it when it lands, so it is superseded.
+function supersedeJobs() { jobsLoad++; }
 let pagerStack = null;  // the cursors before the page being opened (for Previous), until it shows
 
 function jobSignature(job) {
