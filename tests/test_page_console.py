@@ -95,8 +95,11 @@ def fill(store, pages=0):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Every expectation waits as long as WAIT: one that follows another met at once (a
+    # title set before the answer comes) must not get Playwright's 5 s on a busy machine.
+    expect.set_options(timeout=WAIT)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=BROWSER, args=ARGS)
         yield browser
@@ -234,7 +237,8 @@ def test_live_rows_are_marked_and_the_keyboard_opens_a_job(server, store, browse
     with console(browser, server, "olga") as page:
         expect(row(page, jobs.highstate)).to_be_visible(timeout=WAIT)
         expect(row(page, jobs.highstate)).not_to_have_class(re.compile("fresh"))
-        page.wait_for_timeout(500)  # the stream is open
+        # The stream is open: the server subscribes it to the bus before it answers.
+        page.wait_for_function("state.stream && state.stream.readyState === EventSource.OPEN")
         jid = jid_at(dt.datetime.now(UTC))
         publish(store, jid, fun="test.echo", minions=["web1"], arg=["hi"])
         load = {"fun": "test.echo", "tgt": ["web1"], "minions": ["web1"]}
@@ -399,6 +403,34 @@ def test_the_job_view_for_an_operator(server, store, browser):
         expect(page.locator("#minions details.minion[data-minion=a]")).not_to_have_attribute(
             "open", ""
         )
+
+
+def test_a_kill_answered_after_the_operator_moved_on_leaves_the_list(server, store, browser):
+    """The operator kills a running job and goes back to the list before the answer comes
+    (a loaded server): the kill is made, and its answer does not bring the job view back
+    over the list the URL shows."""
+    from playwright.sync_api import expect
+
+    fill(store)
+    with console(browser, server, "olga") as page:
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{server.base}/#/job/{RUNNING}")
+        expect(page.locator("#kill")).to_be_visible()
+        held = []
+        page.route("**/kill", lambda route: held.append(route))
+        page.locator("#kill").click()
+        page.wait_for_function("document.querySelector('#kill').disabled")  # asked, unanswered
+        page.goto(f"{server.base}/#/jobs")
+        expect(page.locator("#jobs-view")).to_be_visible()
+        assert len(held) == 1
+        held[0].continue_()
+        page.unroute("**/kill")
+        expect(page.locator("#kill")).to_be_enabled()  # the answer came
+        assert [jid for jid, _ in server.kills] == [RUNNING]
+        page.wait_for_timeout(500)  # what the answer would have loaded has come by now
+        expect(page.locator("#jobs-view")).to_be_visible()
+        expect(page.locator("#job-view")).to_be_hidden()
+        assert urlsplit(page.url).fragment == "/jobs"
 
 
 def test_the_job_view_for_a_viewer(server, store, browser):

@@ -376,6 +376,10 @@ let jobLoad = 0;
 // opened for, even before its answer came (back to the list, the focus returns to its row).
 const jobShown = { job: null, jid: null };
 
+// Whether the job view is on screen for this job: an answer that lands after the operator
+// moved on (another view, another job) must not draw into, or bring back, a view it left.
+function jobOnScreen(jid) { return !$("#job-view").hidden && jobShown.jid === jid; }
+
 function clearJob() {
   for (const id of ["#kill", "#rerun-failed", "#rerun-all"]) { const b = $(id); b.hidden = true; b.onclick = null; }
   for (const id of ["#job-meta", "#job-links", "#job-counts", "#minions"]) $(id).replaceChildren();
@@ -402,11 +406,11 @@ async function loadJob(jid, params) {
   try {
     shownAs("job-view", `/api/jobs/${encodeURIComponent(jid)}`, {}, null, `job-${safe(jid)}`);
     const job = await api("GET", `/api/jobs/${encodeURIComponent(jid)}`);
-    if (mine !== jobLoad) return;
+    if (mine !== jobLoad || !jobOnScreen(jid)) return;
     $("#job-status").textContent = "";
     showJob(job, mine);
   } catch (err) {
-    if (mine === jobLoad) { $("#job-title").textContent = errorText(err); $("#job-status").textContent = ""; }
+    if (mine === jobLoad && jobOnScreen(jid)) { $("#job-title").textContent = errorText(err); $("#job-status").textContent = ""; }
   }
 }
 
@@ -425,9 +429,10 @@ function showJob(job, mine, opened = null) {
     kill.disabled = true;  // until answered: a second click must not kill twice
     try {
       const result = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/kill`);
+      if (!jobOnScreen(job.jid)) return;  // the operator moved on: the audit log has it
       $("#kill-result").textContent = `signalled: ${result.signalled.join(", ") || "none"}`;
       loadJob(job.jid);
-    } catch (err) { $("#kill-result").textContent = errorText(err); }
+    } catch (err) { if (jobOnScreen(job.jid)) $("#kill-result").textContent = errorText(err); }
     finally { kill.disabled = false; }
   };
   rerunLinks(job);
@@ -449,7 +454,7 @@ async function refreshJob(jid) {
   const mine = jobLoad;
   let job;
   try { job = await api("GET", `/api/jobs/${encodeURIComponent(jid)}`); } catch { return; }
-  if (mine !== jobLoad || !jobShown.job || jobShown.job.jid !== jid) return;
+  if (mine !== jobLoad || !jobOnScreen(jid) || !jobShown.job || jobShown.job.jid !== jid) return;
   const opened = new Set([...document.querySelectorAll("#minions details.minion[open]")].map((d) => d.dataset.minion));
   showJob(job, mine, opened);
 }
@@ -500,11 +505,11 @@ function rerunButton(button, visible, job, minions, which, names, load) {
     result.replaceChildren("publishing…");
     try {
       const outcome = await api("POST", `/api/jobs/${encodeURIComponent(job.jid)}/rerun`, { minions });
-      if (load !== jobLoad) return;  // another job is shown now: not this answer
+      if (load !== jobLoad || !jobOnScreen(job.jid)) return;  // the operator moved on
       result.replaceChildren("Re-run as ", ...jobLinks([outcome.jid]), ` on ${many(outcome.minions.length, "minion")}`,
                              outcome.missing.length ? `; not published to (no accepted key): ${namesText(outcome.missing)}` : "");
       loadJob(job.jid);  // its re-runs now list the new job
-    } catch (err) { if (load === jobLoad) result.replaceChildren(errorText(err)); }
+    } catch (err) { if (load === jobLoad && jobOnScreen(job.jid)) result.replaceChildren(errorText(err)); }
     finally { for (const b of [$("#rerun-failed"), $("#rerun-all")]) b.disabled = false; }
   };
 }

@@ -222,7 +222,9 @@ async function loadJobs(params = hashState().params, quiet = false) {
       history.replaceState({ ...(history.state || {}), jobsStack: pagerStack.stack, backIsPrev: pagerStack.back }, "");
     }
     pagerStack = null;
+    // Taken once: a later load of the list (a filter, a page) does not go back to the row.
     jobsShown.focusBack = typeof jobShown === "object" ? jobShown.jid : null;
+    if (typeof jobShown === "object") jobShown.jid = null;
   }
   const first = !params.get("cursor");
   $("#activity").hidden = !first;
