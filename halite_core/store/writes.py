@@ -225,27 +225,29 @@ _LOAD_TYPES = {
     "created_at": "timestamptz",
 }  # fmt: skip
 _JSON_LOAD_COLUMNS = ("arguments", "kwargs", "load")
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"' if name == "user" else name  # a reserved word in PostgreSQL
+
+
 LOADS_STAGE = Stage(
-    "halite_stage_loads",
-    tuple((f"{name}_" if name == "user" else name, _LOAD_TYPES[name]) for name in STUB_COLUMNS),
+    "halite_stage_loads", tuple((_quoted(name), _LOAD_TYPES[name]) for name in STUB_COLUMNS)
 )
 
 
 def _staged_loads(where: str = "") -> str:
-    def source(name: str) -> str:
-        if name in _JSON_LOAD_COLUMNS:
-            return f"CAST(k.{name} AS jsonb)"
-        return "k.user_" if name == "user" else f"k.{name}"
-
-    def quoted(name: str) -> str:
-        return '"user"' if name == "user" else name
-
+    """The upsert of :data:`LOADS_STAGE`'s rows; the counters start at ZERO_COUNTS, bound."""
+    values = [
+        f"CAST(k.{name} AS jsonb)" if name in _JSON_LOAD_COLUMNS else f"k.{_quoted(name)}"
+        for name in STUB_COLUMNS
+    ]
     return LOADS_STAGE.statement(
-        f"INSERT INTO jobs_index ({', '.join(map(quoted, (*STUB_COLUMNS, *ZERO_COUNTS)))})"
-        f" SELECT {', '.join(source(name) for name in STUB_COLUMNS)}, "
-        + ", ".join(repr(value) for value in ZERO_COUNTS.values())
+        f"INSERT INTO jobs_index ({', '.join(map(_quoted, (*STUB_COLUMNS, *ZERO_COUNTS)))})"
+        f" SELECT {', '.join(values)}, "
+        + ", ".join(f"%({name})s" for name in ZERO_COUNTS)
         + " FROM k ON CONFLICT (jid) DO UPDATE SET "
-        + ", ".join(f"{quoted(name)} = excluded.{quoted(name)}" for name in LOAD_COLUMNS)
+        + ", ".join(f"{_quoted(name)} = excluded.{_quoted(name)}" for name in LOAD_COLUMNS)
         + where
     )
 
@@ -749,7 +751,8 @@ class Writes:
             staged = ((rows, UPSERT_LOADS_POSTGRESQL), (fill_only, FILL_LOADS_POSTGRESQL))
             for params, sql in staged:
                 if params:
-                    run_staged(conn, LOADS_STAGE, [_load_row(p) for p in params], sql)
+                    loaded = [_load_row(p) for p in params]
+                    run_staged(conn, LOADS_STAGE, loaded, sql, ZERO_COUNTS)
         else:
             stmts = self._statements()
             self.db.executemany(conn, stmts.upsert_load, rows)
