@@ -506,6 +506,82 @@ def test_the_fleet_pages_keep_their_filters_in_the_url(server, store, browser):
         expect(page.locator("#job-title")).to_contain_text(jobs.highstate, timeout=WAIT)
 
 
+def test_more_of_the_filters_left_never_lands_in_the_new_list(server, store, browser):
+    """The operator changes a minion's filters while its list has a next page: the "More"
+    of the list being replaced goes away, and a click on it as the new load begins (its
+    answer held) adds no row of the old filters to the new list."""
+    from playwright.sync_api import expect
+
+    jobs = fill(store, pages=60)
+    with console(browser, server, "vic") as page:
+        page.goto(f"{server.base}/#/minion/web1")
+        expect(page.locator("#minion-jobs tbody tr")).to_have_count(50)
+        expect(page.locator("#minion-more")).to_be_visible()
+        held = []
+        page.route(lambda url: "/api/minions/web1" in url, lambda route: held.append(route))
+        page.select_option("#minion-job-filters select[name=result]", "failed")
+        page.click("#minion-job-filters button[type=submit]")
+        page.wait_for_function("document.querySelector('#minion-jobs tr.note.loading')")  # loading
+        expect(page.locator("#minion-more")).to_be_hidden()
+        page.evaluate("document.querySelector('#minion-more').click()")  # just in time
+        page.wait_for_timeout(500)  # a page the click asked for is on its way by now
+        for route in held:
+            route.continue_()
+        page.unroute(lambda url: "/api/minions/web1" in url)
+        rows = page.locator("#minion-jobs tbody tr")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_have_attribute("data-jid", jobs.highstate)
+        page.wait_for_timeout(500)  # what a stale page would have added has come by now
+        expect(rows).to_have_count(1)
+        expect(page.locator("#minion-more")).to_be_hidden()
+        assert len(held) == 1
+
+
+def test_a_late_refusal_of_an_ended_session_leaves_the_next_one_logged_in(server, store, browser):
+    """A list asked for in olga's session is answered after she logged out and vic logged
+    in: its 401 ends nothing, vic stays logged in."""
+    from playwright.sync_api import expect
+
+    fill(store)
+    context = browser.new_context()
+    problems = []
+    page = watch_page(context.new_page(), problems)
+    try:
+        page_login(page, server.base, "olga")
+        held = []
+
+        def hold_one(route):
+            if held:
+                route.continue_()
+            else:
+                held.append(route)
+
+        page.route("**/api/jobs?*", hold_one)
+        page.goto(f"{server.base}/#/jobs?fun=test.ping")
+        page.wait_for_function("document.querySelector('#jobs tr.note.loading')")  # loading, held
+        page.click("#logout")
+        expect(page.locator("#login-view")).to_be_visible()
+        page.fill("input[name=username]", "vic")  # in the same page: no navigation
+        page.fill("input[name=password]", "secret")
+        page.fill("input[name=eauth]", "auto")
+        page.click("#login-form button[type=submit]")
+        expect(page.locator("#who")).to_have_text("vic")
+        assert len(held) == 1
+        with page.expect_response(lambda response: response.request == held[0].request) as late:
+            held[0].continue_()
+        assert late.value.status == 401  # olga's token is gone
+        page.wait_for_timeout(500)  # the page has read the answer by now
+        expect(page.locator("#login-view")).to_be_hidden()
+        expect(page.locator("#who")).to_have_text("vic")
+        page.reload()  # the session is still the page's
+        expect(page.locator("#who")).to_have_text("vic")
+        expect(page.locator("#jobs tbody tr").first).to_be_visible()
+        # The browser logs the refused request; nothing else went wrong.
+        assert [p for p in problems if "status of 401" not in p] == []
+    finally:
+        context.close()
+
+
 def test_phone_width_and_the_dark_theme(server, store, browser):
     """At 390 px no page scrolls sideways (tables scroll in their wrapper); a system that
     prefers dark gets a dark page whose badges keep their contrast."""

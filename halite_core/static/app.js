@@ -8,7 +8,8 @@ const $ = (selector) => document.querySelector(selector);
 // (err.status is the HTTP status, err.missing the permission a 403 names).
 async function api(method, path, body) {
   const headers = { "Accept": "application/json" };
-  if (state.token) headers["X-Auth-Token"] = state.token;
+  const token = state.token;  // the session this call belongs to
+  if (token) headers["X-Auth-Token"] = token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -18,7 +19,8 @@ async function api(method, path, body) {
                         { status: 0 });
   }
   const data = await response.json().catch(() => ({ error: response.statusText }));
-  if (response.status === 401 && path !== "/api/login") {
+  // A 401 ends the session it was asked in, not one logged in since (a late answer).
+  if (response.status === 401 && path !== "/api/login" && token === state.token) {
     logout();
     $("#login-error").textContent = "Your session has ended: log in again.";
   }
@@ -113,8 +115,9 @@ function save(blob, name) {
 
 async function downloadCsv({ path, query }) {
   const asked = new URLSearchParams(query); asked.set("format", "csv");
-  const response = await fetch(`${path}?${asked}`, { headers: { "X-Auth-Token": state.token, "Accept": "text/csv" } });
-  if (response.status === 401) logout();
+  const token = state.token;
+  const response = await fetch(`${path}?${asked}`, { headers: { "X-Auth-Token": token, "Accept": "text/csv" } });
+  if (response.status === 401 && token === state.token) logout();
   if (!response.ok) {
     const data = await response.json().catch(() => ({ error: response.statusText }));
     throw new Error(data.error || response.statusText);

@@ -19,7 +19,7 @@ async function pageInto(kind, path, params, body, row, more, error, empty) {
   const mine = fleetLoads[kind];
   const button = $(more);
   const first = !params.get("cursor");
-  if (first) noteRow(body, "Loading…");
+  if (first) { noteRow(body, "Loading…"); button.hidden = true; }  // no "More" of the list it replaces
   else { button.disabled = true; button.textContent = "Loading…"; }
   try {
     const data = await api("GET", `${path}?${params}`);
@@ -32,6 +32,7 @@ async function pageInto(kind, path, params, body, row, more, error, empty) {
     if (first && !items.length) noteRow(body, empty, "empty");
     button.hidden = !data.next;
     button.onclick = () => {
+      if (mine !== fleetLoads[kind]) return;  // a click that came as other filters' load began
       const next = new URLSearchParams(params); next.set("cursor", data.next);
       pageInto(kind, path, next, body, row, more, error, empty);
     };
