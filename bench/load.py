@@ -54,6 +54,7 @@ from halite_core.store.schema import job_returns  # noqa: E402
 
 MINIONS_PER_JOB = 5
 BIG_EVERY = 200
+GOAL = 10_000  # returns/s on PostgreSQL with 8 workers, the large-sites goal
 
 
 def big_highstate() -> dict:
@@ -291,6 +292,12 @@ def main() -> None:
             f"  {r['backend']:<11} {r['how']:<10} {r['rate']:>10,.0f} {r['p50_ms']:>8.3f} "
             f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {r['lost']:>5} {rss:>14}"
         )
+    for r in rows:
+        if r["backend"] == "postgresql" and r["how"] == "engine":
+            print(
+                f"  writers on PostgreSQL: {r['rate']:,.0f} returns/s, {r['rate'] / GOAL:.2f}x the "
+                f"goal of {GOAL:,} returns/s for {args.workers} workers"
+            )
     cores = os.cpu_count() or 1
     for r in rows:
         if r["how"] != "engine":
