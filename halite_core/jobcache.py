@@ -155,7 +155,9 @@ class JobStore:
         self._as_engine = False
         # The runners', the API's and the page's reads: a replica's when one is configured.
         self.views: Database | ReplicaReads = (
-            ReplicaReads(self.db, settings.read_db_url, settings.read_max_lag)
+            ReplicaReads(
+                self.db, settings.read_db_url, settings.read_max_lag, settings.read_timeout
+            )
             if settings.read_db_url
             else self.db
         )

@@ -6,12 +6,14 @@ partition. The interval arithmetic runs on either database."""
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import logging
 import threading
+from pathlib import Path
 
 from alembic import command
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import event, func, inspect, select, text
 
 from halite_core import queries
 from halite_core.jobcache import JobStore
@@ -274,8 +276,8 @@ def test_retention_drops_whole_partitions_and_cleans_the_boundary_exactly(store,
 def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, settings):
     """A history written by halite, taken back to revision 0009's plain tables (a reading
     role granted SELECT on them), then upgraded: every row of the three tables is the
-    same, each in its day's partition (made for every day that holds jobs), the keys, the
-    role's privileges and the search hold, and writes go on."""
+    same, each in the partition made for its month (days before this month go by month),
+    the keys, the role's privileges and the search hold, and writes go on."""
     store.db.partitions.today = lambda: D1
     jobs = [jid_at(day, hour, n) for n, (day, hour) in enumerate(
         [(D1, 10), (D2, 10), (D2, 11), (D3, 9), (dt.date(2026, 11, 5), 12)])]  # fmt: skip
@@ -310,11 +312,11 @@ def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, setti
     assert dump() == before
     command.upgrade(cfg, "head")
     assert dump() == before
+    parts = migration_0010().ranges({started(jid).date() for jid in jobs}, utc_today())
     for jid in jobs:
-        day = jid[:8]
-        assert partition_of(store, "jobs_index", jid) == f"jobs_index_p{day}"
-        assert partition_of(store, "job_returns", jid) == f"job_returns_p{day}"
-        assert partition_of(store, "state_results", jid) == f"state_results_p{day}"
+        (start,) = [lo for lo, hi in parts if lo <= started(jid).date() < hi]
+        for table in ("jobs_index", "job_returns", "state_results"):
+            assert partition_of(store, table, jid) == f"{table}_p{start:%Y%m%d}"
     with store.db.engine.connect() as conn:
         # The keys, the other roles' privileges and no foreign key (schema.job_of).
         assert inspect(conn).get_pk_constraint("job_returns")["constrained_columns"] == [
@@ -331,6 +333,93 @@ def test_a_populated_unpartitioned_database_is_migrated_row_for_row(store, setti
     save_return(store, state_ret(jobs[1], "web2"))
     store.flush()
     assert set(store.get_jid(jobs[1])) == {"web1", "web2"}
+
+
+def migration_0010():
+    """Revision 0010's module, as Alembic loads it."""
+    path = Path(dbmod.__file__).parent / "migrations" / "versions" / "0010_partitions.py"
+    spec = importlib.util.spec_from_file_location("halite_revision_0010", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def utc_today():
+    return dt.datetime.now(UTC).date()
+
+
+def test_revision_0010_partitions_the_history_by_month_and_the_days_about_now_by_day():
+    ranges = migration_0010().ranges
+    today = dt.date(2026, 12, 30)
+    days = {dt.date(2024, 1, 5), dt.date(2024, 1, 20), dt.date(2026, 11, 30),
+            dt.date(2026, 12, 2), dt.date(2027, 1, 10), dt.date(2027, 3, 1),
+            dt.date(9999, 12, 31)}  # fmt: skip
+    by_day = [(dt.date(2026, 12, n), dt.date(2026, 12, n + 1)) for n in range(1, 31)]
+    assert ranges(days, today) == [
+        (dt.date(2024, 1, 1), dt.date(2024, 2, 1)),
+        (dt.date(2026, 11, 1), dt.date(2026, 12, 1)),
+        *by_day,
+        (dt.date(2026, 12, 31), dt.date(2027, 1, 1)),
+        (dt.date(2027, 1, 1), dt.date(2027, 1, 2)),
+        (dt.date(2027, 1, 2), dt.date(2027, 2, 1)),  # the rest of a month ahead
+        (dt.date(2027, 3, 1), dt.date(2027, 4, 1)),
+    ]  # 9999-12-31: no range ends past the calendar; the default partition takes it
+
+
+@pytestmark_pg
+def test_four_years_of_history_and_a_jid_of_the_year_9999_are_migrated(store):
+    """A job a day for four years and one published under the jid 99991231235959999999:
+    the upgrade makes a partition per month of history (a partition per day, each with
+    its indexes, asks for more locks than the server allows one transaction: "out of
+    shared memory"), and the last jid's job goes to the default partition."""
+    today = utc_today()
+    jobs = [jid_at(today - dt.timedelta(days=n), 10) for n in range(1, 1501)]
+    jobs.append("99991231235959999999")
+    for jid in jobs:
+        publish(store, jid, fun="test.ping", minions=("m1",))
+    store.flush()
+    cfg = dbmod.alembic_config(store.db)
+    command.downgrade(cfg, "0009")
+    command.upgrade(cfg, "head")
+    assert partition_of(store, "jobs_index", jobs[-1]) == "jobs_index_default"
+    assert partition_of(store, "job_returns", jobs[-1]) == "job_returns_default"
+    months = {jid[:6] for jid in jobs[:-1] if jid[:6] < f"{today:%Y%m}"}
+    made = names(store) - {"jobs_index_default"}
+    assert len(made) == len(months) + (today + dt.timedelta(days=3) - today.replace(day=1)).days
+    for jid in jobs[:-1]:
+        assert partition_of(store, "jobs_index", jid) != "jobs_index_default"
+    with store.db.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(jobs_index)) == len(jobs)
+
+
+@pytestmark_pg
+def test_writes_wait_in_the_spool_while_the_upgrade_fails_on_the_database(store, caplog):
+    """Another tool made a view on the plain jobs_index of revision 0009: the upgrade
+    cannot drop the table, and the writes of a master upgraded meanwhile wait in its
+    spool (none set aside); once the view is gone, the next attempt upgrades and
+    replays them."""
+    publish(store, jid_at(D1, 10), minions=("m1",))
+    store.flush()
+    command.downgrade(dbmod.alembic_config(store.db), "0009")
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW report_jobs AS SELECT jid, function FROM jobs_index")
+    store.db._schema_ready = False  # as in a master that starts on this halite
+    caplog.set_level(logging.WARNING)
+    later = jid_at(D1, 11)
+    load = {"jid": later, "fun": "test.ping", "arg": [], "tgt": ["m1"], "tgt_type": "list",
+            "user": "root"}  # fmt: skip
+    assert store.record("save_load", later, load, ["m1"]) is True  # as Salt's worker does
+    store.flush()
+    assert store.spool.pending() and not list(store.spool.rejected.glob("*"))
+    assert "could not upgrade the database" in caplog.text
+    assert "report_jobs" in caplog.text or "depend" in caplog.text
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP VIEW report_jobs")
+    store.replay_spool()
+    assert store.spool.pending() == []
+    assert store.get_load(later)["fun"] == "test.ping"
+    with store.db.read() as conn:
+        assert partitions.is_partitioned(conn)
 
 
 # ------------------------------------------------------------------ plans

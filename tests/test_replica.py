@@ -5,8 +5,10 @@ job cache reads stay on the primary."""
 
 import dataclasses
 import logging
+import math
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -178,3 +180,36 @@ def test_a_replica_whose_primary_stopped_sending_is_left_once_behind(
         assert "behind by" in caplog.text
     finally:
         os.kill(sender, signal.SIGCONT)
+
+
+@pg
+def test_a_hung_replica_sends_the_reads_to_the_primary_within_read_timeout(
+    replicated_store, settings, replica, caplog
+):
+    """The replica's host hangs after reads have used it (every server process stopped:
+    connections are accepted, nothing answers): reads go to the primary once the replica
+    has had read_timeout to answer, and come back to it when it answers again."""
+    store, first, second = replicated_store, "20261202100000000021", "20261202100000000022"
+    service = Service(store, POLICY)
+    publish(store, first, minions=("m1",))
+    store.flush()
+    wait_until(lambda: replicated(replica, settings.db_url, first), what="the replica has it")
+    assert listed(service) == {first} and store.views.source == "replica"
+    caplog.set_level(logging.WARNING)
+    replica.freeze()
+    try:
+        publish(store, second, minions=("m1",))
+        store.flush()
+        done = []
+        reader = threading.Thread(target=lambda: done.append(listed(service)), daemon=True)
+        reader.start()
+        reader.join(120)  # hung for good without a bound: the test fails, it does not hang
+        assert done == [{first, second}]  # from the primary
+        assert store.views.source == "primary"
+        assert "does not answer" in caplog.text and "did not answer within" in caplog.text
+        assert listed(service) == {first, second}  # the next read does not wait for it
+    finally:
+        replica.thaw()
+    store.views._checked_at = -math.inf  # as once AWAY_RECHECK has passed
+    wait_until(lambda: listed(service) == {first, second} and store.views.source == "replica",
+               what="the reads back on the replica")  # fmt: skip

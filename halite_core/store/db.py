@@ -27,7 +27,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from halite_core import encoding
@@ -447,7 +447,17 @@ def migrate(db: Database) -> None:
                 command.stamp(cfg, "head")
                 log.info("halite: created schema %s in %s", head, db.url.render_as_string())
             else:
-                command.upgrade(cfg, "head")
+                try:
+                    command.upgrade(cfg, "head")
+                except OperationalError:
+                    raise  # the database away or short of something: an outage
+                except Exception as exc:
+                    # Nothing can be written before the schema is: a migration that fails
+                    # on the data keeps the writes waiting (spooled), never sets them aside.
+                    raise SchemaError(
+                        f"halite could not upgrade the database at {db.url.render_as_string()}"
+                        f" from schema revision {current} to {head}: {exc}"
+                    ) from exc
                 log.info("halite: upgraded schema %s -> %s", current, head)
 
 

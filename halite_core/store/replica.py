@@ -6,6 +6,12 @@ go to the primary, and the log says so (once per change, and again when the repl
 back). Salt's job cache interface (``get_load``, ``get_jid``, ...), the plans of kills and
 re-runs and the audit log read the primary always: they must see what was just written.
 
+A replica that does not answer at all (its host hung: connections accepted, nothing
+answered) is given ``read_timeout`` seconds, for the lag's measure and for a read's
+connection; then the reads go to the primary, and it is measured again only after
+:data:`AWAY_RECHECK` seconds (each measure of a hung replica costs a reader that bound).
+A read already under way on it when it hung waits for the bound of the runner or request.
+
 The lag is measured at most once per :data:`CHECK_EVERY` seconds: the primary's WAL
 position is read (where it inserts: a commit need not be flushed to be seen, with
 ``synchronous_commit`` off), then the replica's. It is 0 when the replica has replayed up to that
@@ -32,11 +38,13 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from halite_core.bounded import DatabaseTimeout, call_within
 from halite_core.store.db import Database, get_database
 
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 1.0  # seconds between two measures of the replica's lag
+AWAY_RECHECK = 10.0  # seconds before a replica that did not answer is measured again
 PRIMARY_POSITION = "SELECT CAST(pg_current_wal_insert_lsn() AS text)"
 UNKNOWN_POSITION = "FFFFFFFF/FFFFFFFF"  # no replica has replayed that far
 LAG = (
@@ -49,10 +57,11 @@ class ReplicaReads:
     """``read()``: a read transaction on the replica while it is close enough, else on the
     primary. ``source``, ``lag`` and ``reason`` say where the last choice went and why."""
 
-    def __init__(self, primary: Database, url: str, max_lag: float) -> None:
+    def __init__(self, primary: Database, url: str, max_lag: float, timeout: float = 2.0) -> None:
         self.primary = primary
         self.url = url
         self.max_lag = max_lag
+        self.timeout = timeout  # seconds the replica has to answer (read_timeout)
         self.check_every = CHECK_EVERY
         self.source = "primary"
         self.lag: float | None = None  # seconds; None: not measured, or not answering
@@ -71,8 +80,8 @@ class ReplicaReads:
     def read(self) -> Iterator[Connection]:
         if self._choose() == "replica":
             try:
-                conn = self.replica.engine.connect()
-            except DBAPIError as exc:
+                conn = self._connect()
+            except (DBAPIError, DatabaseTimeout) as exc:
                 self._left(f"it does not answer ({_first_line(exc)})", None)
             else:
                 with conn, conn.begin():
@@ -102,13 +111,12 @@ class ReplicaReads:
             except DBAPIError:
                 position = UNKNOWN_POSITION  # the primary away: judged by time alone
             try:
-                with self.replica.engine.connect() as conn:
-                    standby, caught_up, since = conn.exec_driver_sql(
-                        LAG, {"at": position}
-                    ).one()  # fmt: skip
-                    conn.rollback()
-            except DBAPIError as exc:
+                standby, caught_up, since = call_within(
+                    self.timeout, self._measure, position, what=f"the replica {self._shown}"
+                )
+            except (DBAPIError, DatabaseTimeout) as exc:
                 self._left(f"it does not answer ({_first_line(exc)})", None)
+                self._checked_at = now + AWAY_RECHECK - self.check_every
                 return self.source
             if not standby:
                 self._left("it is not a standby (not in recovery)", None)
@@ -127,6 +135,29 @@ class ReplicaReads:
         finally:
             self._lock.release()
 
+    def _measure(self, position: str) -> tuple[bool, bool, float | None]:
+        with self.replica.engine.connect() as conn:
+            standby, caught_up, since = conn.exec_driver_sql(LAG, {"at": position}).one()
+            conn.rollback()
+        return standby, caught_up, since
+
+    def _connect(self) -> Connection:
+        """A connection to the replica within ``timeout`` (its pool checks it first, which
+        waits as long as the replica does); one that comes later is closed."""
+        late = threading.Event()
+
+        def connect() -> Connection:
+            conn = self.replica.engine.connect()
+            if late.is_set():
+                conn.close()
+            return conn
+
+        try:
+            return call_within(self.timeout, connect, what=f"the replica {self._shown}")
+        except DatabaseTimeout:
+            late.set()
+            raise
+
     def stay_on_primary(self) -> None:
         """Read the primary for ``max_lag`` seconds: this process just committed what it
         must read back."""
@@ -138,5 +169,6 @@ class ReplicaReads:
         self.source, self.lag, self.reason = "primary", lag, why
 
 
-def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig or exc).strip().splitlines()[0]
+def _first_line(exc: DBAPIError | DatabaseTimeout) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) else None
+    return str(cause or exc).strip().splitlines()[0]

@@ -6,9 +6,14 @@ Revises: 0009
 Create Date: 2026-12-02
 
 PostgreSQL only (SQLite keeps its plain tables). The three tables are rebuilt as tables
-partitioned by range of ``jid``: a partition for each day that holds jobs, one for today
-and the next two days, and a default one (see ``halite_core/store/partitions.py``; later
-partitions follow ``halite:partition_interval``). The rows are copied, then the old
+partitioned by range of ``jid``: a partition for each month before the current one that
+holds jobs, one for each day from the first of this month to two days ahead, one for each
+later month that holds jobs (jids of a clock ahead), and a default one for the jids of no
+date (see ``halite_core/store/partitions.py``; later partitions follow
+``halite:partition_interval``). The history goes by month, not by day: each partition, and
+each of its indexes, is a lock of the one transaction, and a day per partition for two
+years of history would ask for more locks than PostgreSQL's defaults allow
+(``max_locks_per_transaction``). The rows are copied, then the old
 tables dropped, and the keys, indexes and the other roles' privileges given again under
 their own names. The foreign keys of ``job_returns`` and ``state_results`` to
 ``jobs_index`` are left out on PostgreSQL (see ``schema.job_of``).
@@ -78,8 +83,8 @@ SEARCH_DDL = (
 DAY = re.compile(r"^[0-9]{8}$")
 
 
-def _days() -> list[dt.date]:
-    """The days of the jids stored, and today and the next two days."""
+def _days() -> set[dt.date]:
+    """The days of the jids stored."""
     found = set()
     for (prefix,) in op.get_bind().exec_driver_sql(
         "SELECT DISTINCT substr(jid, 1, 8) FROM jobs_index"
@@ -89,9 +94,28 @@ def _days() -> list[dt.date]:
                 found.add(dt.datetime.strptime(prefix, "%Y%m%d").date())
             except ValueError:
                 continue  # not a date: the default partition takes it
-    today = dt.datetime.now(dt.timezone.utc).date()
-    found.update(today + dt.timedelta(days=n) for n in range(3))
-    return sorted(found)
+    return found
+
+
+def ranges(days: set[dt.date], today: dt.date) -> list[tuple[dt.date, dt.date]]:
+    """The partitions to make, from (included) and to (excluded), for jobs of ``days``: a
+    month for each month before today's that holds jobs, a day for each day from the first
+    of today's month to two days ahead, and from then on the rest of each month that holds
+    jobs. A range that would end past the calendar (jids of the year 9999) is left to the
+    default partition."""
+    first, daily_until = today.replace(day=1), today + dt.timedelta(days=3)
+    made = {(first + dt.timedelta(days=n), first + dt.timedelta(days=n + 1))
+            for n in range((daily_until - first).days)}  # fmt: skip
+    for day in days:
+        if first <= day < daily_until:
+            continue
+        try:
+            end = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        except OverflowError:
+            continue
+        start = day.replace(day=1)
+        made.add((max(start, daily_until) if day >= daily_until else start, end))
+    return sorted(made)
 
 
 def upgrade() -> None:
@@ -101,15 +125,15 @@ def upgrade() -> None:
     run = bind.exec_driver_sql
     # No halite of the revision before may write while the rows are copied.
     run("LOCK TABLE jobs_index, job_returns, state_results IN EXCLUSIVE MODE")
-    days = _days()
+    parts = ranges(_days(), dt.datetime.now(dt.timezone.utc).date())
     for table in TABLES:
         run(
             f"CREATE TABLE {table}_partitioned (LIKE {table} INCLUDING DEFAULTS)"
             " PARTITION BY RANGE (jid)"
         )
         run(f"CREATE TABLE {table}_default PARTITION OF {table}_partitioned DEFAULT")
-        for day in days:
-            lo, hi = f"{day:%Y%m%d}", f"{day + dt.timedelta(days=1):%Y%m%d}"
+        for start, end in parts:
+            lo, hi = f"{start:%Y%m%d}", f"{end:%Y%m%d}"
             run(
                 f"CREATE TABLE {table}_p{lo} PARTITION OF {table}_partitioned"
                 f" FOR VALUES FROM ('{lo}') TO ('{hi}')"
