@@ -16,16 +16,18 @@ object      ``{"__halite_type__": "object", "type": ..., "repr": ...}``  the mar
 mapping     ``{"__halite_type__": "mapping", "items": {...}}``      ``dict``
 mapping     ``{"__halite_type__": "mapping", "pairs": [[k, v]]}``   ``dict``
 integer     ``{"__halite_type__": "integer", "value": "..."}``     ``int`` (``hex`` if huge)
-text        ``{"__halite_type__": "text", "base64": "..."}``      ``str`` (holding a NUL)
+text        ``{"__halite_type__": "text", "base64": "..."}``      ``str`` (a NUL, a surrogate)
 ==========  ====================================================  =====================
 
 ``mapping`` escapes a minion's own mapping that has a ``__halite_type__`` key, so that no
-value a minion returns is ever mistaken for a marker. A mapping with a NUL character in a
-key, which no jsonb key can hold, is written as ``pairs``, each key encoded as any string
-is (a ``text`` marker when it holds a NUL): the key ``key<NUL>`` and a minion's own key
-``key\\x00`` stay two keys. ``text`` holds a string with a NUL character, as UTF-8 in
-base64. ``integer`` holds a return that is a bare integer outside the 64-bit range, which
-SQLite's numeric column affinity would turn into a float (inside a list or mapping it is
+value a minion returns is ever mistaken for a marker. A mapping with a NUL character or a
+lone surrogate in a key, which no jsonb key can hold, is written as ``pairs``, each key
+encoded as any string is (a ``text`` marker when it holds one): the key ``key<NUL>`` and a
+minion's own key ``key\\x00`` stay two keys. ``text`` holds a string with a NUL character
+or a lone surrogate (a file name Python read from bytes that are not UTF-8: PostgreSQL's
+jsonb refuses both), as UTF-8 in base64 (surrogates passed through). ``integer`` holds a
+return that is a bare integer outside the 64-bit range, which SQLite's numeric column
+affinity would turn into a float (inside a list or mapping it is
 part of the JSON text and is kept as it is), and any integer too long for Python to write
 in decimal, in hexadecimal.
 
@@ -42,10 +44,18 @@ import datetime as dt
 import decimal
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 MARKER = "__halite_type__"
+# In JSON text as json.dumps writes it (ASCII): a lone surrogate's escape, which jsonb
+# refuses (a pair, an astral character's, it takes). An escaped backslash before "ud800"
+# matches too: the value is then walked, and kept as it is.
+LONE_SURROGATE = re.compile(
+    r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}"
+)
+SURROGATE = re.compile("[\ud800-\udfff]")
 PREVIEW_CHARS = 4096
 MAX_DEPTH = 200
 MAX_INT_BITS = 14_000  # about 4,200 decimal digits, under Python's 4,300 for str(int)
@@ -69,8 +79,10 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if _depth > MAX_DEPTH:
         return _marker("object", type="nested", repr=f"nesting deeper than {MAX_DEPTH}")
     if isinstance(value, str):
-        if "\x00" in value:  # PostgreSQL's jsonb cannot hold NUL characters
-            return _marker("text", base64=base64.b64encode(value.encode("utf-8")).decode("ascii"))
+        # PostgreSQL's jsonb holds neither a NUL character nor a lone surrogate.
+        if "\x00" in value or SURROGATE.search(value):
+            data = value.encode("utf-8", "surrogatepass")
+            return _marker("text", base64=base64.b64encode(data).decode("ascii"))
         return value
     if value is None or isinstance(value, bool):
         return value
@@ -80,7 +92,7 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return value if math.isfinite(value) else _marker("float", value=repr(value))
     if isinstance(value, Mapping):
         items = [(_key(k), v) for k, v in value.items()]
-        if any("\x00" in k for k, _ in items):
+        if any("\x00" in k or SURROGATE.search(k) for k, _ in items):
             # No JSON object key can hold a NUL in jsonb, and any escape of it could be a
             # minion's own key: the mapping becomes pairs, each key encoded as text is.
             pairs = [[to_jsonable(k), to_jsonable(v, _depth + 1)] for k, v in items]
@@ -119,13 +131,19 @@ def dumps(value: Any) -> tuple[str, bool]:
     """JSON text for ``value`` and whether anything had to be converted to a marker."""
     if type(value) is int and not -(2**63) <= value < 2**63:
         return json.dumps(_integer(value), separators=(",", ":")), True
+    text = None
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        if "\\u0000" not in text and MARKER not in text:
+        if (
+            "\\u0000" not in text
+            and MARKER not in text
+            and ("\\ud" not in text or not LONE_SURROGATE.search(text))
+        ):
             return text, False
     except (TypeError, ValueError, RecursionError):
         pass
-    return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":")), True
+    walked = json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":"))
+    return walked, walked != text
 
 
 def encode(value: Any, max_bytes: int | None = None) -> Encoded:
@@ -163,7 +181,7 @@ def restore(value: Any) -> Any:
         if kind == "bytes":
             return base64.b64decode(value["base64"])
         if kind == "text":
-            return base64.b64decode(value["base64"]).decode("utf-8")
+            return base64.b64decode(value["base64"]).decode("utf-8", "surrogatepass")
         if kind == "set":
             return {_hashable(restore(v)) for v in value["items"]}
         if kind == "decimal":
@@ -187,6 +205,19 @@ def loads(value: Any) -> Any:
         parsed = json.loads(text)
         return restore(parsed) if MARKER in text else parsed
     return restore(value)
+
+
+def column_text(text: str) -> str:
+    """``text`` as a text column of either database takes it: a NUL (which PostgreSQL's
+    text refuses) and a lone surrogate (which no UTF-8 holds) escaped as ``\\u0000`` and
+    ``\\udcff``. The return, the load, keep the original (with markers)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _hashable(value: Any) -> Any:

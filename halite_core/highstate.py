@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from halite_core import encoding
+
 SEPARATOR = "_|-"
 
 
@@ -139,17 +141,7 @@ def _short(value: object, limit: int) -> str | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
-    return _storable(text)[:limit]
-
-
-def _storable(text: str) -> str:
-    if "\x00" in text:
-        text = text.replace("\x00", "\\u0000")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    return encoding.column_text(text)[:limit]
 
 
 KEY_BYTES = 900  # with a jid and a minion id, within PostgreSQL's 2,704 bytes for a key
@@ -159,7 +151,7 @@ def _state_key(key: str) -> str:
     """Salt's key of a state as ``state_results`` keeps it: a key longer than
     ``KEY_BYTES`` in UTF-8 is cut, and ends with a digest of the whole, so that two long
     keys that share their beginning stay two."""
-    key = _storable(key)
+    key = encoding.column_text(key)
     data = key.encode("utf-8")
     if len(data) <= KEY_BYTES:
         return key

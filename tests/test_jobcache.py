@@ -784,3 +784,39 @@ def test_a_numeric_master_id_is_stored_as_its_text(opts):
         assert not store.spool.rejected.exists() or not any(store.spool.rejected.iterdir())
     finally:
         store.db.dispose()
+
+
+def test_text_neither_database_can_hold_is_escaped_and_nothing_is_set_aside(store):
+    """What PostgreSQL refuses (a NUL in text, a lone surrogate anywhere: a file name read
+    from bytes that are not UTF-8), and a minion id longer than the column, through Salt's
+    calls: every publish and return is stored, the returns come back as sent, the index's
+    text columns show the odd character escaped."""
+    odd = {
+        "20261128120000000011": ({"fun": "test.\x00ping"}, {}, "m1", "file-\udcff.txt"),
+        "20261128120000000012": ({}, {"out": "nes\x00ted"}, "m1", {"files": ["x\udcff", "ok"]}),
+        "20261128120000000013": ({"user": "ro\x00ot", "tgt": "web\x00*"}, {}, "m1", True),
+        "20261128120000000014": ({"tgt": "web\udcff"}, {}, "m1", {"k\udcff": 1}),
+        "20261128120000000015": ({}, {}, "m\x00x", True),
+        "20261128120000000016": ({}, {}, "m" * 300, True),
+    }
+    for jid, (extra, more, minion, value) in odd.items():
+        load = {"jid": jid, "fun": "test.ping", "arg": [], "tgt": [minion], "tgt_type": "list",
+                "user": "root", **extra}  # fmt: skip
+        assert store.record("save_load", jid, load, [minion]) is True
+        returned = {**ret(jid, minion, value, fun=load["fun"]), **more}
+        assert store.record("save_return", returned) is True
+    store.flush()
+    assert not store.spool.rejected.exists() or not any(store.spool.rejected.iterdir())
+    for jid, (*_, value) in odd.items():
+        row = job_row(store, jid)
+        assert (row["status"], row["minions_targeted"], row["minions_returned"]) == (
+            "complete", 1, 1
+        ), jid  # fmt: skip
+        (stored,) = store.get_jid(jid).values()
+        assert stored["return"] == value, jid
+    assert job_row(store, "20261128120000000011")["function"] == "test.\\u0000ping"
+    assert job_row(store, "20261128120000000013")["user"] == "ro\\u0000ot"
+    assert job_row(store, "20261128120000000013")["target"] == "web\\u0000*"
+    assert job_row(store, "20261128120000000014")["target"] == "web\\udcff"
+    assert list(store.get_jid("20261128120000000015")) == ["m\\u0000x"]
+    assert list(store.get_jid("20261128120000000016")) == ["m" * 255]

@@ -198,9 +198,10 @@ def item_from_line(line: str) -> Item:
         # read back to what was sent, to be encoded once more on their way in.
         stub = encoding.restore(data["stub"]) if encoding.MARKER in head else data["stub"]
         return ReturnItem(row, stub)
+    if encoding.MARKER in head:
+        data = encoding.restore(data)  # the whole line was encoded: a load, a minion id
     if op == "load":
-        load = encoding.restore(data["load"]) if encoding.MARKER in head else data["load"]
-        return LoadItem(data["jid"], load, data["minions"], bool(data.get("only_new")))
+        return LoadItem(data["jid"], data["load"], data["minions"], bool(data.get("only_new")))
     if op == "no_return":
         return NoReturnItem(data["jid"], data["minions"], dt.datetime.fromisoformat(data["at"]))
     if op == "killed":

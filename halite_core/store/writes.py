@@ -105,6 +105,7 @@ def target_text(tgt: object) -> str | None:
         text = ",".join(str(t) for t in tgt)
     else:
         text = str(tgt)
+    text = encoding.column_text(text)
     return text if len(text) <= TARGET_CHARS else text[: TARGET_CHARS - 3] + "..."
 
 
@@ -509,9 +510,17 @@ def function_name(value: object) -> str | None:
 
 
 def _text(value: object, limit: int) -> str | None:
+    """A text column's value: at most ``limit`` characters, without what PostgreSQL's
+    text refuses (encoding.column_text), so that a row is never set aside for it."""
     if value is None:
         return None
-    return str(value)[:limit]
+    return encoding.column_text(str(value))[:limit]
+
+
+def minion_id(minion: str) -> str:
+    """A minion id as ``job_returns`` keys it, the same from a target list, a return or a
+    settling mark: at most 255 characters, a NUL or lone surrogate escaped."""
+    return encoding.column_text(minion)[:255]
 
 
 def event_stamp(value: object) -> dt.datetime | None:
@@ -668,7 +677,7 @@ class Writes:
                  "start_time": self.start_time(item.jid), "returned_at": item.at,
                  "return_truncated": False}
                 for item in marked
-                for minion in item.minions
+                for minion in map(minion_id, item.minions)
             ]  # fmt: skip
             self.db.executemany(conn, stmt, rows)
             touched.update(item.jid for item in marked)
@@ -743,7 +752,7 @@ class Writes:
                     "created_at": now,
                 }
             )
-            targets = item.minions or []
+            targets = [minion_id(m) for m in item.minions or []]
             expected.update((jid, minion) for minion in targets if (jid, minion) in returned)
             pending = [m for m in targets if (jid, m) not in returned]
             placeholders.extend((jid, minion, start) for minion in pending)
@@ -763,7 +772,7 @@ class Writes:
     def _add_minions(
         self, conn: Connection, jid: str, start: dt.datetime, minions: Iterable[str]
     ) -> None:
-        self._add_placeholders(conn, [(jid, minion, start) for minion in minions])
+        self._add_placeholders(conn, [(jid, minion_id(minion), start) for minion in minions])
 
     def _add_placeholders(
         self, conn: Connection, keys: Sequence[tuple[str, str, dt.datetime]]
@@ -885,14 +894,14 @@ class Writes:
         out = load.get("out")
         return ReturnRow(
             jid=jid,
-            minion=minion[:255],
+            minion=minion_id(minion),
             function=function_name(fun),
             start_time=self.start_time(jid),
             returned_at=returned_at or utcnow(),
             value=encoded,
             retcode=_retcode(load.get("retcode", runner_retcode)),
             success=success if isinstance(success, bool) else None,
-            out=out[:64] if isinstance(out, str) else None,
+            out=_text(out, 64) if isinstance(out, str) else None,
             summary=summary,
             test_run=test_run,
             notable=notable,
