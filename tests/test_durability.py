@@ -403,3 +403,39 @@ def test_a_batch_of_large_writes_is_committed_in_parts(settings, monkeypatch):
     assert sum(batches) == 41 and len(batches) >= 4  # 320 kB of lines, 64 kB a batch
     assert len(store.get_jid(jid)) == 40
     store.close()
+
+
+def test_a_batch_read_from_another_process_journal_is_bounded_in_bytes(settings, monkeypatch):
+    """The same bound for the lines the committer reads back from a journal (another
+    process's, as the engine's committer reads every worker's): a batch ends at
+    BATCH_BYTES, across the journals and the chunks it reads them in."""
+    import fcntl
+
+    from halite_core.durability import committer as committing
+    from halite_core.durability import journal
+
+    monkeypatch.setattr(committing, "BATCH_BYTES", 64 * 1024)
+    monkeypatch.setattr(journal, "ROTATE_BYTES", 20 * 1024)  # a journal every 3 returns
+    store = JobStore(dataclasses.replace(settings, batch_size=10_000, flush_interval=3600))
+    batches = []
+    apply_items = store.writes.apply_items
+    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
+        batches.append(len(items)), apply_items(items))[1])  # fmt: skip
+    Path(settings.journal_dir).mkdir(parents=True, exist_ok=True)
+    held = open(Path(settings.journal_dir, committing.LOCK), "a")  # noqa: SIM115
+    fcntl.flock(held, fcntl.LOCK_EX)  # someone else commits: the lines are only on disk
+    jid = "20261128120000000001"
+    minions = [f"m{n}" for n in range(40)]
+    load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": minions, "tgt_type": "list"}
+    assert store.record("save_load", jid, load, minions) is True
+    for minion in minions:
+        assert store.record("save_return", ret(jid, minion, "x" * 8000)) is True
+    assert batches == []
+    held.close()
+    store.flush()
+    # 320 kB of lines in about 14 journals, 64 kB a batch: neither one batch for all (the bytes
+    # counted from the start of each journal) nor a batch a line.
+    assert sum(batches) == 41 and 4 <= len(batches) <= 7
+    assert max(batches) <= 9  # 64 kB: at most 8 returns of 8 kB and the publish
+    assert len(store.get_jid(jid)) == 40
+    store.close()

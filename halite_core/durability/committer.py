@@ -358,7 +358,7 @@ class Committer:
                 chunk = _read_chunk(path, offset, limit)
                 if chunk is None:
                     break
-                data, size = chunk
+                data, length = chunk  # and the journal's length now
                 end = data.rfind(b"\n") + 1
                 if end == 0 and closed and data:
                     # A last line its writer never ended: the write was cut (the process
@@ -370,7 +370,7 @@ class Committer:
                     )  # fmt: skip
                     offset += len(data)
                     marks[name] = offset
-                    if offset >= size:
+                    if offset >= length:
                         finished.append(name)
                     break
                 at = 0
@@ -390,8 +390,8 @@ class Committer:
                         batch, marks, size = [], {}, 0
                 offset += end
                 marks[name] = offset
-                if end == 0 or offset >= size:
-                    if closed and offset >= size:
+                if end == 0 or offset >= length:
+                    if closed and offset >= length:
                         finished.append(name)
                     break
         if not self._commit(batch, marks):
