@@ -1,6 +1,11 @@
+import collections
+import dataclasses
 import datetime as dt
 import decimal
 import json
+import uuid
+
+import pytest
 
 from halite_core import encoding
 from tests.helpers import save_return
@@ -39,6 +44,52 @@ def test_unencodable_values_round_trip_through_markers():
     assert back["inf"] == float("inf")
     assert back["nan"] != back["nan"]
     assert back["7"] == "int key"
+
+
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), float("-inf")])
+def test_a_lone_nan_or_infinity_among_plain_values_becomes_a_float_marker(special):
+    # The fast encoder would write these as null, which reads back as None: the
+    # marker must be written whether or not the value holds anything else JSON
+    # cannot carry.
+    value = {"result": True, "load": [0.5, special], "name": "cpu"}
+    text, converted = encoding.dumps(value)
+    assert converted
+    back = encoding.restore(json.loads(text))["load"][1]
+    assert isinstance(back, float) and str(back) == str(special)
+    assert encoding.restore(json.loads(encoding.dumps(special)[0])) is not None
+
+
+def test_the_fast_encoder_writes_what_json_writes():
+    value = {
+        "str": 'caf\u00e9 \U0001f600 "q" \\ \n\t\x01',
+        "ints": [0, -1, 2**63 - 1, -(2**63), 2**64 - 1],
+        "floats": [0.1, 1e16, -2.5e-300, 1.0],
+        "nested": {"a": [{"b": None}, (1, 2)], "t": True, "f": False},
+        "sub": collections.OrderedDict([("z", 1), ("a", 2)]),
+    }
+    text, converted = encoding.dumps(value)
+    assert not converted
+    assert json.loads(text) == json.loads(json.dumps(value))
+    assert list(json.loads(text)["sub"]) == ["z", "a"]
+
+
+def test_datetimes_and_dataclasses_are_not_written_the_fast_encoder_s_way():
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    text, converted = encoding.dumps({"when": dt.datetime(2026, 1, 2), "p": Point(1)})
+    back = encoding.restore(json.loads(text))
+    assert converted
+    assert back["when"] == dt.datetime(2026, 1, 2)
+    assert back["p"]["__halite_type__"] == "object"
+    assert "Point(x=1)" in back["p"]["repr"]
+
+
+def test_a_uuid_is_stored_as_its_text():
+    value = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    text, converted = encoding.dumps({"id": value})
+    assert json.loads(text) == {"id": str(value)}
 
 
 def test_arbitrary_objects_are_kept_as_a_visible_marker():
