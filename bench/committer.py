@@ -10,11 +10,13 @@ from typing import Any
 
 from halite_core.config import Settings
 from halite_core.jobcache import JobStore
+from halite_core.perprocess import freeze_long_lived
 
 
 def _run(opts: dict[str, Any], ready: Any, stop: Any, peak: Any, cpu: Any) -> None:
     store = JobStore(Settings.from_opts(opts))
     committer = store.committer(engine=True)
+    freeze_long_lived()  # as the engine's process does once started
     while not committer.holds_lock():
         committer.run_once()
         time.sleep(0.01)

@@ -81,6 +81,7 @@ try:
     from halite_core.announce import Announcer, EventOptions
     from halite_core.config import EngineOptions
     from halite_core.jobcache import get_store
+    from halite_core.perprocess import freeze_long_lived
 
     HAS_HALITE = True
     _IMPORT_ERROR = ""
@@ -205,6 +206,7 @@ def start(**options):
         publish = serve_http(http)  # None: off; `http: {}` serves with the defaults
         reader.wait_listening()  # subscribed before the running set is rebuilt
         engine.recover()
+        freeze_long_lived()  # what this process holds for its life, out of the full GC passes
         while True:
             run_once(engine, reader, publish=publish, announce=announce)
     finally:
