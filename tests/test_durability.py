@@ -22,7 +22,7 @@ from halite_core.permissions import Denied, Policy
 from halite_core.service import Service
 from halite_core.store.ops import KilledItem, MinionsItem, NoReturnItem
 from halite_core.store.schema import audit_log
-from tests.conftest import sqlite_only
+from tests.conftest import postgresql_only, sqlite_only
 from tests.helpers import publish, ret, save_load, save_return
 
 UTC = dt.timezone.utc
@@ -438,4 +438,178 @@ def test_a_batch_read_from_another_process_journal_is_bounded_in_bytes(settings,
     assert sum(batches) == 41 and 4 <= len(batches) <= 7
     assert max(batches) <= 9  # 64 kB: at most 8 returns of 8 kB and the publish
     assert len(store.get_jid(jid)) == 40
+    store.close()
+
+
+def test_split_by_job_keeps_each_job_in_one_part_in_the_order_read():
+    from halite_core.durability.committer import split_by_job
+    from halite_core.store.ops import AuditItem
+
+    batch = []
+    for n in range(200):
+        jid = f"2026112812000000{n % 37:04d}"
+        batch.append((f"line {n}", MinionsItem(jid, [f"m{n}"])))
+        if n % 50 == 0:
+            batch.append((f"audit {n}", AuditItem({"entry_id": str(n)})))
+    parts = split_by_job(batch, 2)
+    assert len(parts) == 2 and sorted(map(len, parts)) != [0, len(batch)]
+    assert sorted(e[0] for part in parts for e in part) == sorted(e[0] for e in batch)
+    where = {}
+    for index, part in enumerate(parts):
+        assert part == [e for e in batch if e in part]  # the order read, within a part
+        for _line, item in part:
+            jid = getattr(item, "jid", None)
+            assert where.setdefault(jid, index) == index  # a job in one part only
+    assert where[None] == 0  # writes of no job in the first
+    assert split_by_job(batch, 1) == [batch]
+
+
+def _states(n, failed=False):
+    return {
+        f"file_|-conf{i}_|-/etc/conf{i}_|-managed": {
+            "result": not (failed and i == 0), "comment": f"conf{i}", "__run_num__": i,
+            "changes": {"diff": "+x"} if i % 2 else {}, "__id__": f"conf{i}",
+            "name": f"/etc/conf{i}",
+        }
+        for i in range(n)
+    }  # fmt: skip
+
+
+def _dump(store):
+    from halite_core.store.schema import job_returns, jobs_index, minion_status, state_results
+
+    tables = {}
+    with store.db.read() as conn:
+        for table in (jobs_index, job_returns, state_results, minion_status, audit_log):
+            skip = {"created_at", "id"}  # when each store committed; audit_log's serial
+            columns = [c for c in table.c if c.name not in skip]
+            rows = conn.execute(select(*columns)).all()
+            tables[table.name] = sorted(tuple(map(repr, row)) for row in rows)
+    return tables
+
+
+@postgresql_only("SQLite commits a batch in one transaction")
+def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
+    settings, monkeypatch, tmp_path, request
+):
+    """On PostgreSQL a large batch is split by job and committed in two transactions at
+    once. The same journal lines committed in one transaction give the same rows: every
+    table, every counter, the minions' latest jobs and runs (both lanes write returns of
+    the same minions), the first return of a minion kept, settles and kills."""
+    import fcntl
+    import shutil
+
+    from halite_core import jobcache
+    from halite_core.config import Settings
+    from halite_core.durability import committer as committing
+    from halite_core.durability.journal import item_to_line
+
+    quiet = dataclasses.replace(settings, flush_interval=3600)
+    store = JobStore(quiet)
+    transactions = []
+    apply_items = store.writes.apply_items
+    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
+        transactions.append(len(items)), apply_items(items))[1])  # fmt: skip
+    Path(settings.journal_dir).mkdir(parents=True, exist_ok=True)
+    held = open(Path(settings.journal_dir, committing.LOCK), "a")  # noqa: SIM115
+    fcntl.flock(held, fcntl.LOCK_EX)  # nobody commits while the lines are journalled
+    minions = [f"m{n}" for n in range(6)]
+    base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
+    for n in range(40):
+        jid = (base + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S%f")
+        fun = "state.apply" if n % 4 == 0 else "test.arg"
+        targets = minions[n % 3 : n % 3 + 4]
+        load = {"jid": jid, "fun": fun, "arg": [], "tgt": targets, "tgt_type": "list"}
+        assert store.record("save_load", jid, load, targets) is True
+        for m, minion in enumerate(targets[:3]):
+            value = _states(4, failed=m == 1) if fun == "state.apply" else {"n": n}
+            assert store.record("save_return", ret(jid, minion, value, fun=fun)) is True
+        again = ret(jid, targets[0], "a later copy", fun=fun)
+        assert store.record("save_return", again) is True  # the first one wins
+        late = base + dt.timedelta(minutes=1)
+        item = (
+            NoReturnItem(jid, [targets[3]], late) if n % 5 else KilledItem(jid, [targets[3]], late)
+        )
+        store.submit([(item_to_line(item), item)])
+        if n % 10 == 0:
+            entry = audit.entry(user="alice", action="kill", decision="allow", jid=jid)
+            store.record_audit(entry)
+    assert transactions == []
+    # The same lines, for a second database committed in one transaction.
+    other_url = request.getfixturevalue("pg_server").create_database(
+        template=request.getfixturevalue("pg_template")
+    )
+    other_opts = {"cachedir": str(tmp_path / "other"), "id": "master1_master",
+                  "keep_jobs_seconds": 3600, "halite": {"db_url": other_url}}  # fmt: skip
+    other_settings = dataclasses.replace(Settings.from_opts(other_opts), flush_interval=3600)
+    shutil.copytree(settings.journal_dir, other_settings.journal_dir)
+    Path(other_settings.journal_dir, committing.LOCK).unlink()
+    monkeypatch.setattr(jobcache, "COMMIT_LANES", 1)
+    one = JobStore(other_settings)
+    committer = one.committer()  # another process's lines: flush() waits for this one's
+    while committer.run_once():
+        pass
+    assert committer.committed > 64
+    held.close()
+    store.flush()
+    assert len(transactions) == 2  # one batch, in two lanes
+    assert _dump(store) == _dump(one)
+    assert _dump(store)["state_results"]  # the changed and failed states were kept
+    from halite_core.store.schema import jobs_index
+
+    with store.db.read() as conn:
+        counts = conn.execute(
+            select(jobs_index.c.status, jobs_index.c.minions_returned, func.count()).group_by(
+                jobs_index.c.status, jobs_index.c.minions_returned
+            )
+        ).all()
+    assert counts == [("complete", 3, 40)]  # each settled or killed minion closed its job
+    store.close()
+    one.close()
+
+
+@postgresql_only("SQLite commits a batch in one transaction")
+def test_a_lane_that_cannot_commit_leaves_the_whole_batch_to_be_taken_again(settings, monkeypatch):
+    """One lane's part reaches the database, the other's finds it away and the spool full:
+    the journals' progress stays before the batch, and the next pass commits it all again,
+    the part already committed counted once (every write is idempotent)."""
+    from halite_core.durability.committer import split_by_job
+    from halite_core.store.ops import item_jid
+    from halite_core.store.schema import job_returns, jobs_index
+
+    store = JobStore(dataclasses.replace(settings, flush_interval=3600, spool_max_bytes=1))
+    base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
+    jobs = [(base + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S%f") for n in range(30)]
+    lanes = split_by_job([(jid, MinionsItem(jid, [])) for jid in jobs], 2)
+    away = {item.jid for _, item in lanes[1]}  # the jobs of the second lane
+    apply_items = store.writes.apply_items
+
+    def apply_or_fail(items):
+        if away & {item_jid(item) for item in items}:
+            raise OSError("the database went away")  # an outage, for that lane alone
+        return apply_items(items)
+
+    monkeypatch.setattr(store.writes, "apply_items", apply_or_fail)
+    for jid in jobs:
+        load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": ["m1", "m2"], "tgt_type": "list"}
+        assert store.record("save_load", jid, load, ["m1", "m2"]) is True
+        for minion in ("m1", "m2"):
+            assert store.record("save_return", ret(jid, minion)) is True
+    committer = store.committer()
+    committer.run_once()
+    assert store.spool.pending() == []  # nothing could be spooled
+    with store.db.read() as conn:
+        some = conn.scalar(select(func.count()).select_from(job_returns))
+    assert some == 2 * (30 - len(away))  # the first lane's part is in, the other's is not
+    away.clear()
+    committer.run_once()
+    with store.db.read() as conn:
+        returned = conn.execute(
+            select(jobs_index.c.minions_returned, func.count()).group_by(
+                jobs_index.c.minions_returned
+            )
+        ).all()
+        rows = conn.scalar(select(func.count()).select_from(job_returns))
+    assert returned == [(2, 30)] and rows == 60
+    assert committer.run_once() == 0  # all taken: nothing is committed a third time
     store.close()

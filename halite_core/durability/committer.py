@@ -6,6 +6,9 @@ in order, journal by journal, and commits them in batches of ``batch_size`` ever
 ``flush_interval`` seconds, through the one path every write takes,
 :func:`commit_or_spool`: commit the batch; if the database is away, spool it; if the
 database refuses it, try each write alone and set aside (``rejected/``) those it refuses.
+On PostgreSQL (``lanes`` 2) a batch is split by job and its parts committed in as many
+transactions at once (:func:`split_by_job`): the database and the committer work at the
+same time instead of waiting for each other.
 
 Who commits is decided by two ``flock`` locks in the journal directory, which the kernel
 releases when their process dies:
@@ -34,6 +37,7 @@ import os
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +55,7 @@ from halite_core.durability.journal import (
 )
 from halite_core.durability.spool import Spool
 from halite_core.metrics import get_metrics
-from halite_core.store.ops import RawReturn, ReturnItem
+from halite_core.store.ops import RawReturn, ReturnItem, item_jid
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ LOCK = ".committer.lock"
 ENGINE_LOCK = ".engine.lock"
 CLOSE_SECONDS = 2.0  # longest a process's exit waits for its last batch
 IDLE_SECONDS = 0.01  # flush_interval 0: how often the committer looks for new lines
+# Batches of fewer writes than this are committed in one transaction, whatever the lanes.
+LANE_MIN = 64
 READ_BYTES = 4 << 20  # read at most this much of a journal at once: memory stays bounded
 # A batch is committed once it holds batch_size writes or this many bytes of lines: a
 # batch of large returns stays a few tens of MB.
@@ -215,8 +221,10 @@ class Committer:
         tick: Callable[[float], object] | None = None,
         engine: bool = False,
         defer: bool = False,
+        lanes: int = 1,
     ) -> None:
         self.directory = Path(directory)
+        self._lanes = max(1, lanes)
         self._apply = apply
         self._spool = spool
         self._is_outage = is_outage
@@ -435,13 +443,48 @@ class Committer:
             return None
 
     def _commit(self, batch: list[Entry], marks: dict[str, int]) -> bool:
-        if not commit_or_spool(self._apply, self._spool, batch, self._is_outage):
+        if not self._commit_in_lanes(batch):
             return False  # the spool is full: the lines stay in their journals
         if marks:
             assert self._taken is not None
             self._taken.update(marks)
             self._save_taken()
         return True
+
+    def _commit_in_lanes(self, batch: list[Entry]) -> bool:
+        """Commit a batch, in ``lanes`` transactions at once when it is large enough: its
+        writes split by job, each job's in one lane in the order read (see
+        :func:`split_by_job`). While one transaction waits for the database another
+        builds its rows, and the database works on both. True once every lane committed
+        or spooled its part; a part that could not be leaves the batch's lines in their
+        journals, to be committed again with the parts that were (each write is
+        idempotent)."""
+        parts = split_by_job(batch, self._lanes) if len(batch) >= LANE_MIN else [batch]
+        if len(parts) == 1:
+            return commit_or_spool(self._apply, self._spool, batch, self._is_outage)
+        outcomes: list[Any] = [None] * len(parts)
+
+        def commit(index: int) -> None:
+            try:
+                outcomes[index] = commit_or_spool(
+                    self._apply, self._spool, parts[index], self._is_outage
+                )
+            except BaseException as exc:  # noqa: BLE001 - raised again below
+                outcomes[index] = exc
+
+        others = [
+            threading.Thread(target=commit, args=(i,), name="halite-commit-lane", daemon=True)
+            for i in range(1, len(parts))
+        ]
+        for thread in others:
+            thread.start()
+        commit(0)
+        for thread in others:
+            thread.join()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return all(outcomes)
 
     def _save_taken(self) -> None:
         assert self._taken is not None
@@ -504,6 +547,19 @@ class Committer:
             self._taken = None
             return True
         return False
+
+
+def split_by_job(batch: list[Entry], lanes: int) -> list[list[Entry]]:
+    """``batch`` in at most ``lanes`` parts, the writes of one job always in the same part
+    (by a digest of its jid; writes of no job, audit entries, in the first), each part in
+    the order read. Two parts never lock the same job: their transactions never wait for
+    each other there (only for the rows of a minion both hold returns of, which each
+    writes last)."""
+    parts: list[list[Entry]] = [[] for _ in range(lanes)]
+    for entry in batch:
+        jid = item_jid(entry[1])
+        parts[zlib.crc32(jid.encode("utf-8", "surrogatepass")) % lanes if jid else 0].append(entry)
+    return [part for part in parts if part]
 
 
 def _me() -> str:

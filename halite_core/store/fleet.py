@@ -230,19 +230,28 @@ def note_returns(
     system = {fun for fun in theirs if is_system(fun)}
     last = _latest_per_minion(row for row in rows if row.function not in system)
     real = _latest_per_minion(row for row in runs if not row.test_run)
+    keys = [_key(row) for row in replaced]
+    if keys:
+        db.executemany(conn, DROP_REPLACED, keys)
+    _add_notable(db, conn, runs)
+    # The minions' rows last, in minion order: another transaction writing returns of the
+    # same minions (another master, another lane of the committer) waits for them only
+    # from here to the commit, and never in an order that could deadlock.
     minions = sorted({row.minion for row in rows})
     params = [_minion(name, last.get(name), real.get(name)) for name in minions]
     if db.is_sqlite:
         db.executemany_rows(conn, UPSERT_MINION, MINION_PARAMETERS, params)
     else:
         run_staged(conn, MINIONS_STAGE, params, UPSERT_MINIONS_POSTGRESQL)
-    if replaced:
-        keys = [_key(row) for row in replaced]
-        db.executemany(conn, DROP_REPLACED, keys)
+    if keys:
         # A minion whose latest run was a return now replaced by one that is no real run:
         # its latest run is the one before (the statement checks what was kept).
         db.executemany(conn, RUN_GONE, keys)
         db.executemany(conn, HEALTHY, [{"minion": key["minion"]} for key in keys])
+
+
+def _add_notable(db: Database, conn: Connection, runs: Sequence[ReturnRow]) -> None:
+    """The failed and changed states of the state runs ``runs`` kept, a row each."""
     states = [
         (row.jid, row.minion, state.key, state.state_id, state.function, state.name, state.sls,
          state.result, state.comment, state.run_num, row.start_time, row.returned_at,

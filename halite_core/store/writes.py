@@ -662,7 +662,8 @@ class Writes:
                 self._ensure_jobs(conn, {item.jid: {}})
                 self._add_minions(conn, item.jid, self.start_time(item.jid), item.minions)
                 touched.add(item.jid)
-        stored = self._save_returns(conn, returns, touched, expected)
+        fleet_rows: list[tuple[list[ReturnRow], Any]] = []
+        stored = self._save_returns(conn, returns, touched, expected, fleet_rows)
         # After the returns of the same batch: a minion that did return stays returned.
         for kind, state, stmt in (
             (NoReturnItem, NO_RETURN, stmts.no_return),
@@ -695,6 +696,10 @@ class Writes:
         self.db.executemany(
             conn, stmts.endtime, [{"k_jid": jid, "at": at} for jid, at in endtimes.items()]
         )
+        # Last: the rows of the minions, which another transaction writing returns of the
+        # same minions (a lane of this committer, another master) waits for until commit.
+        for kept, prior in fleet_rows:
+            fleet.note_returns(self.db, conn, kept, prior, self.settings.is_system)
         return stored
 
     def _link_reruns(self, conn: Connection, items: Sequence[RerunItem]) -> None:
@@ -913,9 +918,12 @@ class Writes:
         items: Sequence[ReturnItem],
         touched: set[str],
         expected: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+        fleet_rows: list[tuple[list[ReturnRow], Any]] | None = None,
     ) -> int:
         """Store a batch of returns; the first return of a minion for a job wins.
-        Returns how many were stored (the others were duplicates)."""
+        Returns how many were stored (the others were duplicates). The fleet's rows
+        (:func:`fleet.note_returns`) are written at once, or, given ``fleet_rows``, left
+        there for the caller to write at the end of the transaction."""
         if not items:
             return 0
         first: dict[tuple[str, str], int] = {}
@@ -953,7 +961,10 @@ class Writes:
         stored = self._upsert_returns(conn, rows)
         if stored < len(items):
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
-        fleet.note_returns(self.db, conn, kept, prior, self.settings.is_system)
+        if fleet_rows is None:
+            fleet.note_returns(self.db, conn, kept, prior, self.settings.is_system)
+        else:
+            fleet_rows.append((kept, prior))
         touched.update(stubs)
         return stored
 
