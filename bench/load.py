@@ -11,19 +11,21 @@ afterwards; must be 0). PostgreSQL is a throw-away server on loopback, as in the
 
 Two ways to commit, as on a master: ``engine``, the master's config lists the halite engine
 and the engine's committer (in a process of its own) commits every worker's journal; ``own``,
-no engine, and the first worker that journals commits for all.
+no engine, and the first worker that journals commits for all. On PostgreSQL the engine's
+run is made twice, with ``commit_lanes`` 2 (the default: each batch split by job into two
+transactions at once) and 1 (``one-lane``: one transaction a batch), and their ratio printed.
 
 With the engine's committer, each backend is also run in two halves: the workers alone
 (nobody commits) and then the committer alone, draining their backlog; together the
 halves show whether the workers or the committer bound the rate.
 
 A third run stops the database (SQLite: another program holds its write lock; PostgreSQL:
-the server is stopped) for a burst of ``--burst`` returns, and reports the committer's peak
+the server is stopped) for a burst of ``--returns`` returns, and reports the committer's peak
 resident memory while the journals and the spool take the burst on disk, then that every
 return is in the database once it is back.
 
 Usage: python bench/load.py [--returns 20000] [--workers 8] [--backend sqlite,postgresql]
-       [--committer engine,own] [--burst 20000]
+       [--committer engine,one-lane,own,outage]
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ def run(
         found = _run(backend, opts, returns, workers)
     else:
         opts["engines"] = [{"halite": {}}]
+        if how == "one-lane":
+            opts["halite"]["commit_lanes"] = 1  # each batch in one transaction, as before
         if how == "outage":
             # The database stopped for the whole burst: another program holds SQLite's
             # write lock; the committer gives up on each batch at once and spools it.
@@ -242,7 +246,7 @@ def main() -> None:
     parser.add_argument("--returns", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--backend", default="sqlite,postgresql")
-    parser.add_argument("--committer", default="engine,own,outage")
+    parser.add_argument("--committer", default="engine,one-lane,own,outage")
     args = parser.parse_args()
     rows = []
     halves = {}
@@ -257,6 +261,8 @@ def main() -> None:
             for n, how in enumerate(args.committer.split(",")):
                 if how == "outage" and server is not None:
                     continue  # PostgreSQL stopped under a master: tests/integration
+                if how == "one-lane" and server is None:
+                    continue  # SQLite commits a batch in one transaction anyway
                 root = Path(tempfile.mkdtemp(prefix=f"halite-load-{backend}-{how}-"))
                 try:
                     if server is not None:
@@ -298,6 +304,16 @@ def main() -> None:
                 f"  writers on PostgreSQL: {r['rate']:,.0f} returns/s, {r['rate'] / GOAL:.2f}x the "
                 f"goal of {GOAL:,} returns/s for {args.workers} workers"
             )
+    for r in rows:
+        if r["how"] != "one-lane":
+            continue
+        for lanes in rows:
+            if lanes["backend"] == r["backend"] and lanes["how"] == "engine":
+                print(
+                    f"  RATIO {r['backend']}: a batch in two transactions at once (commit_lanes 2)"
+                    f" {lanes['rate']:,.0f} returns/s vs one (commit_lanes 1)"
+                    f" {r['rate']:,.0f}: {lanes['rate'] / r['rate']:.2f}x"
+                )
     cores = os.cpu_count() or 1
     for r in rows:
         if r["how"] != "engine":

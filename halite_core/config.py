@@ -6,6 +6,7 @@
       db_url: sqlite:////var/cache/salt/master/halite.db  # default: halite.db in cachedir
       flush_interval: 0.1            # seconds writes wait to be committed together; 0: at once
       batch_size: 5000               # commit sooner once this many writes are waiting
+      commit_lanes: 2                # PostgreSQL: transactions a batch is committed in at once
       journal_dir: /var/cache/salt/master/halite/journal  # default: halite/journal in cachedir
       jid_dir: /var/cache/salt/master/halite/jids   # jids handed out (files, as local_cache)
       max_return_bytes: 4194304      # larger returns are stored truncated, with a marker
@@ -64,7 +65,7 @@ HALITE_OPTIONS = (
     "spool_dir", "spool_replay_interval", "spool_max_bytes", "sqlite_busy_timeout",
     "read_timeout", "request_timeout", "keep_running_seconds", "clean_batch_size",
     "partition_interval", "partitions_ahead", "read_db_url", "read_max_lag",
-    "system_functions", "roles", "users",
+    "system_functions", "commit_lanes", "roles", "users",
 )  # fmt: skip
 
 DEFAULTS: dict[str, Any] = {
@@ -80,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_running_seconds": 7 * 86400,
     "partition_interval": "day",
     "partitions_ahead": 2,
+    "commit_lanes": 2,
     "read_max_lag": 10.0,
 }
 PARTITION_INTERVALS = ("day", "week", "month")
@@ -145,6 +147,7 @@ class Settings:
     keep_running_seconds: int = DEFAULTS["keep_running_seconds"]
     partition_interval: str = DEFAULTS["partition_interval"]
     partitions_ahead: int = DEFAULTS["partitions_ahead"]
+    commit_lanes: int = DEFAULTS["commit_lanes"]
     # A streaming replica for the runners', the API's and the page's reads (not for Salt's
     # job cache reads), left while it is more than read_max_lag seconds behind.
     read_db_url: str | None = None
@@ -193,6 +196,7 @@ class Settings:
             keep_running_seconds=_positive(section, "keep_running_seconds", int, zero=True),
             partition_interval=_choice(section, "partition_interval", PARTITION_INTERVALS),
             partitions_ahead=_positive(section, "partitions_ahead", int),
+            commit_lanes=_commit_lanes(section),
             read_db_url=_read_db_url(section, db_url),
             read_max_lag=_positive(section, "read_max_lag", float),
             system_functions=_patterns(section, "system_functions", SYSTEM_FUNCTIONS),
@@ -294,6 +298,17 @@ def _directory(section: Mapping[str, Any], key: str, cachedir: str, name: str) -
     if not isinstance(value, str):
         raise ConfigError(f"halite:{key} must be a directory path, not {value!r}")
     return value
+
+
+MAX_COMMIT_LANES = 16
+
+
+def _commit_lanes(section: Mapping[str, Any]) -> int:
+    lanes: int = _positive(section, "commit_lanes", int)
+    if lanes > MAX_COMMIT_LANES:
+        # Each lane holds a connection and a transaction of its own for every batch.
+        raise ConfigError(f"halite:commit_lanes must be at most {MAX_COMMIT_LANES}, not {lanes}")
+    return lanes
 
 
 def _positive(section: Mapping[str, Any], key: str, kind: type, zero: bool = False) -> Any:

@@ -101,9 +101,6 @@ log = logging.getLogger(__name__)
 # exceptions, insufficient resources (a full disk), operator intervention (a shutdown, a
 # cancelled statement), system errors, transaction rollbacks (a deadlock), a lock not
 # available. Others (a row too large for an index, bad data) refuse the write for good.
-# PostgreSQL: a committer's batch goes in this many transactions at once, split by job
-# (halite_core.durability.committer.split_by_job); SQLite's writers take turns anyway.
-COMMIT_LANES = 2
 OUTAGE_SQLSTATES = ("08", "53", "57", "58", "40", "55")
 
 
@@ -601,7 +598,8 @@ class JobStore:
                     tick=self.maybe_replay,
                     engine=self._as_engine,
                     defer=self.settings.engine_commits,
-                    lanes=COMMIT_LANES if self.db.dialect_name == "postgresql" else 1,
+                    # SQLite's writers take turns: one transaction at a time.
+                    lanes=self.settings.commit_lanes if self.db.dialect_name == "postgresql" else 1,
                 )
 
             key = f"{self.settings.db_url}|{int(self._as_engine)}"

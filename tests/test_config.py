@@ -30,11 +30,19 @@ def test_options_are_read_from_the_halite_key():
         ({"batch_size": 0}, "halite:batch_size must be > 0"),
         ({"max_return_bytes": "lots"}, "halite:max_return_bytes must be a number"),
         ({"flush_interval": -1}, "halite:flush_interval must be >= 0"),
+        ({"commit_lanes": 0}, "halite:commit_lanes must be > 0"),
+        ({"commit_lanes": 17}, "halite:commit_lanes must be at most 16, not 17"),
+        ({"commit_lanes": 1.5}, "halite:commit_lanes must be a whole number"),
     ],
 )
 def test_bad_options_are_named_in_the_error(section, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_opts({"cachedir": "/c", "halite": section})
+
+
+def test_commit_lanes_default_to_two_and_take_a_count():
+    assert Settings.from_opts({"cachedir": "/c"}).commit_lanes == 2
+    assert Settings.from_opts({"cachedir": "/c", "halite": {"commit_lanes": "4"}}).commit_lanes == 4
 
 
 def test_halite_key_must_be_a_mapping():

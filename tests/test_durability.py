@@ -499,7 +499,6 @@ def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
     import fcntl
     import shutil
 
-    from halite_core import jobcache
     from halite_core.config import Settings
     from halite_core.durability import committer as committing
     from halite_core.durability.journal import item_to_line
@@ -541,10 +540,11 @@ def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
     )
     other_opts = {"cachedir": str(tmp_path / "other"), "id": "master1_master",
                   "keep_jobs_seconds": 3600, "halite": {"db_url": other_url}}  # fmt: skip
-    other_settings = dataclasses.replace(Settings.from_opts(other_opts), flush_interval=3600)
+    other_settings = dataclasses.replace(
+        Settings.from_opts(other_opts), flush_interval=3600, commit_lanes=1
+    )
     shutil.copytree(settings.journal_dir, other_settings.journal_dir)
     Path(other_settings.journal_dir, committing.LOCK).unlink()
-    monkeypatch.setattr(jobcache, "COMMIT_LANES", 1)
     one = JobStore(other_settings)
     committer = one.committer()  # another process's lines: flush() waits for this one's
     while committer.run_once():
@@ -612,4 +612,53 @@ def test_a_lane_that_cannot_commit_leaves_the_whole_batch_to_be_taken_again(sett
         rows = conn.scalar(select(func.count()).select_from(job_returns))
     assert returned == [(2, 30)] and rows == 60
     assert committer.run_once() == 0  # all taken: nothing is committed a third time
+    store.close()
+
+
+@postgresql_only("SQLite commits a batch in one transaction")
+def test_a_batch_whose_lanes_find_the_database_away_is_spooled_once_or_not_at_all(
+    settings, monkeypatch
+):
+    """The database away for both lanes: what neither part could commit is spooled in one
+    file if the spool has room for all of it, else not at all (the batch stays in the
+    journals). A part that fits is never spooled on its own, pass after pass, while the
+    other does not."""
+    from halite_core.durability.committer import split_by_job
+    from halite_core.store.schema import job_returns
+
+    bound = 64 * 1024  # room for the small part, not for the large one
+    store = JobStore(dataclasses.replace(settings, flush_interval=3600, spool_max_bytes=bound))
+    base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
+    jobs = [(base + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S%f") for n in range(30)]
+    lanes = split_by_job([(jid, MinionsItem(jid, [])) for jid in jobs], 2)
+    large = {item.jid for _, item in lanes[1]}
+    down = [True]
+    apply_items = store.writes.apply_items
+
+    def apply_or_fail(items):
+        if down[0]:
+            raise OSError("the database went away")
+        return apply_items(items)
+
+    monkeypatch.setattr(store.writes, "apply_items", apply_or_fail)
+    for jid in jobs:
+        load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": ["m1", "m2"], "tgt_type": "list"}
+        assert store.record("save_load", jid, load, ["m1", "m2"]) is True
+        for minion in ("m1", "m2"):
+            value = "x" * 8000 if jid in large else True
+            assert store.record("save_return", ret(jid, minion, value)) is True
+    committer = store.committer()
+    for _ in range(3):
+        committer.run_once()
+        assert store.spool.pending() == []  # not the small part alone, again and again
+    store.spool.max_bytes = 10 * bound  # room for the batch now
+    committer.run_once()
+    assert len(store.spool.pending()) == 1  # one file for both parts
+    committer.run_once()
+    assert len(store.spool.pending()) == 1  # and the batch taken: not spooled again
+    down[0] = False
+    assert store.replay_spool() == 1
+    with store.db.read() as conn:
+        rows = conn.scalar(select(func.count()).select_from(job_returns))
+    assert rows == 60 and store.spool.pending() == []
     store.close()

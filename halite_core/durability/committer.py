@@ -89,17 +89,32 @@ def commit_or_spool(
     aside in ``rejected/`` each one it refuses, so that one bad write does not take its
     batch with it. False only when the writes could be neither committed nor spooled (the
     spool is full): the caller keeps them."""
-    if not entries:
+    left, exc = commit_or_leave(apply, spool, entries, is_outage)
+    if exc is None:
         return True
+    return _on_outage(spool, left, exc, on_outage)
+
+
+def commit_or_leave(
+    apply: Apply,
+    spool: Spool,
+    entries: Sequence[Entry],
+    is_outage: Callable[[BaseException], bool],
+) -> tuple[Sequence[Entry], Exception | None]:
+    """:func:`commit_or_spool` up to the spool: the writes left because the database is
+    away (to be spooled by the caller), and why; ``((), None)`` when all were committed
+    or set aside."""
+    if not entries:
+        return (), None
     metrics = get_metrics()
     try:
         apply(entries)
         metrics.batch_committed(first_return_delay(entries))
-        return True
+        return (), None
     except Exception as exc:  # noqa: BLE001
         if is_outage(exc):
             metrics.db_error("unavailable")
-            return _on_outage(spool, entries, exc, on_outage)
+            return entries, exc
         metrics.db_error("refused")
         log.warning(
             "halite: a batch of %d writes failed (%s); retrying one by one", len(entries), exc
@@ -110,10 +125,10 @@ def commit_or_spool(
         except Exception as exc:  # noqa: BLE001
             if is_outage(exc):
                 metrics.db_error("unavailable")
-                return _on_outage(spool, entries[done:], exc, on_outage)
+                return entries[done:], exc
             metrics.db_error("refused")
             spool.reject(SPOOL_OP, [line], reason=f"{type(exc).__name__}: {exc}")
-    return True
+    return (), None
 
 
 def first_return_delay(entries: Sequence[Entry], now: float | None = None) -> float | None:
@@ -466,7 +481,7 @@ class Committer:
 
         def commit(index: int) -> None:
             try:
-                outcomes[index] = commit_or_spool(
+                outcomes[index] = commit_or_leave(
                     self._apply, self._spool, parts[index], self._is_outage
                 )
             except BaseException as exc:  # noqa: BLE001 - raised again below
@@ -484,7 +499,12 @@ class Committer:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return all(outcomes)
+        # What the database, away, did not take from any part is spooled in one file, or
+        # not at all (the spool full): the batch is then taken again whole, and no part
+        # already spooled is spooled again with it.
+        left = [entry for part_left, _ in outcomes for entry in part_left]
+        why = next((exc for _, exc in outcomes if exc is not None), None)
+        return why is None or _on_outage(self._spool, left, why, "spool")
 
     def _save_taken(self) -> None:
         assert self._taken is not None
