@@ -382,6 +382,28 @@ def test_a_journal_whose_pid_now_belongs_to_another_process_is_recovered(store, 
     assert list(Path(settings.journal_dir).glob("*.jsonl*")) == []
 
 
+def _count_transactions(store, monkeypatch):
+    """The number of writes of each transaction ``store`` commits, as they commit."""
+    counts = []
+    apply_items = store.writes.apply_items
+    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
+        counts.append(len(items)), apply_items(items))[1])  # fmt: skip
+    return counts
+
+
+def _hold_commit_lock(settings):
+    """Hold the committer's lock of ``settings``' journals, as another process would;
+    closing the file returned lets go."""
+    import fcntl
+
+    from halite_core.durability import committer as committing
+
+    Path(settings.journal_dir).mkdir(parents=True, exist_ok=True)
+    held = open(Path(settings.journal_dir, committing.LOCK), "a")  # noqa: SIM115
+    fcntl.flock(held, fcntl.LOCK_EX)
+    return held
+
+
 def test_a_batch_of_large_writes_is_committed_in_parts(settings, monkeypatch):
     """A batch ends at batch_size writes or at BATCH_BYTES of lines, whichever comes first:
     a backlog of large returns is committed a few tens of MB at a time, all of it."""
@@ -389,10 +411,7 @@ def test_a_batch_of_large_writes_is_committed_in_parts(settings, monkeypatch):
 
     monkeypatch.setattr(committing, "BATCH_BYTES", 64 * 1024)
     store = JobStore(dataclasses.replace(settings, batch_size=10_000, flush_interval=3600))
-    batches = []
-    apply_items = store.writes.apply_items
-    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
-        batches.append(len(items)), apply_items(items))[1])  # fmt: skip
+    batches = _count_transactions(store, monkeypatch)
     jid = "20261128120000000001"
     minions = [f"m{n}" for n in range(40)]
     load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": minions, "tgt_type": "list"}
@@ -409,7 +428,6 @@ def test_a_batch_read_from_another_process_journal_is_bounded_in_bytes(settings,
     """The same bound for the lines the committer reads back from a journal (another
     process's, as the engine's committer reads every worker's): a batch ends at
     BATCH_BYTES, across the journals and the chunks it reads them in."""
-    import fcntl
 
     from halite_core.durability import committer as committing
     from halite_core.durability import journal
@@ -417,13 +435,8 @@ def test_a_batch_read_from_another_process_journal_is_bounded_in_bytes(settings,
     monkeypatch.setattr(committing, "BATCH_BYTES", 64 * 1024)
     monkeypatch.setattr(journal, "ROTATE_BYTES", 20 * 1024)  # a journal every 3 returns
     store = JobStore(dataclasses.replace(settings, batch_size=10_000, flush_interval=3600))
-    batches = []
-    apply_items = store.writes.apply_items
-    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
-        batches.append(len(items)), apply_items(items))[1])  # fmt: skip
-    Path(settings.journal_dir).mkdir(parents=True, exist_ok=True)
-    held = open(Path(settings.journal_dir, committing.LOCK), "a")  # noqa: SIM115
-    fcntl.flock(held, fcntl.LOCK_EX)  # someone else commits: the lines are only on disk
+    batches = _count_transactions(store, monkeypatch)
+    held = _hold_commit_lock(settings)  # someone else commits: the lines are only on disk
     jid = "20261128120000000001"
     minions = [f"m{n}" for n in range(40)]
     load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": minions, "tgt_type": "list"}
@@ -496,7 +509,6 @@ def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
     once. The same journal lines committed in one transaction give the same rows: every
     table, every counter, the minions' latest jobs and runs (both lanes write returns of
     the same minions), the first return of a minion kept, settles and kills."""
-    import fcntl
     import shutil
 
     from halite_core.config import Settings
@@ -505,13 +517,8 @@ def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
 
     quiet = dataclasses.replace(settings, flush_interval=3600)
     store = JobStore(quiet)
-    transactions = []
-    apply_items = store.writes.apply_items
-    monkeypatch.setattr(store.writes, "apply_items", lambda items: (
-        transactions.append(len(items)), apply_items(items))[1])  # fmt: skip
-    Path(settings.journal_dir).mkdir(parents=True, exist_ok=True)
-    held = open(Path(settings.journal_dir, committing.LOCK), "a")  # noqa: SIM115
-    fcntl.flock(held, fcntl.LOCK_EX)  # nobody commits while the lines are journalled
+    transactions = _count_transactions(store, monkeypatch)
+    held = _hold_commit_lock(settings)  # nobody commits while the lines are journalled
     minions = [f"m{n}" for n in range(6)]
     base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
     for n in range(40):
@@ -568,25 +575,26 @@ def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
     one.close()
 
 
-@postgresql_only("SQLite commits a batch in one transaction")
-def test_a_lane_that_cannot_commit_leaves_the_whole_batch_to_be_taken_again(settings, monkeypatch):
-    """One lane's part reaches the database, the other's finds it away and the spool full:
-    the journals' progress stays before the batch, and the next pass commits it all again,
-    the part already committed counted once (every write is idempotent)."""
+def _jobs_in_two_lanes():
+    """30 jobs, and those of them the second of two commit lanes takes."""
     from halite_core.durability.committer import split_by_job
-    from halite_core.store.ops import item_jid
-    from halite_core.store.schema import job_returns, jobs_index
 
-    store = JobStore(dataclasses.replace(settings, flush_interval=3600, spool_max_bytes=1))
     base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
     jobs = [(base + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S%f") for n in range(30)]
     lanes = split_by_job([(jid, MinionsItem(jid, [])) for jid in jobs], 2)
-    away = {item.jid for _, item in lanes[1]}  # the jobs of the second lane
+    return jobs, {item.jid for _, item in lanes[1]}
+
+
+def _journal_jobs_failing_while(store, monkeypatch, jobs, away, value=lambda jid: True):
+    """Journal a publish and two returns for each job; a transaction that holds a write of
+    a job ``away(jid)`` says is away fails as if the database were."""
+    from halite_core.store.ops import item_jid
+
     apply_items = store.writes.apply_items
 
     def apply_or_fail(items):
-        if away & {item_jid(item) for item in items}:
-            raise OSError("the database went away")  # an outage, for that lane alone
+        if any(away(item_jid(item)) for item in items):
+            raise OSError("the database went away")
         return apply_items(items)
 
     monkeypatch.setattr(store.writes, "apply_items", apply_or_fail)
@@ -594,7 +602,19 @@ def test_a_lane_that_cannot_commit_leaves_the_whole_batch_to_be_taken_again(sett
         load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": ["m1", "m2"], "tgt_type": "list"}
         assert store.record("save_load", jid, load, ["m1", "m2"]) is True
         for minion in ("m1", "m2"):
-            assert store.record("save_return", ret(jid, minion)) is True
+            assert store.record("save_return", ret(jid, minion, value(jid))) is True
+
+
+@postgresql_only("SQLite commits a batch in one transaction")
+def test_a_lane_that_cannot_commit_leaves_the_whole_batch_to_be_taken_again(settings, monkeypatch):
+    """One lane's part reaches the database, the other's finds it away and the spool full:
+    the journals' progress stays before the batch, and the next pass commits it all again,
+    the part already committed counted once (every write is idempotent)."""
+    from halite_core.store.schema import job_returns, jobs_index
+
+    store = JobStore(dataclasses.replace(settings, flush_interval=3600, spool_max_bytes=1))
+    jobs, away = _jobs_in_two_lanes()  # an outage for the second lane alone
+    _journal_jobs_failing_while(store, monkeypatch, jobs, lambda jid: jid in away)
     committer = store.committer()
     committer.run_once()
     assert store.spool.pending() == []  # nothing could be spooled
@@ -623,30 +643,19 @@ def test_a_batch_whose_lanes_find_the_database_away_is_spooled_once_or_not_at_al
     file if the spool has room for all of it, else not at all (the batch stays in the
     journals). A part that fits is never spooled on its own, pass after pass, while the
     other does not."""
-    from halite_core.durability.committer import split_by_job
     from halite_core.store.schema import job_returns
 
     bound = 64 * 1024  # room for the small part, not for the large one
     store = JobStore(dataclasses.replace(settings, flush_interval=3600, spool_max_bytes=bound))
-    base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
-    jobs = [(base + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S%f") for n in range(30)]
-    lanes = split_by_job([(jid, MinionsItem(jid, [])) for jid in jobs], 2)
-    large = {item.jid for _, item in lanes[1]}
+    jobs, large = _jobs_in_two_lanes()
     down = [True]
-    apply_items = store.writes.apply_items
-
-    def apply_or_fail(items):
-        if down[0]:
-            raise OSError("the database went away")
-        return apply_items(items)
-
-    monkeypatch.setattr(store.writes, "apply_items", apply_or_fail)
-    for jid in jobs:
-        load = {"jid": jid, "fun": "test.arg", "arg": [], "tgt": ["m1", "m2"], "tgt_type": "list"}
-        assert store.record("save_load", jid, load, ["m1", "m2"]) is True
-        for minion in ("m1", "m2"):
-            value = "x" * 8000 if jid in large else True
-            assert store.record("save_return", ret(jid, minion, value)) is True
+    _journal_jobs_failing_while(
+        store,
+        monkeypatch,
+        jobs,
+        lambda jid: down[0],
+        lambda jid: "x" * 8000 if jid in large else True,
+    )
     committer = store.committer()
     for _ in range(3):
         committer.run_once()
