@@ -6,9 +6,9 @@ in order, journal by journal, and commits them in batches of ``batch_size`` ever
 ``flush_interval`` seconds, through the one path every write takes,
 :func:`commit_or_spool`: commit the batch; if the database is away, spool it; if the
 database refuses it, try each write alone and set aside (``rejected/``) those it refuses.
-On PostgreSQL (``lanes`` 2) a batch is split by job and its parts committed in as many
-transactions at once (:func:`split_by_job`): the database and the committer work at the
-same time instead of waiting for each other.
+On PostgreSQL a batch is split by job and its parts committed in ``lanes`` transactions at
+once (the ``commit_lanes`` option, 2 by default; :func:`split_by_job`): the database and the
+committer work at the same time instead of waiting for each other.
 
 Who commits is decided by two ``flock`` locks in the journal directory, which the kernel
 releases when their process dies:
@@ -470,10 +470,10 @@ class Committer:
         """Commit a batch, in ``lanes`` transactions at once when it is large enough: its
         writes split by job, each job's in one lane in the order read (see
         :func:`split_by_job`). While one transaction waits for the database another
-        builds its rows, and the database works on both. True once every lane committed
-        or spooled its part; a part that could not be leaves the batch's lines in their
-        journals, to be committed again with the parts that were (each write is
-        idempotent)."""
+        builds its rows, and the database works on both. True once every part is
+        committed, or what the database (away) left of them is spooled, in one file; when
+        the spool has no room for that, False: the batch's lines stay in their journals,
+        to be committed again, the parts already in included (each write is idempotent)."""
         parts = split_by_job(batch, self._lanes) if len(batch) >= LANE_MIN else [batch]
         if len(parts) == 1:
             return commit_or_spool(self._apply, self._spool, batch, self._is_outage)

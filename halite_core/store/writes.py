@@ -917,13 +917,13 @@ class Writes:
         conn: Connection,
         items: Sequence[ReturnItem],
         touched: set[str],
-        expected: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
-        fleet_rows: list[tuple[list[ReturnRow], Any]] | None = None,
+        expected: set[tuple[str, str]],
+        fleet_rows: list[tuple[list[ReturnRow], Any]],
     ) -> int:
         """Store a batch of returns; the first return of a minion for a job wins.
-        Returns how many were stored (the others were duplicates). The fleet's rows
-        (:func:`fleet.note_returns`) are written at once, or, given ``fleet_rows``, left
-        there for the caller to write at the end of the transaction."""
+        Returns how many were stored (the others were duplicates). What the fleet's rows
+        need (:func:`fleet.note_returns`) is left in ``fleet_rows``, for the caller to
+        write at the end of the transaction."""
         if not items:
             return 0
         first: dict[tuple[str, str], int] = {}
@@ -961,10 +961,7 @@ class Writes:
         stored = self._upsert_returns(conn, rows)
         if stored < len(items):
             log.info("halite: %d repeated returns ignored (first wins)", len(items) - stored)
-        if fleet_rows is None:
-            fleet.note_returns(self.db, conn, kept, prior, self.settings.is_system)
-        else:
-            fleet_rows.append((kept, prior))
+        fleet_rows.append((kept, prior))
         touched.update(stubs)
         return stored
 
