@@ -45,7 +45,8 @@ def freeze_long_lived() -> None:
     imported, Salt's loader and options, SQLAlchemy's tables) out of the garbage
     collector's full passes (``gc.freeze``), after one last collection. The engine's
     process calls it once started: its committer allocates a batch's objects by the
-    hundred thousand, and each full pass they set off would walk every one of those
-    objects again, which took some 15% of the committer's CPU in ``bench/load.py``."""
+    hundred thousand, and each full pass they set off walked all those long-lived objects
+    again: a tenth of the committer's CPU in ``bench/load.py``, more in a master's engine,
+    which holds Salt's loader too."""
     gc.collect()
     gc.freeze()

@@ -64,13 +64,18 @@ def test_the_fast_encoder_writes_what_json_writes():
         "str": 'caf\u00e9 \U0001f600 "q" \\ \n\t\x01',
         "ints": [0, -1, 2**63 - 1, -(2**63), 2**64 - 1],
         "floats": [0.1, 1e16, -2.5e-300, 1.0],
-        "nested": {"a": [{"b": None}, (1, 2)], "t": True, "f": False},
+        "nested": {"a": [{"b": []}, (1, 2)], "t": True, "f": False},
         "sub": collections.OrderedDict([("z", 1), ("a", 2)]),
     }
     text, converted = encoding.dumps(value)
+    assert "café" in text  # orjson's UTF-8: the standard encoder would write \u00e9
     assert not converted
     assert json.loads(text) == json.loads(json.dumps(value))
     assert list(json.loads(text)["sub"]) == ["z", "a"]
+    # A value holding None (written null, as nan would be) goes to the standard encoder.
+    text, converted = encoding.dumps({**value, "none": None})
+    assert "café" not in text and not converted
+    assert json.loads(text) == json.loads(json.dumps({**value, "none": None}))
 
 
 def test_datetimes_and_dataclasses_are_not_written_the_fast_encoder_s_way():

@@ -474,7 +474,9 @@ class Committer:
         committed, or what the database (away) left of them is spooled, in one file; when
         the spool has no room for that, False: the batch's lines stay in their journals,
         to be committed again, the parts already in included (each write is idempotent)."""
-        parts = split_by_job(batch, self._lanes) if len(batch) >= LANE_MIN else [batch]
+        # One lane (SQLite) or a small batch: neither split nor a thread.
+        large = self._lanes > 1 and len(batch) >= LANE_MIN
+        parts = split_by_job(batch, self._lanes) if large else [batch]
         if len(parts) == 1:
             return commit_or_spool(self._apply, self._spool, batch, self._is_outage)
         outcomes: list[Any] = [None] * len(parts)
