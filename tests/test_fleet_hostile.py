@@ -14,6 +14,7 @@ from halite_core.jobcache import KilledItem, NoReturnItem
 from halite_core.permissions import Denied, Policy
 from halite_core.service import Service
 from halite_core.store.schema import job_returns, jobs_index, minion_status, state_results
+from tests.conftest import postgresql_only
 from tests.helpers import free_port, publish, ret, save_return
 from tests.test_fleet import state_ret, states
 
@@ -268,6 +269,40 @@ def test_a_nul_in_a_failed_state_loses_nothing(store, field):
 def test_a_nul_in_a_state_key_loses_nothing(store):
     assert run_of(store, "web1", one_state("cmd_|-a\x00_|-b_|-run"))
     assert len(stored_states(store)) == 1
+
+
+def test_two_state_keys_one_once_escaped_are_kept_as_one_row(store, caplog):
+    """A NUL is kept as its escape in state_key: the two keys become one, a row once (on
+    PostgreSQL in the copy, which no row there already sent to the staged insert)."""
+    value = {**one_state("cmd_|-a\x00_|-b_|-run"), **one_state("cmd_|-a\\u0000_|-b_|-run")}
+    assert run_of(store, "web1", value)
+    assert [row[1] for row in stored_states(store)] == ["cmd_|-a\\u0000_|-b_|-run"]
+    with store.db.read() as conn:
+        assert conn.execute(select(job_returns.c.states_failed)).scalar() == 2
+    assert "already stored" not in caplog.text
+
+
+@postgresql_only("the state rows of a run kept are copied straight in there")
+def test_a_state_row_there_already_leaves_the_others_to_the_staged_insert(store, caplog):
+    """Should a run kept find a row of its own already (written by hand, say), the copy
+    writes nothing and the staged insert adds the others, the row there left alone."""
+    publish(store, JID, fun="state.apply", minions=("web1",))
+    with store.db.write() as conn:
+        conn.execute(
+            state_results.insert().values(
+                jid=JID, minion="web1", state_key="cmd_|-a_|-b_|-run", state_id="a",
+                function="cmd.run", result="failed", comment="by hand",
+                start_time=T0, returned_at=T0,
+            )
+        )  # fmt: skip
+    value = {**one_state("cmd_|-a_|-b_|-run"), **one_state("cmd_|-c_|-d_|-run")}
+    load = ret(JID, "web1", value, fun="state.apply", retcode=2, success=False)
+    assert save_return(store, load)
+    assert [(row[1], row[5]) for row in stored_states(store)] == [
+        ("cmd_|-a_|-b_|-run", "by hand"),
+        ("cmd_|-c_|-d_|-run", "it failed"),
+    ]
+    assert "state results already stored for a run kept" in caplog.text
 
 
 def test_a_lone_surrogate_in_a_failed_state_loses_nothing(store):

@@ -345,32 +345,74 @@ def run_staged(
     run ``sql`` (made by :meth:`Stage.statement`) in the same transaction; returns the
     rows it changed. The driver's errors in the copy are raised as SQLAlchemy's, as those
     of any statement are (a connection lost on the way invalidated)."""
-    import psycopg  # the postgres extra; only PostgreSQL stages
-
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    try:
-        with raw.cursor() as cursor:
-            cursor.execute(stage.create)
-            with cursor.copy(stage.copy) as copy:
-                copy.set_types([kind for _, kind in stage.columns])
-                for row in rows:
-                    copy.write_row(row)
-    except psycopg.errors.InsufficientPrivilege as exc:
-        # TEMPORARY revoked since the first write's check: an outage, spooled, as then.
-        raise no_temporary(raw.info.user, raw.info.dbname, "may no longer") from exc
-    except psycopg.Error as exc:
-        lost = raw.closed or raw.broken
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            stage.copy, None, exc, psycopg.Error, connection_invalidated=lost
-        ) from exc
+    _copy(conn, stage.copy, [kind for _, kind in stage.columns], rows, stage.create)
     result = conn.exec_driver_sql(sql, params or {})
     try:
         return int(result.rowcount)
     finally:
         result.close()
+
+
+def copy_new_rows(
+    conn: Connection, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Any]
+) -> bool:
+    """PostgreSQL: copy ``rows`` (tuples in the order of ``columns``, (name, type) pairs)
+    straight into ``table``, for rows the caller knows are new: no stage, and no conflict
+    check per row, which the server does with every INSERT ... ON CONFLICT. In a
+    savepoint: False, and nothing written, when a row's key was there after all (the
+    caller then takes the staged way, which leaves such rows alone)."""
+    import psycopg  # the postgres extra
+
+    names = ", ".join(name for name, _ in columns)
+    savepoint = conn.begin_nested()
+    try:
+        _copy(
+            conn,
+            f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)",
+            [kind for _, kind in columns],
+            rows,
+        )
+    except DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.errors.UniqueViolation):
+            savepoint.rollback()
+            return False
+        raise
+    savepoint.commit()
+    return True
+
+
+def _copy(
+    conn: Connection,
+    statement: str,
+    types: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    before: str | None = None,
+) -> None:
+    """Run a ``COPY ... FROM STDIN (FORMAT BINARY)`` of ``rows`` (after ``before``, a
+    stage's creation, if given, on the same cursor); the driver's errors raised as
+    SQLAlchemy's."""
+    import psycopg  # the postgres extra; only PostgreSQL copies
+
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        with raw.cursor() as cursor:
+            if before is not None:
+                cursor.execute(before)
+            with cursor.copy(statement) as copy:
+                copy.set_types(list(types))
+                for row in rows:
+                    copy.write_row(row)
+    except psycopg.Error as exc:
+        if before is not None and isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            # TEMPORARY revoked since the first write's check: an outage, spooled, as then.
+            raise no_temporary(raw.info.user, raw.info.dbname, "may no longer") from exc
+        lost = raw.closed or raw.broken
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, psycopg.Error, connection_invalidated=lost
+        ) from exc
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
