@@ -575,6 +575,92 @@ def test_a_batch_committed_in_lanes_stores_what_one_transaction_stores(
     one.close()
 
 
+@postgresql_only("a publish is written with its counters on PostgreSQL only")
+def test_a_publish_written_with_its_counters_stores_what_the_recount_stores(
+    settings, tmp_path, request, monkeypatch
+):
+    """On PostgreSQL a batch's publish loads are written at its end with their counters,
+    counted from the batch's rows, instead of being written first and recounted. Every
+    kind of job in one batch, and in a second database the same batches recounted, give
+    the same rows: returned, running, failed, changed, no targets, settled, killed,
+    minions added, a return before its publish, a publish replayed, a second-hand load."""
+    from halite_core.config import Settings
+    from halite_core.store import writes as writing
+    from halite_core.store.ops import EndtimeItem, LoadItem
+
+    other_url = request.getfixturevalue("pg_server").create_database(
+        template=request.getfixturevalue("pg_template")
+    )
+    other_opts = {"cachedir": str(tmp_path / "other"), "id": "master1_master",
+                  "keep_jobs_seconds": 3600, "halite": {"db_url": other_url}}  # fmt: skip
+    folding, recounting = JobStore(settings), JobStore(Settings.from_opts(other_opts))
+    recounting.writes.fold_counts = False
+    folds = []
+    staged = writing.run_staged
+
+    def run_staged(conn, stage, rows, sql, params=None):
+        folds.append(sql == writing.FOLDED_LOADS_POSTGRESQL)
+        return staged(conn, stage, rows, sql, params)
+
+    monkeypatch.setattr(writing, "run_staged", run_staged)
+    base = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
+    late = base + dt.timedelta(minutes=1)
+    jid = [(base + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S%f") for n in range(10)]
+
+    def batches(w):
+        def published(n, minions, fun="test.arg"):
+            load = {"jid": jid[n], "fun": fun, "arg": [], "tgt": minions, "tgt_type": "list"}
+            return w.items_for("save_load", jid[n], load, minions)
+
+        def returned(n, minion, value=True, fun="test.arg", **extra):
+            return w.return_item(ret(jid[n], minion, value, fun=fun, **extra), late)
+
+        first = [returned(0, "m1"), *published(1, ["m1", "m2"])]
+        second = [
+            *published(0, ["m1", "m2"]), returned(0, "m2"),  # complete, m1 returned before
+            *published(1, ["m1", "m2"]), returned(1, "m1"),  # replayed, m2 still pending
+            *published(2, ["m1", "m2", "m3"]), returned(2, "m1"),
+            returned(2, "m2", False, retcode=1, success=False), returned(2, "m3"),
+            *published(3, ["m1"], "state.apply"),
+            returned(3, "m1", _states(2), "state.apply"),  # changed
+            *published(4, []),  # no targets
+            *published(5, ["m1", "m2"]), returned(5, "m1"), NoReturnItem(jid[5], ["m2"], late),
+            *published(6, ["m1", "m2"]), KilledItem(jid[6], ["m1", "m2"], late),
+            *published(7, ["m1"]), MinionsItem(jid[7], ["m2"]),
+            returned(7, "m1"), returned(7, "m2"),
+            LoadItem(jid[8], {"jid": jid[8], "fun": "test.arg"}, ["m1"], True),
+            returned(8, "m1"),
+            *published(9, ["m1"]), returned(9, "m1"), EndtimeItem(jid[9], late),
+        ]  # fmt: skip
+        return first, second
+
+    used = []
+    for store in (folding, recounting):
+        folds.clear()
+        for batch in batches(store.writes):
+            store.writes.apply_items(batch)
+        used.append(folds.count(True))
+    assert used == [2, 0]  # a fold for each batch, and none in the recounted database
+    assert _dump(folding) == _dump(recounting)
+    from halite_core.store.schema import jobs_index
+
+    with folding.db.read() as conn:
+        jobs = conn.execute(
+            select(jobs_index.c.status, jobs_index.c.result, jobs_index.c.minions_targeted,
+                   jobs_index.c.minions_returned, jobs_index.c.minions_failed)
+            .order_by(jobs_index.c.jid)
+        ).all()  # fmt: skip
+    assert [tuple(job) for job in jobs] == [
+        ("complete", "pass", 2, 2, 0), ("running", "running", 2, 1, 0),
+        ("complete", "failed", 3, 3, 1), ("complete", "changed", 1, 1, 0),
+        ("complete", "pass", 0, 0, 0), ("complete", "failed", 2, 1, 1),
+        ("complete", "failed", 2, 0, 2), ("complete", "pass", 2, 2, 0),
+        ("complete", "pass", 1, 1, 0), ("complete", "pass", 1, 1, 0),
+    ]  # fmt: skip
+    folding.close()
+    recounting.close()
+
+
 def _jobs_in_two_lanes():
     """30 jobs, and those of them the second of two commit lanes takes."""
     from halite_core.durability.committer import split_by_job
