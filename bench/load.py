@@ -113,7 +113,7 @@ def worker(settings: Settings, index: int, jobs: int, start_gate, results, wait=
     elapsed = time.perf_counter() - t0
     rejected = len(list(Path(settings.spool_dir, "rejected").glob("*.json")))
     cpu = time.process_time()
-    results.put((count, elapsed, latencies, errors, len(store.spool.pending()), rejected, cpu))
+    results.put((count, elapsed, latencies, errors, len(store.spool.waiting()), rejected, cpu))
 
 
 def run(

@@ -301,12 +301,12 @@ def test_engine_follows_the_bus_while_the_database_is_down(store, settings, cloc
         feed(engine, ret(JID, "m1"), new("20261128120000000002", ["m1"]))
         clock.now += 1
         engine.tick()  # no exception: the changes wait in the spool
-        assert patient.spool.pending()
+        assert patient.spool.waiting()
     finally:
         pg_server.start()
         pg_server.wait_ready()
     feed(engine, ret(JID, "m2"), ret(JID, "m3"))  # written, then the spool replayed
-    assert patient.spool.pending() == []
+    assert patient.spool.waiting() == []
     assert states(store) == dict.fromkeys(("m1", "m2", "m3"), "returned")
     assert job(store)["status"] == "complete"
     assert job(store, "20261128120000000002")["status"] == "running"
@@ -341,11 +341,11 @@ def test_full_disk_spools_and_replays(store, settings):
     big = {"data": "x" * 200_000}
     assert patient.record("save_return", ret(JID, "m1", value=big)[1]) is True
     patient.flush()
-    assert len(patient.spool.pending()) == 1  # "database or disk is full": spooled
+    assert len(patient.spool.waiting()) == 1  # "database or disk is full": spooled
     full["on"] = False
     patient.record("save_return", ret(JID, "m2")[1])
     patient.flush()
-    assert patient.spool.pending() == []
+    assert patient.spool.waiting() == []
     assert states(store) == {"m1": "returned", "m2": "returned"}
     assert store.get_jid(JID)["m1"]["return"] == big
     patient.db.dispose()
@@ -432,12 +432,12 @@ def test_engine_started_while_the_database_is_down(settings, clock, find_job, tm
     engine = make_engine(down, clock, find_job)
     assert engine.recover() == 0  # no exception: the engine follows the bus all the same
     feed(engine, new(JID, ["m1", "m2"]), ret(JID, "m1"))  # spooled
-    assert down.spool.pending()
+    assert down.spool.waiting()
     blocker.unlink()
     blocker.mkdir()  # the database is back
     clock.now += 11
     engine.tick()  # recovers, writes its state, replays the spool
-    assert down.spool.pending() == []
+    assert down.spool.waiting() == []
     assert states(down) == {"m1": "returned", "m2": "pending"}
     assert down.engine_state("master1_master")["started_at"] is not None
     down.db.dispose()

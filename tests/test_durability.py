@@ -137,7 +137,7 @@ def test_refusals_and_kills_are_audited_while_the_database_is_locked(store, sett
     answer = service.kill("olga", JID)
     assert answer["signalled"] == ["m1", "m2"] and answer["status"] == "complete"
     impatient.flush()  # meets the lock: the entries go to the spool, in order
-    assert impatient.spool.pending() != []
+    assert impatient.spool.waiting() != []
     assert _audit_rows(store) == []
     locked.rollback()
     impatient.replay_spool()
@@ -703,7 +703,7 @@ def test_a_lane_that_cannot_commit_leaves_the_whole_batch_to_be_taken_again(sett
     _journal_jobs_failing_while(store, monkeypatch, jobs, lambda jid: jid in away)
     committer = store.committer()
     committer.run_once()
-    assert store.spool.pending() == []  # nothing could be spooled
+    assert store.spool.waiting() == []  # nothing could be spooled
     with store.db.read() as conn:
         some = conn.scalar(select(func.count()).select_from(job_returns))
     assert some == 2 * (30 - len(away))  # the first lane's part is in, the other's is not
@@ -745,15 +745,15 @@ def test_a_batch_whose_lanes_find_the_database_away_is_spooled_once_or_not_at_al
     committer = store.committer()
     for _ in range(3):
         committer.run_once()
-        assert store.spool.pending() == []  # not the small part alone, again and again
+        assert store.spool.waiting() == []  # not the small part alone, again and again
     store.spool.max_bytes = 10 * bound  # room for the batch now
     committer.run_once()
-    assert len(store.spool.pending()) == 1  # one file for both parts
+    assert len(store.spool.waiting()) == 1  # one file for both parts
     committer.run_once()
-    assert len(store.spool.pending()) == 1  # and the batch taken: not spooled again
+    assert len(store.spool.waiting()) == 1  # and the batch taken: not spooled again
     down[0] = False
     assert store.replay_spool() == 1
     with store.db.read() as conn:
         rows = conn.scalar(select(func.count()).select_from(job_returns))
-    assert rows == 60 and store.spool.pending() == []
+    assert rows == 60 and store.spool.waiting() == []
     store.close()

@@ -360,7 +360,7 @@ def test_concurrent_writer_processes_lose_nothing(store):
         "complete",
     )
     assert len(store.get_jid(JID)) == 240
-    assert store.spool.pending() == []
+    assert store.spool.waiting() == []
 
 
 @sqlite_only("another program holds the SQLite file's lock (PostgreSQL: the stop test below)")
@@ -379,7 +379,7 @@ def test_database_outage_spools_and_replays(store, settings):
     try:
         assert impatient.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
         impatient.flush()  # the batch meets the locked database
-        assert len(impatient.spool.pending()) == 1
+        assert len(impatient.spool.waiting()) == 1
     finally:
         blocker.rollback()
         blocker.close()
@@ -387,7 +387,7 @@ def test_database_outage_spools_and_replays(store, settings):
     assert untaken(settings) == []
     impatient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
     impatient.flush()  # commits m2, then replays the spool
-    assert impatient.spool.pending() == []
+    assert impatient.spool.waiting() == []
     assert job_row(store, JID)["minions_returned"] == 2
     assert set(store.get_jid(JID)) == {"m1", "m2"}
 
@@ -403,10 +403,10 @@ def test_postgresql_stopped_and_restarted_loses_nothing(store, settings, pg_serv
         # Salt's job path goes on: the returner neither raises nor blocks for long.
         assert patient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC)) is True
         patient.flush()  # the batch meets the stopped server: spooled, in order
-        assert len(patient.spool.pending()) == 1
+        assert len(patient.spool.waiting()) == 1
         assert patient.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC)) is True
         patient.flush()
-        assert len(patient.spool.pending()) == 2
+        assert len(patient.spool.waiting()) == 2
     finally:
         pg_server.start()
         pg_server.wait_ready()
@@ -414,7 +414,7 @@ def test_postgresql_stopped_and_restarted_loses_nothing(store, settings, pg_serv
     restarted = JobStore(dataclasses.replace(settings, spool_replay_interval=0))
     restarted.record("save_return", ret(JID, "m3"), dt.datetime.now(UTC))
     restarted.flush()  # commits m3, then replays the spool (m2 twice: the first one wins)
-    assert restarted.spool.pending() == []
+    assert restarted.spool.waiting() == []
     rows = return_rows(store, JID)
     assert {m: r["state"] for m, r in rows.items()} == dict.fromkeys(("m1", "m2", "m3"), "returned")
     assert job_row(store, JID)["minions_returned"] == 3
@@ -436,7 +436,7 @@ def test_a_role_without_temporary_gets_a_clear_error_and_loses_nothing(pg_server
             with caplog.at_level("WARNING"):
                 assert store.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC)) is True
                 store.flush()
-            assert len(store.spool.pending()) == 1
+            assert len(store.spool.waiting()) == 1
             grant = f'GRANT TEMPORARY ON DATABASE "{database}" TO "halite_no_temp"'
             assert grant in caplog.text
             with store.db.read() as conn:
@@ -445,7 +445,7 @@ def test_a_role_without_temporary_gets_a_clear_error_and_loses_nothing(pg_server
                 conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{database}" TO halite_no_temp')
             store.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
             store.flush()  # commits m2, then replays the spool
-            assert store.spool.pending() == []
+            assert store.spool.waiting() == []
             assert set(return_rows(store, JID)) == {"m1", "m2"}
             assert job_row(store, JID)["minions_returned"] == 2
             # Revoked again after the check: a new session cannot make its stage, and the
@@ -459,14 +459,14 @@ def test_a_role_without_temporary_gets_a_clear_error_and_loses_nothing(pg_server
             with caplog.at_level("WARNING"):
                 store.record("save_return", ret(JID, "m3"), dt.datetime.now(UTC))
                 store.flush()
-            assert len(store.spool.pending()) == 1
+            assert len(store.spool.waiting()) == 1
             assert not store.spool.rejected.exists() or not any(store.spool.rejected.iterdir())
             assert "may no longer create temporary tables" in caplog.text
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{database}" TO halite_no_temp')
             store.record("save_return", ret(JID, "m4"), dt.datetime.now(UTC))
             store.flush()
-            assert store.spool.pending() == []
+            assert store.spool.waiting() == []
             assert job_row(store, JID)["minions_returned"] == 4
         finally:
             store.db.dispose()
@@ -615,7 +615,7 @@ def test_spooled_and_journalled_writes_read_back_as_sent(store, settings, tmp_pa
     assert down.record("save_return", early) is True
     down.flush()  # the committer meets the database it cannot open: spooled
     down.close(wait=10)  # its replays of the spool (which keep failing) end
-    assert down.spool.pending() != []
+    assert down.spool.waiting() != []
     store.replay_spool()
     assert store.get_load(JID)["arg"] == load["arg"]
     with store.db.read() as conn:
@@ -685,7 +685,7 @@ def test_a_live_writers_journal_is_not_recovered_from_under_it(store, settings):
     first.record("save_return", ret(JID, "m1"), dt.datetime.now(UTC))
     second = JobStore(dataclasses.replace(patient, max_return_bytes=1 << 20))
     second.record("save_return", ret(JID, "m2"), dt.datetime.now(UTC))
-    assert second.spool.pending() == []
+    assert second.spool.waiting() == []
     # One journal per process, whatever number of stores write to it.
     assert len(list(Path(settings.journal_dir).glob(f"{os.getpid()}-*.jsonl"))) == 1
     first.flush()

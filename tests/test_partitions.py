@@ -410,13 +410,13 @@ def test_writes_wait_in_the_spool_while_the_upgrade_fails_on_the_database(store,
             "user": "root"}  # fmt: skip
     assert store.record("save_load", later, load, ["m1"]) is True  # as Salt's worker does
     store.flush()
-    assert store.spool.pending() and not list(store.spool.rejected.glob("*"))
+    assert store.spool.waiting() and not list(store.spool.rejected.glob("*"))
     assert "could not upgrade the database" in caplog.text
     assert "report_jobs" in caplog.text or "depend" in caplog.text
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql("DROP VIEW report_jobs")
     store.replay_spool()
-    assert store.spool.pending() == []
+    assert store.spool.waiting() == []
     assert store.get_load(later)["fun"] == "test.ping"
     with store.db.read() as conn:
         assert partitions.is_partitioned(conn)

@@ -83,3 +83,18 @@ def test_a_claim_of_a_process_that_died_is_replayed_at_once(tmp_path):
     assert applied == ["20261128120000000001"]
     assert spool.pending() == []
     assert busy.exists()
+
+
+def test_a_write_being_replayed_is_still_waiting(tmp_path):
+    """While a live process replays a spooled write (its claim), the write is not one to
+    replay (pending) but is not applied either (waiting): a count of what the database
+    has still to take includes it."""
+    import os
+
+    spool = Spool(tmp_path / "spool")
+    first, second = (spool.put("save_load", str(n)) for n in range(2))
+    claimed = first.with_name(f"{first.stem}.{os.getpid()}-0{spoolmod.CLAIMED}")
+    first.rename(claimed)
+    assert spool.pending() == [second]
+    assert spool.waiting() == sorted([claimed, second], key=lambda p: p.name)
+    assert Spool(tmp_path / "nowhere").waiting() == []

@@ -112,6 +112,17 @@ class Spool:
         log.error("halite: rejected %s (%s); kept in %s", op, reason, kept)
         return kept
 
+    def waiting(self) -> list[Path]:
+        """Every spooled write not applied yet, oldest first: those :meth:`pending` lists
+        and those a live process is replaying at this moment (claimed: renamed back should
+        the database be away still)."""
+        try:
+            names = [e.name for e in os.scandir(self.directory) if e.is_file()]
+        except FileNotFoundError:
+            return []
+        files = [self.directory / n for n in names if n.endswith((SUFFIX, CLAIMED))]
+        return sorted(files, key=lambda p: p.name)
+
     def pending(self) -> list[Path]:
         """Spooled writes waiting for replay, oldest first (including stale claims)."""
         try:
