@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, case, exists, func, or_, select, tuple_
+from sqlalchemy import Connection, and_, case, exists, func, literal, or_, select, tuple_
 
 from halite_core.api import (
     WINDOWS,
@@ -449,7 +449,10 @@ def state_history(conn: Connection, state_id: object, asked: StateQuery) -> Stat
     order = (s.start_time.desc(), s.jid.desc(), s.minion.desc(), s.state_key.desc())
     rows = conn.execute(query.order_by(*order).limit(asked.limit + 1)).all()
     page = rows[: asked.limit]
-    failing = (s.state_id == name, s.result == JobResult.FAILED.value, s.test_run.is_not(True))
+    # The result written into the statement, not bound: the planner then knows the partial
+    # index of failed states (ix_state_results_failed) holds every row asked for.
+    failed_only = s.result == literal(JobResult.FAILED.value, literal_execute=True)
+    failing = (s.state_id == name, failed_only, s.test_run.is_not(True))
     if dialect == "postgresql":
         # A group per minion, read in the covering index's order: PostgreSQL's count of
         # distinct minions would sort every failed entry again.

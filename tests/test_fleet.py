@@ -2,6 +2,7 @@
 committer keeps them, and the fleet queries over them."""
 
 import datetime as dt
+import re
 
 from sqlalchemy import select
 
@@ -319,3 +320,44 @@ def test_the_master_is_no_minion_and_bookkeeping_is_no_latest_job(store):
     rows = minion_rows(store)
     assert set(rows) == {"web1"}
     assert rows["web1"].last_jid == run
+
+
+def test_a_states_failure_totals_read_the_index_of_failed_states_alone(store):
+    """halite.state's totals (runs, minions, first, last failure) are read from an index
+    alone: on PostgreSQL the partial index of the failed states (revision 0012), on SQLite
+    the index of (state_id, result, minion, ...)."""
+    from sqlalchemy import event
+
+    from halite_core.api import StateQuery
+    from halite_core.fleet import state_history
+
+    for n in range(3):
+        jid = f"2026120110000000000{n}"
+        publish(store, jid, fun="state.apply", minions=("web1", "web2"))
+        save_return(store, state_ret(jid, "web1", failing=[1], changing=[2]))
+        save_return(store, state_ret(jid, "web2", changing=[1]))
+    seen = []
+    with store.db.read() as conn:
+
+        def capture(_conn, _cursor, statement, parameters, _context, _many):
+            seen.append((statement, parameters))
+
+        event.listen(conn, "before_cursor_execute", capture)
+        history = state_history(conn, "conf1", StateQuery())
+        event.remove(conn, "before_cursor_execute", capture)
+        ((statement, parameters),) = [(s, p) for s, p in seen if "count(" in s]
+        assert "'failed'" in statement  # written in, so that the partial index applies
+        if store.db.is_sqlite:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = " ".join(row[-1] for row in rows)
+            assert "COVERING INDEX ix_state_results_state_id_result_minion" in plan, plan
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a few rows: no scan
+            lines = conn.exec_driver_sql("EXPLAIN " + statement, parameters).scalars()
+            plan = "\n".join(lines)
+            own = set(conn.exec_driver_sql(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'ix_state_results_failed'::regclass"
+            ).scalars())  # fmt: skip
+            assert set(re.findall(r"Index Only Scan using (\S+)", plan)) & own, plan
+    assert (history["failed"]["runs"], history["failed"]["minions"]) == (3, 1)
