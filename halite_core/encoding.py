@@ -240,6 +240,8 @@ def column_text(text: str) -> str:
     ``\\udcff``. The return, the load, keep the original (with markers)."""
     if "\x00" in text:
         text = text.replace("\x00", "\\u0000")
+    if text.isascii():
+        return text  # no surrogate: the check below would make a copy for nothing
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

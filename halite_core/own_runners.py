@@ -166,6 +166,9 @@ def _withheld_states(
                 yield from _withheld_states(states, (*path, str(master)), depth + 1)
         return
     for key, state in run.items():
+        # Most states are not salt.runner's: told by their key's start, not split.
+        if not (isinstance(key, str) and key.startswith("salt_|-")):
+            continue
         if not (_is_state_key(key) and isinstance(state, Mapping)):
             continue
         parts = key.split("_|-")
