@@ -7,6 +7,7 @@ import re
 from sqlalchemy import select
 
 from halite_core.store.schema import jobs_index, minion_status, state_results
+from tests.conftest import postgresql_only
 from tests.helpers import publish, ret, save_return
 
 UTC = dt.timezone.utc
@@ -361,3 +362,20 @@ def test_a_states_failure_totals_read_the_index_of_failed_states_alone(store):
             ).scalars())  # fmt: skip
             assert set(re.findall(r"Index Only Scan using (\S+)", plan)) & own, plan
     assert (history["failed"]["runs"], history["failed"]["minions"]) == (3, 1)
+
+
+@postgresql_only("PostgreSQL's JIT compiler")
+def test_the_minions_refresh_is_not_compiled_by_postgresqls_jit(store):
+    """Retention's refresh of the minions' rows runs with JIT off: on a partition without
+    statistics each 400-minion statement was compiled, 0.7 s for a statement of 0.04 s."""
+    from halite_core.store import fleet
+
+    publish(store, "20261201100000000000", fun="test.ping", minions=("web1",))
+    save_return(store, ret("20261201100000000000", "web1", True, fun="test.ping"))
+    with store.db.write() as conn:
+        assert conn.exec_driver_sql("SHOW jit").scalar() == "on"
+        fleet.refresh_listed(conn, ["web1"])
+        assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+    with store.db.read() as conn:
+        assert conn.exec_driver_sql("SHOW jit").scalar() == "on"  # for that transaction only
+    assert minion_rows(store)["web1"].last_jid == "20261201100000000000"

@@ -381,6 +381,13 @@ def refresh_listed(
 ) -> None:
     """Set the rows of ``minions`` from what job_returns holds of them (but the returns
     ``outside`` leaves out, with its parameters ``bounds``)."""
+    if minions and conn.dialect.name == "postgresql":
+        # Each statement reads a few index entries per minion, but its estimated cost
+        # grows with its 400 subqueries and with a partition not analysed yet (a new day,
+        # a database just converted): past jit_above_cost PostgreSQL compiled each one,
+        # 0.7 s of a 0.04 s statement, and retention's clean of a 10,000-minion day took
+        # 19 s instead of 2.
+        conn.exec_driver_sql("SET LOCAL jit = off")
     for start in range(0, len(minions), 400):
         part: dict[str, str] = {f"m{i}": m for i, m in enumerate(minions[start : start + 400])}
         listed = ", ".join(f":{name}" for name in part)
@@ -388,7 +395,10 @@ def refresh_listed(
         conn.execute(text(refresh_minions_sql(listed, outside=outside)), params)
         conn.execute(
             text(
-                f"DELETE FROM minion_status WHERE minion IN ({listed}) AND NOT EXISTS (SELECT 1"
+                # Only rows the update just emptied can have no return left; said first,
+                # it keeps the planner from a scan of job_returns to answer NOT EXISTS.
+                f"DELETE FROM minion_status WHERE minion IN ({listed})"
+                " AND last_jid IS NULL AND state_jid IS NULL AND NOT EXISTS (SELECT 1"
                 " FROM job_returns r WHERE r.minion = minion_status.minion AND r.state = 'returned'"
                 f" AND {MINION_JOB}{outside})"
             ),
