@@ -248,8 +248,9 @@ class JournalWriter:
         with self._lock:
             held = bool(self._held)
             waiting = self._held + lines
-            # One text, then its bytes: a megabyte return is copied twice, not three times.
-            data = ("\n".join(waiting) + "\n").encode("utf-8", "surrogatepass")
+            # One text (each line and its newline), then its bytes: a megabyte return is
+            # copied twice, not three times (a copy with its newline, then the join).
+            data = "\n".join([*waiting, ""]).encode("utf-8", "surrogatepass")
             try:
                 if self._fd is None or self._size >= ROTATE_BYTES:
                     self._open()
